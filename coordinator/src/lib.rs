@@ -1,0 +1,25 @@
+//! # jigsaw-coordinator
+//!
+//! The planner and everything it needs, as pure code: no sockets, no clocks (a
+//! [`planner::Clock`] is passed in), no HiGHS calls outside the [`milp::Solver`] it is
+//! given.
+//!
+//! * [`planner`]: the A+S+T allocation MILP with placement inside the model.
+//! * [`milp`]: the solver-agnostic MILP and the HiGHS backend.
+//! * [`evaluate`]: the independent evaluator of the paper's non-linear constraints.
+//! * [`spaces`]: the eight search spaces of the paper's Figure 3.
+//! * [`analyze`]: the maximum-serviceable-demand experiment and its SVG chart.
+//! * [`synth`]: the analytic (synthetic) profile model for the example applications.
+//!
+//! The coordinator actor, Raft glue and plan distribution arrive with the mesh issue.
+
+pub mod analyze;
+pub mod evaluate;
+pub mod milp;
+pub mod planner;
+pub mod spaces;
+pub mod synth;
+
+pub use milp::{HighsSolver, Solver};
+pub use planner::{plan, Clock, Goal, PlanError, PlannerConfig, Problem};
+pub use spaces::SearchSpace;

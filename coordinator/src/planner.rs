@@ -1,0 +1,955 @@
+//! The planner: the paper's allocation MILP, linearised, with MIG placement inside the model.
+//!
+//! Pure: no I/O, no clocks except the [`Clock`] passed in, no HiGHS (a [`Solver`] is passed
+//! in). Design note with the full formulation: `docs/planner.md`.
+//!
+//! ## Model
+//! Decision: `M(t,v,p)` MIG instances of profile `p` running variant `v` of task `t`, each
+//! with the (MPS level, batch) that the latency split selects; `y(c)` GPUs laid out as
+//! layout class `c`; `R` the root demand when maximising demand.
+//!
+//! * **Latency (Eqs. 2–3), exact by enumeration.** The planner enumerates per-task levels
+//!   `L̂(t)` (every distinct Pareto-optimal profiled latency when there are at most
+//!   `max_levels` of them, else a geometric grid snapped to profiled values) and keeps the
+//!   assignments that satisfy `Σ_{t∈p} 2·L̂(t) ≤ SLO` on every path and are maximal. Within a
+//!   split, each `(t,v,p)` uses the highest-throughput (MPS, batch) with `L ≤ L̂(t)`: the
+//!   profile's cost and placement do not depend on MPS or batch, so this is a dominance
+//!   reduction, not a restriction.
+//! * **Demand (Eqs. 4–6).** Routing is proportional to capacity, so `F̂` is the
+//!   capacity-weighted mean fan-out. Where every allowed variant of `t` has the same fan-out
+//!   to `t'` and `t`'s own demand is fixed, the downstream demand is the exact constant;
+//!   otherwise `Σ_v F(t,v,t')·cap(t,v) ≥ R̂(t)·F̂(t,t')` is used (conservative: capacity ≥
+//!   demand).
+//! * **Accuracy (Eqs. 10–13), conservative.** With `d_t = 1 − Â(t)/a_max(t)`, the
+//!   Weierstrass inequality `Π(1−d) ≥ 1 − Σ d` gives `A_obj ≥ 1 − Σ_t W_t·d_t / A_max`, and
+//!   `d_t ≤ Λ_t / (a_max(t)·ρ_t·R)` where `Λ_t = Σ cap(t,v)·(a_max − A_v)` and `ρ_t·R` is
+//!   the least demand `t` can see. Both steps only under-estimate accuracy, so every plan
+//!   meets the paper's non-linear constraint (checked by [`crate::evaluate`]).
+//! * **Placement (beyond the paper).** Per MIG profile, instances used ≤ `Σ_c y(c)·n_c(p)`
+//!   and `Σ_c y(c) ≤ GPUs`, over the distinct profile multisets of maximal legal layouts.
+//!   Exact: decoding gives every instance a GPU and a start slot.
+//! * **Objective (Eq. 14).** `max α·A_lb − β·slices − ε·GPUs` at fixed demand, or `max R`
+//!   (then fewest slices) for the maximum serviceable demand.
+//!
+//! Splits are solved best-LP-bound first and skipped when their LP bound cannot beat the
+//! incumbent by more than the MIP gap, so the reported gap covers the whole enumeration.
+
+use crate::milp::{Milp, SolveOptions, Solver, SolverError, Status};
+use crate::spaces::SearchSpace;
+use jigsaw_protocol::app::AppSpec;
+use jigsaw_protocol::catalogue::{GpuModel, GpuSpec, LayoutClass};
+use jigsaw_protocol::plan::{GpuPlan, InstancePlan, Plan, SolveStats, TaskPlan, VariantShare};
+use jigsaw_protocol::profile::ProfileTable;
+use std::collections::{BTreeMap, HashSet};
+
+/// Planner settings (from the coordinator's config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannerConfig {
+    /// Wall-clock limit for one planner run, seconds.
+    pub time_limit_s: f64,
+    /// Relative MIP gap at which a split's MILP stops.
+    pub mip_rel_gap: f64,
+    /// α of Eq. 14.
+    pub alpha: f64,
+    /// β of Eq. 14; `None` = 1 / available slices (the paper's 1/28 for 4 GPUs).
+    pub beta: Option<f64>,
+    /// Most latency levels per task before a grid is used.
+    pub max_levels: usize,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            time_limit_s: 30.0,
+            mip_rel_gap: 1e-4,
+            alpha: 1.0,
+            beta: None,
+            max_levels: 10,
+        }
+    }
+}
+
+/// What to optimise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// Serve `demand` requests/s at the best α·accuracy − β·slices.
+    MinCost {
+        /// Root demand, requests/s.
+        demand: f64,
+    },
+    /// Find the largest serviceable root demand.
+    MaxDemand,
+}
+
+/// One planning problem.
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    /// The application.
+    pub app: &'a AppSpec,
+    /// Profiles.
+    pub profiles: &'a ProfileTable,
+    /// GPU model.
+    pub gpu: GpuModel,
+    /// GPUs available.
+    pub gpus: usize,
+    /// Search space.
+    pub space: SearchSpace,
+}
+
+/// Monotonic time source, passed in so the core has no clock of its own.
+pub trait Clock {
+    /// Seconds since an arbitrary origin.
+    fn now_s(&self) -> f64;
+}
+
+/// Why no plan came back.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// No profile row for a task in this space: profile it or widen the space.
+    #[error("no profile rows for task `{task}` on {gpu} in search space {space} (need rows for {need})")]
+    MissingProfiles {
+        /// Task.
+        task: String,
+        /// GPU model.
+        gpu: GpuModel,
+        /// Space.
+        space: SearchSpace,
+        /// What rows would do.
+        need: String,
+    },
+    /// A path cannot meet the latency SLO even with the fastest configuration of every task.
+    #[error("latency SLO {slo_ms:.1} ms cannot be met on path {path}: its fastest configurations need 2 x {min_ms:.1} ms = {need:.1} ms, {short:.1} ms over")]
+    LatencyInfeasible {
+        /// The path, `a -> b`.
+        path: String,
+        /// Σ fastest p95 along the path.
+        min_ms: f64,
+        /// 2 × min_ms.
+        need: f64,
+        /// SLO.
+        slo_ms: f64,
+        /// need − SLO.
+        short: f64,
+    },
+    /// The static latency budget of a task (spaces without T) is below its fastest p95.
+    #[error("search space {space}: task `{task}` gets a static latency budget of {budget_ms:.1} ms but its fastest configuration needs {min_ms:.1} ms")]
+    StaticBudget {
+        /// Space.
+        space: SearchSpace,
+        /// Task.
+        task: String,
+        /// Budget.
+        budget_ms: f64,
+        /// Fastest p95.
+        min_ms: f64,
+    },
+    /// The demand cannot be served.
+    #[error("{demand:.1} req/s cannot be served by {app} in {space} on {gpus} x {gpu}: {binding}")]
+    Infeasible {
+        /// App.
+        app: String,
+        /// Space.
+        space: SearchSpace,
+        /// Requested demand.
+        demand: f64,
+        /// GPUs.
+        gpus: usize,
+        /// GPU model.
+        gpu: GpuModel,
+        /// Which constraint binds.
+        binding: String,
+    },
+    /// Nothing feasible found within the time limit.
+    #[error("no feasible plan found within the {0:.1} s time limit; raise planner.time_limit_s")]
+    Timeout(f64),
+    /// The solver failed.
+    #[error(transparent)]
+    Solver(#[from] SolverError),
+}
+
+/// One profiled operating point of a (task, variant, MIG profile).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Point {
+    mps: u8,
+    batch: u32,
+    l: f64,
+    h: f64,
+}
+
+/// A (task, variant, profile) with its Pareto frontier of (latency, throughput) points,
+/// sorted by latency ascending (throughput strictly ascending along it).
+#[derive(Debug, Clone)]
+struct Opt {
+    t: usize,
+    v: usize,
+    p: usize,
+    frontier: Vec<Point>,
+}
+
+impl Opt {
+    fn best_within(&self, level: f64) -> Option<Point> {
+        let i = self.frontier.partition_point(|pt| pt.l <= level + 1e-9);
+        i.checked_sub(1).map(|i| self.frontier[i])
+    }
+}
+
+/// Everything derived from the problem that does not depend on the split.
+struct Prepared<'a> {
+    pb: Problem<'a>,
+    spec: &'static GpuSpec,
+    opts: Vec<Opt>,
+    classes: Vec<LayoutClass>,
+    paths: Vec<Vec<usize>>,
+    /// Per task: κ_t (accuracy-row coefficient per unit of lost accuracy mass), or `None`
+    /// when ρ_t = 0 (only max-accuracy variants allowed).
+    kappa: Vec<Option<f64>>,
+    amax_task: Vec<f64>,
+    a_max: f64,
+    /// Per task: Some(ρ) when its demand is a fixed multiple of R.
+    fixed_rho: Vec<Option<f64>>,
+    /// Per task: static slice budget (spaces without T).
+    slice_budget: Vec<Option<f64>>,
+    /// Per task: latency levels.
+    levels: Vec<Vec<f64>>,
+    exact_levels: bool,
+}
+
+/// Allowed variants of task `t` in the space.
+fn allowed_variants(app: &AppSpec, space: SearchSpace, t: usize) -> Vec<usize> {
+    if space.a {
+        (0..app.tasks[t].variants.len()).collect()
+    } else {
+        vec![app.best_variant(t)]
+    }
+}
+
+/// Whether MIG profile `p` (with `mps`) is allowed in the space.
+fn allowed_segment(spec: &GpuSpec, space: SearchSpace, p: usize, mps: u8) -> bool {
+    let prof = &spec.profiles[p];
+    if !prof.plannable() {
+        return false;
+    }
+    space.s || (prof.compute_slices == 7 && mps == 1)
+}
+
+fn pareto(mut pts: Vec<Point>) -> Vec<Point> {
+    pts.sort_by(|a, b| a.l.total_cmp(&b.l).then(b.h.total_cmp(&a.h)).then(a.mps.cmp(&b.mps)).then(a.batch.cmp(&b.batch)));
+    let mut out: Vec<Point> = Vec::new();
+    for p in pts {
+        if out.last().is_none_or(|q| p.h > q.h + 1e-12) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Path weights f_p: the share of leaf requests that take path p when every task runs its
+/// most accurate variant (the paper leaves f_p undefined for fan-out graphs).
+pub fn path_weights(app: &AppSpec, paths: &[Vec<usize>]) -> Vec<f64> {
+    let raw: Vec<f64> = paths
+        .iter()
+        .map(|p| p.windows(2).map(|w| app.fanout(w[0], app.best_variant(w[0]), w[1])).product())
+        .collect();
+    let sum: f64 = raw.iter().sum();
+    if sum > 0.0 {
+        raw.iter().map(|r| r / sum).collect()
+    } else {
+        vec![1.0 / paths.len() as f64; paths.len()]
+    }
+}
+
+fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, PlanError> {
+    let app = pb.app;
+    let spec = pb.gpu.spec();
+    let nt = app.tasks.len();
+    // Options and their frontiers.
+    let mut opts = Vec::new();
+    for t in 0..nt {
+        let mut any = false;
+        for v in allowed_variants(app, pb.space, t) {
+            for (p, prof) in spec.profiles.iter().enumerate() {
+                let pts: Vec<Point> = pb
+                    .profiles
+                    .rows()
+                    .filter(|r| r.task == app.tasks[t].name && r.variant == app.tasks[t].variants[v].name && r.gpu == pb.gpu && r.mig_profile == prof.name)
+                    .filter(|r| allowed_segment(spec, pb.space, p, r.mps))
+                    .map(|r| Point {
+                        mps: r.mps,
+                        batch: r.batch,
+                        l: r.p95_ms,
+                        h: r.throughput_rps,
+                    })
+                    .collect();
+                if !pts.is_empty() {
+                    any = true;
+                    opts.push(Opt {
+                        t,
+                        v,
+                        p,
+                        frontier: pareto(pts),
+                    });
+                }
+            }
+        }
+        if !any {
+            let need = if pb.space.s {
+                "any allowed variant on any MIG profile".to_string()
+            } else {
+                format!("the whole-GPU profile {} with MPS 1", spec.profiles.iter().find(|p| p.compute_slices == 7).map_or("7g", |p| p.name))
+            };
+            return Err(PlanError::MissingProfiles {
+                task: app.tasks[t].name.clone(),
+                gpu: pb.gpu,
+                space: pb.space,
+                need,
+            });
+        }
+    }
+    let min_l: Vec<f64> = (0..nt)
+        .map(|t| opts.iter().filter(|o| o.t == t).map(|o| o.frontier[0].l).fold(f64::INFINITY, f64::min))
+        .collect();
+    let paths = app.paths();
+    let half = app.latency_slo_ms / 2.0;
+    for p in &paths {
+        let s: f64 = p.iter().map(|&t| min_l[t]).sum();
+        if s > half + 1e-9 {
+            return Err(PlanError::LatencyInfeasible {
+                path: p.iter().map(|&t| app.tasks[t].name.as_str()).collect::<Vec<_>>().join(" -> "),
+                min_ms: s,
+                need: 2.0 * s,
+                slo_ms: app.latency_slo_ms,
+                short: 2.0 * s - app.latency_slo_ms,
+            });
+        }
+    }
+
+    // Accuracy constants.
+    let f = path_weights(app, &paths);
+    let amax_task: Vec<f64> = (0..nt).map(|t| app.tasks[t].variants[app.best_variant(t)].accuracy).collect();
+    let amax_path: Vec<f64> = paths.iter().map(|p| p.iter().map(|&t| amax_task[t]).product()).collect();
+    let a_max: f64 = f.iter().zip(&amax_path).map(|(a, b)| a * b).sum();
+    let order = app.topo_order().map_err(|e| PlanError::MissingProfiles {
+        task: e.to_string(),
+        gpu: pb.gpu,
+        space: pb.space,
+        need: "an acyclic graph".into(),
+    })?;
+    // ρ_min (least demand multiplier) and fixed ρ (when demand is a fixed multiple of R).
+    let mut rho_min = vec![0.0; nt];
+    let mut fixed_rho: Vec<Option<f64>> = vec![None; nt];
+    for &t in &order {
+        let parents = app.parents(t);
+        if parents.is_empty() {
+            rho_min[t] = 1.0;
+            fixed_rho[t] = Some(1.0);
+            continue;
+        }
+        let mut fixed = Some(0.0);
+        for &u in &parents {
+            let fs: Vec<f64> = allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
+            let lo = fs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = fs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            rho_min[t] += rho_min[u] * lo;
+            fixed = match (fixed, fixed_rho[u]) {
+                (Some(acc), Some(r)) if hi - lo <= 1e-12 => Some(acc + r * lo),
+                _ => None,
+            };
+        }
+        fixed_rho[t] = fixed;
+    }
+    let kappa: Vec<Option<f64>> = (0..nt)
+        .map(|t| {
+            let w: f64 = paths.iter().zip(&f).filter(|(p, _)| p.contains(&t)).map(|(p, fp)| fp * amax_task[t] * p.iter().filter(|&&u| u != t).map(|&u| amax_task[u]).product::<f64>()).sum();
+            (rho_min[t] > 1e-12).then(|| w / (amax_task[t] * rho_min[t]))
+        })
+        .collect();
+
+    // Layout classes.
+    let allowed_prof = |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (pb.space.s || p.compute_slices == 7);
+    let classes = spec.layout_classes(allowed_prof);
+
+    // Latency levels.
+    let mut slice_budget = vec![None; nt];
+    let (levels, exact_levels) = if pb.space.t {
+        let mut exact = true;
+        let levels = (0..nt)
+            .map(|t| {
+                // Most this task can get: half the SLO minus the fastest of the others on its tightest path.
+                let cap = paths
+                    .iter()
+                    .filter(|p| p.contains(&t))
+                    .map(|p| half - p.iter().filter(|&&u| u != t).map(|&u| min_l[u]).sum::<f64>())
+                    .fold(f64::INFINITY, f64::min);
+                let mut ls: Vec<f64> = opts.iter().filter(|o| o.t == t).flat_map(|o| o.frontier.iter().map(|p| p.l)).filter(|&l| l <= cap + 1e-9).collect();
+                ls.sort_by(f64::total_cmp);
+                ls.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
+                // A task alone on all its paths needs only its largest level.
+                let alone = paths.iter().filter(|p| p.contains(&t)).all(|p| p.len() == 1);
+                if alone {
+                    return ls.last().copied().into_iter().collect();
+                }
+                if ls.len() <= cfg.max_levels {
+                    return ls;
+                }
+                exact = false;
+                let (lo, hi) = (ls[0], ls[ls.len() - 1]);
+                let k = cfg.max_levels.max(2);
+                let mut grid: Vec<f64> = (0..k)
+                    .map(|i| {
+                        let target = lo * (hi / lo).powf(i as f64 / (k - 1) as f64);
+                        let j = ls.partition_point(|&l| l <= target + 1e-9);
+                        ls[j.saturating_sub(1)]
+                    })
+                    .collect();
+                grid.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
+                grid
+            })
+            .collect();
+        (levels, exact)
+    } else {
+        let (budgets, shares) = static_budgets(app, pb, spec, &opts, &paths);
+        let total_slices = pb.gpus as f64 * 7.0;
+        for t in 0..nt {
+            if budgets[t] + 1e-9 < min_l[t] {
+                return Err(PlanError::StaticBudget {
+                    space: pb.space,
+                    task: app.tasks[t].name.clone(),
+                    budget_ms: budgets[t],
+                    min_ms: min_l[t],
+                });
+            }
+            slice_budget[t] = Some(shares[t] * total_slices);
+        }
+        (budgets.into_iter().map(|b| vec![b]).collect(), true)
+    };
+
+    Ok(Prepared {
+        pb,
+        spec,
+        opts,
+        classes,
+        paths,
+        kappa,
+        amax_task,
+        a_max,
+        fixed_rho,
+        slice_budget,
+        levels,
+        exact_levels,
+    })
+}
+
+/// Appendix B's task-graph-uninformed budgets: per-task latency budget (ms of p95) and share
+/// of the GPU slices.
+///
+/// * Latency: each path's `SLO/2` is split in proportion to the worst-case latency of each
+///   task's most accurate variant — its slowest allowed segment at batch 1; a task on
+///   several paths takes the smallest share.
+/// * Slices: each task's demand under the most accurate variants (fan-out products), divided
+///   by the best throughput per slice of its most accurate variant within that latency
+///   budget, normalised to shares.
+fn static_budgets(app: &AppSpec, pb: Problem<'_>, spec: &GpuSpec, opts: &[Opt], paths: &[Vec<usize>]) -> (Vec<f64>, Vec<f64>) {
+    let nt = app.tasks.len();
+    let worst: Vec<f64> = (0..nt)
+        .map(|t| {
+            let bv = app.best_variant(t);
+            pb.profiles
+                .rows()
+                .filter(|r| r.task == app.tasks[t].name && r.variant == app.tasks[t].variants[bv].name && r.gpu == pb.gpu && r.batch == 1)
+                .filter(|r| spec.profile_index(&r.mig_profile).is_some_and(|p| allowed_segment(spec, pb.space, p, r.mps)))
+                .map(|r| r.p95_ms)
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let half = app.latency_slo_ms / 2.0;
+    let budgets: Vec<f64> = (0..nt)
+        .map(|t| {
+            paths
+                .iter()
+                .filter(|p| p.contains(&t))
+                .map(|p| half * worst[t] / p.iter().map(|&u| worst[u]).sum::<f64>().max(1e-12))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    // Demand multipliers under the best variants.
+    let order = app.topo_order().unwrap_or_default();
+    let mut rho = vec![0.0; nt];
+    for &t in &order {
+        let ps = app.parents(t);
+        rho[t] = if ps.is_empty() { 1.0 } else { ps.iter().map(|&u| rho[u] * app.fanout(u, app.best_variant(u), t)).sum() };
+    }
+    let need: Vec<f64> = (0..nt)
+        .map(|t| {
+            let bv = app.best_variant(t);
+            let per_slice = opts
+                .iter()
+                .filter(|o| o.t == t && o.v == bv)
+                .filter_map(|o| o.best_within(budgets[t]).map(|pt| pt.h / f64::from(spec.profiles[o.p].compute_slices)))
+                .fold(0.0, f64::max);
+            if per_slice > 0.0 {
+                rho[t] / per_slice
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let sum: f64 = need.iter().sum();
+    let shares = need.iter().map(|n| if sum > 0.0 { n / sum } else { 1.0 / nt as f64 }).collect();
+    (budgets, shares)
+}
+
+/// Maximal level assignments (indices into `levels[t]`) that satisfy every path.
+fn enumerate_splits(levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64) -> Vec<Vec<usize>> {
+    let nt = levels.len();
+    let fits = |a: &[usize]| paths.iter().all(|p| p.iter().map(|&t| levels[t][a[t]]).sum::<f64>() <= half + 1e-9);
+    let mut out = Vec::new();
+    let mut cur = vec![0usize; nt];
+    fn rec(t: usize, cur: &mut Vec<usize>, levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64, out: &mut Vec<Vec<usize>>, fits: &dyn Fn(&[usize]) -> bool) {
+        if t == cur.len() {
+            if fits(cur) {
+                let maximal = (0..cur.len()).all(|u| {
+                    cur[u] + 1 >= levels[u].len() || {
+                        let mut c = cur.clone();
+                        c[u] += 1;
+                        !fits(&c)
+                    }
+                });
+                if maximal {
+                    out.push(cur.clone());
+                }
+            }
+            return;
+        }
+        for i in 0..levels[t].len() {
+            cur[t] = i;
+            // Prune: assigned tasks at their level, unassigned at their minimum.
+            let ok = paths.iter().all(|p| p.iter().map(|&u| if u <= t { levels[u][cur[u]] } else { levels[u][0] }).sum::<f64>() <= half + 1e-9);
+            if !ok {
+                break;
+            }
+            rec(t + 1, cur, levels, paths, half, out, fits);
+        }
+        cur[t] = 0;
+    }
+    rec(0, &mut cur, levels, paths, half, &mut out, &fits);
+    out
+}
+
+/// The columns of one split: for every option, its best point within the task's level.
+#[derive(Debug, Clone)]
+struct Split {
+    levels: Vec<f64>,
+    cols: Vec<(usize, Point)>,
+}
+
+struct Built {
+    milp: Milp,
+    /// Column index → (option index, point) for M columns.
+    m_cols: Vec<(usize, usize, Point)>,
+    y_cols: Vec<usize>,
+    r_col: Option<usize>,
+}
+
+fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) -> Built {
+    let pb = prep.pb;
+    let app = pb.app;
+    let spec = prep.spec;
+    let nt = app.tasks.len();
+    let g = pb.gpus as f64;
+    let slices_avail = 7.0 * g;
+    let beta = cfg.beta.unwrap_or(1.0 / slices_avail.max(1.0));
+    let eps_gpu = 1e-6;
+    let mut m = Milp {
+        maximize: true,
+        ..Milp::default()
+    };
+    let r_col = match goal {
+        Goal::MaxDemand => Some(m.col(1.0, 0.0, f64::INFINITY, false)),
+        Goal::MinCost { .. } => None,
+    };
+    let demand = match goal {
+        Goal::MinCost { demand } => demand,
+        Goal::MaxDemand => 1.0,
+    };
+    // M columns.
+    let mut m_cols = Vec::new();
+    for &(oi, pt) in &split.cols {
+        let o = &prep.opts[oi];
+        let prof = &spec.profiles[o.p];
+        let acc = app.tasks[o.t].variants[o.v].accuracy;
+        let loss = prep.amax_task[o.t] - acc;
+        let slices = f64::from(prof.compute_slices);
+        if loss > 1e-12 && prep.kappa[o.t].is_none() {
+            continue; // ρ_t = 0: only max-accuracy variants may serve t
+        }
+        let cost = match goal {
+            Goal::MinCost { demand } => {
+                let acc_term = prep.kappa[o.t].map_or(0.0, |k| k * pt.h * loss / (prep.a_max * demand));
+                -(beta * slices) - cfg.alpha * acc_term
+            }
+            Goal::MaxDemand => -1e-6 * slices,
+        };
+        let ub = f64::from(prof.max_instances) * g;
+        let c = m.col(cost, 0.0, ub, true);
+        m_cols.push((c, oi, pt));
+    }
+    // y columns.
+    let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-eps_gpu, 0.0, g, true)).collect();
+    // Demand rows.
+    for t in 0..nt {
+        let mut coefs: Vec<(usize, f64)> = m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, pt)| (c, pt.h)).collect();
+        let mut rhs = 0.0;
+        let parents = app.parents(t);
+        if parents.is_empty() {
+            rhs = demand;
+        }
+        for &u in &parents {
+            let fanouts: Vec<f64> = allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
+            let constant = fanouts.iter().all(|&x| (x - fanouts[0]).abs() <= 1e-12);
+            match (prep.fixed_rho[u], constant) {
+                (Some(r), true) => rhs += r * fanouts[0] * demand,
+                _ => {
+                    for &(c, oi, pt) in m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == u) {
+                        coefs.push((c, -pt.h * app.fanout(u, prep.opts[oi].v, t)));
+                    }
+                }
+            }
+        }
+        match r_col {
+            Some(r) => {
+                if rhs != 0.0 {
+                    coefs.push((r, -rhs));
+                }
+                m.row(0.0, f64::INFINITY, coefs);
+            }
+            None => m.row(rhs, f64::INFINITY, coefs),
+        }
+    }
+    // Accuracy row: Σ κ_t Λ_t ≤ (1 − SLO) A_max R.
+    let budget = (1.0 - app.accuracy_slo) * prep.a_max;
+    let mut acc: Vec<(usize, f64)> = Vec::new();
+    for &(c, oi, pt) in &m_cols {
+        let o = &prep.opts[oi];
+        let loss = prep.amax_task[o.t] - app.tasks[o.t].variants[o.v].accuracy;
+        if let (Some(k), true) = (prep.kappa[o.t], loss > 1e-12) {
+            acc.push((c, k * pt.h * loss));
+        }
+    }
+    if !acc.is_empty() {
+        match r_col {
+            Some(r) => {
+                acc.push((r, -budget));
+                m.row(f64::NEG_INFINITY, 0.0, acc);
+            }
+            None => m.row(f64::NEG_INFINITY, budget * demand, acc),
+        }
+    }
+    // Placement rows.
+    for (p, _) in spec.profiles.iter().enumerate() {
+        let mut coefs: Vec<(usize, f64)> = m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].p == p).map(|&(c, _, _)| (c, 1.0)).collect();
+        if coefs.is_empty() {
+            continue;
+        }
+        for (ci, cl) in prep.classes.iter().enumerate() {
+            if cl.counts[p] > 0 {
+                coefs.push((y_cols[ci], -f64::from(cl.counts[p])));
+            }
+        }
+        m.row(f64::NEG_INFINITY, 0.0, coefs);
+    }
+    m.row(f64::NEG_INFINITY, g, y_cols.iter().map(|&c| (c, 1.0)).collect());
+    // Static per-task slice budgets (no T).
+    for t in 0..nt {
+        if let Some(b) = prep.slice_budget[t] {
+            let coefs = m_cols
+                .iter()
+                .filter(|(_, oi, _)| prep.opts[*oi].t == t)
+                .map(|&(c, oi, _)| (c, f64::from(spec.profiles[prep.opts[oi].p].compute_slices)))
+                .collect();
+            m.row(f64::NEG_INFINITY, b + 1e-9, coefs);
+        }
+    }
+    Built { milp: m, m_cols, y_cols, r_col }
+}
+
+/// Run the planner.
+pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solver, clock: &dyn Clock) -> Result<Plan, PlanError> {
+    let t0 = clock.now_s();
+    let prep = prepare(pb, cfg)?;
+    let half = pb.app.latency_slo_ms / 2.0;
+    let assignments = enumerate_splits(&prep.levels, &prep.paths, half);
+    let splits_total = assignments.len();
+    // Build columns per split; deduplicate identical column sets and drop dominated ones.
+    let mut splits: Vec<Split> = Vec::new();
+    let mut seen: HashSet<Vec<(usize, u8, u32)>> = HashSet::new();
+    for a in &assignments {
+        let levels: Vec<f64> = a.iter().enumerate().map(|(t, &i)| prep.levels[t][i]).collect();
+        let cols: Vec<(usize, Point)> = prep.opts.iter().enumerate().filter_map(|(oi, o)| o.best_within(levels[o.t]).map(|pt| (oi, pt))).collect();
+        let sig: Vec<(usize, u8, u32)> = cols.iter().map(|(oi, pt)| (*oi, pt.mps, pt.batch)).collect();
+        if seen.insert(sig) {
+            splits.push(Split { levels, cols });
+        }
+    }
+    let dominated = |a: &Split, b: &Split| -> bool {
+        // b dominates a: every option of a is in b with throughput at least as high.
+        let hb: BTreeMap<usize, f64> = b.cols.iter().map(|(oi, pt)| (*oi, pt.h)).collect();
+        a.cols.iter().all(|(oi, pt)| hb.get(oi).is_some_and(|&h| h >= pt.h))
+    };
+    let keep: Vec<bool> = (0..splits.len())
+        .map(|i| !(0..splits.len()).any(|j| j != i && dominated(&splits[i], &splits[j]) && !(dominated(&splits[j], &splits[i]) && j > i)))
+        .collect();
+    let splits: Vec<Split> = splits.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect();
+
+    // LP bounds.
+    let deadline = t0 + cfg.time_limit_s;
+    let mut bounded: Vec<(f64, usize, Built)> = Vec::new();
+    for (i, s) in splits.iter().enumerate() {
+        let built = build(&prep, s, goal, cfg);
+        let left = deadline - clock.now_s();
+        if left <= 0.0 {
+            return Err(PlanError::Timeout(cfg.time_limit_s));
+        }
+        let lp = solver.solve(
+            &built.milp,
+            SolveOptions {
+                relax: true,
+                time_limit_s: left,
+                mip_rel_gap: cfg.mip_rel_gap,
+            },
+        )?;
+        if lp.status == Status::Optimal || lp.status == Status::TimeLimitFeasible {
+            bounded.push((lp.objective, i, built));
+        }
+    }
+    bounded.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+
+    let mut best: Option<(f64, usize, Vec<f64>)> = None; // (objective, bounded index, x)
+    let mut bound = f64::NEG_INFINITY;
+    let (mut solved, mut pruned) = (0usize, 0usize);
+    let mut timed_out = false;
+    for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
+        if let Some((obj, _, _)) = &best {
+            if *lp_bound <= obj + cfg.mip_rel_gap * obj.abs().max(1e-9) {
+                pruned += 1;
+                bound = bound.max(*lp_bound);
+                continue;
+            }
+        }
+        let left = deadline - clock.now_s();
+        if left <= 0.0 {
+            timed_out = true;
+            bound = bound.max(*lp_bound);
+            continue;
+        }
+        let sol = solver.solve(
+            &built.milp,
+            SolveOptions {
+                relax: false,
+                time_limit_s: left,
+                mip_rel_gap: cfg.mip_rel_gap,
+            },
+        )?;
+        solved += 1;
+        match sol.status {
+            Status::Optimal | Status::TimeLimitFeasible => {
+                bound = bound.max(if sol.bound.is_finite() { sol.bound } else { *lp_bound });
+                if best.as_ref().is_none_or(|(o, _, _)| sol.objective > *o) {
+                    best = Some((sol.objective, k, sol.x));
+                }
+            }
+            Status::TimeLimitNoSolution => {
+                timed_out = true;
+                bound = bound.max(*lp_bound);
+            }
+            Status::Infeasible => {}
+        }
+    }
+    let Some((objective, k, x)) = best else {
+        if timed_out {
+            return Err(PlanError::Timeout(cfg.time_limit_s));
+        }
+        return Err(infeasible(&prep, goal, cfg, solver, clock));
+    };
+    let bound = bound.max(objective);
+    let gap = (bound - objective).abs() / objective.abs().max(1e-9);
+    let (_, si, built) = &bounded[k];
+    let stats = SolveStats {
+        solve_ms: (clock.now_s() - t0) * 1e3,
+        gap,
+        objective,
+        bound,
+        splits_total,
+        splits_solved: solved,
+        splits_pruned: pruned,
+        latency_levels: if prep.exact_levels { "exact".into() } else { format!("grid of {} per task", cfg.max_levels) },
+    };
+    Ok(decode(&prep, &splits[*si], built, &x, goal, stats))
+}
+
+fn infeasible(prep: &Prepared<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solver, clock: &dyn Clock) -> PlanError {
+    let pb = prep.pb;
+    let demand = match goal {
+        Goal::MinCost { demand } => demand,
+        Goal::MaxDemand => 0.0,
+    };
+    let binding = match goal {
+        Goal::MaxDemand => "no configuration serves any demand".to_string(),
+        Goal::MinCost { .. } => match plan(pb, Goal::MaxDemand, cfg, solver, clock) {
+            Ok(p) => format!(
+                "GPU capacity binds: the most this space serves under the latency and accuracy SLOs is {:.1} req/s{}",
+                p.demand_rps,
+                if pb.space.t { "" } else { " (with static per-task budgets)" }
+            ),
+            Err(e) => format!("even the maximum-demand search fails: {e}"),
+        },
+    };
+    PlanError::Infeasible {
+        app: pb.app.name.clone(),
+        space: pb.space,
+        demand,
+        gpus: pb.gpus,
+        gpu: pb.gpu,
+        binding,
+    }
+}
+
+fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Goal, stats: SolveStats) -> Plan {
+    let pb = prep.pb;
+    let app = pb.app;
+    let spec = prep.spec;
+    let demand = match (goal, built.r_col) {
+        (Goal::MinCost { demand }, _) => demand,
+        (Goal::MaxDemand, Some(r)) => x[r],
+        (Goal::MaxDemand, None) => 0.0,
+    };
+    // Instances, grouped by profile, in a deterministic order.
+    let mut by_profile: BTreeMap<usize, Vec<InstancePlan>> = BTreeMap::new();
+    for &(c, oi, pt) in &built.m_cols {
+        let n = x[c].round() as i64;
+        let o = &prep.opts[oi];
+        for _ in 0..n.max(0) {
+            by_profile.entry(o.p).or_default().push(InstancePlan {
+                mig_profile: spec.profiles[o.p].name.into(),
+                start: 0,
+                slices: spec.profiles[o.p].compute_slices,
+                mps: pt.mps,
+                task: app.tasks[o.t].name.clone(),
+                variant: app.tasks[o.t].variants[o.v].name.clone(),
+                batch: pt.batch,
+                p95_ms: pt.l,
+                throughput_rps: pt.h,
+            });
+        }
+    }
+    // GPUs from layout classes; instances fill slots GPU by GPU.
+    let mut gpus: Vec<(Vec<(usize, u8)>, Vec<InstancePlan>)> = Vec::new();
+    for (ci, &yc) in built.y_cols.iter().enumerate() {
+        for _ in 0..(x[yc].round() as i64).max(0) {
+            let slots = prep.classes[ci].representative.placements.iter().map(|p| (p.profile, p.start)).collect();
+            gpus.push((slots, Vec::new()));
+        }
+    }
+    // Put GPUs that can take the largest instances first, so the fill is stable.
+    gpus.sort_by_key(|(slots, _)| std::cmp::Reverse(slots.iter().map(|(p, _)| spec.profiles[*p].compute_slices).max().unwrap_or(0)));
+    for (p, insts) in by_profile {
+        let mut it = insts.into_iter();
+        'outer: for (slots, placed) in gpus.iter_mut() {
+            for &(sp, start) in slots.iter() {
+                if sp == p {
+                    match it.next() {
+                        Some(mut inst) => {
+                            inst.start = start;
+                            placed.push(inst);
+                        }
+                        None => break 'outer,
+                    }
+                }
+            }
+        }
+        debug_assert!(it.next().is_none(), "placement rows guarantee enough slots");
+    }
+    let gpus: Vec<GpuPlan> = gpus
+        .into_iter()
+        .filter(|(_, placed)| !placed.is_empty())
+        .enumerate()
+        .map(|(i, (_, mut placed))| {
+            placed.sort_by_key(|p| p.start);
+            GpuPlan { gpu: i, instances: placed }
+        })
+        .collect();
+
+    // Per-task summary with the paper's definitions (capacity-weighted).
+    let nt = app.tasks.len();
+    let mut cap = vec![BTreeMap::<usize, (u32, f64)>::new(); nt];
+    for g in &gpus {
+        for i in &g.instances {
+            if let Some(t) = app.task_index(&i.task) {
+                let v = app.tasks[t].variants.iter().position(|v| v.name == i.variant).unwrap_or(0);
+                let e = cap[t].entry(v).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += i.throughput_rps;
+            }
+        }
+    }
+    let total: Vec<f64> = cap.iter().map(|m| m.values().map(|e| e.1).sum()).collect();
+    let mut dem = vec![0.0; nt];
+    for &t in &app.topo_order().unwrap_or_default() {
+        let ps = app.parents(t);
+        dem[t] = if ps.is_empty() {
+            demand
+        } else {
+            ps.iter()
+                .map(|&u| {
+                    let fhat = if total[u] > 0.0 { cap[u].iter().map(|(&v, e)| e.1 * app.fanout(u, v, t)).sum::<f64>() / total[u] } else { 0.0 };
+                    dem[u] * fhat
+                })
+                .sum()
+        };
+    }
+    let ahat: Vec<f64> = (0..nt)
+        .map(|t| if total[t] > 0.0 { cap[t].iter().map(|(&v, e)| e.1 * app.tasks[t].variants[v].accuracy).sum::<f64>() / total[t] } else { 0.0 })
+        .collect();
+    let f = path_weights(app, &prep.paths);
+    let accuracy = prep.paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| ahat[t]).product::<f64>()).sum::<f64>() / prep.a_max;
+    let slowest: Vec<f64> = (0..nt)
+        .map(|t| gpus.iter().flat_map(|g| &g.instances).filter(|i| i.task == app.tasks[t].name).map(|i| i.p95_ms).fold(0.0, f64::max))
+        .collect();
+    let latency_bound_ms = prep.paths.iter().map(|p| p.iter().map(|&t| 2.0 * slowest[t]).sum::<f64>()).fold(0.0, f64::max);
+    let tasks: Vec<TaskPlan> = (0..nt)
+        .map(|t| TaskPlan {
+            task: app.tasks[t].name.clone(),
+            latency_budget_ms: split.levels[t],
+            slowest_p95_ms: slowest[t],
+            demand_rps: dem[t],
+            capacity_rps: total[t],
+            slices: gpus.iter().flat_map(|g| &g.instances).filter(|i| i.task == app.tasks[t].name).map(|i| u32::from(i.slices)).sum(),
+            variants: cap[t]
+                .iter()
+                .map(|(&v, e)| VariantShare {
+                    variant: app.tasks[t].variants[v].name.clone(),
+                    accuracy: app.tasks[t].variants[v].accuracy,
+                    instances: e.0,
+                    capacity_rps: e.1,
+                    weight: if total[t] > 0.0 { e.1 / total[t] } else { 0.0 },
+                })
+                .collect(),
+        })
+        .collect();
+    let slices_used = tasks.iter().map(|t| t.slices).sum();
+    Plan {
+        app: app.name.clone(),
+        space: pb.space.to_string(),
+        gpu_model: pb.gpu,
+        gpus_available: pb.gpus,
+        demand_rps: demand,
+        accuracy,
+        accuracy_slo: app.accuracy_slo,
+        latency_bound_ms,
+        latency_slo_ms: app.latency_slo_ms,
+        slices_used,
+        gpus_used: gpus.len(),
+        tasks,
+        gpus,
+        stats,
+    }
+}

@@ -1,0 +1,25 @@
+//! # jigsaw-protocol
+//!
+//! Every type that crosses a process or file boundary in jigsaw lives here, and nothing
+//! else: this crate does no I/O beyond encoding and decoding.
+//!
+//! * [`app`]: application specs (task DAG, variants, fan-out, SLOs) and their validation.
+//! * [`catalogue`]: the exact MIG GPU-instance profile tables of the supported GPU models,
+//!   the placement rules and the enumeration of legal per-GPU layouts.
+//! * [`profile`]: the profile CSV format (one row per task, variant, GPU, MIG profile, MPS
+//!   level and batch size).
+//! * [`plan`]: the plan the planner returns (documented for users in `docs/plan-json.md`).
+//! * [`wire`]: the framed binary envelope (magic, version, size cap) used on the network.
+//!
+//! Errors are typed and name the field, line or byte offset that is wrong.
+
+pub mod app;
+pub mod catalogue;
+pub mod plan;
+pub mod profile;
+pub mod wire;
+
+pub use app::{AppError, AppSpec, TaskSpec, VariantSpec};
+pub use catalogue::{GpuModel, GpuSpec, Layout, MigProfile, MPS_LEVELS};
+pub use plan::Plan;
+pub use profile::{ProfileError, ProfileRow, ProfileTable, BATCH_SIZES};

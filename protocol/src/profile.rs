@@ -1,0 +1,248 @@
+//! Profile rows and the profile CSV format.
+//!
+//! ```text
+//! task,variant,gpu,mig_profile,mps,batch,p95_ms,throughput_rps
+//! detect,yolov5l,h100-80gb,1g.10gb,1,1,21.700,52.3
+//! ```
+//!
+//! One row per (task, variant, GPU model, MIG profile, MPS level, batch). `p95_ms` is the
+//! p95 latency of one batch in one MPS process; `throughput_rps` is the items per second
+//! of the whole segment (all `mps` processes together). Lines starting with `#` are
+//! comments (the synthetic generator writes its provenance there). The synthetic generator
+//! and the real profiler (`jigsaw profile`) write the same format.
+
+use crate::catalogue::{GpuModel, MPS_LEVELS};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Batch sizes the planner considers.
+pub const BATCH_SIZES: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// The CSV header.
+pub const HEADER: &str = "task,variant,gpu,mig_profile,mps,batch,p95_ms,throughput_rps";
+
+/// One measured (or synthetic) profile point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileRow {
+    /// Task name.
+    pub task: String,
+    /// Variant name.
+    pub variant: String,
+    /// GPU model.
+    pub gpu: GpuModel,
+    /// MIG profile name (`2g.20gb`).
+    pub mig_profile: String,
+    /// MPS processes in the instance (1–4).
+    pub mps: u8,
+    /// Maximum batch size.
+    pub batch: u32,
+    /// p95 latency of one batch, ms.
+    pub p95_ms: f64,
+    /// Segment throughput, items/s.
+    pub throughput_rps: f64,
+}
+
+/// A profile file error, naming the line and column.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProfileError {
+    /// A malformed line.
+    #[error("{path}:{line}: {column}: {message}")]
+    Line {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The header is not the expected one.
+    #[error("{path}:1: expected header `{HEADER}`, got `{got}`")]
+    Header {
+        /// File path.
+        path: String,
+        /// What was found.
+        got: String,
+    },
+}
+
+/// Key of one profile row.
+pub type ProfileKey = (String, String, GpuModel, String, u8, u32);
+
+/// All profile rows, indexed by key. Later rows with the same key replace earlier ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProfileTable {
+    rows: BTreeMap<ProfileKey, ProfileRow>,
+}
+
+impl ProfileTable {
+    /// Build from rows.
+    pub fn from_rows(rows: impl IntoIterator<Item = ProfileRow>) -> Self {
+        let mut t = ProfileTable::default();
+        for r in rows {
+            t.insert(r);
+        }
+        t
+    }
+
+    /// Insert or replace a row.
+    pub fn insert(&mut self, r: ProfileRow) {
+        let key = (r.task.clone(), r.variant.clone(), r.gpu, r.mig_profile.clone(), r.mps, r.batch);
+        self.rows.insert(key, r);
+    }
+
+    /// Look up one point.
+    pub fn get(&self, task: &str, variant: &str, gpu: GpuModel, mig: &str, mps: u8, batch: u32) -> Option<&ProfileRow> {
+        self.rows
+            .get(&(task.to_string(), variant.to_string(), gpu, mig.to_string(), mps, batch))
+    }
+
+    /// All rows in key order.
+    pub fn rows(&self) -> impl Iterator<Item = &ProfileRow> {
+        self.rows.values()
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Parse a CSV file's text.
+    pub fn parse_csv(text: &str, path: &str) -> Result<ProfileTable, ProfileError> {
+        let mut table = ProfileTable::default();
+        let mut saw_header = false;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            let ln = i + 1;
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !saw_header {
+                if line != HEADER {
+                    return Err(ProfileError::Header {
+                        path: path.into(),
+                        got: line.into(),
+                    });
+                }
+                saw_header = true;
+                continue;
+            }
+            table.insert(parse_row(line, path, ln)?);
+        }
+        if !saw_header {
+            return Err(ProfileError::Header {
+                path: path.into(),
+                got: String::new(),
+            });
+        }
+        Ok(table)
+    }
+
+    /// Write as CSV with optional `#` comment lines first.
+    pub fn to_csv(&self, comments: &[String]) -> String {
+        let mut out = String::new();
+        for c in comments {
+            let _ = writeln!(out, "# {c}");
+        }
+        let _ = writeln!(out, "{HEADER}");
+        for r in self.rows.values() {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{:.3},{:.2}",
+                r.task, r.variant, r.gpu, r.mig_profile, r.mps, r.batch, r.p95_ms, r.throughput_rps
+            );
+        }
+        out
+    }
+}
+
+fn parse_row(line: &str, path: &str, ln: usize) -> Result<ProfileRow, ProfileError> {
+    const COLS: [&str; 8] = ["task", "variant", "gpu", "mig_profile", "mps", "batch", "p95_ms", "throughput_rps"];
+    let err = |col: usize, message: String| ProfileError::Line {
+        path: path.into(),
+        line: ln,
+        column: COLS[col.min(7)].into(),
+        message,
+    };
+    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    if f.len() != COLS.len() {
+        return Err(err(f.len().min(7), format!("expected {} comma-separated fields, got {}", COLS.len(), f.len())));
+    }
+    for (c, v) in f.iter().enumerate().take(4) {
+        if v.is_empty() || v.contains('"') {
+            return Err(err(c, format!("must be a non-empty unquoted name, got `{v}`")));
+        }
+    }
+    let gpu: GpuModel = f[2].parse().map_err(|e| err(2, format!("{e}")))?;
+    let mig = f[3];
+    if gpu.spec().profile_index(mig).is_none() {
+        let known: Vec<&str> = gpu.spec().profiles.iter().map(|p| p.name).collect();
+        return Err(err(3, format!("`{mig}` is not a MIG profile of {gpu} (known: {})", known.join(", "))));
+    }
+    let mps: u8 = f[4].parse().map_err(|_| err(4, format!("`{}` is not an integer", f[4])))?;
+    if !MPS_LEVELS.contains(&mps) {
+        return Err(err(4, format!("must be one of {MPS_LEVELS:?}, got {mps}")));
+    }
+    let batch: u32 = f[5].parse().map_err(|_| err(5, format!("`{}` is not an integer", f[5])))?;
+    if !BATCH_SIZES.contains(&batch) {
+        return Err(err(5, format!("must be one of {BATCH_SIZES:?}, got {batch}")));
+    }
+    let num = |c: usize| -> Result<f64, ProfileError> {
+        let x: f64 = f[c].parse().map_err(|_| err(c, format!("`{}` is not a number", f[c])))?;
+        if !(x.is_finite() && x > 0.0) {
+            return Err(err(c, format!("must be a positive finite number, got {x}")));
+        }
+        Ok(x)
+    };
+    Ok(ProfileRow {
+        task: f[0].into(),
+        variant: f[1].into(),
+        gpu,
+        mig_profile: mig.into(),
+        mps,
+        batch,
+        p95_ms: num(6)?,
+        throughput_rps: num(7)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trips() {
+        let text = format!("# synthetic\n{HEADER}\nd,y,h100-80gb,1g.10gb,2,8,12.500,640.00\n");
+        let t = ProfileTable::parse_csv(&text, "p.csv").expect("parses");
+        assert_eq!(t.len(), 1);
+        let r = t.get("d", "y", GpuModel::H100_80gb, "1g.10gb", 2, 8).expect("row");
+        assert_eq!(r.p95_ms, 12.5);
+        assert_eq!(t.to_csv(&["synthetic".into()]), text);
+    }
+
+    #[test]
+    fn bad_rows_name_line_and_column() {
+        let cases = [
+            ("d,y,h100-80gb,1g.10gb,5,8,1,1", "mps"),
+            ("d,y,h100-80gb,1g.10gb,1,3,1,1", "batch"),
+            ("d,y,h100-80gb,9g.1gb,1,8,1,1", "mig_profile"),
+            ("d,y,v100,1g.10gb,1,8,1,1", "gpu"),
+            ("d,y,h100-80gb,1g.10gb,1,8,-1,1", "p95_ms"),
+            ("d,y,h100-80gb,1g.10gb,1,8,1,NaN", "throughput_rps"),
+            ("d,y,h100-80gb", "mig_profile"),
+        ];
+        for (row, col) in cases {
+            let e = ProfileTable::parse_csv(&format!("{HEADER}\n{row}\n"), "p.csv").unwrap_err();
+            let s = e.to_string();
+            assert!(s.starts_with("p.csv:2: ") && s.contains(col), "{row}: {s}");
+        }
+        assert!(matches!(ProfileTable::parse_csv("a,b\n", "p"), Err(ProfileError::Header { .. })));
+    }
+}

@@ -1,0 +1,201 @@
+//! The framed wire envelope.
+//!
+//! ```text
+//! +---------+-------------+--------------+------------------------+
+//! | "JGSW"  | version u16 | body_len u32 | body (bincode 2, std)  |
+//! | 4 bytes | LE          | LE           | body_len bytes         |
+//! +---------+-------------+--------------+------------------------+
+//! ```
+//!
+//! The receiver checks the magic, then the version (an unknown version is a typed
+//! [`FrameError::Version`] so a peer can answer "upgrade me" rather than "garbage"), then the
+//! length against [`MAX_FRAME`] *before* reading or allocating the body, then decodes the body
+//! with the same cap as a bincode limit. [`decode_frame`] never panics on any input (fuzzed
+//! in CI; see `protocol/fuzz`). Design note: `docs/protocol.md`.
+
+use crate::plan::Plan;
+use serde::{Deserialize, Serialize};
+
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"JGSW";
+/// Current wire version.
+pub const VERSION: u16 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 10;
+/// Largest body accepted, bytes.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A message between jigsaw processes. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireMessage {
+    /// A node introduces itself.
+    Hello {
+        /// Node id.
+        node: String,
+        /// Highest plan epoch the node has applied.
+        applied_epoch: u64,
+    },
+    /// A plan with its fencing epoch.
+    PlanPush {
+        /// Strictly increasing plan epoch.
+        epoch: u64,
+        /// The plan.
+        plan: Box<Plan>,
+    },
+    /// Acknowledges a plan epoch.
+    PlanAck {
+        /// Node id.
+        node: String,
+        /// Epoch applied.
+        epoch: u64,
+    },
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Fewer bytes than a header or the announced body; read more and retry.
+    #[error("incomplete frame: need {need} bytes, have {have}")]
+    Incomplete {
+        /// Bytes needed in total.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// Not a jigsaw frame; drop the connection.
+    #[error("bad magic {got:02x?}: not a jigsaw peer")]
+    Magic {
+        /// The first four bytes.
+        got: [u8; 4],
+    },
+    /// A jigsaw frame of a version this build does not speak; upgrade one side.
+    #[error("wire version {got} is not supported (this build speaks {VERSION})")]
+    Version {
+        /// The peer's version.
+        got: u16,
+    },
+    /// Body larger than [`MAX_FRAME`]; drop the connection.
+    #[error("frame body of {len} bytes exceeds the {MAX_FRAME}-byte cap")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+    },
+    /// The body is not a valid message.
+    #[error("malformed body: {0}")]
+    Body(String),
+    /// The body decoded but left bytes unused.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME>()
+}
+
+/// Encode one message as a frame.
+pub fn encode_frame(msg: &WireMessage) -> Result<Vec<u8>, FrameError> {
+    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| FrameError::Body(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { len: body.len() });
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Parse and check a header; returns the body length.
+pub fn decode_header(buf: &[u8]) -> Result<usize, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Err(FrameError::Incomplete {
+            need: HEADER_LEN,
+            have: buf.len(),
+        });
+    }
+    let magic = [buf[0], buf[1], buf[2], buf[3]];
+    if magic != MAGIC {
+        return Err(FrameError::Magic { got: magic });
+    }
+    let version = u16::from_le_bytes([buf[4], buf[5]]);
+    if version != VERSION {
+        return Err(FrameError::Version { got: version });
+    }
+    let len = u32::from_le_bytes([buf[6], buf[7], buf[8], buf[9]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge { len });
+    }
+    Ok(len)
+}
+
+/// Decode one frame from the front of `buf`; returns the message and the bytes consumed.
+pub fn decode_frame(buf: &[u8]) -> Result<(WireMessage, usize), FrameError> {
+    let len = decode_header(buf)?;
+    let total = HEADER_LEN + len;
+    if buf.len() < total {
+        return Err(FrameError::Incomplete { need: total, have: buf.len() });
+    }
+    let body = &buf[HEADER_LEN..total];
+    let (msg, used): (WireMessage, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| FrameError::Body(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Trailing(body.len() - used));
+    }
+    Ok((msg, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello(node: String, applied_epoch: u64) -> WireMessage {
+        WireMessage::Hello { node, applied_epoch }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(node in ".{0,40}", e in any::<u64>()) {
+            let m = hello(node, e);
+            let f = encode_frame(&m).expect("encodes");
+            let (d, used) = decode_frame(&f).expect("decodes");
+            prop_assert_eq!(d, m);
+            prop_assert_eq!(used, f.len());
+        }
+
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_frame(&bytes);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_valid_header(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&VERSION.to_le_bytes());
+            f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            f.extend_from_slice(&body);
+            let _ = decode_frame(&f);
+        }
+    }
+
+    #[test]
+    fn typed_rejections() {
+        let f = encode_frame(&hello("n".into(), 1)).expect("encodes");
+        let mut bad = f.clone();
+        bad[0] = b'X';
+        assert!(matches!(decode_frame(&bad), Err(FrameError::Magic { .. })));
+        let mut v2 = f.clone();
+        v2[4] = 2;
+        assert_eq!(decode_frame(&v2), Err(FrameError::Version { got: 2 }));
+        let mut big = f.clone();
+        big[6..10].copy_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
+        assert!(matches!(decode_frame(&big), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(decode_frame(&f[..f.len() - 1]), Err(FrameError::Incomplete { .. })));
+        let mut trailing = f.clone();
+        trailing.push(0);
+        let n = u32::from_le_bytes([f[6], f[7], f[8], f[9]]) + 1;
+        trailing[6..10].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(decode_frame(&trailing), Err(FrameError::Trailing(1)));
+    }
+}
