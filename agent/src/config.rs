@@ -8,6 +8,7 @@
 //! alpha = 1.0           # Eq. 14 accuracy weight
 //! beta = 0.035          # Eq. 14 slice weight (omit: 1 / available slices)
 //! max_levels = 10       # latency levels per task before a grid is used
+//! abs_gap_slices = 0.5  # at fixed demand, stop within this many slices (x beta) of optimal
 //! ```
 
 use jigsaw_coordinator::PlannerConfig;
@@ -38,6 +39,8 @@ pub struct PlannerSection {
     pub beta: Option<f64>,
     /// Levels per task.
     pub max_levels: Option<usize>,
+    /// Absolute gap in slices at fixed demand.
+    pub abs_gap_slices: Option<f64>,
 }
 
 /// A config error naming the file and field.
@@ -120,6 +123,11 @@ impl Config {
                 None => None,
             },
             max_levels,
+            abs_gap_slices: match p.abs_gap_slices {
+                Some(x) if !(x.is_finite() && x >= 0.0) => return Err(bad("abs_gap_slices", format!("must be a number >= 0, got {x}"))),
+                Some(x) => x,
+                None => d.abs_gap_slices,
+            },
         })
     }
 }

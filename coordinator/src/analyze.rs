@@ -17,7 +17,7 @@ pub struct MaxDemandRow {
     pub error: Option<String>,
     /// Demand ÷ Unopt's demand.
     pub vs_unopt: Option<f64>,
-    /// Slices used at that demand.
+    /// Physical compute slices used at that demand.
     pub slices: u32,
     /// GPUs used at that demand.
     pub gpus_used: usize,
@@ -39,7 +39,7 @@ pub fn max_demand(pb: Problem<'_>, spaces: &[SearchSpace], cfg: &PlannerConfig, 
                 demand: Some(p.demand_rps),
                 error: None,
                 vs_unopt: None,
-                slices: p.slices_used,
+                slices: p.compute_slices,
                 gpus_used: p.gpus_used,
                 accuracy: p.accuracy,
                 solve_ms: p.stats.solve_ms,

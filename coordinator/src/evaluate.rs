@@ -64,6 +64,10 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
             bad.push(format!("gpu {} appears twice", g.gpu));
         }
         let mut placed: Vec<Placement> = Vec::new();
+        let compute: u32 = g.instances.iter().filter_map(|i| spec.profile_index(&i.mig_profile)).map(|p| u32::from(spec.profiles[p].compute_slices)).sum();
+        if compute > 7 {
+            bad.push(format!("gpu {}: {compute} compute slices > 7", g.gpu));
+        }
         for i in &g.instances {
             let Some(p) = spec.profile_index(&i.mig_profile) else {
                 bad.push(format!("gpu {}: unknown MIG profile {}", g.gpu, i.mig_profile));
@@ -74,7 +78,7 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
                 bad.push(format!("gpu {}: {e}", g.gpu));
             }
             placed.push(pl);
-            slices += u32::from(spec.profiles[p].compute_slices);
+            slices += u32::from(spec.profiles[p].slice_cost());
             let Some(t) = app.task_index(&i.task) else {
                 bad.push(format!("gpu {}: unknown task {}", g.gpu, i.task));
                 continue;

@@ -43,6 +43,8 @@ pub struct Milp {
     pub cols: Vec<Column>,
     /// Rows.
     pub rows: Vec<Row>,
+    /// Constant added to the objective.
+    pub offset: f64,
 }
 
 impl Milp {
@@ -59,7 +61,7 @@ impl Milp {
 
     /// Objective value of `x`.
     pub fn objective(&self, x: &[f64]) -> f64 {
-        self.cols.iter().zip(x).map(|(c, v)| c.cost * v).sum()
+        self.offset + self.cols.iter().zip(x).map(|(c, v)| c.cost * v).sum::<f64>()
     }
 
     /// Whether `x` satisfies bounds, rows and integrality within `tol`.
@@ -125,6 +127,8 @@ pub struct SolveOptions {
     pub time_limit_s: f64,
     /// Relative MIP gap.
     pub mip_rel_gap: f64,
+    /// Absolute MIP gap (0 = none).
+    pub mip_abs_gap: f64,
 }
 
 /// A MILP backend.
@@ -167,6 +171,12 @@ impl Solver for HighsSolver {
         };
         set(&mut model, "time_limit", opts.time_limit_s.max(0.001))?;
         set(&mut model, "mip_rel_gap", opts.mip_rel_gap)?;
+        if opts.mip_abs_gap > 0.0 {
+            set(&mut model, "mip_abs_gap", opts.mip_abs_gap)?;
+        }
+        if let Ok(e) = std::env::var("JIGSAW_HIGHS_HEUR") {
+            set(&mut model, "mip_heuristic_effort", e.parse().unwrap_or(0.05))?;
+        }
         model
             .try_set_option("random_seed", 0)
             .map_err(|e| SolverError::Backend(format!("option random_seed: {e:?}")))?;
@@ -203,7 +213,7 @@ impl Solver for HighsSolver {
         let objective = milp.objective(&x);
         let integer = !opts.relax && milp.cols.iter().any(|c| c.integer);
         let bound = if integer {
-            solved.double_info_value(c"mip_dual_bound").unwrap_or(objective)
+            solved.double_info_value(c"mip_dual_bound").map_or(objective, |b| b + milp.offset)
         } else {
             objective
         };
@@ -237,6 +247,7 @@ mod tests {
             relax: false,
             time_limit_s: 10.0,
             mip_rel_gap: 1e-9,
+            mip_abs_gap: 0.0,
         };
         let s = HighsSolver::default().solve(&m, opts).expect("solves");
         assert_eq!(s.status, Status::Optimal);
@@ -260,6 +271,7 @@ mod tests {
                     relax: false,
                     time_limit_s: 5.0,
                     mip_rel_gap: 1e-6,
+                    mip_abs_gap: 0.0,
                 },
             )
             .expect("solves");

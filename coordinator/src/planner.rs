@@ -55,6 +55,8 @@ pub struct PlannerConfig {
     pub beta: Option<f64>,
     /// Most latency levels per task before a grid is used.
     pub max_levels: usize,
+    /// Absolute MIP gap at fixed demand, in slices (× β): 0.5 stops within half a slice.
+    pub abs_gap_slices: f64,
 }
 
 impl Default for PlannerConfig {
@@ -65,8 +67,19 @@ impl Default for PlannerConfig {
             alpha: 1.0,
             beta: None,
             max_levels: 10,
+            abs_gap_slices: 0.5,
         }
     }
+}
+
+/// Objective weight per GPU used (a tie-break towards fewer GPUs).
+pub const EPS_GPU: f64 = 1e-6;
+/// Objective weight per slice when maximising demand (a tie-break towards fewer slices).
+pub const EPS_SLICE_MAX_DEMAND: f64 = 1e-6;
+
+/// β of Eq. 14: the configured value or 1 / available slices.
+pub fn beta_of(cfg: &PlannerConfig, gpus: usize) -> f64 {
+    cfg.beta.unwrap_or(1.0 / (7.0 * gpus as f64).max(1.0))
 }
 
 /// What to optimise.
@@ -366,7 +379,16 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
 
     // Layout classes.
     let allowed_prof = |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (pb.space.s || p.compute_slices == 7);
-    let classes = spec.layout_classes(allowed_prof);
+    // A class whose per-profile counts are covered by another class's is never needed:
+    // instances may leave slots of a layout empty.
+    let all = spec.layout_classes(allowed_prof);
+    let covers = |a: &LayoutClass, b: &LayoutClass| a.counts.iter().zip(&b.counts).all(|(x, y)| x >= y);
+    let classes: Vec<LayoutClass> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| !all.iter().enumerate().any(|(j, d)| j != *i && covers(d, c) && (d.counts != c.counts || j < *i)))
+        .map(|(_, c)| c.clone())
+        .collect();
 
     // Latency levels.
     let mut slice_budget = vec![None; nt];
@@ -484,7 +506,7 @@ fn static_budgets(app: &AppSpec, pb: Problem<'_>, spec: &GpuSpec, opts: &[Opt], 
             let per_slice = opts
                 .iter()
                 .filter(|o| o.t == t && o.v == bv)
-                .filter_map(|o| o.best_within(budgets[t]).map(|pt| pt.h / f64::from(spec.profiles[o.p].compute_slices)))
+                .filter_map(|o| o.best_within(budgets[t]).map(|pt| pt.h / f64::from(spec.profiles[o.p].slice_cost())))
                 .fold(0.0, f64::max);
             if per_slice > 0.0 {
                 rho[t] / per_slice
@@ -556,11 +578,14 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
     let spec = prep.spec;
     let nt = app.tasks.len();
     let g = pb.gpus as f64;
-    let slices_avail = 7.0 * g;
-    let beta = cfg.beta.unwrap_or(1.0 / slices_avail.max(1.0));
-    let eps_gpu = 1e-6;
+    let beta = beta_of(cfg, pb.gpus);
+    let eps_gpu = EPS_GPU;
     let mut m = Milp {
         maximize: true,
+        offset: match goal {
+            Goal::MinCost { .. } => cfg.alpha,
+            Goal::MaxDemand => 0.0,
+        },
         ..Milp::default()
     };
     let r_col = match goal {
@@ -578,7 +603,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         let prof = &spec.profiles[o.p];
         let acc = app.tasks[o.t].variants[o.v].accuracy;
         let loss = prep.amax_task[o.t] - acc;
-        let slices = f64::from(prof.compute_slices);
+        let slices = f64::from(prof.slice_cost());
         if loss > 1e-12 && prep.kappa[o.t].is_none() {
             continue; // ρ_t = 0: only max-accuracy variants may serve t
         }
@@ -587,7 +612,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
                 let acc_term = prep.kappa[o.t].map_or(0.0, |k| k * pt.h * loss / (prep.a_max * demand));
                 -(beta * slices) - cfg.alpha * acc_term
             }
-            Goal::MaxDemand => -1e-6 * slices,
+            Goal::MaxDemand => -EPS_SLICE_MAX_DEMAND * slices,
         };
         let ub = f64::from(prof.max_instances) * g;
         let c = m.col(cost, 0.0, ub, true);
@@ -664,7 +689,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
             let coefs = m_cols
                 .iter()
                 .filter(|(_, oi, _)| prep.opts[*oi].t == t)
-                .map(|&(c, oi, _)| (c, f64::from(spec.profiles[prep.opts[oi].p].compute_slices)))
+                .map(|&(c, oi, _)| (c, f64::from(spec.profiles[prep.opts[oi].p].slice_cost())))
                 .collect();
             m.row(f64::NEG_INFINITY, b + 1e-9, coefs);
         }
@@ -715,6 +740,7 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
                 relax: true,
                 time_limit_s: left,
                 mip_rel_gap: cfg.mip_rel_gap,
+                mip_abs_gap: 0.0,
             },
         )?;
         if lp.status == Status::Optimal || lp.status == Status::TimeLimitFeasible {
@@ -723,6 +749,12 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
     }
     bounded.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
 
+    // At fixed demand, stop within half a slice's worth of objective: the slice term moves in
+    // steps of β, so a tighter proof only reorders near-ties.
+    let abs_gap = match goal {
+        Goal::MinCost { .. } => cfg.abs_gap_slices * beta_of(cfg, pb.gpus),
+        Goal::MaxDemand => 0.0,
+    };
     let mut best: Option<(f64, usize, Vec<f64>)> = None; // (objective, bounded index, x)
     let mut bound = f64::NEG_INFINITY;
     let (mut solved, mut pruned) = (0usize, 0usize);
@@ -747,6 +779,7 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
                 relax: false,
                 time_limit_s: left,
                 mip_rel_gap: cfg.mip_rel_gap,
+                mip_abs_gap: abs_gap,
             },
         )?;
         solved += 1;
@@ -770,6 +803,11 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
         }
         return Err(infeasible(&prep, goal, cfg, solver, clock));
     };
+    if let (Goal::MaxDemand, Some(r)) = (goal, bounded[k].2.r_col) {
+        if x[r] <= 1e-9 {
+            return Err(infeasible(&prep, goal, cfg, solver, clock));
+        }
+    }
     let bound = bound.max(objective);
     let gap = (bound - objective).abs() / objective.abs().max(1e-9);
     let (_, si, built) = &bounded[k];
@@ -793,7 +831,10 @@ fn infeasible(prep: &Prepared<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn
         Goal::MaxDemand => 0.0,
     };
     let binding = match goal {
-        Goal::MaxDemand => "no configuration serves any demand".to_string(),
+        Goal::MaxDemand => format!(
+            "no configuration serves any demand: every task needs at least one instance within the latency SLO, and they do not all fit on {} GPU(s)",
+            pb.gpus
+        ),
         Goal::MinCost { .. } => match plan(pb, Goal::MaxDemand, cfg, solver, clock) {
             Ok(p) => format!(
                 "GPU capacity binds: the most this space serves under the latency and accuracy SLOs is {:.1} req/s{}",
@@ -831,7 +872,7 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
             by_profile.entry(o.p).or_default().push(InstancePlan {
                 mig_profile: spec.profiles[o.p].name.into(),
                 start: 0,
-                slices: spec.profiles[o.p].compute_slices,
+                slices: spec.profiles[o.p].slice_cost(),
                 mps: pt.mps,
                 task: app.tasks[o.t].name.clone(),
                 variant: app.tasks[o.t].variants[o.v].name.clone(),
@@ -936,6 +977,7 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         })
         .collect();
     let slices_used = tasks.iter().map(|t| t.slices).sum();
+    let compute_slices = gpus.iter().flat_map(|g| &g.instances).map(|i| spec.profile_index(&i.mig_profile).map_or(0, |p| u32::from(spec.profiles[p].compute_slices))).sum();
     Plan {
         app: app.name.clone(),
         space: pb.space.to_string(),
@@ -947,6 +989,7 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         latency_bound_ms,
         latency_slo_ms: app.latency_slo_ms,
         slices_used,
+        compute_slices,
         gpus_used: gpus.len(),
         tasks,
         gpus,

@@ -120,6 +120,19 @@ impl MigProfile {
     pub fn plannable(&self) -> bool {
         !self.media_ext
     }
+
+    /// The slice cost `s_n` the planner charges: the compute slices, except that the
+    /// double-memory 1g profile costs 2, because its placements ({0,2,4,6}, width 2) block
+    /// exactly as much of a GPU as a 2g does (paper §4: "MIG placement rules make them cost
+    /// as much as a 2/7"). A 3g keeps cost 3: the planner models placement exactly, so the
+    /// compute slice a 3g+3g layout strands is visible there, not in a per-instance price.
+    pub fn slice_cost(&self) -> u8 {
+        if self.compute_slices == 1 && self.mem_slices == 2 {
+            2
+        } else {
+            self.compute_slices
+        }
+    }
 }
 
 /// One GPU model with its MIG profile table and the figures the analytic profile model uses.

@@ -12,7 +12,7 @@ pub struct InstancePlan {
     pub mig_profile: String,
     /// First memory slice of the placement.
     pub start: u8,
-    /// Compute slices of the instance.
+    /// Slice cost `s_n` of the instance (see `MigProfile::slice_cost`).
     pub slices: u8,
     /// MPS processes (identical replicas of the same variant) inside the instance.
     pub mps: u8,
@@ -115,8 +115,10 @@ pub struct Plan {
     pub latency_bound_ms: f64,
     /// The latency SLO.
     pub latency_slo_ms: f64,
-    /// Compute slices used.
+    /// Slices used: Σ `s_n` over instances.
     pub slices_used: u32,
+    /// Physical compute slices of the instances (≤ 7 per GPU).
+    pub compute_slices: u32,
     /// GPUs with at least one instance.
     pub gpus_used: usize,
     /// Per-task summary.
