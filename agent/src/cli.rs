@@ -192,13 +192,7 @@ pub fn cmd_plan(a: &PlanArgs, config: Option<&Path>) -> Result<String> {
     let app = load_app(&a.inputs.app)?;
     let profiles = load_profiles(&a.inputs.profiles)?;
     let (cfg, solver) = planner_config(config)?;
-    let pb = Problem {
-        app: &app,
-        profiles: &profiles,
-        gpu: a.inputs.gpu,
-        gpus: a.inputs.gpus,
-        space: a.space,
-    };
+    let pb = Problem { app: &app, profiles: &profiles, gpu: a.inputs.gpu, gpus: a.inputs.gpus, space: a.space };
     let plan = jigsaw_coordinator::plan(pb, Goal::MinCost { demand: a.demand }, &cfg, &solver, &WallClock::new())?;
     let report = evaluate(&plan, &app, &profiles);
     if !report.ok() {
@@ -213,7 +207,11 @@ pub fn cmd_plan(a: &PlanArgs, config: Option<&Path>) -> Result<String> {
 /// Human-readable plan.
 pub fn render_plan(p: &Plan) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "plan for `{}` in {} on {} x {} at {:.1} req/s", p.app, p.space, p.gpus_available, p.gpu_model, p.demand_rps);
+    let _ = writeln!(
+        s,
+        "plan for `{}` in {} on {} x {} at {:.1} req/s",
+        p.app, p.space, p.gpus_available, p.gpu_model, p.demand_rps
+    );
     let _ = writeln!(
         s,
         "  accuracy {:.4} of max (SLO {:.2}), latency bound {:.1} ms (SLO {:.0} ms), {} slices on {} GPU(s)",
@@ -222,7 +220,12 @@ pub fn render_plan(p: &Plan) -> String {
     let _ = writeln!(
         s,
         "  solved in {:.0} ms, gap {:.2e}; latency splits {} enumerated, {} solved, {} pruned by bound; levels: {}",
-        p.stats.solve_ms, p.stats.gap, p.stats.splits_total, p.stats.splits_solved, p.stats.splits_pruned, p.stats.latency_levels
+        p.stats.solve_ms,
+        p.stats.gap,
+        p.stats.splits_total,
+        p.stats.splits_solved,
+        p.stats.splits_pruned,
+        p.stats.latency_levels
     );
     let _ = writeln!(s, "tasks:");
     for t in &p.tasks {
@@ -232,7 +235,11 @@ pub fn render_plan(p: &Plan) -> String {
             t.task, t.latency_budget_ms, t.slowest_p95_ms, t.demand_rps, t.capacity_rps, t.slices
         );
         for v in &t.variants {
-            let _ = writeln!(s, "      {:<20} acc {:.4}  {:>3} inst  {:>9.1}/s  weight {:.3}", v.variant, v.accuracy, v.instances, v.capacity_rps, v.weight);
+            let _ = writeln!(
+                s,
+                "      {:<20} acc {:.4}  {:>3} inst  {:>9.1}/s  weight {:.3}",
+                v.variant, v.accuracy, v.instances, v.capacity_rps, v.weight
+            );
         }
     }
     let _ = writeln!(s, "gpus:");
@@ -253,17 +260,13 @@ pub fn cmd_max_demand(inputs: &Inputs, svg_path: &Path, config: Option<&Path>) -
     let app = load_app(&inputs.app)?;
     let profiles = load_profiles(&inputs.profiles)?;
     let (cfg, solver) = planner_config(config)?;
-    let pb = Problem {
-        app: &app,
-        profiles: &profiles,
-        gpu: inputs.gpu,
-        gpus: inputs.gpus,
-        space: SearchSpace::FULL,
-    };
+    let pb = Problem { app: &app, profiles: &profiles, gpu: inputs.gpu, gpus: inputs.gpus, space: SearchSpace::FULL };
     let rows = analyze::max_demand(pb, &SearchSpace::all(), &cfg, &solver, &WallClock::new());
     let slices = inputs.gpus * 7;
-    let title = format!("{}: max serviceable demand on {} x {} (synthetic profiles)", app.name, inputs.gpus, inputs.gpu);
-    std::fs::write(svg_path, analyze::svg(&rows, &title, slices)).with_context(|| format!("writing {}", svg_path.display()))?;
+    let title =
+        format!("{}: max serviceable demand on {} x {} (synthetic profiles)", app.name, inputs.gpus, inputs.gpu);
+    std::fs::write(svg_path, analyze::svg(&rows, &title, slices))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
     let mut out = format!("{title}\n");
     out += &analyze::table(&rows, slices);
     let get = |sp: &str| rows.iter().find(|r| r.space.to_string() == sp).and_then(|r| r.demand);
@@ -284,7 +287,13 @@ pub fn cmd_synth(app: &Path, gpu: GpuModel) -> Result<String> {
 pub fn examples(dir: &Path) -> Vec<(String, PathBuf, PathBuf)> {
     ["social", "traffic", "ar"]
         .into_iter()
-        .map(|n| (n.to_string(), dir.join("apps").join(format!("{n}.toml")), dir.join("profiles").join(format!("{n}-h100-80gb.csv"))))
+        .map(|n| {
+            (
+                n.to_string(),
+                dir.join("apps").join(format!("{n}.toml")),
+                dir.join("profiles").join(format!("{n}-h100-80gb.csv")),
+            )
+        })
         .collect()
 }
 
@@ -292,20 +301,28 @@ pub fn examples(dir: &Path) -> Vec<(String, PathBuf, PathBuf)> {
 pub fn cmd_bench_planner(dir: &Path, gpus: &[usize], reps: usize, config: Option<&Path>) -> Result<String> {
     let (cfg, solver) = planner_config(config)?;
     let mut out = String::new();
-    let _ = writeln!(out, "planner bench: min-cost plan at 60% of the max serviceable demand, A+S+T, h100-80gb (synthetic profiles)");
-    let _ = writeln!(out, "time limit {} s, mip gap {}, median of {} run(s)", cfg.time_limit_s, cfg.mip_rel_gap, reps.max(1));
-    let _ = writeln!(out, "{:<8} {:>6} {:>10} {:>11} {:>11} {:>9} {:>8} {:>10}", "app", "GPUs", "demand/s", "max-dem ms", "plan ms", "gap", "slices", "splits");
+    let _ = writeln!(
+        out,
+        "planner bench: min-cost plan at 60% of the max serviceable demand, A+S+T, h100-80gb (synthetic profiles)"
+    );
+    let _ = writeln!(
+        out,
+        "time limit {} s, mip gap {}, median of {} run(s)",
+        cfg.time_limit_s,
+        cfg.mip_rel_gap,
+        reps.max(1)
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>6} {:>10} {:>11} {:>11} {:>9} {:>8} {:>10}",
+        "app", "GPUs", "demand/s", "max-dem ms", "plan ms", "gap", "slices", "splits"
+    );
     for (name, app_path, prof_path) in examples(dir) {
         let app = load_app(&app_path)?;
         let profiles = load_profiles(&prof_path)?;
         for &g in gpus {
-            let pb = Problem {
-                app: &app,
-                profiles: &profiles,
-                gpu: GpuModel::H100_80gb,
-                gpus: g,
-                space: SearchSpace::FULL,
-            };
+            let pb =
+                Problem { app: &app, profiles: &profiles, gpu: GpuModel::H100_80gb, gpus: g, space: SearchSpace::FULL };
             let clock = WallClock::new();
             let mut md_times = Vec::new();
             let mut max = None;
@@ -353,21 +370,21 @@ fn median(v: &mut [f64]) -> f64 {
 /// `jigsaw demo`: plan every example app on 4 H100s at half its max demand.
 pub fn cmd_demo(dir: &Path, config: Option<&Path>) -> Result<String> {
     let (cfg, solver) = planner_config(config)?;
-    let mut out = String::from("jigsaw demo: planning the example apps on 4 x h100-80gb (SYNTHETIC profiles, no GPU needed)\n\n");
+    let mut out =
+        String::from("jigsaw demo: planning the example apps on 4 x h100-80gb (SYNTHETIC profiles, no GPU needed)\n\n");
     for (_, app_path, prof_path) in examples(dir) {
         let app = load_app(&app_path)?;
         let profiles = load_profiles(&prof_path)?;
-        let pb = Problem {
-            app: &app,
-            profiles: &profiles,
-            gpu: GpuModel::H100_80gb,
-            gpus: 4,
-            space: SearchSpace::FULL,
-        };
+        let pb =
+            Problem { app: &app, profiles: &profiles, gpu: GpuModel::H100_80gb, gpus: 4, space: SearchSpace::FULL };
         let clock = WallClock::new();
         let max = jigsaw_coordinator::plan(pb, Goal::MaxDemand, &cfg, &solver, &clock)?;
         let demand = (max.demand_rps * 5.0).floor() / 10.0;
-        let _ = writeln!(out, "`{}`: max serviceable demand {:.1} req/s; planning for {demand:.1} req/s", app.name, max.demand_rps);
+        let _ = writeln!(
+            out,
+            "`{}`: max serviceable demand {:.1} req/s; planning for {demand:.1} req/s",
+            app.name, max.demand_rps
+        );
         let p = jigsaw_coordinator::plan(pb, Goal::MinCost { demand }, &cfg, &solver, &clock)?;
         let rep = evaluate(&p, &app, &profiles);
         if !rep.ok() {

@@ -83,10 +83,8 @@ impl Config {
 
     /// Parse and validate config text.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         c.planner_config(path)?;
         Ok(c)
     }
@@ -98,7 +96,9 @@ impl Config {
         let bad = |field, message: String| ConfigError::Value { path: path.into(), field, message };
         let pos = |field, v: Option<f64>, dflt: f64| -> Result<f64, ConfigError> {
             match v {
-                Some(x) if !(x.is_finite() && x > 0.0) => Err(bad(field, format!("must be a positive number, got {x}"))),
+                Some(x) if !(x.is_finite() && x > 0.0) => {
+                    Err(bad(field, format!("must be a positive number, got {x}")))
+                }
                 Some(x) => Ok(x),
                 None => Ok(dflt),
             }
@@ -124,7 +124,9 @@ impl Config {
             },
             max_levels,
             abs_gap_slices: match p.abs_gap_slices {
-                Some(x) if !(x.is_finite() && x >= 0.0) => return Err(bad("abs_gap_slices", format!("must be a number >= 0, got {x}"))),
+                Some(x) if !(x.is_finite() && x >= 0.0) => {
+                    return Err(bad("abs_gap_slices", format!("must be a number >= 0, got {x}")))
+                }
                 Some(x) => x,
                 None => d.abs_gap_slices,
             },

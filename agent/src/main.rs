@@ -9,7 +9,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
     let out = match &c.cmd {
         Command::Plan(a) => cli::cmd_plan(a, config)?,
         Command::Analyze(AnalyzeCmd::MaxDemand { inputs, svg }) => cli::cmd_max_demand(inputs, svg, config)?,
-        Command::Bench(BenchCmd::Planner { examples, gpus, reps }) => cli::cmd_bench_planner(examples, gpus, *reps, config)?,
+        Command::Bench(BenchCmd::Planner { examples, gpus, reps }) => {
+            cli::cmd_bench_planner(examples, gpus, *reps, config)?
+        }
         Command::Profiles(ProfilesCmd::Synth { app, gpu, out }) => {
             let csv = cli::cmd_synth(app, *gpu)?;
             match out {

@@ -30,7 +30,13 @@ pub struct MaxDemandRow {
 }
 
 /// Run the experiment over `spaces` (Unopt must be among them for the normalisation).
-pub fn max_demand(pb: Problem<'_>, spaces: &[SearchSpace], cfg: &PlannerConfig, solver: &dyn Solver, clock: &dyn Clock) -> Vec<MaxDemandRow> {
+pub fn max_demand(
+    pb: Problem<'_>,
+    spaces: &[SearchSpace],
+    cfg: &PlannerConfig,
+    solver: &dyn Solver,
+    clock: &dyn Clock,
+) -> Vec<MaxDemandRow> {
     let mut rows: Vec<MaxDemandRow> = spaces
         .iter()
         .map(|&space| match plan(Problem { space, ..pb }, Goal::MaxDemand, cfg, solver, clock) {
@@ -74,7 +80,11 @@ pub fn max_demand(pb: Problem<'_>, spaces: &[SearchSpace], cfg: &PlannerConfig, 
 /// A text table of the rows.
 pub fn table(rows: &[MaxDemandRow], total_slices: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<8} {:>12} {:>9} {:>14} {:>6} {:>9} {:>10} {:>8}", "space", "max req/s", "x Unopt", "slices used", "GPUs", "accuracy", "solve ms", "gap");
+    let _ = writeln!(
+        s,
+        "{:<8} {:>12} {:>9} {:>14} {:>6} {:>9} {:>10} {:>8}",
+        "space", "max req/s", "x Unopt", "slices used", "GPUs", "accuracy", "solve ms", "gap"
+    );
     for r in rows {
         match r.demand {
             Some(d) => {
@@ -107,11 +117,15 @@ pub fn svg(rows: &[MaxDemandRow], title: &str, total_slices: usize) -> String {
     let max = rows.iter().filter_map(|r| r.vs_unopt).fold(1.0, f64::max) * 1.1;
     let bw = (w - left - 20.0) / rows.len().max(1) as f64;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, w / 2.0, xml(title));
     let _ = writeln!(s, r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#, h - bottom);
-    let _ = writeln!(s, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - bottom, w - 20.0, h - bottom);
+    let _ =
+        writeln!(s, r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#, h - bottom, w - 20.0, h - bottom);
     let ticks = 5;
     for i in 0..=ticks {
         let v = max * i as f64 / ticks as f64;
@@ -119,7 +133,12 @@ pub fn svg(rows: &[MaxDemandRow], title: &str, total_slices: usize) -> String {
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{v:.1}x</text>"#, left - 6.0, y + 4.0);
         let _ = writeln!(s, r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##, w - 20.0);
     }
-    let _ = writeln!(s, r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">max demand / Unopt</text>"#, top + plot_h / 2.0, top + plot_h / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">max demand / Unopt</text>"#,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
     for (i, r) in rows.iter().enumerate() {
         let x = left + bw * i as f64 + bw * 0.15;
         let v = r.vs_unopt.unwrap_or(0.0);
@@ -129,8 +148,20 @@ pub fn svg(rows: &[MaxDemandRow], title: &str, total_slices: usize) -> String {
         let _ = writeln!(s, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{fill}"/>"#, bw * 0.7);
         let label = r.vs_unopt.map_or("n/a".into(), |v| format!("{v:.2}x"));
         let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, x + bw * 0.35, y - 4.0);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, x + bw * 0.35, h - bottom + 16.0, r.space);
-        let _ = writeln!(s, r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{}/{total_slices} sl</text>"##, x + bw * 0.35, h - bottom + 32.0, r.slices);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x + bw * 0.35,
+            h - bottom + 16.0,
+            r.space
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#555">{}/{total_slices} sl</text>"##,
+            x + bw * 0.35,
+            h - bottom + 32.0,
+            r.slices
+        );
     }
     let _ = writeln!(s, "</svg>");
     s

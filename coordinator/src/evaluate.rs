@@ -64,7 +64,12 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
             bad.push(format!("gpu {} appears twice", g.gpu));
         }
         let mut placed: Vec<Placement> = Vec::new();
-        let compute: u32 = g.instances.iter().filter_map(|i| spec.profile_index(&i.mig_profile)).map(|p| u32::from(spec.profiles[p].compute_slices)).sum();
+        let compute: u32 = g
+            .instances
+            .iter()
+            .filter_map(|i| spec.profile_index(&i.mig_profile))
+            .map(|p| u32::from(spec.profiles[p].compute_slices))
+            .sum();
         if compute > 7 {
             bad.push(format!("gpu {}: {compute} compute slices > 7", g.gpu));
         }
@@ -93,8 +98,13 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
                     g.gpu, i.task, i.variant, i.mig_profile, i.mps, i.batch
                 )),
                 Some(r) => {
-                    if (r.p95_ms - i.p95_ms).abs() > TOL * r.p95_ms || (r.throughput_rps - i.throughput_rps).abs() > TOL * r.throughput_rps {
-                        bad.push(format!("gpu {}: {}/{} figures differ from the profile row", g.gpu, i.task, i.variant));
+                    if (r.p95_ms - i.p95_ms).abs() > TOL * r.p95_ms
+                        || (r.throughput_rps - i.throughput_rps).abs() > TOL * r.throughput_rps
+                    {
+                        bad.push(format!(
+                            "gpu {}: {}/{} figures differ from the profile row",
+                            g.gpu, i.task, i.variant
+                        ));
                     }
                     cap_v[t][v] += r.throughput_rps;
                     lhat[t] = lhat[t].max(r.p95_ms);
@@ -109,7 +119,11 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
         let l: f64 = p.iter().map(|&t| 2.0 * lhat[t]).sum();
         if l > app.latency_slo_ms * (1.0 + TOL) {
             let names: Vec<&str> = p.iter().map(|&t| app.tasks[t].name.as_str()).collect();
-            bad.push(format!("path {}: 2 x sum of slowest p95 = {l:.2} ms > SLO {:.2} ms", names.join(" -> "), app.latency_slo_ms));
+            bad.push(format!(
+                "path {}: 2 x sum of slowest p95 = {l:.2} ms > SLO {:.2} ms",
+                names.join(" -> "),
+                app.latency_slo_ms
+            ));
         }
         path_latency_ms.push(l);
     }
@@ -137,11 +151,15 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
     }
     for t in 0..nt {
         if capacity[t] < demand[t] * (1.0 - TOL) {
-            bad.push(format!("task {}: capacity {:.3} < demand {:.3} items/s", app.tasks[t].name, capacity[t], demand[t]));
+            bad.push(format!(
+                "task {}: capacity {:.3} < demand {:.3} items/s",
+                app.tasks[t].name, capacity[t], demand[t]
+            ));
         }
     }
     // Accuracy.
-    let amax: Vec<f64> = (0..nt).map(|t| app.tasks[t].variants.iter().map(|v| v.accuracy).fold(0.0, f64::max)).collect();
+    let amax: Vec<f64> =
+        (0..nt).map(|t| app.tasks[t].variants.iter().map(|v| v.accuracy).fold(0.0, f64::max)).collect();
     let ahat: Vec<f64> = (0..nt)
         .map(|t| {
             if capacity[t] > 0.0 {
@@ -156,16 +174,23 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
         .map(|p| {
             p.windows(2)
                 .map(|w| {
-                    let best = app.tasks[w[0]].variants.iter().enumerate().max_by(|a, b| a.1.accuracy.total_cmp(&b.1.accuracy).then(b.0.cmp(&a.0))).map_or(0, |x| x.0);
+                    let best = app.tasks[w[0]]
+                        .variants
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.accuracy.total_cmp(&b.1.accuracy).then(b.0.cmp(&a.0)))
+                        .map_or(0, |x| x.0);
                     app.fanout(w[0], best, w[1])
                 })
                 .product()
         })
         .collect();
     let total: f64 = leaf_mult.iter().sum();
-    let f: Vec<f64> = leaf_mult.iter().map(|m| if total > 0.0 { m / total } else { 1.0 / paths.len() as f64 }).collect();
+    let f: Vec<f64> =
+        leaf_mult.iter().map(|m| if total > 0.0 { m / total } else { 1.0 / paths.len() as f64 }).collect();
     let a_max: f64 = paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| amax[t]).product::<f64>()).sum();
-    let a_obj: f64 = paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| ahat[t]).product::<f64>()).sum::<f64>() / a_max;
+    let a_obj: f64 =
+        paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| ahat[t]).product::<f64>()).sum::<f64>() / a_max;
     if a_obj < app.accuracy_slo * (1.0 - TOL) {
         bad.push(format!("accuracy {a_obj:.5} of maximum < SLO {:.5}", app.accuracy_slo));
     }
@@ -179,12 +204,5 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
     if (plan.accuracy - a_obj).abs() > 1e-6 {
         bad.push(format!("plan says accuracy {:.6}, recomputed {a_obj:.6}", plan.accuracy));
     }
-    Report {
-        violations: bad,
-        accuracy: a_obj,
-        path_latency_ms,
-        demand,
-        capacity,
-        slices,
-    }
+    Report { violations: bad, accuracy: a_obj, path_latency_ms, demand, capacity, slices }
 }

@@ -66,13 +66,15 @@ impl Milp {
 
     /// Whether `x` satisfies bounds, rows and integrality within `tol`.
     pub fn is_feasible(&self, x: &[f64], tol: f64) -> bool {
-        self.cols.iter().zip(x).all(|(c, &v)| {
-            v >= c.lb - tol && v <= c.ub + tol && (!c.integer || (v - v.round()).abs() <= tol)
-        }) && self.rows.iter().all(|r| {
-            let a: f64 = r.coefs.iter().map(|&(j, k)| k * x[j]).sum();
-            let scale = 1.0 + r.lb.abs().min(r.ub.abs()).min(1e9);
-            a >= r.lb - tol * scale && a <= r.ub + tol * scale
-        })
+        self.cols
+            .iter()
+            .zip(x)
+            .all(|(c, &v)| v >= c.lb - tol && v <= c.ub + tol && (!c.integer || (v - v.round()).abs() <= tol))
+            && self.rows.iter().all(|r| {
+                let a: f64 = r.coefs.iter().map(|&(j, k)| k * x[j]).sum();
+                let scale = 1.0 + r.lb.abs().min(r.ub.abs()).min(1e9);
+                a >= r.lb - tol * scale && a <= r.ub + tol * scale
+            })
     }
 }
 
@@ -158,16 +160,11 @@ impl Solver for HighsSolver {
             let coefs: Vec<(highs::Col, f64)> = r.coefs.iter().map(|&(j, k)| (cols[j], k)).collect();
             pb.add_row(r.lb..=r.ub, coefs);
         }
-        let sense = if milp.maximize {
-            highs::Sense::Maximise
-        } else {
-            highs::Sense::Minimise
-        };
+        let sense = if milp.maximize { highs::Sense::Maximise } else { highs::Sense::Minimise };
         let mut model = pb.try_optimise(sense).map_err(|e| SolverError::Backend(format!("{e:?}")))?;
         model.make_quiet();
         let set = |m: &mut highs::Model, k: &str, v: f64| {
-            m.try_set_option(k, v)
-                .map_err(|e| SolverError::Backend(format!("option {k}: {e:?}")))
+            m.try_set_option(k, v).map_err(|e| SolverError::Backend(format!("option {k}: {e:?}")))
         };
         set(&mut model, "time_limit", opts.time_limit_s.max(0.001))?;
         set(&mut model, "mip_rel_gap", opts.mip_rel_gap)?;
@@ -196,18 +193,15 @@ impl Solver for HighsSolver {
         let status = match solved.status() {
             S::Optimal => Status::Optimal,
             S::Infeasible | S::UnboundedOrInfeasible => Status::Infeasible,
-            S::ReachedTimeLimit | S::ReachedInterrupt | S::ReachedIterationLimit if has_solution => Status::TimeLimitFeasible,
+            S::ReachedTimeLimit | S::ReachedInterrupt | S::ReachedIterationLimit if has_solution => {
+                Status::TimeLimitFeasible
+            }
             S::ReachedTimeLimit | S::ReachedInterrupt | S::ReachedIterationLimit => Status::TimeLimitNoSolution,
             S::ModelEmpty => Status::Optimal,
             other => return Err(SolverError::Backend(format!("HiGHS model status {other:?}"))),
         };
         if matches!(status, Status::Infeasible | Status::TimeLimitNoSolution) {
-            return Ok(Solution {
-                status,
-                x: Vec::new(),
-                objective: f64::NAN,
-                bound: f64::NAN,
-            });
+            return Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound: f64::NAN });
         }
         let x = solved.get_solution().columns().to_vec();
         let objective = milp.objective(&x);
@@ -217,12 +211,7 @@ impl Solver for HighsSolver {
         } else {
             objective
         };
-        Ok(Solution {
-            status,
-            x,
-            objective,
-            bound,
-        })
+        Ok(Solution { status, x, objective, bound })
     }
 }
 
@@ -233,29 +222,19 @@ mod tests {
     #[test]
     fn knapsack() {
         // max 5a + 4b + 3c, 2a + 3b + c <= 5, 4a + b + 2c <= 11, 3a + 4b + 2c <= 8, integer.
-        let mut m = Milp {
-            maximize: true,
-            ..Milp::default()
-        };
+        let mut m = Milp { maximize: true, ..Milp::default() };
         let a = m.col(5.0, 0.0, 10.0, true);
         let b = m.col(4.0, 0.0, 10.0, true);
         let c = m.col(3.0, 0.0, 10.0, true);
         m.row(f64::NEG_INFINITY, 5.0, vec![(a, 2.0), (b, 3.0), (c, 1.0)]);
         m.row(f64::NEG_INFINITY, 11.0, vec![(a, 4.0), (b, 1.0), (c, 2.0)]);
         m.row(f64::NEG_INFINITY, 8.0, vec![(a, 3.0), (b, 4.0), (c, 2.0)]);
-        let opts = SolveOptions {
-            relax: false,
-            time_limit_s: 10.0,
-            mip_rel_gap: 1e-9,
-            mip_abs_gap: 0.0,
-        };
+        let opts = SolveOptions { relax: false, time_limit_s: 10.0, mip_rel_gap: 1e-9, mip_abs_gap: 0.0 };
         let s = HighsSolver::default().solve(&m, opts).expect("solves");
         assert_eq!(s.status, Status::Optimal);
         assert!((s.objective - 13.0).abs() < 1e-6, "{s:?}");
         assert!(m.is_feasible(&s.x, 1e-6));
-        let lp = HighsSolver::default()
-            .solve(&m, SolveOptions { relax: true, ..opts })
-            .expect("solves");
+        let lp = HighsSolver::default().solve(&m, SolveOptions { relax: true, ..opts }).expect("solves");
         assert!(lp.objective >= s.objective - 1e-9);
     }
 
@@ -265,15 +244,7 @@ mod tests {
         let a = m.col(1.0, 0.0, 1.0, true);
         m.row(2.0, f64::INFINITY, vec![(a, 1.0)]);
         let s = HighsSolver::default()
-            .solve(
-                &m,
-                SolveOptions {
-                    relax: false,
-                    time_limit_s: 5.0,
-                    mip_rel_gap: 1e-6,
-                    mip_abs_gap: 0.0,
-                },
-            )
+            .solve(&m, SolveOptions { relax: false, time_limit_s: 5.0, mip_rel_gap: 1e-6, mip_abs_gap: 0.0 })
             .expect("solves");
         assert_eq!(s.status, Status::Infeasible);
     }

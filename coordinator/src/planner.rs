@@ -246,7 +246,9 @@ fn allowed_segment(spec: &GpuSpec, space: SearchSpace, p: usize, mps: u8) -> boo
 }
 
 fn pareto(mut pts: Vec<Point>) -> Vec<Point> {
-    pts.sort_by(|a, b| a.l.total_cmp(&b.l).then(b.h.total_cmp(&a.h)).then(a.mps.cmp(&b.mps)).then(a.batch.cmp(&b.batch)));
+    pts.sort_by(|a, b| {
+        a.l.total_cmp(&b.l).then(b.h.total_cmp(&a.h)).then(a.mps.cmp(&b.mps)).then(a.batch.cmp(&b.batch))
+    });
     let mut out: Vec<Point> = Vec::new();
     for p in pts {
         if out.last().is_none_or(|q| p.h > q.h + 1e-12) {
@@ -259,10 +261,8 @@ fn pareto(mut pts: Vec<Point>) -> Vec<Point> {
 /// Path weights f_p: the share of leaf requests that take path p when every task runs its
 /// most accurate variant (the paper leaves f_p undefined for fan-out graphs).
 pub fn path_weights(app: &AppSpec, paths: &[Vec<usize>]) -> Vec<f64> {
-    let raw: Vec<f64> = paths
-        .iter()
-        .map(|p| p.windows(2).map(|w| app.fanout(w[0], app.best_variant(w[0]), w[1])).product())
-        .collect();
+    let raw: Vec<f64> =
+        paths.iter().map(|p| p.windows(2).map(|w| app.fanout(w[0], app.best_variant(w[0]), w[1])).product()).collect();
     let sum: f64 = raw.iter().sum();
     if sum > 0.0 {
         raw.iter().map(|r| r / sum).collect()
@@ -284,23 +284,18 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
                 let pts: Vec<Point> = pb
                     .profiles
                     .rows()
-                    .filter(|r| r.task == app.tasks[t].name && r.variant == app.tasks[t].variants[v].name && r.gpu == pb.gpu && r.mig_profile == prof.name)
-                    .filter(|r| allowed_segment(spec, pb.space, p, r.mps))
-                    .map(|r| Point {
-                        mps: r.mps,
-                        batch: r.batch,
-                        l: r.p95_ms,
-                        h: r.throughput_rps,
+                    .filter(|r| {
+                        r.task == app.tasks[t].name
+                            && r.variant == app.tasks[t].variants[v].name
+                            && r.gpu == pb.gpu
+                            && r.mig_profile == prof.name
                     })
+                    .filter(|r| allowed_segment(spec, pb.space, p, r.mps))
+                    .map(|r| Point { mps: r.mps, batch: r.batch, l: r.p95_ms, h: r.throughput_rps })
                     .collect();
                 if !pts.is_empty() {
                     any = true;
-                    opts.push(Opt {
-                        t,
-                        v,
-                        p,
-                        frontier: pareto(pts),
-                    });
+                    opts.push(Opt { t, v, p, frontier: pareto(pts) });
                 }
             }
         }
@@ -308,7 +303,10 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
             let need = if pb.space.s {
                 "any allowed variant on any MIG profile".to_string()
             } else {
-                format!("the whole-GPU profile {} with MPS 1", spec.profiles.iter().find(|p| p.compute_slices == 7).map_or("7g", |p| p.name))
+                format!(
+                    "the whole-GPU profile {} with MPS 1",
+                    spec.profiles.iter().find(|p| p.compute_slices == 7).map_or("7g", |p| p.name)
+                )
             };
             return Err(PlanError::MissingProfiles {
                 task: app.tasks[t].name.clone(),
@@ -372,13 +370,21 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
     }
     let kappa: Vec<Option<f64>> = (0..nt)
         .map(|t| {
-            let w: f64 = paths.iter().zip(&f).filter(|(p, _)| p.contains(&t)).map(|(p, fp)| fp * amax_task[t] * p.iter().filter(|&&u| u != t).map(|&u| amax_task[u]).product::<f64>()).sum();
+            let w: f64 = paths
+                .iter()
+                .zip(&f)
+                .filter(|(p, _)| p.contains(&t))
+                .map(|(p, fp)| {
+                    fp * amax_task[t] * p.iter().filter(|&&u| u != t).map(|&u| amax_task[u]).product::<f64>()
+                })
+                .sum();
             (rho_min[t] > 1e-12).then(|| w / (amax_task[t] * rho_min[t]))
         })
         .collect();
 
     // Layout classes.
-    let allowed_prof = |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (pb.space.s || p.compute_slices == 7);
+    let allowed_prof =
+        |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (pb.space.s || p.compute_slices == 7);
     // A class whose per-profile counts are covered by another class's is never needed:
     // instances may leave slots of a layout empty.
     let all = spec.layout_classes(allowed_prof);
@@ -386,7 +392,9 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
     let classes: Vec<LayoutClass> = all
         .iter()
         .enumerate()
-        .filter(|(i, c)| !all.iter().enumerate().any(|(j, d)| j != *i && covers(d, c) && (d.counts != c.counts || j < *i)))
+        .filter(|(i, c)| {
+            !all.iter().enumerate().any(|(j, d)| j != *i && covers(d, c) && (d.counts != c.counts || j < *i))
+        })
         .map(|(_, c)| c.clone())
         .collect();
 
@@ -402,7 +410,12 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
                     .filter(|p| p.contains(&t))
                     .map(|p| half - p.iter().filter(|&&u| u != t).map(|&u| min_l[u]).sum::<f64>())
                     .fold(f64::INFINITY, f64::min);
-                let mut ls: Vec<f64> = opts.iter().filter(|o| o.t == t).flat_map(|o| o.frontier.iter().map(|p| p.l)).filter(|&l| l <= cap + 1e-9).collect();
+                let mut ls: Vec<f64> = opts
+                    .iter()
+                    .filter(|o| o.t == t)
+                    .flat_map(|o| o.frontier.iter().map(|p| p.l))
+                    .filter(|&l| l <= cap + 1e-9)
+                    .collect();
                 ls.sort_by(f64::total_cmp);
                 ls.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
                 // A task alone on all its paths needs only its largest level.
@@ -470,15 +483,28 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
 /// * Slices: each task's demand under the most accurate variants (fan-out products), divided
 ///   by the best throughput per slice of its most accurate variant within that latency
 ///   budget, normalised to shares.
-fn static_budgets(app: &AppSpec, pb: Problem<'_>, spec: &GpuSpec, opts: &[Opt], paths: &[Vec<usize>]) -> (Vec<f64>, Vec<f64>) {
+fn static_budgets(
+    app: &AppSpec,
+    pb: Problem<'_>,
+    spec: &GpuSpec,
+    opts: &[Opt],
+    paths: &[Vec<usize>],
+) -> (Vec<f64>, Vec<f64>) {
     let nt = app.tasks.len();
     let worst: Vec<f64> = (0..nt)
         .map(|t| {
             let bv = app.best_variant(t);
             pb.profiles
                 .rows()
-                .filter(|r| r.task == app.tasks[t].name && r.variant == app.tasks[t].variants[bv].name && r.gpu == pb.gpu && r.batch == 1)
-                .filter(|r| spec.profile_index(&r.mig_profile).is_some_and(|p| allowed_segment(spec, pb.space, p, r.mps)))
+                .filter(|r| {
+                    r.task == app.tasks[t].name
+                        && r.variant == app.tasks[t].variants[bv].name
+                        && r.gpu == pb.gpu
+                        && r.batch == 1
+                })
+                .filter(|r| {
+                    spec.profile_index(&r.mig_profile).is_some_and(|p| allowed_segment(spec, pb.space, p, r.mps))
+                })
                 .map(|r| r.p95_ms)
                 .fold(0.0, f64::max)
         })
@@ -498,7 +524,8 @@ fn static_budgets(app: &AppSpec, pb: Problem<'_>, spec: &GpuSpec, opts: &[Opt], 
     let mut rho = vec![0.0; nt];
     for &t in &order {
         let ps = app.parents(t);
-        rho[t] = if ps.is_empty() { 1.0 } else { ps.iter().map(|&u| rho[u] * app.fanout(u, app.best_variant(u), t)).sum() };
+        rho[t] =
+            if ps.is_empty() { 1.0 } else { ps.iter().map(|&u| rho[u] * app.fanout(u, app.best_variant(u), t)).sum() };
     }
     let need: Vec<f64> = (0..nt)
         .map(|t| {
@@ -526,7 +553,15 @@ fn enumerate_splits(levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64) -> Vec
     let fits = |a: &[usize]| paths.iter().all(|p| p.iter().map(|&t| levels[t][a[t]]).sum::<f64>() <= half + 1e-9);
     let mut out = Vec::new();
     let mut cur = vec![0usize; nt];
-    fn rec(t: usize, cur: &mut Vec<usize>, levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64, out: &mut Vec<Vec<usize>>, fits: &dyn Fn(&[usize]) -> bool) {
+    fn rec(
+        t: usize,
+        cur: &mut Vec<usize>,
+        levels: &[Vec<f64>],
+        paths: &[Vec<usize>],
+        half: f64,
+        out: &mut Vec<Vec<usize>>,
+        fits: &dyn Fn(&[usize]) -> bool,
+    ) {
         if t == cur.len() {
             if fits(cur) {
                 let maximal = (0..cur.len()).all(|u| {
@@ -545,7 +580,9 @@ fn enumerate_splits(levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64) -> Vec
         for i in 0..levels[t].len() {
             cur[t] = i;
             // Prune: assigned tasks at their level, unassigned at their minimum.
-            let ok = paths.iter().all(|p| p.iter().map(|&u| if u <= t { levels[u][cur[u]] } else { levels[u][0] }).sum::<f64>() <= half + 1e-9);
+            let ok = paths.iter().all(|p| {
+                p.iter().map(|&u| if u <= t { levels[u][cur[u]] } else { levels[u][0] }).sum::<f64>() <= half + 1e-9
+            });
             if !ok {
                 break;
             }
@@ -622,14 +659,16 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
     let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-eps_gpu, 0.0, g, true)).collect();
     // Demand rows.
     for t in 0..nt {
-        let mut coefs: Vec<(usize, f64)> = m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, pt)| (c, pt.h)).collect();
+        let mut coefs: Vec<(usize, f64)> =
+            m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, pt)| (c, pt.h)).collect();
         let mut rhs = 0.0;
         let parents = app.parents(t);
         if parents.is_empty() {
             rhs = demand;
         }
         for &u in &parents {
-            let fanouts: Vec<f64> = allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
+            let fanouts: Vec<f64> =
+                allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
             let constant = fanouts.iter().all(|&x| (x - fanouts[0]).abs() <= 1e-12);
             match (prep.fixed_rho[u], constant) {
                 (Some(r), true) => rhs += r * fanouts[0] * demand,
@@ -671,7 +710,8 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
     }
     // Placement rows.
     for (p, _) in spec.profiles.iter().enumerate() {
-        let mut coefs: Vec<(usize, f64)> = m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].p == p).map(|&(c, _, _)| (c, 1.0)).collect();
+        let mut coefs: Vec<(usize, f64)> =
+            m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].p == p).map(|&(c, _, _)| (c, 1.0)).collect();
         if coefs.is_empty() {
             continue;
         }
@@ -698,7 +738,13 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
 }
 
 /// Run the planner.
-pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solver, clock: &dyn Clock) -> Result<Plan, PlanError> {
+pub fn plan(
+    pb: Problem<'_>,
+    goal: Goal,
+    cfg: &PlannerConfig,
+    solver: &dyn Solver,
+    clock: &dyn Clock,
+) -> Result<Plan, PlanError> {
     let t0 = clock.now_s();
     let prep = prepare(pb, cfg)?;
     let half = pb.app.latency_slo_ms / 2.0;
@@ -709,7 +755,8 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
     let mut seen: HashSet<Vec<(usize, u8, u32)>> = HashSet::new();
     for a in &assignments {
         let levels: Vec<f64> = a.iter().enumerate().map(|(t, &i)| prep.levels[t][i]).collect();
-        let cols: Vec<(usize, Point)> = prep.opts.iter().enumerate().filter_map(|(oi, o)| o.best_within(levels[o.t]).map(|pt| (oi, pt))).collect();
+        let cols: Vec<(usize, Point)> =
+            prep.opts.iter().enumerate().filter_map(|(oi, o)| o.best_within(levels[o.t]).map(|pt| (oi, pt))).collect();
         let sig: Vec<(usize, u8, u32)> = cols.iter().map(|(oi, pt)| (*oi, pt.mps, pt.batch)).collect();
         if seen.insert(sig) {
             splits.push(Split { levels, cols });
@@ -721,7 +768,10 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
         a.cols.iter().all(|(oi, pt)| hb.get(oi).is_some_and(|&h| h >= pt.h))
     };
     let keep: Vec<bool> = (0..splits.len())
-        .map(|i| !(0..splits.len()).any(|j| j != i && dominated(&splits[i], &splits[j]) && !(dominated(&splits[j], &splits[i]) && j > i)))
+        .map(|i| {
+            !(0..splits.len())
+                .any(|j| j != i && dominated(&splits[i], &splits[j]) && !(dominated(&splits[j], &splits[i]) && j > i))
+        })
         .collect();
     let splits: Vec<Split> = splits.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect();
 
@@ -736,12 +786,7 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
         }
         let lp = solver.solve(
             &built.milp,
-            SolveOptions {
-                relax: true,
-                time_limit_s: left,
-                mip_rel_gap: cfg.mip_rel_gap,
-                mip_abs_gap: 0.0,
-            },
+            SolveOptions { relax: true, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: 0.0 },
         )?;
         if lp.status == Status::Optimal || lp.status == Status::TimeLimitFeasible {
             bounded.push((lp.objective, i, built));
@@ -775,12 +820,7 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
         }
         let sol = solver.solve(
             &built.milp,
-            SolveOptions {
-                relax: false,
-                time_limit_s: left,
-                mip_rel_gap: cfg.mip_rel_gap,
-                mip_abs_gap: abs_gap,
-            },
+            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
         )?;
         solved += 1;
         match sol.status {
@@ -808,9 +848,12 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
             return Err(infeasible(&prep, goal, cfg, solver, clock));
         }
     }
+    let (_, si, built) = &bounded[k];
+    let mut x = x;
+    repack(&prep, built, &mut x, solver, (deadline - clock.now_s()).max(0.05))?;
+    let objective = objective.max(built.milp.objective(&x));
     let bound = bound.max(objective);
     let gap = (bound - objective).abs() / objective.abs().max(1e-9);
-    let (_, si, built) = &bounded[k];
     let stats = SolveStats {
         solve_ms: (clock.now_s() - t0) * 1e3,
         gap,
@@ -824,7 +867,56 @@ pub fn plan(pb: Problem<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solve
     Ok(decode(&prep, &splits[*si], built, &x, goal, stats))
 }
 
-fn infeasible(prep: &Prepared<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn Solver, clock: &dyn Clock) -> PlanError {
+/// Re-choose the layout counts `y` for the chosen instances so they use the fewest GPUs.
+/// The main MILP stops at the MIP gap, which is far coarser than its GPU tie-break; this
+/// small exact MILP (one column per layout class) closes that.
+fn repack(
+    prep: &Prepared<'_>,
+    built: &Built,
+    x: &mut [f64],
+    solver: &dyn Solver,
+    time_s: f64,
+) -> Result<(), PlanError> {
+    let nprof = prep.spec.profiles.len();
+    let mut need = vec![0.0; nprof];
+    for &(c, oi, _) in &built.m_cols {
+        need[prep.opts[oi].p] += x[c].round();
+    }
+    let mut m = Milp::default();
+    let ys: Vec<usize> = prep.classes.iter().map(|_| m.col(1.0, 0.0, prep.pb.gpus as f64, true)).collect();
+    for (p, &n) in need.iter().enumerate() {
+        if n > 0.0 {
+            let coefs = prep
+                .classes
+                .iter()
+                .zip(&ys)
+                .filter(|(cl, _)| cl.counts[p] > 0)
+                .map(|(cl, &y)| (y, f64::from(cl.counts[p])))
+                .collect();
+            m.row(n, f64::INFINITY, coefs);
+        }
+    }
+    let sol =
+        solver.solve(&m, SolveOptions { relax: false, time_limit_s: time_s, mip_rel_gap: 0.0, mip_abs_gap: 0.0 })?;
+    if matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
+        let before: f64 = built.y_cols.iter().map(|&c| x[c].round()).sum();
+        let after: f64 = sol.x.iter().map(|v| v.round()).sum();
+        if after < before {
+            for (&c, v) in built.y_cols.iter().zip(&sol.x) {
+                x[c] = v.round();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn infeasible(
+    prep: &Prepared<'_>,
+    goal: Goal,
+    cfg: &PlannerConfig,
+    solver: &dyn Solver,
+    clock: &dyn Clock,
+) -> PlanError {
     let pb = prep.pb;
     let demand = match goal {
         Goal::MinCost { demand } => demand,
@@ -844,14 +936,7 @@ fn infeasible(prep: &Prepared<'_>, goal: Goal, cfg: &PlannerConfig, solver: &dyn
             Err(e) => format!("even the maximum-demand search fails: {e}"),
         },
     };
-    PlanError::Infeasible {
-        app: pb.app.name.clone(),
-        space: pb.space,
-        demand,
-        gpus: pb.gpus,
-        gpu: pb.gpu,
-        binding,
-    }
+    PlanError::Infeasible { app: pb.app.name.clone(), space: pb.space, demand, gpus: pb.gpus, gpu: pb.gpu, binding }
 }
 
 fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Goal, stats: SolveStats) -> Plan {
@@ -883,7 +968,9 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         }
     }
     // GPUs from layout classes; instances fill slots GPU by GPU.
-    let mut gpus: Vec<(Vec<(usize, u8)>, Vec<InstancePlan>)> = Vec::new();
+    // (free slots as (profile, start), instances placed)
+    type Slots = Vec<(usize, u8)>;
+    let mut gpus: Vec<(Slots, Vec<InstancePlan>)> = Vec::new();
     for (ci, &yc) in built.y_cols.iter().enumerate() {
         for _ in 0..(x[yc].round() as i64).max(0) {
             let slots = prep.classes[ci].representative.placements.iter().map(|p| (p.profile, p.start)).collect();
@@ -891,7 +978,9 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         }
     }
     // Put GPUs that can take the largest instances first, so the fill is stable.
-    gpus.sort_by_key(|(slots, _)| std::cmp::Reverse(slots.iter().map(|(p, _)| spec.profiles[*p].compute_slices).max().unwrap_or(0)));
+    gpus.sort_by_key(|(slots, _)| {
+        std::cmp::Reverse(slots.iter().map(|(p, _)| spec.profiles[*p].compute_slices).max().unwrap_or(0))
+    });
     for (p, insts) in by_profile {
         let mut it = insts.into_iter();
         'outer: for (slots, placed) in gpus.iter_mut() {
@@ -941,21 +1030,40 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         } else {
             ps.iter()
                 .map(|&u| {
-                    let fhat = if total[u] > 0.0 { cap[u].iter().map(|(&v, e)| e.1 * app.fanout(u, v, t)).sum::<f64>() / total[u] } else { 0.0 };
+                    let fhat = if total[u] > 0.0 {
+                        cap[u].iter().map(|(&v, e)| e.1 * app.fanout(u, v, t)).sum::<f64>() / total[u]
+                    } else {
+                        0.0
+                    };
                     dem[u] * fhat
                 })
                 .sum()
         };
     }
     let ahat: Vec<f64> = (0..nt)
-        .map(|t| if total[t] > 0.0 { cap[t].iter().map(|(&v, e)| e.1 * app.tasks[t].variants[v].accuracy).sum::<f64>() / total[t] } else { 0.0 })
+        .map(|t| {
+            if total[t] > 0.0 {
+                cap[t].iter().map(|(&v, e)| e.1 * app.tasks[t].variants[v].accuracy).sum::<f64>() / total[t]
+            } else {
+                0.0
+            }
+        })
         .collect();
     let f = path_weights(app, &prep.paths);
-    let accuracy = prep.paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| ahat[t]).product::<f64>()).sum::<f64>() / prep.a_max;
+    let accuracy =
+        prep.paths.iter().zip(&f).map(|(p, fp)| fp * p.iter().map(|&t| ahat[t]).product::<f64>()).sum::<f64>()
+            / prep.a_max;
     let slowest: Vec<f64> = (0..nt)
-        .map(|t| gpus.iter().flat_map(|g| &g.instances).filter(|i| i.task == app.tasks[t].name).map(|i| i.p95_ms).fold(0.0, f64::max))
+        .map(|t| {
+            gpus.iter()
+                .flat_map(|g| &g.instances)
+                .filter(|i| i.task == app.tasks[t].name)
+                .map(|i| i.p95_ms)
+                .fold(0.0, f64::max)
+        })
         .collect();
-    let latency_bound_ms = prep.paths.iter().map(|p| p.iter().map(|&t| 2.0 * slowest[t]).sum::<f64>()).fold(0.0, f64::max);
+    let latency_bound_ms =
+        prep.paths.iter().map(|p| p.iter().map(|&t| 2.0 * slowest[t]).sum::<f64>()).fold(0.0, f64::max);
     let tasks: Vec<TaskPlan> = (0..nt)
         .map(|t| TaskPlan {
             task: app.tasks[t].name.clone(),
@@ -963,7 +1071,12 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
             slowest_p95_ms: slowest[t],
             demand_rps: dem[t],
             capacity_rps: total[t],
-            slices: gpus.iter().flat_map(|g| &g.instances).filter(|i| i.task == app.tasks[t].name).map(|i| u32::from(i.slices)).sum(),
+            slices: gpus
+                .iter()
+                .flat_map(|g| &g.instances)
+                .filter(|i| i.task == app.tasks[t].name)
+                .map(|i| u32::from(i.slices))
+                .sum(),
             variants: cap[t]
                 .iter()
                 .map(|(&v, e)| VariantShare {
@@ -977,7 +1090,11 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         })
         .collect();
     let slices_used = tasks.iter().map(|t| t.slices).sum();
-    let compute_slices = gpus.iter().flat_map(|g| &g.instances).map(|i| spec.profile_index(&i.mig_profile).map_or(0, |p| u32::from(spec.profiles[p].compute_slices))).sum();
+    let compute_slices = gpus
+        .iter()
+        .flat_map(|g| &g.instances)
+        .map(|i| spec.profile_index(&i.mig_profile).map_or(0, |p| u32::from(spec.profiles[p].compute_slices)))
+        .sum();
     Plan {
         app: app.name.clone(),
         space: pb.space.to_string(),

@@ -44,11 +44,8 @@ impl SearchSpace {
 
 impl fmt::Display for SearchSpace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<&str> = [(self.a, "A"), (self.s, "S"), (self.t, "T")]
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| n)
-            .collect();
+        let parts: Vec<&str> =
+            [(self.a, "A"), (self.s, "S"), (self.t, "T")].into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect();
         if parts.is_empty() {
             f.write_str("Unopt")
         } else {

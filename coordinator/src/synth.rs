@@ -120,13 +120,7 @@ mod tests {
     use super::*;
 
     fn model(gflops: f64) -> ModelDesc {
-        ModelDesc {
-            family: "resnet".into(),
-            gflops,
-            params_m: 25.0,
-            activation_mb: 50.0,
-            decode_steps: 1,
-        }
+        ModelDesc { family: "resnet".into(), gflops, params_m: 25.0, activation_mb: 50.0, decode_steps: 1 }
     }
 
     #[test]
@@ -158,10 +152,7 @@ mod tests {
     fn memory_caps_drop_rows() {
         let gpu = GpuModel::H100_80gb;
         let g1 = &gpu.spec().profiles[0];
-        let huge = ModelDesc {
-            params_m: 6000.0,
-            ..model(10.0)
-        };
+        let huge = ModelDesc { params_m: 6000.0, ..model(10.0) };
         assert!(predict(&huge, gpu, g1, 1, 1).is_none());
     }
 }

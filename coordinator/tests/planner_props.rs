@@ -9,7 +9,9 @@
 //! `instance(seed)` rebuilds it.
 
 use jigsaw_coordinator::evaluate::evaluate;
-use jigsaw_coordinator::planner::{beta_of, plan, Clock, Goal, PlanError, PlannerConfig, Problem, EPS_GPU, EPS_SLICE_MAX_DEMAND};
+use jigsaw_coordinator::planner::{
+    beta_of, plan, Clock, Goal, PlanError, PlannerConfig, Problem, EPS_GPU, EPS_SLICE_MAX_DEMAND,
+};
 use jigsaw_coordinator::{HighsSolver, SearchSpace};
 use jigsaw_protocol::app::{AppSpec, Edge, ModelDesc, TaskSpec, VariantSpec};
 use jigsaw_protocol::catalogue::GpuModel;
@@ -46,13 +48,7 @@ impl Rng {
 }
 
 fn model() -> ModelDesc {
-    ModelDesc {
-        family: "resnet".into(),
-        gflops: 1.0,
-        params_m: 1.0,
-        activation_mb: 1.0,
-        decode_steps: 1,
-    }
+    ModelDesc { family: "resnet".into(), gflops: 1.0, params_m: 1.0, activation_mb: 1.0, decode_steps: 1 }
 }
 
 /// A random app: a chain or fork of 1–3 tasks with 1–3 variants each, and profiles.
@@ -65,10 +61,7 @@ fn instance(seed: u64, single_point: bool, const_fanout: bool) -> (AppSpec, Prof
     for t in 1..nt {
         // Chain a -> b (-> c) or fork a -> b, a -> c.
         let from = if r.pick(2) == 0 { t - 1 } else { 0 };
-        edges.push(Edge {
-            from: names[from].into(),
-            to: names[t].into(),
-        });
+        edges.push(Edge { from: names[from].into(), to: names[t].into() });
     }
     let mut tasks = Vec::new();
     for (t, name) in names.iter().enumerate().take(nt) {
@@ -79,7 +72,12 @@ fn instance(seed: u64, single_point: bool, const_fanout: bool) -> (AppSpec, Prof
                 let fanout = edges
                     .iter()
                     .filter(|e| e.from == *name)
-                    .map(|e| (e.to.clone(), if const_fanout { base_f } else { (base_f * r.range(0.7, 1.3) * 100.0).round() / 100.0 }))
+                    .map(|e| {
+                        (
+                            e.to.clone(),
+                            if const_fanout { base_f } else { (base_f * r.range(0.7, 1.3) * 100.0).round() / 100.0 },
+                        )
+                    })
                     .collect();
                 VariantSpec {
                     name: format!("{name}{v}"),
@@ -90,10 +88,7 @@ fn instance(seed: u64, single_point: bool, const_fanout: bool) -> (AppSpec, Prof
             })
             .collect();
         let _ = t;
-        tasks.push(TaskSpec {
-            name: (*name).into(),
-            variants,
-        });
+        tasks.push(TaskSpec { name: (*name).into(), variants });
     }
     let app = AppSpec {
         name: format!("rand-{seed}"),
@@ -111,10 +106,14 @@ fn instance(seed: u64, single_point: bool, const_fanout: bool) -> (AppSpec, Prof
             let speed = 1.0 + vi as f64 * r.range(0.2, 0.8); // later variants are slower
             for (pi, p) in profiles.iter().enumerate().take(if single_point { 2 } else { 4 }) {
                 let slices: f64 = [1.0, 2.0, 3.0, 7.0][pi];
-                let points: Vec<(u8, u32)> = if single_point { vec![(1, 1)] } else { vec![(1, 1), (1, 4), (2, 4), (1, 16)] };
+                let points: Vec<(u8, u32)> =
+                    if single_point { vec![(1, 1)] } else { vec![(1, 1), (1, 4), (2, 4), (1, 16)] };
                 for (mps, batch) in points {
-                    let l = (speed * r.range(5.0, 15.0) * (f64::from(batch)).sqrt() / slices.powf(0.7) * 1000.0).round() / 1000.0;
-                    let h = (f64::from(mps) * f64::from(batch) * 1000.0 / l * r.range(0.8, 1.0) * 100.0).round() / 100.0;
+                    let l = (speed * r.range(5.0, 15.0) * (f64::from(batch)).sqrt() / slices.powf(0.7) * 1000.0)
+                        .round()
+                        / 1000.0;
+                    let h =
+                        (f64::from(mps) * f64::from(batch) * 1000.0 / l * r.range(0.8, 1.0) * 100.0).round() / 100.0;
                     rows.push(ProfileRow {
                         task: t.name.clone(),
                         variant: v.name.clone(),
@@ -238,14 +237,7 @@ fn brute_force(app: &AppSpec, profiles: &ProfileTable) -> BruteForce {
         let t = app.task_index(&r.task).expect("task");
         let v = app.tasks[t].variants.iter().position(|x| x.name == r.variant).expect("variant");
         let p = spec.profile_index(&r.mig_profile).expect("profile");
-        cols.push(Col {
-            t,
-            v,
-            cost: f64::from(spec.profiles[p].slice_cost()),
-            l: r.p95_ms,
-            h: r.throughput_rps,
-            p,
-        });
+        cols.push(Col { t, v, cost: f64::from(spec.profiles[p].slice_cost()), l: r.p95_ms, h: r.throughput_rps, p });
     }
     let classes = spec.layout_classes(|p| p.plannable());
     let mut configs = Vec::new();
@@ -272,12 +264,7 @@ fn brute_force(app: &AppSpec, profiles: &ProfileTable) -> BruteForce {
         classes.iter().any(|cl| cl.counts.iter().zip(&per).all(|(a, b)| u32::from(*a) >= *b))
     };
     rec(0, &mut counts, &cols, &mut configs, &fits);
-    let mut bf = BruteForce {
-        cols,
-        configs,
-        max_demand: None,
-        app: app.clone(),
-    };
+    let mut bf = BruteForce { cols, configs, max_demand: None, app: app.clone() };
     bf.max_demand = bf.max_demand_search();
     bf
 }
@@ -375,9 +362,12 @@ fn brute_force_cases_are_not_vacuous() {
     let (mut compared, mut mixed) = (0, 0);
     for seed in 0..100u64 {
         let (app, profiles) = instance(seed, true, true);
-        let pb = Problem { app: &app, profiles: &profiles, gpu: GpuModel::H100_80gb, gpus: 1, space: SearchSpace::FULL };
+        let pb =
+            Problem { app: &app, profiles: &profiles, gpu: GpuModel::H100_80gb, gpus: 1, space: SearchSpace::FULL };
         let bf = brute_force(&app, &profiles);
-        if let (Ok(p), Some((r, _))) = (plan(pb, Goal::MaxDemand, &cfg(), &HighsSolver::default(), &NoClock), bf.max_demand) {
+        if let (Ok(p), Some((r, _))) =
+            (plan(pb, Goal::MaxDemand, &cfg(), &HighsSolver::default(), &NoClock), bf.max_demand)
+        {
             assert!((p.demand_rps - r).abs() <= 1e-6 * r.max(1.0), "seed {seed}");
             compared += 1;
             mixed += usize::from(p.tasks.iter().any(|t| t.variants.len() > 1));

@@ -151,26 +151,16 @@ impl AppSpec {
     /// Parse TOML (or JSON when the text starts with `{`) and validate.
     pub fn parse(text: &str, path: &str) -> Result<AppSpec, AppError> {
         let app: AppSpec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| AppError::Parse {
-                path: path.into(),
-                message: e.to_string(),
-            })?
+            serde_json::from_str(text).map_err(|e| AppError::Parse { path: path.into(), message: e.to_string() })?
         } else {
-            toml::from_str(text).map_err(|e| AppError::Parse {
-                path: path.into(),
-                message: e.to_string(),
-            })?
+            toml::from_str(text).map_err(|e| AppError::Parse { path: path.into(), message: e.to_string() })?
         };
         app.validate()?;
         Ok(app)
     }
 
     fn field(&self, field: impl Into<String>, message: impl Into<String>) -> AppError {
-        AppError::Field {
-            app: self.name.clone(),
-            field: field.into(),
-            message: message.into(),
-        }
+        AppError::Field { app: self.name.clone(), field: field.into(), message: message.into() }
     }
 
     /// Check structure and values. Feasibility against profiles is checked by the planner.
@@ -179,10 +169,16 @@ impl AppSpec {
             return Err(self.field("name", "must not be empty"));
         }
         if !(self.latency_slo_ms.is_finite() && self.latency_slo_ms > 0.0) {
-            return Err(self.field("latency_slo_ms", format!("must be a positive number of milliseconds, got {}", self.latency_slo_ms)));
+            return Err(self.field(
+                "latency_slo_ms",
+                format!("must be a positive number of milliseconds, got {}", self.latency_slo_ms),
+            ));
         }
         if !(self.accuracy_slo > 0.0 && self.accuracy_slo <= 1.0) {
-            return Err(self.field("accuracy_slo", format!("must be in (0, 1] (a fraction of the maximum accuracy), got {}", self.accuracy_slo)));
+            return Err(self.field(
+                "accuracy_slo",
+                format!("must be in (0, 1] (a fraction of the maximum accuracy), got {}", self.accuracy_slo),
+            ));
         }
         if self.tasks.is_empty() {
             return Err(self.field("tasks", "an application needs at least one task"));
@@ -202,7 +198,8 @@ impl AppSpec {
             for (vi, v) in t.variants.iter().enumerate() {
                 let at = format!("tasks[{ti}].variants[{vi}]");
                 if !vnames.insert(v.name.as_str()) {
-                    return Err(self.field(format!("{at}.name"), format!("duplicate variant `{}` in task `{}`", v.name, t.name)));
+                    return Err(self
+                        .field(format!("{at}.name"), format!("duplicate variant `{}` in task `{}`", v.name, t.name)));
                 }
                 if !(v.accuracy > 0.0 && v.accuracy <= 1.0) {
                     return Err(self.field(format!("{at}.accuracy"), format!("must be in (0, 1], got {}", v.accuracy)));
@@ -210,7 +207,9 @@ impl AppSpec {
                 let m = &v.model;
                 for (k, x) in [("gflops", m.gflops), ("params_m", m.params_m), ("activation_mb", m.activation_mb)] {
                     if !(x.is_finite() && x > 0.0) {
-                        return Err(self.field(format!("{at}.model.{k}"), format!("must be a positive number, got {x}")));
+                        return Err(
+                            self.field(format!("{at}.model.{k}"), format!("must be a positive number, got {x}"))
+                        );
                     }
                 }
                 if m.decode_steps == 0 {
@@ -230,10 +229,7 @@ impl AppSpec {
                 }
             }
             if e.from == e.to {
-                return Err(AppError::Cycle {
-                    app: self.name.clone(),
-                    cycle: format!("{} -> {}", e.from, e.to),
-                });
+                return Err(AppError::Cycle { app: self.name.clone(), cycle: format!("{} -> {}", e.from, e.to) });
             }
             if self.edges[..ei].iter().any(|o| o == e) {
                 return Err(self.field(format!("edges[{ei}]"), format!("duplicate edge {} -> {}", e.from, e.to)));
@@ -263,20 +259,12 @@ impl AppSpec {
 
     /// Downstream task indices of task `t`.
     pub fn children(&self, t: usize) -> Vec<usize> {
-        self.edges
-            .iter()
-            .filter(|e| e.from == self.tasks[t].name)
-            .filter_map(|e| self.task_index(&e.to))
-            .collect()
+        self.edges.iter().filter(|e| e.from == self.tasks[t].name).filter_map(|e| self.task_index(&e.to)).collect()
     }
 
     /// Upstream task indices of task `t`.
     pub fn parents(&self, t: usize) -> Vec<usize> {
-        self.edges
-            .iter()
-            .filter(|e| e.to == self.tasks[t].name)
-            .filter_map(|e| self.task_index(&e.from))
-            .collect()
+        self.edges.iter().filter(|e| e.to == self.tasks[t].name).filter_map(|e| self.task_index(&e.from)).collect()
     }
 
     /// Tasks with no upstream task: user requests enter here.
@@ -286,11 +274,7 @@ impl AppSpec {
 
     /// F(t, v, t'): fan-out of variant `v` of task `t` towards `down` (1.0 if unset).
     pub fn fanout(&self, t: usize, v: usize, down: usize) -> f64 {
-        self.tasks[t].variants[v]
-            .fanout
-            .get(&self.tasks[down].name)
-            .copied()
-            .unwrap_or(1.0)
+        self.tasks[t].variants[v].fanout.get(&self.tasks[down].name).copied().unwrap_or(1.0)
     }
 
     /// Tasks in a topological order, or the cycle that prevents one.
@@ -300,17 +284,20 @@ impl AppSpec {
         let mut state = vec![0u8; n];
         let mut order = Vec::with_capacity(n);
         let mut stack: Vec<usize> = Vec::new();
-        fn visit(app: &AppSpec, t: usize, state: &mut [u8], order: &mut Vec<usize>, stack: &mut Vec<usize>) -> Result<(), AppError> {
+        fn visit(
+            app: &AppSpec,
+            t: usize,
+            state: &mut [u8],
+            order: &mut Vec<usize>,
+            stack: &mut Vec<usize>,
+        ) -> Result<(), AppError> {
             match state[t] {
                 2 => return Ok(()),
                 1 => {
                     let pos = stack.iter().position(|&s| s == t).unwrap_or(0);
                     let mut names: Vec<&str> = stack[pos..].iter().map(|&s| app.tasks[s].name.as_str()).collect();
                     names.push(app.tasks[t].name.as_str());
-                    return Err(AppError::Cycle {
-                        app: app.name.clone(),
-                        cycle: names.join(" -> "),
-                    });
+                    return Err(AppError::Cycle { app: app.name.clone(), cycle: names.join(" -> ") });
                 }
                 _ => {}
             }
@@ -406,7 +393,10 @@ to = "b"
     #[test]
     fn cycle_is_named() {
         let e = AppSpec::parse(&app("[[edges]]\nfrom = \"b\"\nto = \"a\"\n", "0.7"), "x").unwrap_err();
-        assert!(matches!(&e, AppError::Cycle { cycle, .. } if cycle.contains("a -> b -> a") || cycle.contains("b -> a -> b")), "{e}");
+        assert!(
+            matches!(&e, AppError::Cycle { cycle, .. } if cycle.contains("a -> b -> a") || cycle.contains("b -> a -> b")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -41,12 +41,7 @@ pub enum GpuModel {
 
 impl GpuModel {
     /// All supported models.
-    pub const ALL: [GpuModel; 4] = [
-        GpuModel::A100_40gb,
-        GpuModel::A100_80gb,
-        GpuModel::H100_80gb,
-        GpuModel::H200,
-    ];
+    pub const ALL: [GpuModel; 4] = [GpuModel::A100_40gb, GpuModel::A100_80gb, GpuModel::H100_80gb, GpuModel::H200];
 
     /// The CLI / file name of the model (`h100-80gb`).
     pub fn name(self) -> &'static str {
@@ -121,13 +116,18 @@ impl MigProfile {
         !self.media_ext
     }
 
+    /// The 1g profile with two memory slices (`1g.20gb` on 80 GB parts).
+    pub fn is_double_memory_1g(&self) -> bool {
+        self.compute_slices == 1 && self.mem_slices == 2
+    }
+
     /// The slice cost `s_n` the planner charges: the compute slices, except that the
     /// double-memory 1g profile costs 2, because its placements ({0,2,4,6}, width 2) block
     /// exactly as much of a GPU as a 2g does (paper §4: "MIG placement rules make them cost
     /// as much as a 2/7"). A 3g keeps cost 3: the planner models placement exactly, so the
     /// compute slice a 3g+3g layout strands is visible there, not in a per-instance price.
     pub fn slice_cost(&self) -> u8 {
-        if self.compute_slices == 1 && self.mem_slices == 2 {
+        if self.is_double_memory_1g() {
             2
         } else {
             self.compute_slices
@@ -321,10 +321,7 @@ impl GpuSpec {
         let p = self
             .profiles
             .get(new.profile)
-            .ok_or_else(|| PlacementError::UnknownProfile {
-                profile: format!("#{}", new.profile),
-                gpu: self.model,
-            })?;
+            .ok_or_else(|| PlacementError::UnknownProfile { profile: format!("#{}", new.profile), gpu: self.model })?;
         if !p.starts.contains(&new.start) {
             return Err(PlacementError::BadStart {
                 profile: p.name.into(),
@@ -348,10 +345,7 @@ impl GpuSpec {
         }
         let same = existing.iter().filter(|e| e.profile == new.profile).count();
         if same >= usize::from(p.max_instances) {
-            return Err(PlacementError::Cap {
-                profile: p.name.into(),
-                cap: p.max_instances,
-            });
+            return Err(PlacementError::Cap { profile: p.name.into(), cap: p.max_instances });
         }
         Ok(())
     }
@@ -386,16 +380,13 @@ impl GpuSpec {
     fn enumerate(&self, cands: &[Placement], from: usize, cur: &mut Vec<Placement>, out: &mut Vec<Layout>) {
         // Canonical order: candidates are taken in increasing index order, so each set is
         // produced once. A set is reported when nothing from the whole candidate list fits.
-        let mut extended = false;
         for (i, &c) in cands.iter().enumerate().skip(from) {
             if self.check_placement(cur, c).is_ok() {
-                extended = true;
                 cur.push(c);
                 self.enumerate(cands, i + 1, cur, out);
                 cur.pop();
             }
         }
-        let _ = extended;
         if cands.iter().all(|&c| self.check_placement(cur, c).is_err()) {
             let mut placements = cur.clone();
             placements.sort_by_key(|p| (p.start, p.profile));
@@ -414,10 +405,7 @@ impl GpuSpec {
             }
             classes.entry(counts).or_insert(l);
         }
-        classes
-            .into_iter()
-            .map(|(counts, representative)| LayoutClass { counts, representative })
-            .collect()
+        classes.into_iter().map(|(counts, representative)| LayoutClass { counts, representative }).collect()
     }
 }
 
@@ -432,7 +420,7 @@ pub struct LayoutClass {
 
 /// The base profiles: no `+me`, no double-memory 1g (`1g` with 2 memory slices).
 pub fn is_base_profile(p: &MigProfile) -> bool {
-    !p.media_ext && !(p.compute_slices == 1 && p.mem_slices == 2)
+    !p.media_ext && !p.is_double_memory_1g()
 }
 
 #[cfg(test)]

@@ -95,8 +95,7 @@ impl ProfileTable {
 
     /// Look up one point.
     pub fn get(&self, task: &str, variant: &str, gpu: GpuModel, mig: &str, mps: u8, batch: u32) -> Option<&ProfileRow> {
-        self.rows
-            .get(&(task.to_string(), variant.to_string(), gpu, mig.to_string(), mps, batch))
+        self.rows.get(&(task.to_string(), variant.to_string(), gpu, mig.to_string(), mps, batch))
     }
 
     /// All rows in key order.
@@ -126,10 +125,7 @@ impl ProfileTable {
             }
             if !saw_header {
                 if line != HEADER {
-                    return Err(ProfileError::Header {
-                        path: path.into(),
-                        got: line.into(),
-                    });
+                    return Err(ProfileError::Header { path: path.into(), got: line.into() });
                 }
                 saw_header = true;
                 continue;
@@ -137,10 +133,7 @@ impl ProfileTable {
             table.insert(parse_row(line, path, ln)?);
         }
         if !saw_header {
-            return Err(ProfileError::Header {
-                path: path.into(),
-                got: String::new(),
-            });
+            return Err(ProfileError::Header { path: path.into(), got: String::new() });
         }
         Ok(table)
     }

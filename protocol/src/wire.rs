@@ -109,10 +109,7 @@ pub fn encode_frame(msg: &WireMessage) -> Result<Vec<u8>, FrameError> {
 /// Parse and check a header; returns the body length.
 pub fn decode_header(buf: &[u8]) -> Result<usize, FrameError> {
     if buf.len() < HEADER_LEN {
-        return Err(FrameError::Incomplete {
-            need: HEADER_LEN,
-            have: buf.len(),
-        });
+        return Err(FrameError::Incomplete { need: HEADER_LEN, have: buf.len() });
     }
     let magic = [buf[0], buf[1], buf[2], buf[3]];
     if magic != MAGIC {
