@@ -443,7 +443,7 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
         (levels, exact)
     } else {
         let (budgets, shares) = static_budgets(app, pb, spec, &opts, &paths);
-        let total_slices = pb.gpus as f64 * 7.0;
+        let budgets_slices = slice_budgets(&shares, pb.gpus, pb.space.s);
         for t in 0..nt {
             if budgets[t] + 1e-9 < min_l[t] {
                 return Err(PlanError::StaticBudget {
@@ -453,7 +453,7 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
                     min_ms: min_l[t],
                 });
             }
-            slice_budget[t] = Some(shares[t] * total_slices);
+            slice_budget[t] = Some(budgets_slices[t]);
         }
         (budgets.into_iter().map(|b| vec![b]).collect(), true)
     };
@@ -545,6 +545,36 @@ fn static_budgets(
     let sum: f64 = need.iter().sum();
     let shares = need.iter().map(|n| if sum > 0.0 { n / sum } else { 1.0 / nt as f64 }).collect();
     (budgets, shares)
+}
+
+/// Static per-task slice budgets from shares. With spatial partitioning a task gets its
+/// share of the slices (at least one); without it, whole GPUs: at least one per task when
+/// there are enough GPUs, the rest by largest remainder.
+fn slice_budgets(shares: &[f64], gpus: usize, spatial: bool) -> Vec<f64> {
+    let total = 7.0 * gpus as f64;
+    if spatial {
+        return shares.iter().map(|s| (s * total).max(1.0)).collect();
+    }
+    let n = shares.len();
+    let mut whole: Vec<usize> =
+        shares.iter().map(|s| ((s * gpus as f64).floor() as usize).max(usize::from(gpus >= n))).collect();
+    let mut rest: Vec<usize> = (0..n).collect();
+    rest.sort_by(|&a, &b| {
+        let ra = shares[a] * gpus as f64 - whole[a] as f64;
+        let rb = shares[b] * gpus as f64 - whole[b] as f64;
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut i = 0;
+    while whole.iter().sum::<usize>() < gpus && n > 0 {
+        whole[rest[i % n]] += 1;
+        i += 1;
+    }
+    while whole.iter().sum::<usize>() > gpus {
+        // Minimum of one each overshot: take from the largest.
+        let (j, _) = whole.iter().enumerate().max_by_key(|(j, w)| (**w, std::cmp::Reverse(*j))).unwrap_or((0, &0));
+        whole[j] -= 1;
+    }
+    whole.into_iter().map(|w| 7.0 * w as f64).collect()
 }
 
 /// Maximal level assignments (indices into `levels[t]`) that satisfy every path.
@@ -923,10 +953,23 @@ fn infeasible(
         Goal::MaxDemand => 0.0,
     };
     let binding = match goal {
-        Goal::MaxDemand => format!(
-            "no configuration serves any demand: every task needs at least one instance within the latency SLO, and they do not all fit on {} GPU(s)",
-            pb.gpus
-        ),
+        Goal::MaxDemand => {
+            // Would any demand be served without the accuracy SLO?
+            let mut relaxed = pb.app.clone();
+            relaxed.accuracy_slo = 1e-9;
+            let without_accuracy = plan(Problem { app: &relaxed, ..pb }, Goal::MaxDemand, cfg, solver, clock);
+            match (pb.app.accuracy_slo > 1e-9, without_accuracy) {
+                (true, Ok(p)) => format!(
+                    "the accuracy SLO {:.2} binds: without it this space serves {:.1} req/s (at {:.4} of the maximum accuracy); with it, none",
+                    pb.app.accuracy_slo, p.demand_rps, p.accuracy
+                ),
+                _ => format!(
+                    "placement binds: one instance per task within the latency SLO does not fit on {} GPU(s){}",
+                    pb.gpus,
+                    if pb.space.t { "" } else { " under the static per-task budgets" }
+                ),
+            }
+        }
         Goal::MinCost { .. } => match plan(pb, Goal::MaxDemand, cfg, solver, clock) {
             Ok(p) => format!(
                 "GPU capacity binds: the most this space serves under the latency and accuracy SLOs is {:.1} req/s{}",
