@@ -8,7 +8,7 @@
 //! alpha = 1.0           # Eq. 14 accuracy weight
 //! beta = 0.035          # Eq. 14 slice weight (omit: 1 / available slices)
 //! max_levels = 10       # latency levels per task before a grid is used
-//! abs_gap_slices = 0.5  # at fixed demand, stop within this many slices (x beta) of optimal
+//! abs_gap_slices = 1.0  # at fixed demand, stop within this many slices (x beta) of optimal
 //! ```
 
 use jigsaw_coordinator::PlannerConfig;

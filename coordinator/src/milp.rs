@@ -171,9 +171,6 @@ impl Solver for HighsSolver {
         if opts.mip_abs_gap > 0.0 {
             set(&mut model, "mip_abs_gap", opts.mip_abs_gap)?;
         }
-        if let Ok(e) = std::env::var("JIGSAW_HIGHS_HEUR") {
-            set(&mut model, "mip_heuristic_effort", e.parse().unwrap_or(0.05))?;
-        }
         model
             .try_set_option("random_seed", 0)
             .map_err(|e| SolverError::Backend(format!("option random_seed: {e:?}")))?;

@@ -55,7 +55,7 @@ pub struct PlannerConfig {
     pub beta: Option<f64>,
     /// Most latency levels per task before a grid is used.
     pub max_levels: usize,
-    /// Absolute MIP gap at fixed demand, in slices (× β): 0.5 stops within half a slice.
+    /// Absolute MIP gap at fixed demand, in slices (× β): 1.0 stops within one slice of the optimum.
     pub abs_gap_slices: f64,
 }
 
@@ -67,7 +67,7 @@ impl Default for PlannerConfig {
             alpha: 1.0,
             beta: None,
             max_levels: 10,
-            abs_gap_slices: 0.5,
+            abs_gap_slices: 1.0,
         }
     }
 }
@@ -686,7 +686,12 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         m_cols.push((c, oi, pt));
     }
     // y columns.
-    let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-eps_gpu, 0.0, g, true)).collect();
+    // At fixed demand the layout counts are continuous here and made integral by `repack`
+    // (exact whenever the repacked layout fits the GPUs, else the split is re-solved with
+    // integer `y`); when maximising demand the GPUs are the binding resource, so `y` is
+    // integer from the start.
+    let y_integer = matches!(goal, Goal::MaxDemand);
+    let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-eps_gpu, 0.0, g, y_integer)).collect();
     // Demand rows.
     for t in 0..nt {
         let mut coefs: Vec<(usize, f64)> =
@@ -824,7 +829,7 @@ pub fn plan(
     }
     bounded.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
 
-    // At fixed demand, stop within half a slice's worth of objective: the slice term moves in
+    // At fixed demand, stop within `abs_gap_slices` slices of objective (default one): the slice term moves in
     // steps of β, so a tighter proof only reorders near-ties.
     let abs_gap = match goal {
         Goal::MinCost { .. } => cfg.abs_gap_slices * beta_of(cfg, pb.gpus),
@@ -867,7 +872,7 @@ pub fn plan(
             Status::Infeasible => {}
         }
     }
-    let Some((objective, k, x)) = best else {
+    let Some((_, k, x)) = best else {
         if timed_out {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
@@ -880,8 +885,31 @@ pub fn plan(
     }
     let (_, si, built) = &bounded[k];
     let mut x = x;
-    repack(&prep, built, &mut x, solver, (deadline - clock.now_s()).max(0.05))?;
-    let objective = objective.max(built.milp.objective(&x));
+    if !repack(&prep, built, &mut x, solver, (deadline - clock.now_s()).max(0.05))? {
+        // The continuous layout counts do not round to a packing on the GPUs: solve this
+        // split again with integer layout counts.
+        let mut exact = built.milp.clone();
+        for &c in &built.y_cols {
+            exact.cols[c].integer = true;
+        }
+        let left = deadline - clock.now_s();
+        if left <= 0.0 {
+            return Err(PlanError::Timeout(cfg.time_limit_s));
+        }
+        let sol = solver.solve(
+            &exact,
+            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
+        )?;
+        match sol.status {
+            Status::Optimal | Status::TimeLimitFeasible => {
+                x = sol.x;
+                repack(&prep, built, &mut x, solver, (deadline - clock.now_s()).max(0.05))?;
+            }
+            Status::TimeLimitNoSolution => return Err(PlanError::Timeout(cfg.time_limit_s)),
+            Status::Infeasible => return Err(infeasible(&prep, goal, cfg, solver, clock)),
+        }
+    }
+    let objective = built.milp.objective(&x);
     let bound = bound.max(objective);
     let gap = (bound - objective).abs() / objective.abs().max(1e-9);
     let stats = SolveStats {
@@ -900,13 +928,14 @@ pub fn plan(
 /// Re-choose the layout counts `y` for the chosen instances so they use the fewest GPUs.
 /// The main MILP stops at the MIP gap, which is far coarser than its GPU tie-break; this
 /// small exact MILP (one column per layout class) closes that.
+/// Returns whether the instances fit the available GPUs.
 fn repack(
     prep: &Prepared<'_>,
     built: &Built,
     x: &mut [f64],
     solver: &dyn Solver,
     time_s: f64,
-) -> Result<(), PlanError> {
+) -> Result<bool, PlanError> {
     let nprof = prep.spec.profiles.len();
     let mut need = vec![0.0; nprof];
     for &(c, oi, _) in &built.m_cols {
@@ -926,18 +955,21 @@ fn repack(
             m.row(n, f64::INFINITY, coefs);
         }
     }
+    m.row(f64::NEG_INFINITY, prep.pb.gpus as f64, ys.iter().map(|&y| (y, 1.0)).collect());
     let sol =
         solver.solve(&m, SolveOptions { relax: false, time_limit_s: time_s, mip_rel_gap: 0.0, mip_abs_gap: 0.0 })?;
-    if matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
-        let before: f64 = built.y_cols.iter().map(|&c| x[c].round()).sum();
-        let after: f64 = sol.x.iter().map(|v| v.round()).sum();
-        if after < before {
-            for (&c, v) in built.y_cols.iter().zip(&sol.x) {
-                x[c] = v.round();
-            }
+    if !matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
+        return Ok(false);
+    }
+    let integral = built.y_cols.iter().all(|&c| (x[c] - x[c].round()).abs() <= 1e-6);
+    let before: f64 = built.y_cols.iter().map(|&c| x[c].round()).sum();
+    let after: f64 = sol.x.iter().map(|v| v.round()).sum();
+    if !integral || after < before {
+        for (&c, v) in built.y_cols.iter().zip(&sol.x) {
+            x[c] = v.round();
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn infeasible(
@@ -954,12 +986,15 @@ fn infeasible(
     };
     let binding = match goal {
         Goal::MaxDemand => {
-            // Would any demand be served without the accuracy SLO?
-            let mut relaxed = pb.app.clone();
-            relaxed.accuracy_slo = 1e-9;
-            let without_accuracy = plan(Problem { app: &relaxed, ..pb }, Goal::MaxDemand, cfg, solver, clock);
-            match (pb.app.accuracy_slo > 1e-9, without_accuracy) {
-                (true, Ok(p)) => format!(
+            // Would any demand be served without the accuracy SLO? (The relaxed app has an
+            // accuracy SLO of ~0, so this recursion is one level deep.)
+            let without_accuracy = (pb.app.accuracy_slo > 1e-6).then(|| {
+                let mut relaxed = pb.app.clone();
+                relaxed.accuracy_slo = 1e-9;
+                plan(Problem { app: &relaxed, ..pb }, Goal::MaxDemand, cfg, solver, clock)
+            });
+            match without_accuracy {
+                Some(Ok(p)) => format!(
                     "the accuracy SLO {:.2} binds: without it this space serves {:.1} req/s (at {:.4} of the maximum accuracy); with it, none",
                     pb.app.accuracy_slo, p.demand_rps, p.accuracy
                 ),

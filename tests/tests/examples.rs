@@ -143,5 +143,5 @@ fn unreachable_accuracy_names_the_accuracy_slo() {
         &FrozenClock,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("the accuracy SLO binds"), "{err}");
+    assert!(err.to_string().contains("the accuracy SLO 0.90 binds"), "{err}");
 }

@@ -1,0 +1,116 @@
+//! The `jigsaw` binary end to end: bad input gets a clear error naming what is wrong and
+//! exit status 1 (never a panic), good input gets the documented output.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn jigsaw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jigsaw")).args(args).current_dir(root()).output().expect("runs")
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = jigsaw(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks `{n}`: {err}");
+    }
+}
+
+const APP: &str = "examples/apps/traffic.toml";
+const PROF: &str = "examples/profiles/traffic-h100-80gb.csv";
+
+#[test]
+fn plan_prints_layouts_and_json() {
+    let out = jigsaw(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "4", "--demand", "500"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("gpu    0:") && text.contains("accuracy") && text.contains("gap"), "{text}");
+    let out = jigsaw(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "4", "--demand", "500", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(v["app"], "traffic");
+    assert!(v["gpus"][0]["instances"][0]["start"].is_u64());
+    assert!(v["stats"]["gap"].is_f64());
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad_app = dir.join("bad.toml");
+    let text = std::fs::read_to_string(root().join(APP)).expect("app").replace("accuracy = 0.507", "accuracy = 1.7");
+    std::fs::write(&bad_app, text).expect("write");
+    let bad_app = bad_app.to_str().expect("utf8");
+    fails_with(
+        &["plan", "--app", bad_app, "--profiles", PROF, "--gpus", "4", "--demand", "5"],
+        &["accuracy", "(0, 1]"],
+    );
+
+    let bad_csv = dir.join("bad.csv");
+    std::fs::write(
+        &bad_csv,
+        "task,variant,gpu,mig_profile,mps,batch,p95_ms,throughput_rps\nd,y,h100-80gb,1g.10gb,9,1,1,1\n",
+    )
+    .expect("write");
+    fails_with(
+        &["plan", "--app", APP, "--profiles", bad_csv.to_str().expect("utf8"), "--gpus", "4", "--demand", "5"],
+        &["bad.csv:2", "mps"],
+    );
+    fails_with(&["plan", "--app", "nope.toml", "--profiles", PROF, "--gpus", "4", "--demand", "5"], &["nope.toml"]);
+    fails_with(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "4", "--demand", "5", "--space", "Q"], &["Q"]);
+    fails_with(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "0", "--demand", "5"], &["--gpus"]);
+    fails_with(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "4", "--demand", "-3"], &["--demand"]);
+    fails_with(&["plan", "--app", APP, "--profiles", PROF, "--gpu", "v100", "--gpus", "4", "--demand", "5"], &["v100"]);
+    fails_with(&["plan", "--app", APP, "--profiles", PROF, "--gpus", "1", "--demand", "1e9"], &["GPU capacity binds"]);
+
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "[planner]\nmip_rel_gap = 3\n").expect("write");
+    fails_with(
+        &[
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "plan",
+            "--app",
+            APP,
+            "--profiles",
+            PROF,
+            "--gpus",
+            "4",
+            "--demand",
+            "5",
+        ],
+        &["planner.mip_rel_gap"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn max_demand_writes_table_and_svg() {
+    let svg = std::env::temp_dir().join(format!("jigsaw-md-{}.svg", std::process::id()));
+    let out = jigsaw(&[
+        "analyze",
+        "max-demand",
+        "--app",
+        "examples/apps/social.toml",
+        "--profiles",
+        "examples/profiles/social-h100-80gb.csv",
+        "--gpus",
+        "8",
+        "--svg",
+        svg.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for space in ["Unopt", "A+T", "S+T", "A+S", "A+S+T"] {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{space} "))), "{space} missing: {text}");
+    }
+    let chart = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(chart.starts_with("<svg") && chart.matches("<rect").count() >= 9);
+    let _ = std::fs::remove_file(svg);
+}
