@@ -412,6 +412,30 @@ to = "b"
     }
 
     #[test]
+    fn empty_variants_and_bad_fanout_are_named() {
+        let no_variants = app("", "0.7").replace(
+            "[[tasks.variants]]\nname = \"b1\"\naccuracy = 0.5\nmodel = { family = \"resnet\", gflops = 1.0, params_m = 1.0, activation_mb = 1.0 }\n",
+            "variants = []\n",
+        );
+        let e = AppSpec::parse(&no_variants, "x").unwrap_err();
+        assert!(e.to_string().contains("tasks[1].variants") && e.to_string().contains("no variants"), "{e}");
+        let bad_fanout = app("", "0.7").replace("fanout = { b = 2.0 }", "fanout = { zz = 2.0 }");
+        let e = AppSpec::parse(&bad_fanout, "x").unwrap_err();
+        assert!(e.to_string().contains("fanout.zz") && e.to_string().contains("no edge a -> zz"), "{e}");
+        let neg = app("", "0.7").replace("fanout = { b = 2.0 }", "fanout = { b = -1.0 }");
+        assert!(AppSpec::parse(&neg, "x").unwrap_err().to_string().contains("fanout.b"));
+        let slo = app("", "0.7").replace("latency_slo_ms = 100.0", "latency_slo_ms = 0.0");
+        assert!(AppSpec::parse(&slo, "x").unwrap_err().to_string().contains("latency_slo_ms"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(text in ".{0,400}") {
+            let _ = AppSpec::parse(&text, "fuzz");
+        }
+    }
+
+    #[test]
     fn parse_error_names_file_and_line() {
         let e = AppSpec::parse("name = ", "apps/x.toml").unwrap_err();
         assert!(e.to_string().starts_with("apps/x.toml"), "{e}");

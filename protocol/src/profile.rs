@@ -220,6 +220,14 @@ mod tests {
         assert_eq!(t.to_csv(&["synthetic".into()]), text);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(rows in proptest::collection::vec("[a-z0-9.,-]{0,60}", 0..6)) {
+            let text = format!("{HEADER}\n{}", rows.join("\n"));
+            let _ = ProfileTable::parse_csv(&text, "fuzz");
+        }
+    }
+
     #[test]
     fn bad_rows_name_line_and_column() {
         let cases = [
