@@ -841,7 +841,7 @@ pub fn plan(
     let mut timed_out = false;
     for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
         if let Some((obj, _, _)) = &best {
-            if *lp_bound <= obj + cfg.mip_rel_gap * obj.abs().max(1e-9) {
+            if *lp_bound <= obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap) {
                 pruned += 1;
                 bound = bound.max(*lp_bound);
                 continue;
