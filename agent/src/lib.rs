@@ -1,8 +1,10 @@
 //! # jigsaw-agent
 //!
 //! The per-node agent and the `jigsaw` command-line tool. Today it holds the CLI shell
-//! around the planner ([`config`] and [`cli`]); the node actor tree, transport, GPU
-//! backends and data plane arrive with the mesh and data-plane issues.
+//! around the planner ([`config`] and [`cli`]) and the GPU layer's pure parts ([`gpu`]: the
+//! backend trait, the MIG/MPS simulator and the plan diff); the node actor tree, transport,
+//! NVML backend and data plane arrive with the mesh and data-plane issues.
 
 pub mod cli;
 pub mod config;
+pub mod gpu;
