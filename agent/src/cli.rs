@@ -271,7 +271,7 @@ pub fn cmd_max_demand(inputs: &Inputs, svg_path: &Path, config: Option<&Path>) -
     out += &analyze::table(&rows, slices);
     let get = |sp: &str| rows.iter().find(|r| r.space.to_string() == sp).and_then(|r| r.demand);
     if let (Some(full), Some(at)) = (get("A+S+T"), get("A+T")) {
-        let _ = writeln!(out, "A+S+T / A+T = {:.2}x (paper, traffic app: 11.3x)", full / at);
+        let _ = writeln!(out, "A+S+T / A+T = {:.2}x (the paper reports 11.3x for its traffic app)", full / at);
     }
     let _ = writeln!(out, "chart: {}", svg_path.display());
     Ok(out)
