@@ -10,10 +10,12 @@
 //! * [`spaces`]: the eight search spaces of the paper's Figure 3.
 //! * [`analyze`]: the maximum-serviceable-demand experiment and its SVG chart.
 //! * [`synth`]: the analytic (synthetic) profile model for the example applications.
+//! * [`assign`]: mapping a plan's logical GPUs onto physical GPUs, sticky to live layouts.
 //!
 //! The coordinator actor, Raft glue and plan distribution arrive with the mesh issue.
 
 pub mod analyze;
+pub mod assign;
 pub mod evaluate;
 pub mod milp;
 pub mod planner;
