@@ -1,0 +1,230 @@
+//! The node's plan bookkeeping: epoch fencing and per-GPU diffs, as a pure core.
+//!
+//! The node actor feeds it plan pushes and step results and executes the commands it
+//! returns; it never touches a GPU or a socket itself. Rules:
+//! * a push whose epoch is not greater than the highest epoch this node has accepted is
+//!   rejected as stale (the sender is an old coordinator or a duplicate), so the applied
+//!   epoch never decreases;
+//! * an accepted push yields one [`NodeCommand::Apply`] per local GPU (GPUs the push does
+//!   not mention get an empty target) with the steps of [`plan_diff`];
+//! * the node reports [`NodeCommand::ReportApplied`] once every GPU of that epoch finished,
+//!   or [`NodeCommand::ReportFailed`] with the first failed step; a newer push supersedes an
+//!   epoch still being applied.
+
+use crate::gpu::diff::{plan_diff, DiffError, LiveSegment, Step};
+use jigsaw_protocol::catalogue::GpuModel;
+use jigsaw_protocol::plan::InstancePlan;
+use std::collections::BTreeMap;
+
+/// A node's part of a plan: target instances per local GPU UUID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanPart {
+    /// Fencing epoch.
+    pub epoch: u64,
+    /// Target per GPU UUID.
+    pub gpus: BTreeMap<String, Vec<InstancePlan>>,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeCommand {
+    /// Execute `steps` on GPU `gpu` for `epoch`, then call [`NodePlanCore::gpu_done`].
+    Apply {
+        /// Epoch.
+        epoch: u64,
+        /// GPU UUID.
+        gpu: String,
+        /// Steps in order.
+        steps: Vec<Step>,
+    },
+    /// Tell the coordinator the epoch is applied on every GPU.
+    ReportApplied {
+        /// Epoch.
+        epoch: u64,
+    },
+    /// Tell the coordinator the epoch failed.
+    ReportFailed {
+        /// Epoch.
+        epoch: u64,
+        /// GPU UUID.
+        gpu: String,
+        /// What failed, in words.
+        error: String,
+    },
+}
+
+/// Why a push was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PushRejected {
+    /// Older than (or equal to) what this node accepted: ignore, the sender is behind.
+    #[error("stale plan epoch {got}: this node already accepted epoch {accepted}")]
+    Stale {
+        /// Pushed epoch.
+        got: u64,
+        /// Highest accepted epoch.
+        accepted: u64,
+    },
+    /// The push names a GPU this node does not have: the coordinator's inventory is wrong.
+    #[error("plan epoch {epoch} targets GPU {gpu}, which this node does not have")]
+    UnknownGpu {
+        /// Epoch.
+        epoch: u64,
+        /// GPU UUID.
+        gpu: String,
+    },
+    /// A target layout is illegal on its GPU: the plan is wrong.
+    #[error("plan epoch {epoch}, GPU {gpu}: {error}")]
+    Diff {
+        /// Epoch.
+        epoch: u64,
+        /// GPU UUID.
+        gpu: String,
+        /// Why.
+        error: DiffError,
+    },
+}
+
+/// The node's plan state.
+#[derive(Debug, Clone)]
+pub struct NodePlanCore {
+    gpus: BTreeMap<String, GpuModel>,
+    accepted: u64,
+    applied: u64,
+    pending: BTreeMap<String, bool>,
+}
+
+impl NodePlanCore {
+    /// A node with these local GPUs (UUID → model) that has applied `applied` (from its
+    /// durable state; 0 for a new node).
+    pub fn new(gpus: BTreeMap<String, GpuModel>, applied: u64) -> NodePlanCore {
+        NodePlanCore { gpus, accepted: applied, applied, pending: BTreeMap::new() }
+    }
+
+    /// Highest epoch fully applied.
+    pub fn applied_epoch(&self) -> u64 {
+        self.applied
+    }
+
+    /// Highest epoch accepted (being applied or applied).
+    pub fn accepted_epoch(&self) -> u64 {
+        self.accepted
+    }
+
+    /// A plan push arrived; `live` is each local GPU's current layout.
+    pub fn push(
+        &mut self,
+        part: &PlanPart,
+        live: &BTreeMap<String, Vec<LiveSegment>>,
+    ) -> Result<Vec<NodeCommand>, PushRejected> {
+        if part.epoch <= self.accepted {
+            return Err(PushRejected::Stale { got: part.epoch, accepted: self.accepted });
+        }
+        if let Some(gpu) = part.gpus.keys().find(|g| !self.gpus.contains_key(*g)) {
+            return Err(PushRejected::UnknownGpu { epoch: part.epoch, gpu: gpu.clone() });
+        }
+        let mut cmds = Vec::new();
+        for (gpu, model) in &self.gpus {
+            let target = part.gpus.get(gpu).map(Vec::as_slice).unwrap_or(&[]);
+            let now = live.get(gpu).map(Vec::as_slice).unwrap_or(&[]);
+            let steps = plan_diff(model.spec(), now, target).map_err(|error| PushRejected::Diff {
+                epoch: part.epoch,
+                gpu: gpu.clone(),
+                error,
+            })?;
+            cmds.push(NodeCommand::Apply { epoch: part.epoch, gpu: gpu.clone(), steps });
+        }
+        self.accepted = part.epoch;
+        self.pending = self.gpus.keys().map(|g| (g.clone(), false)).collect();
+        Ok(cmds)
+    }
+
+    /// The shell finished applying `epoch` on `gpu` (`Err` = first failed step, in words).
+    pub fn gpu_done(&mut self, epoch: u64, gpu: &str, result: Result<(), String>) -> Vec<NodeCommand> {
+        if epoch != self.accepted || epoch <= self.applied {
+            return Vec::new(); // superseded by a newer push, or a duplicate completion
+        }
+        match result {
+            Err(error) => {
+                self.pending.clear();
+                vec![NodeCommand::ReportFailed { epoch, gpu: gpu.to_string(), error }]
+            }
+            Ok(()) => {
+                if let Some(done) = self.pending.get_mut(gpu) {
+                    *done = true;
+                }
+                if !self.pending.is_empty() && self.pending.values().all(|d| *d) {
+                    self.applied = epoch;
+                    self.pending.clear();
+                    vec![NodeCommand::ReportApplied { epoch }]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(profile: &str, start: u8) -> InstancePlan {
+        InstancePlan {
+            mig_profile: profile.into(),
+            start,
+            slices: 1,
+            mps: 1,
+            task: "a".into(),
+            variant: "v".into(),
+            batch: 4,
+            p95_ms: 1.0,
+            throughput_rps: 1.0,
+        }
+    }
+
+    fn core() -> NodePlanCore {
+        NodePlanCore::new(
+            [("GPU-0".to_string(), GpuModel::H100_80gb), ("GPU-1".to_string(), GpuModel::H100_80gb)].into(),
+            0,
+        )
+    }
+
+    fn part(epoch: u64) -> PlanPart {
+        PlanPart { epoch, gpus: [("GPU-0".to_string(), vec![inst("3g.40gb", 4)])].into() }
+    }
+
+    #[test]
+    fn applies_in_epoch_order_and_rejects_stale_pushes() {
+        let mut c = core();
+        let cmds = c.push(&part(3), &BTreeMap::new()).expect("accepted");
+        assert_eq!(cmds.len(), 2, "one Apply per local GPU, the unnamed one with an empty target");
+        assert!(matches!(c.push(&part(3), &BTreeMap::new()), Err(PushRejected::Stale { got: 3, accepted: 3 })));
+        assert!(matches!(c.push(&part(2), &BTreeMap::new()), Err(PushRejected::Stale { .. })));
+        assert!(c.gpu_done(3, "GPU-0", Ok(())).is_empty());
+        assert_eq!(c.gpu_done(3, "GPU-1", Ok(())), vec![NodeCommand::ReportApplied { epoch: 3 }]);
+        assert_eq!(c.applied_epoch(), 3);
+        assert!(c.gpu_done(3, "GPU-1", Ok(())).is_empty(), "duplicate completion is ignored");
+    }
+
+    #[test]
+    fn newer_push_supersedes_and_failures_are_reported() {
+        let mut c = core();
+        c.push(&part(1), &BTreeMap::new()).expect("accepted");
+        c.push(&part(2), &BTreeMap::new()).expect("newer accepted while 1 is applying");
+        assert!(c.gpu_done(1, "GPU-0", Ok(())).is_empty(), "epoch 1 was superseded");
+        let out = c.gpu_done(2, "GPU-0", Err("step 0 failed".into()));
+        assert!(matches!(&out[..], [NodeCommand::ReportFailed { epoch: 2, .. }]));
+        assert_eq!(c.applied_epoch(), 0, "a failed epoch is not applied");
+    }
+
+    #[test]
+    fn unknown_gpus_and_illegal_targets_are_rejected_without_state_change() {
+        let mut c = core();
+        let bad = PlanPart { epoch: 5, gpus: [("GPU-9".to_string(), vec![])].into() };
+        assert!(matches!(c.push(&bad, &BTreeMap::new()), Err(PushRejected::UnknownGpu { .. })));
+        let overlap =
+            PlanPart { epoch: 5, gpus: [("GPU-0".to_string(), vec![inst("4g.40gb", 0), inst("2g.20gb", 2)])].into() };
+        assert!(matches!(c.push(&overlap, &BTreeMap::new()), Err(PushRejected::Diff { .. })));
+        assert_eq!(c.accepted_epoch(), 0);
+    }
+}
