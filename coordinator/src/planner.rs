@@ -798,9 +798,12 @@ pub fn plan(
         }
     }
     let dominated = |a: &Split, b: &Split| -> bool {
-        // b dominates a: every option of a is in b with throughput at least as high.
-        let hb: BTreeMap<usize, f64> = b.cols.iter().map(|(oi, pt)| (*oi, pt.h)).collect();
-        a.cols.iter().all(|(oi, pt)| hb.get(oi).is_some_and(|&h| h >= pt.h))
+        // b dominates a when b offers every column of a with the same operating point (a
+        // superset of columns). A faster point is *not* dominance: surplus capacity of a
+        // less accurate variant counts against the capacity-weighted accuracy, and surplus
+        // upstream capacity raises the conservative downstream demand.
+        let pb: BTreeMap<usize, (u8, u32)> = b.cols.iter().map(|(oi, pt)| (*oi, (pt.mps, pt.batch))).collect();
+        a.cols.iter().all(|(oi, pt)| pb.get(oi) == Some(&(pt.mps, pt.batch)))
     };
     let keep: Vec<bool> = (0..splits.len())
         .map(|i| {
