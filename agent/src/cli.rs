@@ -43,6 +43,9 @@ pub enum Command {
     /// Profile tables.
     #[command(subcommand)]
     Profiles(ProfilesCmd),
+    /// The cluster certificate authority for mutual TLS between agents.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Plan the shipped example applications on 4 simulated H100s (the default demo).
     Demo {
         /// Directory holding `apps/` and `profiles/`.
@@ -114,6 +117,42 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+}
+
+/// `jigsaw ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Create a cluster CA (`ca.pem`, `ca.key`, `ca.name`) in DIR; never overwrites one.
+    Init {
+        /// Directory for the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name (goes into the CA's subject).
+        #[arg(long, default_value = "jigsaw")]
+        cluster: String,
+    },
+    /// Issue NODE's certificate and key (`NODE.pem`, `NODE.key`) from the CA in DIR.
+    Issue {
+        /// Node id (the name peers dial it by).
+        node: String,
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// `jigsaw ca`.
+pub fn cmd_ca(c: &CaCmd) -> Result<String> {
+    match c {
+        CaCmd::Init { dir, cluster } => {
+            crate::transport::tls::ca_init(dir, cluster)?;
+            Ok(format!("cluster CA `{cluster}` written to {}\n", dir.display()))
+        }
+        CaCmd::Issue { node, dir } => {
+            let (cert, key) = crate::transport::tls::ca_issue(dir, node)?;
+            Ok(format!("certificate {} and key {} issued for node `{node}`\n", cert.display(), key.display()))
+        }
+    }
 }
 
 /// `jigsaw profiles ...`.

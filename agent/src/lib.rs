@@ -3,10 +3,11 @@
 //! The per-node agent and the `jigsaw` command-line tool. Today it holds the CLI shell
 //! around the planner ([`config`] and [`cli`]) and the GPU layer's pure parts ([`gpu`]: the
 //! backend trait, the MIG/MPS simulator and the plan diff) and the node's epoch-fenced plan
-//! bookkeeping ([`node_plan`]); the node actor tree, transport,
+//! bookkeeping ([`node_plan`]), and the QUIC + mutual-TLS [`transport`]; the node actor tree,
 //! NVML backend and data plane arrive with the mesh and data-plane issues.
 
 pub mod cli;
 pub mod config;
 pub mod gpu;
 pub mod node_plan;
+pub mod transport;

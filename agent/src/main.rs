@@ -23,6 +23,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { examples } => cli::cmd_demo(examples, config)?,
+        Command::Ca(c) => cli::cmd_ca(c)?,
     };
     print!("{out}");
     Ok(())

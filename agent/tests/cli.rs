@@ -114,3 +114,19 @@ fn max_demand_writes_table_and_svg() {
     assert!(chart.starts_with("<svg") && chart.matches("<rect").count() >= 9);
     let _ = std::fs::remove_file(svg);
 }
+
+#[test]
+fn ca_commands_write_files_and_refuse_to_overwrite() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-ca-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf8");
+    let out = jigsaw(&["ca", "init", "--dir", d, "--cluster", "lab"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fails_with(&["ca", "init", "--dir", d], &["refusing to overwrite"]);
+    let out = jigsaw(&["ca", "issue", "node-1", "--dir", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pem = std::fs::read_to_string(dir.join("node-1.pem")).expect("cert");
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "node certificate then the CA");
+    fails_with(&["ca", "issue", "bad name!", "--dir", d], &["node name"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,108 @@
+//! Transport between agents: QUIC (quinn) with mutual TLS from a cluster CA, carrying the
+//! framed messages of `jigsaw_protocol::wire`.
+//!
+//! * [`tls`]: the cluster CA (`jigsaw ca init` / `jigsaw ca issue`) and node identities.
+//! * [`QuicNode`]: one endpoint per node that both accepts and dials; one bidirectional
+//!   stream per request, each frame checked at the edge (magic, version, size cap) before
+//!   its body is read.
+//!
+//! Errors keep "retry / redirect" apart from "this peer is dead or hostile": see
+//! [`TransportError`]. The in-memory twin for simulations and the binding of certificate
+//! names to node ids arrive with the rest of the mesh issue.
+
+pub mod tls;
+
+use jigsaw_protocol::wire::{self, FrameError, WireMessage, HEADER_LEN};
+use std::net::SocketAddr;
+
+/// ALPN protocol id.
+pub const ALPN: &[u8] = b"jigsaw/1";
+
+/// A transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not bind or configure the endpoint; fix the config and restart.
+    #[error("endpoint setup: {0}")]
+    Setup(String),
+    /// The peer could not be reached or the handshake failed (bad certificate, peer down):
+    /// treat the peer as unreachable; retrying later may succeed.
+    #[error("connection to {peer}: {message}")]
+    Connect {
+        /// Peer address.
+        peer: SocketAddr,
+        /// Cause.
+        message: String,
+    },
+    /// The connection or stream broke mid-exchange; retry on a new stream.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The peer sent a frame this node rejects; close the connection.
+    #[error("bad frame from peer: {0}")]
+    Frame(#[from] FrameError),
+}
+
+/// A QUIC endpoint with this node's identity.
+#[derive(Debug, Clone)]
+pub struct QuicNode {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicNode {
+    /// Bind `addr` (port 0 for any) with `identity` for both accepting and dialing.
+    pub fn bind(addr: SocketAddr, identity: &tls::Identity) -> Result<QuicNode, TransportError> {
+        let setup = |e: tls::TlsError| TransportError::Setup(e.to_string());
+        let mut endpoint = quinn::Endpoint::server(identity.server_config().map_err(setup)?, addr)
+            .map_err(|e| TransportError::Setup(format!("bind {addr}: {e}")))?;
+        endpoint.set_default_client_config(identity.client_config().map_err(setup)?);
+        Ok(QuicNode { endpoint })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint.local_addr().map_err(|e| TransportError::Setup(e.to_string()))
+    }
+
+    /// Dial `peer`, expecting its certificate to name `server_name`.
+    pub async fn connect(&self, peer: SocketAddr, server_name: &str) -> Result<quinn::Connection, TransportError> {
+        let err = |message: String| TransportError::Connect { peer, message };
+        self.endpoint.connect(peer, server_name).map_err(|e| err(e.to_string()))?.await.map_err(|e| err(e.to_string()))
+    }
+
+    /// Accept the next incoming connection (`None` once the endpoint is closed).
+    pub async fn accept(&self) -> Option<Result<quinn::Connection, TransportError>> {
+        let incoming = self.endpoint.accept().await?;
+        let peer = incoming.remote_address();
+        Some(incoming.await.map_err(|e| TransportError::Connect { peer, message: e.to_string() }))
+    }
+
+    /// Close the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// Write one frame.
+pub async fn send_frame(stream: &mut quinn::SendStream, msg: &WireMessage) -> Result<(), TransportError> {
+    let bytes = wire::encode_frame(msg)?;
+    stream.write_all(&bytes).await.map_err(|e| TransportError::Stream(e.to_string()))
+}
+
+/// Read one frame: the header is checked before the body is read or allocated.
+pub async fn recv_frame(stream: &mut quinn::RecvStream) -> Result<WireMessage, TransportError> {
+    let mut header = [0u8; HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(|e| TransportError::Stream(e.to_string()))?;
+    let len = wire::decode_header(&header)?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + len);
+    frame.extend_from_slice(&header);
+    frame.resize(HEADER_LEN + len, 0);
+    stream.read_exact(&mut frame[HEADER_LEN..]).await.map_err(|e| TransportError::Stream(e.to_string()))?;
+    Ok(wire::decode_frame(&frame)?.0)
+}
+
+/// Send `msg` on a new stream of `conn` and wait for one reply frame.
+pub async fn request(conn: &quinn::Connection, msg: &WireMessage) -> Result<WireMessage, TransportError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| TransportError::Stream(e.to_string()))?;
+    send_frame(&mut send, msg).await?;
+    send.finish().map_err(|e| TransportError::Stream(e.to_string()))?;
+    recv_frame(&mut recv).await
+}
