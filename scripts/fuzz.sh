@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Fuzz the wire-frame decoder for a bounded time (default 30 s; FUZZ_SECONDS overrides).
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz@0.13.2
+cd protocol
+RUSTC_BOOTSTRAP=1 cargo fuzz run decode_frame -- -max_total_time="${FUZZ_SECONDS:-30}"
