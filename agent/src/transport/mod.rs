@@ -6,10 +6,14 @@
 //!   stream per request, each frame checked at the edge (magic, version, size cap) before
 //!   its body is read.
 //!
+//! * [`sim`]: the in-memory twin for deterministic simulations (virtual time, seeded delay,
+//!   loss and link cuts).
+//!
 //! Errors keep "retry / redirect" apart from "this peer is dead or hostile": see
-//! [`TransportError`]. The in-memory twin for simulations and the binding of certificate
-//! names to node ids arrive with the rest of the mesh issue.
+//! [`TransportError`]. The binding of certificate names to node ids arrives with the rest
+//! of the mesh issue.
 
+pub mod sim;
 pub mod tls;
 
 use jigsaw_protocol::wire::{self, FrameError, WireMessage, HEADER_LEN};
