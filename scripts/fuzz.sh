@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz@0.13.2
 cd protocol
-RUSTC_BOOTSTRAP=1 cargo fuzz run decode_frame -- -max_total_time="${FUZZ_SECONDS:-30}"
+# fuzz/regressions holds inputs that once failed; they seed every run.
+mkdir -p fuzz/corpus/decode_frame
+RUSTC_BOOTSTRAP=1 cargo fuzz run decode_frame fuzz/corpus/decode_frame fuzz/regressions -- -max_total_time="${FUZZ_SECONDS:-30}"
