@@ -266,6 +266,9 @@ pub fn render_plan(p: &Plan) -> String {
         p.stats.splits_pruned,
         p.stats.latency_levels
     );
+    if let Some(n) = &p.stats.note {
+        let _ = writeln!(s, "  note: {n}");
+    }
     let _ = writeln!(s, "tasks:");
     for t in &p.tasks {
         let _ = writeln!(

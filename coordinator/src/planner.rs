@@ -879,6 +879,11 @@ pub fn plan(
         if timed_out {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
+        if let Goal::MinCost { demand } = goal {
+            if let Some(p) = plan_above(pb, demand, cfg, solver, clock) {
+                return Ok(p);
+            }
+        }
         return Err(infeasible(&prep, goal, cfg, solver, clock));
     };
     if let (Goal::MaxDemand, Some(r)) = (goal, bounded[k].2.r_col) {
@@ -923,6 +928,7 @@ pub fn plan(
         splits_total,
         splits_solved: solved,
         splits_pruned: pruned,
+        note: None,
         latency_levels: if prep.exact_levels { "exact".into() } else { format!("grid of {} per task", cfg.max_levels) },
     };
     Ok(decode(&prep, &splits[*si], built, &x, goal, stats))
@@ -931,6 +937,39 @@ pub fn plan(
 /// Re-choose the layout counts `y` for the chosen instances so they use the fewest GPUs.
 /// The main MILP stops at the MIP gap, which is far coarser than its GPU tie-break; this
 /// small exact MILP (one column per layout class) closes that.
+/// Fallback when a demand below the maximum is infeasible in the model.
+///
+/// The accuracy bound divides lost accuracy by the *demand* (a lower bound on capacity),
+/// so at small demands one instance of a cheaper variant can look too costly in accuracy
+/// even though the paper's capacity-weighted accuracy does not depend on demand at all. A
+/// plan for the maximum serviceable demand R* ≥ `demand` meets every paper constraint at
+/// `demand` too (capacity scales, accuracy and latency do not change), so plan at R* and
+/// relabel; the plan says so in `stats.note`.
+fn plan_above(
+    pb: Problem<'_>,
+    demand: f64,
+    cfg: &PlannerConfig,
+    solver: &dyn Solver,
+    clock: &dyn Clock,
+) -> Option<Plan> {
+    let max = plan(pb, Goal::MaxDemand, cfg, solver, clock).ok()?;
+    if max.demand_rps < demand {
+        return None;
+    }
+    let at = max.demand_rps * (1.0 - 1e-9);
+    let mut p = plan(pb, Goal::MinCost { demand: at }, cfg, solver, clock).unwrap_or(max);
+    let scale = demand / p.demand_rps;
+    for t in &mut p.tasks {
+        t.demand_rps *= scale;
+    }
+    p.stats.note = Some(format!(
+        "planned for {:.1} req/s: at {demand:.1} req/s the conservative accuracy bound (lost accuracy per unit of demand) admits no plan, and a plan for a higher demand meets every constraint at the lower one",
+        p.demand_rps
+    ));
+    p.demand_rps = demand;
+    Some(p)
+}
+
 /// Returns whether the instances fit the available GPUs.
 fn repack(
     prep: &Prepared<'_>,

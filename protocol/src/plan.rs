@@ -92,6 +92,9 @@ pub struct SolveStats {
     pub splits_pruned: usize,
     /// Whether the latency levels were every distinct profiled latency (`exact`) or a grid.
     pub latency_levels: String,
+    /// Anything the caller should know about how this plan was found (e.g. a fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A complete plan for one application.
