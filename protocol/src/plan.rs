@@ -93,7 +93,8 @@ pub struct SolveStats {
     /// Whether the latency levels were every distinct profiled latency (`exact`) or a grid.
     pub latency_levels: String,
     /// Anything the caller should know about how this plan was found (e.g. a fallback).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (No `skip_serializing_if`: the wire format is positional bincode.)
+    #[serde(default)]
     pub note: Option<String>,
 }
 

@@ -176,6 +176,75 @@ mod tests {
         }
     }
 
+    fn plan(note: Option<String>) -> Plan {
+        use crate::plan::{GpuPlan, InstancePlan, SolveStats, TaskPlan, VariantShare};
+        Plan {
+            app: "a".into(),
+            space: "A+S+T".into(),
+            gpu_model: crate::GpuModel::H100_80gb,
+            gpus_available: 2,
+            demand_rps: 10.0,
+            accuracy: 0.95,
+            accuracy_slo: 0.9,
+            latency_bound_ms: 20.0,
+            latency_slo_ms: 100.0,
+            slices_used: 1,
+            compute_slices: 1,
+            gpus_used: 1,
+            tasks: vec![TaskPlan {
+                task: "t".into(),
+                latency_budget_ms: 10.0,
+                slowest_p95_ms: 9.0,
+                demand_rps: 10.0,
+                capacity_rps: 12.0,
+                slices: 1,
+                variants: vec![VariantShare {
+                    variant: "v".into(),
+                    accuracy: 0.9,
+                    instances: 1,
+                    capacity_rps: 12.0,
+                    weight: 1.0,
+                }],
+            }],
+            gpus: vec![GpuPlan {
+                gpu: 0,
+                instances: vec![InstancePlan {
+                    mig_profile: "1g.10gb".into(),
+                    start: 3,
+                    slices: 1,
+                    mps: 2,
+                    task: "t".into(),
+                    variant: "v".into(),
+                    batch: 8,
+                    p95_ms: 9.0,
+                    throughput_rps: 12.0,
+                }],
+            }],
+            stats: SolveStats {
+                solve_ms: 1.0,
+                gap: 0.0,
+                objective: 1.0,
+                bound: 1.0,
+                splits_total: 1,
+                splits_solved: 1,
+                splits_pruned: 0,
+                latency_levels: "exact".into(),
+                note,
+            },
+        }
+    }
+
+    /// Every field of a plan survives the wire, with and without optional parts (a
+    /// `skip_serializing_if` would break positional bincode; the fuzzer once caught that).
+    #[test]
+    fn plans_round_trip() {
+        for note in [None, Some("fallback".to_string())] {
+            let m = WireMessage::PlanPush { epoch: 7, plan: Box::new(plan(note)) };
+            let f = encode_frame(&m).expect("encodes");
+            assert_eq!(decode_frame(&f).expect("decodes").0, m);
+        }
+    }
+
     #[test]
     fn typed_rejections() {
         let f = encode_frame(&hello("n".into(), 1)).expect("encodes");
