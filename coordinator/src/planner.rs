@@ -879,16 +879,20 @@ pub fn plan(
         if timed_out {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
-        if let Goal::MinCost { demand } = goal {
-            if let Some(p) = plan_above(pb, demand, cfg, solver, clock) {
-                return Ok(p);
+        return match goal {
+            Goal::MinCost { demand } => {
+                let max = plan(pb, Goal::MaxDemand, cfg, solver, clock);
+                match max {
+                    Ok(max) if max.demand_rps >= demand => Ok(plan_above(pb, demand, max, cfg, solver, clock)),
+                    other => Err(infeasible(&prep, goal, Some(other), cfg, solver, clock)),
+                }
             }
-        }
-        return Err(infeasible(&prep, goal, cfg, solver, clock));
+            Goal::MaxDemand => Err(infeasible(&prep, goal, None, cfg, solver, clock)),
+        };
     };
     if let (Goal::MaxDemand, Some(r)) = (goal, bounded[k].2.r_col) {
         if x[r] <= 1e-9 {
-            return Err(infeasible(&prep, goal, cfg, solver, clock));
+            return Err(infeasible(&prep, goal, None, cfg, solver, clock));
         }
     }
     let (_, si, built) = &bounded[k];
@@ -914,7 +918,7 @@ pub fn plan(
                 repack(&prep, built, &mut x, solver, (deadline - clock.now_s()).max(0.05))?;
             }
             Status::TimeLimitNoSolution => return Err(PlanError::Timeout(cfg.time_limit_s)),
-            Status::Infeasible => return Err(infeasible(&prep, goal, cfg, solver, clock)),
+            Status::Infeasible => return Err(infeasible(&prep, goal, None, cfg, solver, clock)),
         }
     }
     let objective = built.milp.objective(&x);
@@ -948,14 +952,11 @@ pub fn plan(
 fn plan_above(
     pb: Problem<'_>,
     demand: f64,
+    max: Plan,
     cfg: &PlannerConfig,
     solver: &dyn Solver,
     clock: &dyn Clock,
-) -> Option<Plan> {
-    let max = plan(pb, Goal::MaxDemand, cfg, solver, clock).ok()?;
-    if max.demand_rps < demand {
-        return None;
-    }
+) -> Plan {
     let at = max.demand_rps * (1.0 - 1e-9);
     let mut p = plan(pb, Goal::MinCost { demand: at }, cfg, solver, clock).unwrap_or(max);
     let scale = demand / p.demand_rps;
@@ -967,7 +968,7 @@ fn plan_above(
         p.demand_rps
     ));
     p.demand_rps = demand;
-    Some(p)
+    p
 }
 
 /// Returns whether the instances fit the available GPUs.
@@ -1014,9 +1015,12 @@ fn repack(
     Ok(true)
 }
 
+/// The error for "no plan": says which constraint binds. `max` is the maximum-demand
+/// result when the caller already has it.
 fn infeasible(
     prep: &Prepared<'_>,
     goal: Goal,
+    max: Option<Result<Plan, PlanError>>,
     cfg: &PlannerConfig,
     solver: &dyn Solver,
     clock: &dyn Clock,
@@ -1047,7 +1051,7 @@ fn infeasible(
                 ),
             }
         }
-        Goal::MinCost { .. } => match plan(pb, Goal::MaxDemand, cfg, solver, clock) {
+        Goal::MinCost { .. } => match max.unwrap_or_else(|| plan(pb, Goal::MaxDemand, cfg, solver, clock)) {
             Ok(p) => format!(
                 "GPU capacity binds: the most this space serves under the latency and accuracy SLOs is {:.1} req/s{}",
                 p.demand_rps,
