@@ -7,4 +7,6 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz@0.13.
 cd protocol
 # fuzz/regressions holds inputs that once failed; they seed every run.
 mkdir -p fuzz/corpus/decode_frame
-RUSTC_BOOTSTRAP=1 cargo fuzz run decode_frame fuzz/corpus/decode_frame fuzz/regressions -- -max_total_time="${FUZZ_SECONDS:-30}"
+# A fixed libFuzzer seed keeps CI reproducible; FUZZ_SEED=0 lets libFuzzer pick one.
+RUSTC_BOOTSTRAP=1 cargo fuzz run decode_frame fuzz/corpus/decode_frame fuzz/regressions -- \
+  -max_total_time="${FUZZ_SECONDS:-30}" -seed="${FUZZ_SEED:-1}"
