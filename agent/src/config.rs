@@ -9,6 +9,15 @@
 //! beta = 0.035          # Eq. 14 slice weight (omit: 1 / available slices)
 //! max_levels = 10       # latency levels per task before a grid is used
 //! abs_gap_slices = 1.0  # at fixed demand, stop within this many slices (x beta) of optimal
+//!
+//! [node]                # the agent on this machine (mesh issue; validated today)
+//! id = "node-1"
+//! listen = "0.0.0.0:7400"
+//! peers = ["node-2@10.0.0.2:7400", "node-3@10.0.0.3:7400"]
+//! coordinator_eligible = true
+//! data_dir = "/var/lib/jigsaw"
+//! tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/node-1.pem", key = "/etc/jigsaw/ca/node-1.key" }
+//! gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }   # or { backend = "nvml" }
 //! ```
 
 use jigsaw_coordinator::PlannerConfig;
@@ -21,6 +30,153 @@ pub struct Config {
     /// Planner section.
     #[serde(default)]
     pub planner: PlannerSection,
+    /// This node's agent (absent for CLI-only use).
+    pub node: Option<NodeSection>,
+}
+
+/// `[node]` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node id.
+    pub id: String,
+    /// QUIC listen address.
+    pub listen: String,
+    /// Seed peers, `id@host:port`.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Whether this node may be elected coordinator.
+    #[serde(default)]
+    pub coordinator_eligible: bool,
+    /// Durable state directory.
+    pub data_dir: std::path::PathBuf,
+    /// TLS files.
+    pub tls: TlsSection,
+    /// GPU backend.
+    pub gpu: GpuSection,
+}
+
+/// `[node.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Cluster CA certificate.
+    pub ca: std::path::PathBuf,
+    /// This node's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// This node's key.
+    pub key: std::path::PathBuf,
+}
+
+/// `[node.gpu]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
+pub enum GpuSection {
+    /// The MIG/MPS simulator.
+    Sim {
+        /// GPU model name.
+        model: String,
+        /// GPUs on this node.
+        count: u32,
+        /// Simulated create/destroy latency, ms.
+        #[serde(default)]
+        reconfig_ms: u64,
+    },
+    /// Real GPUs through NVML.
+    Nvml,
+}
+
+/// `[node]` validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Node id.
+    pub id: String,
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Seed peers: (id, address).
+    pub peers: Vec<(String, std::net::SocketAddr)>,
+    /// Coordinator-eligible.
+    pub coordinator_eligible: bool,
+    /// Durable state directory.
+    pub data_dir: std::path::PathBuf,
+    /// CA, cert, key.
+    pub tls: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+    /// GPU backend.
+    pub gpu: GpuBackendConfig,
+}
+
+/// The GPU backend to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GpuBackendConfig {
+    /// Simulated GPUs.
+    Sim {
+        /// Model.
+        model: jigsaw_protocol::catalogue::GpuModel,
+        /// Count.
+        count: u32,
+        /// Create/destroy latency.
+        reconfig: std::time::Duration,
+    },
+    /// NVML.
+    Nvml,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+impl NodeSection {
+    /// Validate; errors name the field under `node.`.
+    pub fn validate(&self, path: &str) -> Result<NodeConfig, ConfigError> {
+        let bad = |field: &str, message: String| ConfigError::Value {
+            path: path.into(),
+            field: format!("node.{field}"),
+            message,
+        };
+        if !valid_id(&self.id) {
+            return Err(bad("id", format!("`{}` must be 1-63 ASCII letters, digits, `-` or `.`", self.id)));
+        }
+        let listen = self
+            .listen
+            .parse()
+            .map_err(|_| bad("listen", format!("`{}` is not an address like 0.0.0.0:7400", self.listen)))?;
+        let mut peers = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let field = format!("peers[{i}]");
+            let (id, addr) = p.split_once('@').ok_or_else(|| bad(&field, format!("`{p}` must be id@host:port")))?;
+            if !valid_id(id) {
+                return Err(bad(&field, format!("peer id `{id}` must be ASCII letters, digits, `-` or `.`")));
+            }
+            if id == self.id {
+                return Err(bad(&field, format!("`{id}` is this node itself")));
+            }
+            if peers.iter().any(|(q, _)| q == id) {
+                return Err(bad(&field, format!("peer `{id}` is listed twice")));
+            }
+            let addr =
+                addr.parse().map_err(|_| bad(&field, format!("`{addr}` is not an address like 10.0.0.2:7400")))?;
+            peers.push((id.to_string(), addr));
+        }
+        let gpu = match &self.gpu {
+            GpuSection::Sim { model, count, reconfig_ms } => {
+                let model = model.parse().map_err(|e| bad("gpu.model", format!("{e}")))?;
+                if *count == 0 {
+                    return Err(bad("gpu.count", "a simulated node needs at least one GPU".into()));
+                }
+                GpuBackendConfig::Sim { model, count: *count, reconfig: std::time::Duration::from_millis(*reconfig_ms) }
+            }
+            GpuSection::Nvml => GpuBackendConfig::Nvml,
+        };
+        Ok(NodeConfig {
+            id: self.id.clone(),
+            listen,
+            peers,
+            coordinator_eligible: self.coordinator_eligible,
+            data_dir: self.data_dir.clone(),
+            tls: (self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()),
+            gpu,
+        })
+    }
 }
 
 /// `[planner]`.
@@ -63,12 +219,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A value out of range.
-    #[error("{path}: planner.{field}: {message}")]
+    #[error("{path}: {field}: {message}")]
     Value {
         /// Path.
         path: String,
-        /// Field.
-        field: &'static str,
+        /// Dotted field, e.g. `planner.mip_rel_gap`.
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -86,6 +242,9 @@ impl Config {
         let c: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         c.planner_config(path)?;
+        if let Some(n) = &c.node {
+            n.validate(path)?;
+        }
         Ok(c)
     }
 
@@ -93,7 +252,11 @@ impl Config {
     pub fn planner_config(&self, path: &str) -> Result<PlannerConfig, ConfigError> {
         let p = &self.planner;
         let d = PlannerConfig::default();
-        let bad = |field, message: String| ConfigError::Value { path: path.into(), field, message };
+        let bad = |field: &str, message: String| ConfigError::Value {
+            path: path.into(),
+            field: format!("planner.{field}"),
+            message,
+        };
         let pos = |field, v: Option<f64>, dflt: f64| -> Result<f64, ConfigError> {
             match v {
                 Some(x) if !(x.is_finite() && x > 0.0) => {
@@ -148,5 +311,64 @@ mod tests {
         assert!(e.to_string().contains("time_limt_s"), "{e}");
         let e = Config::parse("[planner]\nthreads = 0\n", "c.toml").unwrap_err();
         assert!(e.to_string().contains("planner.threads"), "{e}");
+    }
+
+    const NODE: &str = r#"
+[node]
+id = "node-1"
+listen = "127.0.0.1:7400"
+peers = ["node-2@127.0.0.1:7401"]
+coordinator_eligible = true
+data_dir = "/tmp/j"
+tls = { ca = "ca.pem", cert = "n.pem", key = "n.key" }
+gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
+"#;
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/jigsaw.toml");
+        let c = Config::load(path).expect("deploy/jigsaw.toml parses");
+        c.planner_config(path).expect("valid planner section");
+        // Its commented [node] example is valid too once uncommented.
+        let text = std::fs::read_to_string(path).expect("read");
+        let node: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [node]"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let n = Config::parse(&node, path).expect("node example parses");
+        assert!(n.node.is_some());
+    }
+
+    #[test]
+    fn node_section_validates() {
+        let c = Config::parse(NODE, "n.toml").expect("valid");
+        let n = c.node.expect("node").validate("n.toml").expect("valid");
+        assert_eq!(n.peers[0].0, "node-2");
+        assert!(matches!(n.gpu, GpuBackendConfig::Sim { count: 4, .. }));
+        let nvml = NODE.replace(
+            r#"{ backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }"#,
+            r#"{ backend = "nvml" }"#,
+        );
+        assert!(Config::parse(&nvml, "n.toml").is_ok());
+    }
+
+    #[test]
+    fn node_errors_name_the_field() {
+        let cases = [
+            (NODE.replace("\"node-1\"", "\"bad id!\""), "node.id"),
+            (NODE.replace("127.0.0.1:7400", "nowhere"), "node.listen"),
+            (NODE.replace("node-2@127.0.0.1:7401", "node-2"), "node.peers[0]"),
+            (NODE.replace("node-2@127.0.0.1:7401", "node-1@127.0.0.1:7401"), "node.peers[0]"),
+            (NODE.replace("h100-80gb", "v100"), "node.gpu.model"),
+            (NODE.replace("count = 4", "count = 0"), "node.gpu.count"),
+            (NODE.replace("backend = \"sim\"", "backend = \"cuda\""), "cuda"),
+            (NODE.replace("coordinator_eligible", "coordinator_elegible"), "coordinator_elegible"),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(&text, "n.toml").unwrap_err().to_string();
+            assert!(e.starts_with("n.toml") && e.contains(needle), "{needle}: {e}");
+        }
     }
 }
