@@ -277,23 +277,26 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
     let nt = app.tasks.len();
     // Options and their frontiers.
     let mut opts = Vec::new();
+    // One pass over the profile table: operating points grouped by (task, variant, profile).
+    let mut points: BTreeMap<(usize, usize, usize), Vec<Point>> = BTreeMap::new();
+    for r in pb.profiles.rows().filter(|r| r.gpu == pb.gpu) {
+        let Some(t) = app.task_index(&r.task) else { continue };
+        let Some(v) = app.tasks[t].variants.iter().position(|x| x.name == r.variant) else { continue };
+        let Some(p) = spec.profile_index(&r.mig_profile) else { continue };
+        if allowed_segment(spec, pb.space, p, r.mps) {
+            points.entry((t, v, p)).or_default().push(Point {
+                mps: r.mps,
+                batch: r.batch,
+                l: r.p95_ms,
+                h: r.throughput_rps,
+            });
+        }
+    }
     for t in 0..nt {
         let mut any = false;
         for v in allowed_variants(app, pb.space, t) {
-            for (p, prof) in spec.profiles.iter().enumerate() {
-                let pts: Vec<Point> = pb
-                    .profiles
-                    .rows()
-                    .filter(|r| {
-                        r.task == app.tasks[t].name
-                            && r.variant == app.tasks[t].variants[v].name
-                            && r.gpu == pb.gpu
-                            && r.mig_profile == prof.name
-                    })
-                    .filter(|r| allowed_segment(spec, pb.space, p, r.mps))
-                    .map(|r| Point { mps: r.mps, batch: r.batch, l: r.p95_ms, h: r.throughput_rps })
-                    .collect();
-                if !pts.is_empty() {
+            for p in 0..spec.profiles.len() {
+                if let Some(pts) = points.remove(&(t, v, p)) {
                     any = true;
                     opts.push(Opt { t, v, p, frontier: pareto(pts) });
                 }
