@@ -9,12 +9,15 @@
 //! * [`profile`]: the profile CSV format (one row per task, variant, GPU, MIG profile, MPS
 //!   level and batch size).
 //! * [`plan`]: the plan the planner returns (documented for users in `docs/plan-json.md`).
+//! * [`cluster`]: the replicated cluster state (apps, members, plan and epoch) and the
+//!   commands of the Raft log that change it.
 //! * [`wire`]: the framed binary envelope (magic, version, size cap) used on the network.
 //!
 //! Errors are typed and name the field, line or byte offset that is wrong.
 
 pub mod app;
 pub mod catalogue;
+pub mod cluster;
 pub mod plan;
 pub mod profile;
 pub mod wire;

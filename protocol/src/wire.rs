@@ -13,19 +13,25 @@
 //! with the same cap as a bincode limit. [`decode_frame`] never panics on any input (fuzzed
 //! in CI; see `protocol/fuzz`). Design note: `docs/protocol.md`.
 
-use crate::plan::Plan;
+use crate::cluster::{AppEntry, ClusterState, GpuInventory};
+use crate::plan::InstancePlan;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// A message between jigsaw processes. Variants are only ever appended.
+///
+/// Every exchange is one request frame and one reply frame on its own QUIC stream. The
+/// sender's identity is its TLS client certificate; a node id named inside a message must
+/// match it (checked by the receiver).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WireMessage {
     /// A node introduces itself.
@@ -35,20 +41,178 @@ pub enum WireMessage {
         /// Highest plan epoch the node has applied.
         applied_epoch: u64,
     },
-    /// A plan with its fencing epoch.
+    /// The coordinator's plan for one node, with its fencing epoch. Reply: [`WireMessage::PlanReport`].
     PlanPush {
         /// Strictly increasing plan epoch.
         epoch: u64,
-        /// The plan.
-        plan: Box<Plan>,
+        /// The pushing coordinator (for logs and fencing diagnostics).
+        coordinator: String,
+        /// Target instances per local GPU UUID; GPUs not named get an empty target.
+        gpus: BTreeMap<String, Vec<InstancePlan>>,
     },
-    /// Acknowledges a plan epoch.
-    PlanAck {
+    /// What a node did with a pushed epoch.
+    PlanReport {
         /// Node id.
         node: String,
-        /// Epoch applied.
+        /// The epoch the report is about.
+        epoch: u64,
+        /// Outcome.
+        outcome: ApplyOutcome,
+    },
+    /// A node's periodic liveness and inventory report, sent to the coordinator.
+    /// Reply: [`WireMessage::HeartbeatReply`].
+    Heartbeat(Heartbeat),
+    /// Reply to a heartbeat: who the coordinator is, as far as the receiver knows.
+    HeartbeatReply {
+        /// Whether the receiver is the coordinator and recorded the heartbeat.
+        accepted: bool,
+        /// The coordinator (id, address), when known.
+        coordinator: Option<(String, String)>,
+        /// The latest committed plan epoch the receiver knows.
         epoch: u64,
     },
+    /// A Raft RPC between coordinator-eligible nodes. The body is an openraft request,
+    /// JSON-encoded by the agent (openraft's types are the contract; see `docs/mesh.md`).
+    Raft {
+        /// Which RPC.
+        rpc: RaftRpc,
+        /// Encoded request.
+        body: Vec<u8>,
+    },
+    /// Reply to [`WireMessage::Raft`]: an encoded `Result<response, RaftError>`.
+    RaftReply {
+        /// Encoded result.
+        body: Vec<u8>,
+    },
+    /// An operator's request (CLI).
+    Client(ClientRequest),
+    /// Reply to [`WireMessage::Client`].
+    ClientReply(ClientReply),
+    /// The request could not be handled; `retry` says whether the same request may succeed later.
+    Error {
+        /// What went wrong.
+        message: String,
+        /// Retry (possibly elsewhere) vs. give up.
+        retry: bool,
+    },
+}
+
+/// The Raft RPCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// AppendEntries.
+    Append,
+    /// RequestVote.
+    Vote,
+    /// InstallSnapshot.
+    Snapshot,
+}
+
+/// A heartbeat's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Node id.
+    pub node: String,
+    /// Address it listens on.
+    pub addr: String,
+    /// Whether it is coordinator-eligible.
+    pub eligible: bool,
+    /// Its GPUs and their live layouts.
+    pub gpus: Vec<GpuInventory>,
+    /// Highest plan epoch fully applied.
+    pub applied_epoch: u64,
+}
+
+/// What a node did with a pushed plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// Every GPU now matches the epoch's target.
+    Applied,
+    /// Older than (or equal to) an epoch the node already accepted; nothing done.
+    Stale {
+        /// The node's highest accepted epoch.
+        accepted: u64,
+    },
+    /// The push was refused before any step ran (unknown GPU, illegal layout).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// A step failed; steps before it stay applied.
+    Failed {
+        /// GPU UUID.
+        gpu: String,
+        /// The failed step and error, in words.
+        error: String,
+    },
+}
+
+/// An operator request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Cluster status.
+    Status,
+    /// Register (or replace) an application.
+    RegisterApp(AppEntry),
+    /// Remove an application.
+    RemoveApp {
+        /// Name.
+        name: String,
+    },
+}
+
+/// An operator reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// Done; words for the operator and the plan epoch after the change.
+    Done {
+        /// Message.
+        message: String,
+        /// Epoch.
+        epoch: u64,
+    },
+    /// The cluster status.
+    Status(Box<ClusterStatus>),
+    /// Ask the coordinator instead (id, address), when known.
+    NotCoordinator {
+        /// The coordinator, if known.
+        coordinator: Option<(String, String)>,
+    },
+    /// The request is invalid; do not retry it unchanged.
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Status as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Coordinator node id.
+    pub coordinator: String,
+    /// Raft term.
+    pub term: u64,
+    /// Raft voters.
+    pub voters: Vec<String>,
+    /// The replicated state.
+    pub state: ClusterState,
+    /// Per node: last heartbeat age (ms), applied epoch, live GPUs, last plan outcome.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub node: String,
+    /// Milliseconds since its last heartbeat reached the coordinator (None = never).
+    pub last_seen_ms: Option<u64>,
+    /// Highest epoch it applied.
+    pub applied_epoch: u64,
+    /// Its GPUs with live layouts, from the last heartbeat.
+    pub gpus: Vec<GpuInventory>,
+    /// The last plan outcome it reported, if any: (epoch, outcome).
+    pub last_outcome: Option<(u64, ApplyOutcome)>,
 }
 
 /// Why a frame was rejected.
@@ -176,9 +340,9 @@ mod tests {
         }
     }
 
-    fn plan(note: Option<String>) -> Plan {
+    fn plan(note: Option<String>) -> crate::plan::Plan {
         use crate::plan::{GpuPlan, InstancePlan, SolveStats, TaskPlan, VariantShare};
-        Plan {
+        crate::plan::Plan {
             app: "a".into(),
             space: "A+S+T".into(),
             gpu_model: crate::GpuModel::H100_80gb,
@@ -239,9 +403,38 @@ mod tests {
     #[test]
     fn plans_round_trip() {
         for note in [None, Some("fallback".to_string())] {
-            let m = WireMessage::PlanPush { epoch: 7, plan: Box::new(plan(note)) };
-            let f = encode_frame(&m).expect("encodes");
-            assert_eq!(decode_frame(&f).expect("decodes").0, m);
+            let p = plan(note);
+            let mut state = ClusterState::default();
+            state.plan = Some(crate::cluster::ClusterPlan {
+                epoch: 7,
+                inputs: "x".into(),
+                nodes: [("n1".to_string(), [("GPU-1".to_string(), p.gpus[0].instances.clone())].into())].into(),
+                apps: vec![],
+            });
+            let status = ClusterStatus {
+                coordinator: "n1".into(),
+                term: 3,
+                voters: vec!["n1".into()],
+                state,
+                nodes: vec![NodeStatus {
+                    node: "n1".into(),
+                    last_seen_ms: None,
+                    applied_epoch: 7,
+                    gpus: vec![],
+                    last_outcome: Some((7, ApplyOutcome::Failed { gpu: "GPU-1".into(), error: "e".into() })),
+                }],
+            };
+            for m in [
+                WireMessage::PlanPush {
+                    epoch: 7,
+                    coordinator: "n1".into(),
+                    gpus: [("GPU-1".to_string(), p.gpus[0].instances.clone())].into(),
+                },
+                WireMessage::ClientReply(ClientReply::Status(Box::new(status))),
+            ] {
+                let f = encode_frame(&m).expect("encodes");
+                assert_eq!(decode_frame(&f).expect("decodes").0, m);
+            }
         }
     }
 
@@ -251,9 +444,9 @@ mod tests {
         let mut bad = f.clone();
         bad[0] = b'X';
         assert!(matches!(decode_frame(&bad), Err(FrameError::Magic { .. })));
-        let mut v2 = f.clone();
-        v2[4] = 2;
-        assert_eq!(decode_frame(&v2), Err(FrameError::Version { got: 2 }));
+        let mut v1 = f.clone();
+        v1[4] = 1;
+        assert_eq!(decode_frame(&v1), Err(FrameError::Version { got: 1 }));
         let mut big = f.clone();
         big[6..10].copy_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
         assert!(matches!(decode_frame(&big), Err(FrameError::TooLarge { .. })));

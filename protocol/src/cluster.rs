@@ -1,0 +1,277 @@
+//! The cluster's replicated state and the commands that change it.
+//!
+//! The coordinator is the Raft leader of the coordinator-eligible agents; every entry of the
+//! Raft log is a [`ClusterCommand`] and every replica applies it to its [`ClusterState`] with
+//! [`ClusterState::apply`], a pure function. What is replicated:
+//! * registered applications (their spec and profile texts, and the demand to plan for);
+//! * cluster membership as the coordinator last decided it (each node's address, GPUs and
+//!   whether it is alive);
+//! * the current plan and its **epoch**, which only ever grows: a [`ClusterCommand::CommitPlan`]
+//!   must carry exactly `epoch + 1`, so two coordinators of different terms can never commit
+//!   two plans with the same epoch, and an agent that fences on the epoch never applies an
+//!   older plan after a newer one.
+//!
+//! Application texts are stored as submitted (TOML spec and profile CSV) so the state is
+//! self-describing and every replica parses them the same way.
+
+use crate::catalogue::GpuModel;
+use crate::plan::InstancePlan;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One GPU as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuInventory {
+    /// GPU UUID.
+    pub uuid: String,
+    /// Model.
+    pub model: GpuModel,
+    /// Live MIG instances with what runs on them (as InstancePlan: profile, start, work).
+    pub live: Vec<InstancePlan>,
+}
+
+/// A member node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub node: String,
+    /// Address (`ip:port`) the node listens on.
+    pub addr: String,
+    /// Whether the node is a Raft voter (coordinator-eligible).
+    pub eligible: bool,
+    /// GPUs (UUID, model); live layouts here are only as of the last membership change.
+    pub gpus: Vec<GpuInventory>,
+    /// Whether the coordinator considers the node alive.
+    pub alive: bool,
+}
+
+/// A registered application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppEntry {
+    /// Application name (from the spec).
+    pub name: String,
+    /// The spec, as TOML text.
+    pub spec_toml: String,
+    /// The profile table, as CSV text.
+    pub profiles_csv: String,
+    /// Root demand to plan for, requests/s.
+    pub demand_rps: f64,
+}
+
+/// How one application fared in a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppPlacement {
+    /// Application.
+    pub app: String,
+    /// GPUs it got.
+    pub gpus: usize,
+    /// Demand planned for, requests/s (may be below the requested demand, see `note`).
+    pub planned_rps: f64,
+    /// Accuracy of the plan.
+    pub accuracy: f64,
+    /// Why the app is not (fully) placed, or other remarks.
+    pub note: Option<String>,
+}
+
+/// A committed cluster plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterPlan {
+    /// Fencing epoch.
+    pub epoch: u64,
+    /// What the plan was computed from ([`ClusterState::plan_inputs`]).
+    pub inputs: String,
+    /// Target per node, per GPU UUID.
+    pub nodes: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>>,
+    /// Per-application outcome.
+    pub apps: Vec<AppPlacement>,
+}
+
+/// Cluster-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// A node silent for this long is declared dead, ms.
+    pub dead_after_ms: u64,
+    /// Planner search space (`A+S+T`, …).
+    pub space: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { dead_after_ms: 3_000, space: "A+S+T".into() }
+    }
+}
+
+/// A change to the replicated state (one Raft log entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClusterCommand {
+    /// Register or replace an application.
+    PutApp(AppEntry),
+    /// Remove an application.
+    RemoveApp {
+        /// Name.
+        name: String,
+    },
+    /// Add a member or update its address, GPUs or liveness.
+    PutMember(Member),
+    /// Declare a member dead (its GPUs leave the next plan).
+    MarkDown {
+        /// Node id.
+        node: String,
+    },
+    /// Replace the cluster settings.
+    SetConfig(ClusterConfig),
+    /// Commit a plan; its epoch must be exactly the current epoch + 1.
+    CommitPlan(ClusterPlan),
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// Whether the command changed the state.
+    pub applied: bool,
+    /// Words for the caller.
+    pub message: String,
+    /// The plan epoch after the command.
+    pub epoch: u64,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Applications by name.
+    pub apps: BTreeMap<String, AppEntry>,
+    /// Members by node id.
+    pub members: BTreeMap<String, Member>,
+    /// Settings.
+    pub config: ClusterConfig,
+    /// The current plan.
+    pub plan: Option<ClusterPlan>,
+    /// The current plan epoch (0 = no plan yet).
+    pub epoch: u64,
+}
+
+impl ClusterState {
+    /// Apply one command. Deterministic: every replica gets the same outcome.
+    pub fn apply(&mut self, cmd: &ClusterCommand) -> CommandOutcome {
+        let (applied, message) = match cmd {
+            ClusterCommand::PutApp(app) => {
+                let verb = if self.apps.contains_key(&app.name) { "replaced" } else { "registered" };
+                self.apps.insert(app.name.clone(), app.clone());
+                (true, format!("app `{}` {verb} at {:.1} req/s", app.name, app.demand_rps))
+            }
+            ClusterCommand::RemoveApp { name } => match self.apps.remove(name) {
+                Some(_) => (true, format!("app `{name}` removed")),
+                None => (false, format!("no app named `{name}`")),
+            },
+            ClusterCommand::PutMember(m) => {
+                let same = self.members.get(&m.node) == Some(m);
+                self.members.insert(m.node.clone(), m.clone());
+                (!same, format!("member `{}` at {} ({} GPUs, alive: {})", m.node, m.addr, m.gpus.len(), m.alive))
+            }
+            ClusterCommand::MarkDown { node } => match self.members.get_mut(node) {
+                Some(m) if m.alive => {
+                    m.alive = false;
+                    (true, format!("member `{node}` marked down"))
+                }
+                Some(_) => (false, format!("member `{node}` was already down")),
+                None => (false, format!("no member `{node}`")),
+            },
+            ClusterCommand::SetConfig(c) => {
+                self.config = c.clone();
+                (true, "cluster config replaced".to_string())
+            }
+            ClusterCommand::CommitPlan(p) => {
+                if p.epoch != self.epoch + 1 {
+                    (false, format!("plan epoch {} rejected: the current epoch is {}", p.epoch, self.epoch))
+                } else {
+                    self.epoch = p.epoch;
+                    self.plan = Some(p.clone());
+                    (true, format!("plan epoch {} committed", p.epoch))
+                }
+            }
+        };
+        CommandOutcome { applied, message, epoch: self.epoch }
+    }
+
+    /// Alive members that have GPUs, in id order.
+    pub fn alive_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| m.alive)
+    }
+
+    /// A canonical description of what a plan depends on: the apps (name, demand and a
+    /// digest of their texts) and the alive GPUs. A plan is current when its `inputs` equal
+    /// this; live layouts are deliberately left out (they change as plans are applied).
+    pub fn plan_inputs(&self) -> String {
+        let mut s = format!("space={};", self.config.space);
+        for a in self.apps.values() {
+            s += &format!("app={}@{}#{:016x};", a.name, a.demand_rps, fnv64(&[&a.spec_toml, &a.profiles_csv]));
+        }
+        for m in self.alive_members() {
+            for g in &m.gpus {
+                s += &format!("gpu={}/{}/{};", m.node, g.uuid, g.model);
+            }
+        }
+        s
+    }
+
+    /// The part of the current plan for `node` (empty when it has none).
+    pub fn part_for(&self, node: &str) -> BTreeMap<String, Vec<InstancePlan>> {
+        self.plan.as_ref().and_then(|p| p.nodes.get(node)).cloned().unwrap_or_default()
+    }
+}
+
+/// FNV-1a 64 over several strings (separated), for stable digests across processes.
+pub fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(epoch: u64) -> ClusterPlan {
+        ClusterPlan { epoch, inputs: String::new(), nodes: BTreeMap::new(), apps: vec![] }
+    }
+
+    #[test]
+    fn epochs_only_grow_by_one() {
+        let mut s = ClusterState::default();
+        assert!(s.apply(&ClusterCommand::CommitPlan(plan(1))).applied);
+        assert!(!s.apply(&ClusterCommand::CommitPlan(plan(1))).applied, "same epoch twice");
+        assert!(!s.apply(&ClusterCommand::CommitPlan(plan(3))).applied, "a gap");
+        let o = s.apply(&ClusterCommand::CommitPlan(plan(2)));
+        assert!(o.applied);
+        assert_eq!(o.epoch, 2);
+        assert_eq!(s.plan.as_ref().map(|p| p.epoch), Some(2));
+    }
+
+    #[test]
+    fn plan_inputs_follow_apps_and_alive_gpus() {
+        let mut s = ClusterState::default();
+        let m = Member {
+            node: "n1".into(),
+            addr: "127.0.0.1:1".into(),
+            eligible: true,
+            gpus: vec![GpuInventory { uuid: "GPU-1".into(), model: GpuModel::H100_80gb, live: vec![] }],
+            alive: true,
+        };
+        s.apply(&ClusterCommand::PutMember(m));
+        let before = s.plan_inputs();
+        assert!(before.contains("GPU-1"));
+        s.apply(&ClusterCommand::MarkDown { node: "n1".into() });
+        assert!(!s.plan_inputs().contains("GPU-1"));
+        assert!(!s.apply(&ClusterCommand::MarkDown { node: "n1".into() }).applied);
+        let app = AppEntry { name: "a".into(), spec_toml: "x".into(), profiles_csv: "y".into(), demand_rps: 5.0 };
+        s.apply(&ClusterCommand::PutApp(app.clone()));
+        let with_app = s.plan_inputs();
+        s.apply(&ClusterCommand::PutApp(AppEntry { profiles_csv: "z".into(), ..app }));
+        assert_ne!(with_app, s.plan_inputs(), "a changed profile changes the inputs");
+    }
+}
