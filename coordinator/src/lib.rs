@@ -12,10 +12,14 @@
 //! * [`synth`]: the analytic (synthetic) profile model for the example applications.
 //! * [`assign`]: mapping a plan's logical GPUs onto physical GPUs, sticky to live layouts.
 //!
-//! The coordinator actor, Raft glue and plan distribution arrive with the mesh issue.
+//! * [`cluster_plan`]: planning every registered app on the cluster's alive GPUs.
+//! * [`control`]: the coordinator's control loop (membership, failure detection, re-planning,
+//!   plan distribution) as a pure state machine; the agent's Raft leader drives it.
 
 pub mod analyze;
 pub mod assign;
+pub mod cluster_plan;
+pub mod control;
 pub mod evaluate;
 pub mod milp;
 pub mod planner;

@@ -1,0 +1,351 @@
+//! The coordinator's control loop as a pure state machine.
+//!
+//! The node that leads the Raft group creates a [`Control`] when it becomes leader and drops
+//! it when it stops leading. The shell feeds it heartbeats, push results and the committed
+//! [`ClusterState`], with the current time in milliseconds, and executes the [`Action`]s that
+//! [`Control::tick`] returns: propose a command to Raft, solve a new plan (off the control
+//! loop, with HiGHS), or push a node its part of the committed plan. Nothing here reads a
+//! clock, opens a socket or calls a solver.
+//!
+//! Rules:
+//! * **Membership.** A heartbeat from a node whose replicated [`Member`] record differs
+//!   (new node, new address or GPUs, or marked down) yields a `PutMember` proposal. A member
+//!   silent for `dead_after_ms` yields `MarkDown`; silence is measured from the later of its
+//!   last heartbeat and the moment this node became leader, so a new leader gives everyone
+//!   one full period before declaring them dead.
+//! * **Plans.** When the committed plan's inputs ([`ClusterState::plan_inputs`]) differ from
+//!   the current ones and membership is settled (no proposal of this tick), ask for a solve
+//!   of epoch `epoch + 1`. A solve result that lost a race is rejected by the state machine
+//!   (epochs grow by exactly one), and the next tick asks again.
+//! * **Distribution.** Every alive member that has sent a heartbeat to this leader and has
+//!   not applied the committed epoch gets a push, one in flight per node, re-sent after
+//!   `push_timeout_ms`. A push answered with a failure is not repeated for the same epoch (the
+//!   node fences it as already accepted); the failure is kept for `status`.
+
+use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
+use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
+use std::collections::BTreeMap;
+
+/// Timing knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Re-send a push that got no answer after this long, ms.
+    pub push_timeout_ms: u64,
+    /// Re-propose a membership change not yet visible in the state after this long, ms.
+    pub propose_retry_ms: u64,
+    /// Ask again for a solve whose result never arrived after this long, ms.
+    pub solve_timeout_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { push_timeout_ms: 10_000, propose_retry_ms: 2_000, solve_timeout_ms: 120_000 }
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Propose this command to the Raft group.
+    Propose(ClusterCommand),
+    /// Compute the plan of epoch `epoch` for the current state, then propose `CommitPlan`
+    /// and call [`Control::solve_done`].
+    Solve {
+        /// The inputs being planned for.
+        inputs: String,
+        /// The epoch to commit.
+        epoch: u64,
+    },
+    /// Push `node` its part of epoch `epoch`, then call [`Control::push_done`].
+    Push {
+        /// Node id.
+        node: String,
+        /// Its address.
+        addr: String,
+        /// Epoch.
+        epoch: u64,
+        /// Target per GPU UUID.
+        gpus: BTreeMap<String, Vec<InstancePlan>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    at_ms: u64,
+    hb: Heartbeat,
+}
+
+/// The leader's volatile control state.
+#[derive(Debug, Clone)]
+pub struct Control {
+    cfg: ControlConfig,
+    since_ms: u64,
+    seen: BTreeMap<String, Seen>,
+    in_flight: BTreeMap<String, (u64, u64)>,
+    acked: BTreeMap<String, u64>,
+    outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
+    proposed: BTreeMap<String, (ClusterCommand, u64)>,
+    solving: Option<(String, u64)>,
+}
+
+impl Control {
+    /// A fresh control state for a node that became leader at `now_ms`.
+    pub fn new(cfg: ControlConfig, now_ms: u64) -> Control {
+        Control {
+            cfg,
+            since_ms: now_ms,
+            seen: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            solving: None,
+        }
+    }
+
+    /// A heartbeat arrived.
+    pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) {
+        let acked = self.acked.entry(hb.node.clone()).or_default();
+        // A restarted node may report less than before; trust its latest word.
+        *acked = hb.applied_epoch;
+        self.seen.insert(hb.node.clone(), Seen { at_ms: now_ms, hb });
+    }
+
+    /// A push finished: `Some(outcome)` from the node, `None` when it could not be reached.
+    pub fn push_done(&mut self, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) {
+        if self.in_flight.get(node).map(|f| f.0) == Some(epoch) {
+            self.in_flight.remove(node);
+        }
+        match outcome {
+            Some(ApplyOutcome::Applied) => {
+                let a = self.acked.entry(node.to_string()).or_default();
+                *a = (*a).max(epoch);
+                self.outcomes.insert(node.to_string(), (epoch, ApplyOutcome::Applied));
+            }
+            Some(ApplyOutcome::Stale { accepted }) => {
+                // The node is at or past this epoch already (a duplicate push).
+                let a = self.acked.entry(node.to_string()).or_default();
+                *a = (*a).max(accepted.min(epoch));
+            }
+            Some(o) => {
+                self.outcomes.insert(node.to_string(), (epoch, o));
+            }
+            None => {}
+        }
+    }
+
+    /// The solve for `inputs` finished (committed or not).
+    pub fn solve_done(&mut self, inputs: &str) {
+        if self.solving.as_ref().map(|s| s.0.as_str()) == Some(inputs) {
+            self.solving = None;
+        }
+    }
+
+    /// Live layouts from the latest heartbeats, for sticky placement.
+    pub fn live_layouts(&self) -> BTreeMap<(String, String), Vec<InstancePlan>> {
+        let mut out = BTreeMap::new();
+        for (node, s) in &self.seen {
+            for g in &s.hb.gpus {
+                out.insert((node.clone(), g.uuid.clone()), g.live.clone());
+            }
+        }
+        out
+    }
+
+    fn member_of(&self, hb: &Heartbeat) -> Member {
+        Member {
+            node: hb.node.clone(),
+            addr: hb.addr.clone(),
+            eligible: hb.eligible,
+            gpus: hb.gpus.iter().map(|g| GpuInventory { uuid: g.uuid.clone(), model: g.model, live: vec![] }).collect(),
+            alive: true,
+        }
+    }
+
+    fn propose(&mut self, now_ms: u64, key: String, cmd: ClusterCommand, out: &mut Vec<Action>) {
+        if let Some((c, at)) = self.proposed.get(&key) {
+            if *c == cmd && now_ms.saturating_sub(*at) < self.cfg.propose_retry_ms {
+                return;
+            }
+        }
+        self.proposed.insert(key, (cmd.clone(), now_ms));
+        out.push(Action::Propose(cmd));
+    }
+
+    /// Decide what to do now, given the committed state.
+    pub fn tick(&mut self, now_ms: u64, state: &ClusterState) -> Vec<Action> {
+        let mut out = Vec::new();
+        let dead_after = state.config.dead_after_ms;
+        // Membership: joins and changes.
+        let fresh: Vec<Heartbeat> = self
+            .seen
+            .values()
+            .filter(|s| now_ms.saturating_sub(s.at_ms) < dead_after)
+            .map(|s| s.hb.clone())
+            .collect();
+        for hb in &fresh {
+            let want = self.member_of(hb);
+            if state.members.get(&hb.node) != Some(&want) {
+                self.propose(now_ms, format!("member/{}", hb.node), ClusterCommand::PutMember(want), &mut out);
+            }
+        }
+        // Failure detection.
+        for m in state.alive_members() {
+            let last = self.seen.get(&m.node).map_or(0, |s| s.at_ms).max(self.since_ms);
+            if now_ms.saturating_sub(last) >= dead_after {
+                let cmd = ClusterCommand::MarkDown { node: m.node.clone() };
+                self.propose(now_ms, format!("member/{}", m.node), cmd, &mut out);
+            }
+        }
+        // Re-plan once membership is settled.
+        let inputs = state.plan_inputs();
+        let current = state.plan.as_ref().map(|p| p.inputs.as_str());
+        let wanted = current != Some(inputs.as_str()) && (state.plan.is_some() || !state.apps.is_empty());
+        if let Some((_, at)) = &self.solving {
+            if now_ms.saturating_sub(*at) >= self.cfg.solve_timeout_ms {
+                self.solving = None;
+            }
+        }
+        if out.is_empty() && wanted && self.solving.is_none() {
+            self.solving = Some((inputs.clone(), now_ms));
+            out.push(Action::Solve { inputs, epoch: state.epoch + 1 });
+        }
+        // Distribution of the committed plan.
+        if let Some(plan) = &state.plan {
+            for m in state.alive_members() {
+                match self.seen.get(&m.node) {
+                    None => continue, // wait for its heartbeat: it tells what the node applied
+                    Some(s) if now_ms.saturating_sub(s.at_ms) >= dead_after => continue, // being marked down
+                    Some(_) => {}
+                }
+                if self.acked.get(&m.node).copied().unwrap_or(0) >= plan.epoch {
+                    continue;
+                }
+                if matches!(self.outcomes.get(&m.node), Some((e, o)) if *e == plan.epoch && *o != ApplyOutcome::Applied)
+                {
+                    continue; // failed or refused: reported in status, not retried
+                }
+                if let Some((e, at)) = self.in_flight.get(&m.node) {
+                    if *e >= plan.epoch && now_ms.saturating_sub(*at) < self.cfg.push_timeout_ms {
+                        continue;
+                    }
+                }
+                self.in_flight.insert(m.node.clone(), (plan.epoch, now_ms));
+                out.push(Action::Push {
+                    node: m.node.clone(),
+                    addr: m.addr.clone(),
+                    epoch: plan.epoch,
+                    gpus: plan.nodes.get(&m.node).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Per-node status as this leader sees it.
+    pub fn status(&self, now_ms: u64, state: &ClusterState) -> Vec<NodeStatus> {
+        let mut names: Vec<&String> = state.members.keys().chain(self.seen.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| {
+                let s = self.seen.get(n);
+                NodeStatus {
+                    node: n.clone(),
+                    last_seen_ms: s.map(|s| now_ms.saturating_sub(s.at_ms)),
+                    applied_epoch: self.acked.get(n).copied().unwrap_or(0),
+                    gpus: s.map(|s| s.hb.gpus.clone()).unwrap_or_default(),
+                    last_outcome: self.outcomes.get(n).cloned(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
+    use jigsaw_protocol::GpuModel;
+
+    fn hb(node: &str, applied: u64) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            addr: format!("{node}:1"),
+            eligible: true,
+            gpus: vec![GpuInventory { uuid: format!("GPU-{node}"), model: GpuModel::H100_80gb, live: vec![] }],
+            applied_epoch: applied,
+        }
+    }
+
+    fn apply_all(state: &mut ClusterState, actions: &[Action]) {
+        for a in actions {
+            if let Action::Propose(c) = a {
+                state.apply(c);
+            }
+        }
+    }
+
+    #[test]
+    fn join_plan_push_and_death() {
+        let mut st = ClusterState::default();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        c.heartbeat(10, hb("a", 0));
+        c.heartbeat(10, hb("b", 0));
+        let acts = c.tick(10, &st);
+        assert_eq!(acts.iter().filter(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(_)))).count(), 2);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Solve { .. })), "no solve while membership changes");
+        apply_all(&mut st, &acts);
+        assert!(c.tick(20, &st).is_empty(), "no apps, no plan: nothing to do");
+        st.apply(&ClusterCommand::PutApp(AppEntry {
+            name: "x".into(),
+            spec_toml: String::new(),
+            profiles_csv: String::new(),
+            demand_rps: 1.0,
+        }));
+        let acts = c.tick(30, &st);
+        let Some(Action::Solve { inputs, epoch }) = acts.first().cloned() else { panic!("solve expected: {acts:?}") };
+        assert_eq!(epoch, 1);
+        assert!(c.tick(31, &st).is_empty(), "one solve at a time");
+        let plan = ClusterPlan { epoch, inputs: inputs.clone(), nodes: BTreeMap::new(), apps: vec![] };
+        st.apply(&ClusterCommand::CommitPlan(plan));
+        c.solve_done(&inputs);
+        let acts = c.tick(40, &st);
+        assert_eq!(acts.iter().filter(|a| matches!(a, Action::Push { epoch: 1, .. })).count(), 2);
+        assert!(c.tick(41, &st).is_empty(), "one push in flight per node");
+        c.push_done("a", 1, Some(ApplyOutcome::Applied));
+        c.push_done("b", 1, None);
+        let acts = c.tick(41 + 10_000, &st);
+        // a is silent since t=10 and b too: both are marked down, nothing pushed or solved.
+        assert!(acts.iter().all(|a| matches!(a, Action::Propose(ClusterCommand::MarkDown { .. }))), "{acts:?}");
+        c.heartbeat(10_100, hb("b", 0));
+        let acts = c.tick(10_100, &st);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Propose(_))), "MarkDown(a) is debounced: {acts:?}");
+        assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
+    }
+
+    #[test]
+    fn failed_push_is_not_repeated_and_new_leader_grants_grace() {
+        let mut st = ClusterState::default();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        c.heartbeat(0, hb("a", 0));
+        let acts = c.tick(0, &st);
+        apply_all(&mut st, &acts);
+        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
+            epoch: 1,
+            inputs: st.plan_inputs(),
+            nodes: BTreeMap::new(),
+            apps: vec![],
+        }));
+        assert_eq!(c.tick(1, &st).len(), 1);
+        c.push_done("a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));
+        assert!(c.tick(2, &st).is_empty());
+        assert!(matches!(c.status(2, &st)[0].last_outcome, Some((1, ApplyOutcome::Failed { .. }))));
+        // A new leader at t=100_000 does not declare `a` dead before a full period passes.
+        let mut fresh = Control::new(ControlConfig::default(), 100_000);
+        assert!(fresh.tick(100_000 + 2_999, &st).is_empty());
+        assert_eq!(fresh.tick(103_000, &st), vec![Action::Propose(ClusterCommand::MarkDown { node: "a".into() })]);
+    }
+}
