@@ -10,4 +10,5 @@ pub mod cli;
 pub mod config;
 pub mod gpu;
 pub mod node_plan;
+pub mod raft;
 pub mod transport;

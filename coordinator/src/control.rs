@@ -178,12 +178,8 @@ impl Control {
         let mut out = Vec::new();
         let dead_after = state.config.dead_after_ms;
         // Membership: joins and changes.
-        let fresh: Vec<Heartbeat> = self
-            .seen
-            .values()
-            .filter(|s| now_ms.saturating_sub(s.at_ms) < dead_after)
-            .map(|s| s.hb.clone())
-            .collect();
+        let fresh: Vec<Heartbeat> =
+            self.seen.values().filter(|s| now_ms.saturating_sub(s.at_ms) < dead_after).map(|s| s.hb.clone()).collect();
         for hb in &fresh {
             let want = self.member_of(hb);
             if state.members.get(&hb.node) != Some(&want) {

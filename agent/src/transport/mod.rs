@@ -10,9 +10,11 @@
 //!   loss and link cuts).
 //!
 //! Errors keep "retry / redirect" apart from "this peer is dead or hostile": see
-//! [`TransportError`]. The binding of certificate names to node ids arrives with the rest
-//! of the mesh issue.
+//! [`TransportError`]. [`net`] holds the request/reply [`net::Transport`] trait the node
+//! runtime uses, its QUIC implementation and its in-memory twin, and binds certificate names
+//! to node ids ([`net::Peer::is`]).
 
+pub mod net;
 pub mod sim;
 pub mod tls;
 
@@ -40,6 +42,9 @@ pub enum TransportError {
     /// The connection or stream broke mid-exchange; retry on a new stream.
     #[error("stream: {0}")]
     Stream(String),
+    /// No reply in time: the peer may be slow, partitioned or dead; retry later.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
     /// The peer sent a frame this node rejects; close the connection.
     #[error("bad frame from peer: {0}")]
     Frame(#[from] FrameError),

@@ -1,0 +1,341 @@
+//! Durable Raft storage in one redb file under the node's data dir.
+//!
+//! Tables:
+//! * `log`: index → JSON entry;
+//! * `meta`: `vote`, `committed`, `purged` → JSON;
+//! * `sm`: `state` → JSON of the applied [`ClusterState`] with its last applied log id and
+//!   membership, written in the same transaction as the apply, and `snapshot` → the last
+//!   built or installed snapshot (meta + data).
+//!
+//! Every write is one redb transaction committed with immediate durability, and writes are
+//! serialised by `&mut self` (openraft's storage contract). The state machine keeps the
+//! applied state in memory and persists it on every apply, so a restart resumes from it
+//! without replaying the log. The store passes openraft's storage conformance suite
+//! (`agent/tests/raft_store.rs`).
+
+use super::{RaftNode as Peer, TypeConfig};
+use jigsaw_protocol::cluster::{ClusterState, CommandOutcome};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("sm");
+
+type Nid = u64;
+type SErr = StorageError<Nid>;
+
+fn any(e: impl ToString) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+/// Open (or create) the node's Raft database at `path`.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| StorageIOError::write_logs(any(e)))?;
+    }
+    let db =
+        Database::create(path).map_err(|e| StorageIOError::read_logs(any(format!("open {}: {e}", path.display()))))?;
+    let db = Arc::new(db);
+    {
+        let w = db.begin_write().map_err(|e| StorageIOError::write_logs(any(e)))?;
+        w.open_table(LOG).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        w.open_table(META).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        w.open_table(SM).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        w.commit().map_err(|e| StorageIOError::write_logs(any(e)))?;
+    }
+    let sm = StateMachine::load(db.clone())?;
+    Ok((LogStore { db }, sm))
+}
+
+fn get_json<T: for<'a> Deserialize<'a>>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, AnyError> {
+    let r = db.begin_read().map_err(any)?;
+    let t = r.open_table(table).map_err(any)?;
+    match t.get(key).map_err(any)? {
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(any)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_json<T: Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), AnyError> {
+    let bytes = serde_json::to_vec(value).map_err(any)?;
+    let w = db.begin_write().map_err(any)?;
+    {
+        let mut t = w.open_table(table).map_err(any)?;
+        t.insert(key, bytes.as_slice()).map_err(any)?;
+    }
+    w.commit().map_err(any)
+}
+
+/// The Raft log and vote.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+        let r = self.db.begin_read().map_err(any)?;
+        let t = r.open_table(LOG).map_err(any)?;
+        let mut out = Vec::new();
+        for item in t.range(range).map_err(any)? {
+            let (_, v) = item.map_err(any)?;
+            out.push(serde_json::from_slice(v.value()).map_err(any)?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, AnyError> {
+        let r = self.db.begin_read().map_err(any)?;
+        let t = r.open_table(LOG).map_err(any)?;
+        let last = match t.last().map_err(any)? {
+            Some((_, v)) => Some(serde_json::from_slice(v.value()).map_err(any)?),
+            None => None,
+        };
+        Ok(last)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        Ok(self.read_range(range).map_err(StorageIOError::read_logs)?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let purged: Option<LogId<Nid>> = get_json(&self.db, META, "purged").map_err(StorageIOError::read_logs)?;
+        let last = self.last_entry().map_err(StorageIOError::read_logs)?.map(|e| e.log_id).or(purged);
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<Nid>) -> Result<(), SErr> {
+        Ok(put_json(&self.db, META, "vote", vote).map_err(StorageIOError::write_vote)?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<Nid>>, SErr> {
+        Ok(get_json(&self.db, META, "vote").map_err(StorageIOError::read_vote)?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<Nid>>) -> Result<(), SErr> {
+        Ok(put_json(&self.db, META, "committed", &committed).map_err(StorageIOError::write_logs)?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<Nid>>, SErr> {
+        let c: Option<Option<LogId<Nid>>> = get_json(&self.db, META, "committed").map_err(StorageIOError::read_logs)?;
+        Ok(c.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let res = (|| -> Result<(), AnyError> {
+            let w = self.db.begin_write().map_err(any)?;
+            {
+                let mut t = w.open_table(LOG).map_err(any)?;
+                for e in entries {
+                    let bytes = serde_json::to_vec(&e).map_err(any)?;
+                    t.insert(e.log_id.index, bytes.as_slice()).map_err(any)?;
+                }
+            }
+            w.commit().map_err(any)
+        })();
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
+        let res = (|| -> Result<(), AnyError> {
+            let w = self.db.begin_write().map_err(any)?;
+            {
+                let mut t = w.open_table(LOG).map_err(any)?;
+                t.retain_in(log_id.index.., |_, _| false).map_err(any)?;
+            }
+            w.commit().map_err(any)
+        })();
+        Ok(res.map_err(StorageIOError::write_logs)?)
+    }
+
+    async fn purge(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
+        let res = (|| -> Result<(), AnyError> {
+            let bytes = serde_json::to_vec(&Some(log_id)).map_err(any)?;
+            let w = self.db.begin_write().map_err(any)?;
+            {
+                let mut m = w.open_table(META).map_err(any)?;
+                m.insert("purged", bytes.as_slice()).map_err(any)?;
+                let mut t = w.open_table(LOG).map_err(any)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(any)?;
+            }
+            w.commit().map_err(any)
+        })();
+        Ok(res.map_err(StorageIOError::write_logs)?)
+    }
+}
+
+/// What the state machine persists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last applied log id.
+    pub last_applied: Option<LogId<Nid>>,
+    /// Last applied membership.
+    pub membership: StoredMembership<Nid, Peer>,
+    /// The cluster state.
+    pub state: ClusterState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<Nid, Peer>,
+    data: Vec<u8>,
+}
+
+/// The replicated [`ClusterState`], shared with readers (the node's control loop).
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    applied: Arc<Mutex<Applied>>,
+    snapshots: Arc<Mutex<u64>>,
+}
+
+impl StateMachine {
+    fn load(db: Arc<Database>) -> Result<StateMachine, SErr> {
+        let applied: Applied =
+            get_json(&db, SM, "state").map_err(StorageIOError::read_state_machine)?.unwrap_or_default();
+        Ok(StateMachine { db, applied: Arc::new(Mutex::new(applied)), snapshots: Arc::new(Mutex::new(0)) })
+    }
+
+    /// A copy of the applied state.
+    pub fn snapshot_state(&self) -> Applied {
+        self.applied.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn persist(&self, a: &Applied) -> Result<(), AnyError> {
+        put_json(&self.db, SM, "state", a)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let a = self.snapshot_state();
+        let data = serde_json::to_vec(&a.state).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let n = {
+            let mut s = self.snapshots.lock().map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+            *s += 1;
+            *s
+        };
+        let id = match &a.last_applied {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("none-{n}"),
+        };
+        let meta = SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        put_json(&self.db, SM, "snapshot", &stored).map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<Nid>>, StoredMembership<Nid, Peer>), SErr> {
+        let a = self.snapshot_state();
+        Ok((a.last_applied, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandOutcome>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut a = self.snapshot_state();
+        let mut out = Vec::new();
+        for e in entries {
+            a.last_applied = Some(e.log_id);
+            let outcome = match e.payload {
+                EntryPayload::Blank => CommandOutcome { applied: false, message: "blank".into(), epoch: a.state.epoch },
+                EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    a.membership = StoredMembership::new(Some(e.log_id), m);
+                    CommandOutcome { applied: true, message: "membership".into(), epoch: a.state.epoch }
+                }
+            };
+            out.push(outcome);
+        }
+        self.persist(&a).map_err(StorageIOError::write_state_machine)?;
+        if let Ok(mut g) = self.applied.lock() {
+            *g = a;
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<Nid, Peer>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let state: ClusterState =
+            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let a = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        put_json(&self.db, SM, "snapshot", &stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        self.persist(&a).map_err(StorageIOError::write_state_machine)?;
+        if let Ok(mut g) = self.applied.lock() {
+            *g = a;
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let s: Option<StoredSnapshot> =
+            get_json(&self.db, SM, "snapshot").map_err(StorageIOError::read_state_machine)?;
+        Ok(s.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}

@@ -1,0 +1,343 @@
+//! The narrow request/reply transport the node runtime uses, with two implementations:
+//! [`QuicTransport`] (quinn, mutual TLS, one stream per request) and [`SimTransport`] (the
+//! in-memory twin over [`SimNet`]: seeded delay, loss and link cuts on tokio's clock, which
+//! tests pause so that virtual time drives everything).
+//!
+//! Inbound messages go to a [`Handler`] with the sender's [`Peer`] identity. With QUIC the
+//! identity is the verified client certificate, and [`Peer::is`] checks that it names a given
+//! node id (the certificate's DNS names are the node id): a message that claims to come from
+//! a node is only believed when the certificate says so.
+
+use super::sim::{LinkConfig, SimNet};
+use super::{recv_frame, request, send_frame, QuicNode, TransportError};
+use jigsaw_protocol::wire::WireMessage;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+/// A boxed future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Who sent an inbound message.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A TLS peer and its end-entity certificate.
+    Tls(CertificateDer<'static>),
+    /// A simulated peer (trusted by construction).
+    Sim(String),
+}
+
+impl Peer {
+    /// Whether the peer is node `name`.
+    pub fn is(&self, name: &str) -> bool {
+        match self {
+            Peer::Sim(n) => n == name,
+            Peer::Tls(cert) => {
+                let Ok(server_name) = ServerName::try_from(name.to_string()) else { return false };
+                match rustls::server::ParsedCertificate::try_from(cert) {
+                    Ok(parsed) => rustls::client::verify_server_name(&parsed, &server_name).is_ok(),
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+}
+
+/// Handles one inbound request and returns the reply.
+pub type Handler = Arc<dyn Fn(Peer, WireMessage) -> BoxFuture<WireMessage> + Send + Sync>;
+
+/// Request/reply to a node.
+pub trait Transport: Send + Sync + 'static {
+    /// Send `msg` to node `to` listening at `addr` and wait up to `timeout` for its reply.
+    fn request(
+        &self,
+        to: &str,
+        addr: &str,
+        msg: WireMessage,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<WireMessage, TransportError>> + Send;
+}
+
+/// QUIC transport: cached connections per node, one bidirectional stream per request.
+#[derive(Debug)]
+pub struct QuicTransport {
+    node: QuicNode,
+    conns: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl QuicTransport {
+    /// Wrap a bound endpoint.
+    pub fn new(node: QuicNode) -> Arc<QuicTransport> {
+        Arc::new(QuicTransport { node, conns: tokio::sync::Mutex::new(HashMap::new()) })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.node.local_addr()
+    }
+
+    /// Serve inbound connections until the endpoint closes: every stream is one request
+    /// frame answered by `handler`. A bad frame closes that stream only.
+    pub async fn serve(self: Arc<Self>, handler: Handler) {
+        while let Some(conn) = self.node.accept().await {
+            let Ok(conn) = conn else { continue }; // handshake failed (e.g. not from our CA)
+            let peer = conn
+                .peer_identity()
+                .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .and_then(|certs| certs.first().cloned());
+            let Some(cert) = peer else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let (handler, cert) = (handler.clone(), cert.clone());
+                    tokio::spawn(async move {
+                        let reply = match recv_frame(&mut recv).await {
+                            Ok(msg) => handler(Peer::Tls(cert), msg).await,
+                            Err(e) => WireMessage::Error { message: e.to_string(), retry: false },
+                        };
+                        if send_frame(&mut send, &reply).await.is_ok() {
+                            let _ = send.finish();
+                            let _ = send.stopped().await;
+                        }
+                    });
+                }
+            });
+        }
+    }
+
+    /// Close the endpoint.
+    pub fn close(&self) {
+        self.node.close();
+    }
+
+    async fn conn(&self, to: &str, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(to) {
+            if c.close_reason().is_none() && c.remote_address() == addr {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.node.connect(addr, to).await?;
+        conns.insert(to.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Transport for QuicTransport {
+    async fn request(
+        &self,
+        to: &str,
+        addr: &str,
+        msg: WireMessage,
+        timeout: Duration,
+    ) -> Result<WireMessage, TransportError> {
+        let sock: SocketAddr = addr.parse().map_err(|e| TransportError::Setup(format!("address `{addr}`: {e}")))?;
+        let fut = async {
+            let conn = self.conn(to, sock).await?;
+            match request(&conn, &msg).await {
+                Err(TransportError::Stream(_)) => {
+                    // The cached connection may be dead (peer restarted): one fresh try.
+                    self.conns.lock().await.remove(to);
+                    let conn = self.conn(to, sock).await?;
+                    request(&conn, &msg).await
+                }
+                r => r,
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+}
+
+enum Envelope {
+    Request { id: u64, from: String, msg: WireMessage },
+    Reply { id: u64, msg: WireMessage },
+}
+
+struct HubInner {
+    net: SimNet<Envelope>,
+    ids: BTreeMap<String, u32>,
+    handlers: BTreeMap<String, Handler>,
+    pending: HashMap<u64, oneshot::Sender<WireMessage>>,
+    next_id: u64,
+}
+
+/// The simulated network all [`SimTransport`]s of one simulation share.
+pub struct SimHub {
+    inner: Mutex<HubInner>,
+    origin: tokio::time::Instant,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for SimHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimHub")
+    }
+}
+
+impl SimHub {
+    /// A network with `seed` and default link behaviour; spawns its delivery task (call from
+    /// inside a tokio runtime, with paused time for determinism).
+    pub fn start(seed: u64, link: LinkConfig) -> Arc<SimHub> {
+        let hub = Arc::new(SimHub {
+            inner: Mutex::new(HubInner {
+                net: SimNet::new(seed, link),
+                ids: BTreeMap::new(),
+                handlers: BTreeMap::new(),
+                pending: HashMap::new(),
+                next_id: 0,
+            }),
+            origin: tokio::time::Instant::now(),
+            wake: Notify::new(),
+        });
+        let h = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            loop {
+                let Some(hub) = h.upgrade() else { return };
+                let next = hub.with(|i| i.net.next_delivery());
+                let wake = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(hub.origin + Duration::from_micros(at)).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = wake => {}
+                    _ = hub.wake.notified() => {}
+                }
+                hub.deliver();
+            }
+        });
+        hub
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HubInner) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    fn now_us(&self) -> u64 {
+        tokio::time::Instant::now().duration_since(self.origin).as_micros() as u64
+    }
+
+    fn id(inner: &mut HubInner, name: &str) -> u32 {
+        let n = inner.ids.len() as u32;
+        *inner.ids.entry(name.to_string()).or_insert(n)
+    }
+
+    /// Attach node `name` with its handler (a restarted node re-attaches).
+    pub fn attach(&self, name: &str, handler: Handler) {
+        self.with(|i| {
+            Self::id(i, name);
+            i.handlers.insert(name.to_string(), handler);
+        });
+    }
+
+    /// Detach node `name` (it crashed): messages to it are lost from now on.
+    pub fn detach(&self, name: &str) {
+        self.with(|i| i.handlers.remove(name));
+    }
+
+    /// Cut (or heal) the link between two nodes in both directions.
+    pub fn set_cut(&self, a: &str, b: &str, cut: bool) {
+        self.with(|i| {
+            let (x, y) = (Self::id(i, a), Self::id(i, b));
+            if cut {
+                i.net.cut(x, y)
+            } else {
+                i.net.heal(x, y)
+            }
+        });
+    }
+
+    /// Heal every link.
+    pub fn heal_all(&self) {
+        self.with(|i| i.net.heal_all());
+    }
+
+    /// Messages sent, delivered, dropped and cut so far.
+    pub fn stats(&self) -> super::sim::NetStats {
+        self.with(|i| i.net.stats())
+    }
+
+    fn send(&self, from: &str, to: &str, env: Envelope) {
+        let now = self.now_us();
+        self.with(|i| {
+            let (f, t) = (Self::id(i, from), Self::id(i, to));
+            i.net.send(now, f, t, env);
+        });
+        self.wake.notify_one();
+    }
+
+    fn deliver(self: &Arc<Self>) {
+        let now = self.now_us();
+        let ready = self.with(|i| i.net.deliver_until(now));
+        for (_, _, to, env) in ready {
+            match env {
+                Envelope::Request { id, from, msg } => {
+                    let to_name = self.with(|i| i.ids.iter().find(|(_, &v)| v == to).map(|(k, _)| k.clone()));
+                    let Some(to_name) = to_name else { continue };
+                    let Some(handler) = self.with(|i| i.handlers.get(&to_name).cloned()) else { continue };
+                    let hub = self.clone();
+                    tokio::spawn(async move {
+                        let reply = handler(Peer::Sim(from.clone()), msg).await;
+                        // The node may have crashed while handling: then no reply.
+                        if hub.with(|i| i.handlers.contains_key(&to_name)) {
+                            hub.send(&to_name, &from, Envelope::Reply { id, msg: reply });
+                        }
+                    });
+                }
+                Envelope::Reply { id, msg } => {
+                    if let Some(tx) = self.with(|i| i.pending.remove(&id)) {
+                        let _ = tx.send(msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One node's view of a [`SimHub`].
+#[derive(Debug, Clone)]
+pub struct SimTransport {
+    hub: Arc<SimHub>,
+    me: String,
+}
+
+impl SimTransport {
+    /// Node `me` on `hub`.
+    pub fn new(hub: Arc<SimHub>, me: &str) -> Arc<SimTransport> {
+        Arc::new(SimTransport { hub, me: me.to_string() })
+    }
+}
+
+impl Transport for SimTransport {
+    async fn request(
+        &self,
+        to: &str,
+        _addr: &str,
+        msg: WireMessage,
+        timeout: Duration,
+    ) -> Result<WireMessage, TransportError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.hub.with(|i| {
+            i.next_id += 1;
+            i.pending.insert(i.next_id, tx);
+            i.next_id
+        });
+        self.hub.send(&self.me, to, Envelope::Request { id, from: self.me.clone(), msg });
+        let r = tokio::time::timeout(timeout, rx).await;
+        self.hub.with(|i| i.pending.remove(&id));
+        match r {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(_)) | Err(_) => Err(TransportError::Timeout(timeout)),
+        }
+    }
+}
