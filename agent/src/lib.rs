@@ -6,9 +6,11 @@
 //! bookkeeping ([`node_plan`]), and the QUIC + mutual-TLS [`transport`]; the node actor tree,
 //! NVML backend and data plane arrive with the mesh and data-plane issues.
 
+pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod gpu;
+pub mod node;
 pub mod node_plan;
 pub mod raft;
 pub mod transport;

@@ -39,6 +39,25 @@ fn any(e: impl ToString) -> AnyError {
     AnyError::error(e.to_string())
 }
 
+/// The database, closable: [`Db::close`] drops it (releasing its file lock) once in-flight
+/// operations finish, after which every operation fails. A node that stops closes it, so the
+/// same process can reopen it (the cluster simulation restarts nodes in-process).
+#[derive(Debug, Clone)]
+pub struct Db(Arc<Mutex<Option<Arc<Database>>>>);
+
+impl Db {
+    fn get(&self) -> Result<Arc<Database>, AnyError> {
+        self.0.lock().map_err(any)?.clone().ok_or_else(|| AnyError::error("the Raft store is closed"))
+    }
+
+    /// Close the database.
+    pub fn close(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            g.take();
+        }
+    }
+}
+
 /// Open (or create) the node's Raft database at `path`.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
     if let Some(dir) = path.parent() {
@@ -54,16 +73,17 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
         w.open_table(SM).map_err(|e| StorageIOError::write_logs(any(e)))?;
         w.commit().map_err(|e| StorageIOError::write_logs(any(e)))?;
     }
+    let db = Db(Arc::new(Mutex::new(Some(db))));
     let sm = StateMachine::load(db.clone())?;
     Ok((LogStore { db }, sm))
 }
 
 fn get_json<T: for<'a> Deserialize<'a>>(
-    db: &Database,
+    db: &Db,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
 ) -> Result<Option<T>, AnyError> {
-    let r = db.begin_read().map_err(any)?;
+    let r = db.get()?.begin_read().map_err(any)?;
     let t = r.open_table(table).map_err(any)?;
     match t.get(key).map_err(any)? {
         Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(any)?)),
@@ -71,14 +91,9 @@ fn get_json<T: for<'a> Deserialize<'a>>(
     }
 }
 
-fn put_json<T: Serialize>(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    key: &str,
-    value: &T,
-) -> Result<(), AnyError> {
+fn put_json<T: Serialize>(db: &Db, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> Result<(), AnyError> {
     let bytes = serde_json::to_vec(value).map_err(any)?;
-    let w = db.begin_write().map_err(any)?;
+    let w = db.get()?.begin_write().map_err(any)?;
     {
         let mut t = w.open_table(table).map_err(any)?;
         t.insert(key, bytes.as_slice()).map_err(any)?;
@@ -89,12 +104,12 @@ fn put_json<T: Serialize>(
 /// The Raft log and vote.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Db,
 }
 
 impl LogStore {
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
-        let r = self.db.begin_read().map_err(any)?;
+        let r = self.db.get()?.begin_read().map_err(any)?;
         let t = r.open_table(LOG).map_err(any)?;
         let mut out = Vec::new();
         for item in t.range(range).map_err(any)? {
@@ -105,7 +120,7 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, AnyError> {
-        let r = self.db.begin_read().map_err(any)?;
+        let r = self.db.get()?.begin_read().map_err(any)?;
         let t = r.open_table(LOG).map_err(any)?;
         let last = match t.last().map_err(any)? {
             Some((_, v)) => Some(serde_json::from_slice(v.value()).map_err(any)?),
@@ -160,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let res = (|| -> Result<(), AnyError> {
-            let w = self.db.begin_write().map_err(any)?;
+            let w = self.db.get()?.begin_write().map_err(any)?;
             {
                 let mut t = w.open_table(LOG).map_err(any)?;
                 for e in entries {
@@ -184,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
         let res = (|| -> Result<(), AnyError> {
-            let w = self.db.begin_write().map_err(any)?;
+            let w = self.db.get()?.begin_write().map_err(any)?;
             {
                 let mut t = w.open_table(LOG).map_err(any)?;
                 t.retain_in(log_id.index.., |_, _| false).map_err(any)?;
@@ -197,7 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
         let res = (|| -> Result<(), AnyError> {
             let bytes = serde_json::to_vec(&Some(log_id)).map_err(any)?;
-            let w = self.db.begin_write().map_err(any)?;
+            let w = self.db.get()?.begin_write().map_err(any)?;
             {
                 let mut m = w.open_table(META).map_err(any)?;
                 m.insert("purged", bytes.as_slice()).map_err(any)?;
@@ -230,16 +245,21 @@ struct StoredSnapshot {
 /// The replicated [`ClusterState`], shared with readers (the node's control loop).
 #[derive(Debug, Clone)]
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Db,
     applied: Arc<Mutex<Applied>>,
     snapshots: Arc<Mutex<u64>>,
 }
 
 impl StateMachine {
-    fn load(db: Arc<Database>) -> Result<StateMachine, SErr> {
+    fn load(db: Db) -> Result<StateMachine, SErr> {
         let applied: Applied =
             get_json(&db, SM, "state").map_err(StorageIOError::read_state_machine)?.unwrap_or_default();
         Ok(StateMachine { db, applied: Arc::new(Mutex::new(applied)), snapshots: Arc::new(Mutex::new(0)) })
+    }
+
+    /// Close the database (see [`Db::close`]).
+    pub fn close(&self) {
+        self.db.close();
     }
 
     /// A copy of the applied state.

@@ -1,0 +1,463 @@
+//! The node's actor tree (ractor).
+//!
+//! ```text
+//! NodeAgent                      one per node; owns the epoch-fenced NodePlanCore
+//! ├── GpuActor (GPU-…)           one per GPU; owns its backend (NVML or simulator)
+//! │   ├── SegmentActor (start 0) one per live MIG instance; owns what runs on it
+//! │   └── SegmentActor (start 4)
+//! └── GpuActor (GPU-…)
+//! ```
+//!
+//! Supervision: GPU actors are linked to the node agent and segment actors to their GPU
+//! actor. A segment actor that fails is restarted by its GPU actor with the instance's
+//! current assignment (its workers are re-attached by the next plan step; the data-plane
+//! issue adds the worker processes it supervises). A GPU actor that fails takes its GPU out
+//! of service: the node agent drops it from the inventory it reports, so the coordinator's
+//! next plan excludes it, and plan pushes naming it are rejected.
+//!
+//! Actors are spawned unnamed (no global registry), so many nodes can live in one process
+//! (the cluster simulation does that). Raft, the transport and the coordinator loop are plain
+//! tokio tasks of [`crate::node`], which talk to the tree through [`NodeMsg`].
+
+use crate::gpu::diff::{apply, Assignment, LiveSegment, Step};
+use crate::gpu::GpuBackend;
+use crate::node_plan::{NodeCommand, NodePlanCore, PlanPart};
+use jigsaw_protocol::cluster::GpuInventory;
+use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::wire::ApplyOutcome;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A GPU backend that can move between threads.
+pub type Backend = Box<dyn GpuBackend + Send>;
+
+/// What a node remembers across restarts: the last epoch it applied and its target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppliedPlan {
+    /// Epoch.
+    pub epoch: u64,
+    /// Target per GPU UUID.
+    pub gpus: BTreeMap<String, Vec<InstancePlan>>,
+}
+
+impl AppliedPlan {
+    /// Load from `path` (a missing file is epoch 0).
+    pub fn load(path: &std::path::Path) -> Result<AppliedPlan, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppliedPlan::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Write atomically to `path`.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+// ---------------------------------------------------------------- segment
+
+/// Messages of a [`SegmentActor`].
+#[derive(Debug)]
+pub enum SegmentMsg {
+    /// The instance now runs this.
+    Assign(InstancePlan),
+    /// Describe the segment.
+    Describe(RpcReplyPort<InstancePlan>),
+}
+
+/// One live MIG instance and what runs on it.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentActor;
+
+impl Actor for SegmentActor {
+    type Msg = SegmentMsg;
+    type State = InstancePlan;
+    type Arguments = InstancePlan;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SegmentMsg>,
+        args: InstancePlan,
+    ) -> Result<InstancePlan, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SegmentMsg>,
+        msg: SegmentMsg,
+        state: &mut InstancePlan,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SegmentMsg::Assign(p) => *state = p,
+            SegmentMsg::Describe(reply) => {
+                let _ = reply.send(state.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- GPU
+
+/// Messages of a [`GpuActor`].
+#[derive(Debug)]
+pub enum GpuMsg {
+    /// The live layout with the work assigned to each instance.
+    Live(RpcReplyPort<Vec<LiveSegment>>),
+    /// Run `steps` toward `target`; reply `Err(words)` on the first failed step.
+    Apply {
+        /// Steps from the plan diff.
+        steps: Vec<Step>,
+        /// The target (for the segments' assignments).
+        target: Vec<InstancePlan>,
+        /// Result.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// The GPU's inventory entry.
+    Inventory(RpcReplyPort<GpuInventory>),
+}
+
+/// Arguments of a [`GpuActor`].
+pub struct GpuArgs {
+    /// The backend.
+    pub backend: Backend,
+    /// Sleep for the backend's reconfiguration latency after each create/destroy (simulator).
+    pub simulate_latency: bool,
+}
+
+/// State of a [`GpuActor`].
+pub struct GpuState {
+    backend: Backend,
+    simulate_latency: bool,
+    work: BTreeMap<u8, InstancePlan>,
+    segments: BTreeMap<u8, ActorRef<SegmentMsg>>,
+}
+
+/// One GPU and its MIG/MPS state.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuActor;
+
+impl GpuState {
+    fn live(&self) -> Vec<LiveSegment> {
+        self.backend
+            .instances()
+            .into_iter()
+            .map(|i| {
+                let assignment = self.work.get(&i.start).filter(|w| w.mig_profile == i.profile).map(Assignment::of);
+                LiveSegment { instance: i, assignment }
+            })
+            .collect()
+    }
+
+    fn inventory(&self) -> GpuInventory {
+        let live = self
+            .backend
+            .instances()
+            .into_iter()
+            .map(|i| {
+                self.work.get(&i.start).filter(|w| w.mig_profile == i.profile && i.workers > 0).cloned().unwrap_or(
+                    InstancePlan {
+                        mig_profile: i.profile.clone(),
+                        start: i.start,
+                        slices: 0,
+                        mps: 0,
+                        task: String::new(),
+                        variant: String::new(),
+                        batch: 0,
+                        p95_ms: 0.0,
+                        throughput_rps: 0.0,
+                    },
+                )
+            })
+            .collect();
+        GpuInventory { uuid: self.backend.uuid().to_string(), model: self.backend.model(), live }
+    }
+
+    /// Make the segment actors match the live instances.
+    async fn reconcile(&mut self, me: &ActorRef<GpuMsg>) -> Result<(), ActorProcessingErr> {
+        let live: BTreeMap<u8, String> = self.backend.instances().into_iter().map(|i| (i.start, i.profile)).collect();
+        let gone: Vec<u8> = self.segments.keys().filter(|s| !live.contains_key(s)).copied().collect();
+        for s in gone {
+            if let Some(a) = self.segments.remove(&s) {
+                a.stop(Some("instance destroyed".into()));
+            }
+        }
+        self.work.retain(|s, w| live.get(s) == Some(&w.mig_profile));
+        for (start, w) in &self.work {
+            match self.segments.get(start) {
+                Some(a) => a.send_message(SegmentMsg::Assign(w.clone()))?,
+                None => {
+                    let (a, _) = Actor::spawn_linked(None, SegmentActor, w.clone(), me.get_cell()).await?;
+                    self.segments.insert(*start, a);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for GpuActor {
+    type Msg = GpuMsg;
+    type State = GpuState;
+    type Arguments = GpuArgs;
+
+    async fn pre_start(&self, _me: ActorRef<GpuMsg>, args: GpuArgs) -> Result<GpuState, ActorProcessingErr> {
+        Ok(GpuState {
+            backend: args.backend,
+            simulate_latency: args.simulate_latency,
+            work: BTreeMap::new(),
+            segments: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(&self, me: ActorRef<GpuMsg>, msg: GpuMsg, st: &mut GpuState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GpuMsg::Live(reply) => {
+                let _ = reply.send(st.live());
+            }
+            GpuMsg::Inventory(reply) => {
+                let _ = reply.send(st.inventory());
+            }
+            GpuMsg::Apply { steps, target, reply } => {
+                let spec = st.backend.model().spec();
+                let mem = |a: &Assignment| {
+                    let gib = target
+                        .iter()
+                        .find(|t| Assignment::of(t) == *a)
+                        .and_then(|t| spec.profile_index(&t.mig_profile))
+                        .map_or(1.0, |p| spec.profiles[p].mem_gib);
+                    0.9 * gib / f64::from(a.mps.max(1))
+                };
+                let mut waited = Duration::ZERO;
+                let mut result = Ok(());
+                for (i, step) in steps.iter().enumerate() {
+                    if let Err(e) = apply(st.backend.as_mut(), std::slice::from_ref(step), &mem) {
+                        result = Err(format!("step {i} ({step:?}) failed: {}", e.error));
+                        break;
+                    }
+                    if matches!(step, Step::Create { .. } | Step::Destroy { .. }) {
+                        waited += st.backend.last_reconfig();
+                    }
+                    if let Step::StartWorkers { start, .. } = step {
+                        if let Some(t) = target.iter().find(|t| t.start == *start) {
+                            st.work.insert(*start, t.clone());
+                        }
+                    }
+                }
+                if st.simulate_latency && !waited.is_zero() {
+                    tokio::time::sleep(waited).await;
+                }
+                st.reconcile(&me).await?;
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<GpuMsg>,
+        evt: SupervisionEvent,
+        st: &mut GpuState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            // Restart the failed segment with its current assignment.
+            let start = st.segments.iter().find(|(_, a)| a.get_id() == cell.get_id()).map(|(s, _)| *s);
+            if let Some(s) = start {
+                tracing::warn!(start = s, %err, "segment actor failed; restarting it");
+                st.segments.remove(&s);
+                st.reconcile(&me).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- node
+
+/// Messages of the [`NodeAgent`].
+#[derive(Debug)]
+pub enum NodeMsg {
+    /// A plan push from the coordinator.
+    Push {
+        /// Epoch.
+        epoch: u64,
+        /// Target per GPU UUID.
+        gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// Outcome.
+        reply: RpcReplyPort<ApplyOutcome>,
+    },
+    /// Re-read every GPU's inventory and publish it.
+    Refresh,
+}
+
+/// Arguments of the [`NodeAgent`].
+pub struct NodeArgs {
+    /// GPU backends.
+    pub gpus: Vec<Backend>,
+    /// Simulated reconfiguration latency (see [`GpuArgs`]).
+    pub simulate_latency: bool,
+    /// Where the applied plan is kept across restarts (`None`: not kept).
+    pub state_file: Option<PathBuf>,
+    /// Inventory and applied epoch are published here.
+    pub inventory: watch::Sender<(u64, Vec<GpuInventory>)>,
+}
+
+/// State of the [`NodeAgent`].
+pub struct NodeState {
+    core: NodePlanCore,
+    gpus: BTreeMap<String, ActorRef<GpuMsg>>,
+    state_file: Option<PathBuf>,
+    inventory: watch::Sender<(u64, Vec<GpuInventory>)>,
+}
+
+/// The node's root actor.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAgent;
+
+async fn ask<T: Send + 'static>(
+    a: &ActorRef<GpuMsg>,
+    f: impl FnOnce(RpcReplyPort<T>) -> GpuMsg,
+) -> Result<T, ActorProcessingErr> {
+    Ok(ractor::call!(a, f)?)
+}
+
+impl NodeState {
+    async fn publish(&self) -> Result<(), ActorProcessingErr> {
+        let mut inv = Vec::new();
+        for a in self.gpus.values() {
+            inv.push(ask(a, GpuMsg::Inventory).await?);
+        }
+        self.inventory.send_replace((self.core.applied_epoch(), inv));
+        Ok(())
+    }
+
+    async fn push(&mut self, epoch: u64, gpus: BTreeMap<String, Vec<InstancePlan>>) -> ApplyOutcome {
+        let mut live = BTreeMap::new();
+        for (uuid, a) in &self.gpus {
+            match ask(a, GpuMsg::Live).await {
+                Ok(l) => {
+                    live.insert(uuid.clone(), l);
+                }
+                Err(e) => return ApplyOutcome::Rejected { reason: format!("GPU {uuid} unavailable: {e}") },
+            }
+        }
+        let part = PlanPart { epoch, gpus: gpus.clone() };
+        let cmds = match self.core.push(&part, &live) {
+            Ok(c) => c,
+            Err(crate::node_plan::PushRejected::Stale { accepted, .. }) => return ApplyOutcome::Stale { accepted },
+            Err(e) => return ApplyOutcome::Rejected { reason: e.to_string() },
+        };
+        let mut outcome = ApplyOutcome::Rejected { reason: "no GPU reported back".into() };
+        let mut queue: Vec<NodeCommand> = cmds;
+        if queue.is_empty() {
+            // A node without GPUs applies any epoch trivially.
+            outcome = ApplyOutcome::Applied;
+        }
+        while let Some(cmd) = queue.pop() {
+            match cmd {
+                NodeCommand::Apply { epoch, gpu, steps } => {
+                    let target = gpus.get(&gpu).cloned().unwrap_or_default();
+                    let res = match self.gpus.get(&gpu) {
+                        Some(a) => match ractor::call!(a, |reply| GpuMsg::Apply { steps, target, reply }) {
+                            Ok(r) => r,
+                            Err(e) => Err(format!("GPU actor unavailable: {e}")),
+                        },
+                        None => Err("GPU actor gone".to_string()),
+                    };
+                    queue.extend(self.core.gpu_done(epoch, &gpu, res));
+                }
+                NodeCommand::ReportApplied { .. } => outcome = ApplyOutcome::Applied,
+                NodeCommand::ReportFailed { gpu, error, .. } => {
+                    outcome = ApplyOutcome::Failed { gpu, error };
+                    queue.clear();
+                }
+            }
+        }
+        if outcome == ApplyOutcome::Applied {
+            if let Some(path) = &self.state_file {
+                if let Err(e) = (AppliedPlan { epoch, gpus }).save(path) {
+                    tracing::error!(%e, "could not persist the applied plan");
+                }
+            }
+        }
+        outcome
+    }
+}
+
+impl Actor for NodeAgent {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(&self, me: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
+        let mut models = BTreeMap::new();
+        let mut gpus = BTreeMap::new();
+        for b in args.gpus {
+            let (uuid, model) = (b.uuid().to_string(), b.model());
+            let gargs = GpuArgs { backend: b, simulate_latency: args.simulate_latency };
+            let (a, _) = Actor::spawn_linked(None, GpuActor, gargs, me.get_cell()).await?;
+            models.insert(uuid.clone(), model);
+            gpus.insert(uuid, a);
+        }
+        let saved = match &args.state_file {
+            Some(p) => AppliedPlan::load(p).map_err(|e| format!("applied-plan file: {e}"))?,
+            None => AppliedPlan::default(),
+        };
+        let mut st = NodeState {
+            core: NodePlanCore::new(models, 0),
+            gpus,
+            state_file: args.state_file,
+            inventory: args.inventory,
+        };
+        if saved.epoch > 0 {
+            // Restore the segments of the last applied epoch (a no-op where they survived,
+            // e.g. MIG instances on a real GPU) so the fence resumes where it was.
+            let known: BTreeMap<_, _> =
+                saved.gpus.clone().into_iter().filter(|(g, _)| st.gpus.contains_key(g)).collect();
+            let outcome = st.push(saved.epoch, known).await;
+            tracing::info!(epoch = saved.epoch, ?outcome, "restored the last applied plan");
+        }
+        st.publish().await?;
+        Ok(st)
+    }
+
+    async fn handle(&self, _me: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Push { epoch, gpus, reply } => {
+                let outcome = st.push(epoch, gpus).await;
+                st.publish().await?;
+                let _ = reply.send(outcome);
+            }
+            NodeMsg::Refresh => st.publish().await?,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<NodeMsg>,
+        evt: SupervisionEvent,
+        st: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let gpu = st.gpus.iter().find(|(_, a)| a.get_id() == cell.get_id()).map(|(g, _)| g.clone());
+            if let Some(g) = gpu {
+                tracing::error!(gpu = %g, %err, "GPU actor failed; the GPU leaves this node's inventory");
+                st.gpus.remove(&g);
+                st.publish().await?;
+            }
+        }
+        Ok(())
+    }
+}
