@@ -253,7 +253,7 @@ impl Sim {
     }
 }
 
-async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (u64, usize) {
+async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
     let root = std::path::Path::new(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
         .join(format!("jigsaw-sim-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -334,20 +334,20 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (u64, usize) {
     if let Err(e) = last {
         panic!("seed {seed}: did not converge within {} s after healing: {e}", sc.heal_secs);
     }
-    let epoch = sim.latest_plan().map_or(0, |p| p.epoch);
+    let plan = sim.latest_plan().expect("converged on a plan");
     let terms = sim.leaders.len();
     for i in sim.nodes.keys().copied().collect::<Vec<_>>() {
         sim.crash(i).await;
     }
     let _ = std::fs::remove_dir_all(&root);
-    (epoch, terms)
+    (plan, terms)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime")
 }
 
-fn run_seed(seed: u64, sc: Scenario, planner: PlanFn) -> (u64, usize) {
+fn run_seed(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime().block_on(run(seed, sc, planner))));
     match r {
         Ok(x) => x,
@@ -370,8 +370,8 @@ fn seeded_cluster_simulation() {
     let mut epochs = 0;
     let mut elections = 0;
     for &seed in &seeds {
-        let (e, t) = run_seed(seed, DEFAULT, toy_planner());
-        epochs += e;
+        let (p, t) = run_seed(seed, DEFAULT, toy_planner());
+        epochs += p.epoch;
         elections += t;
     }
     eprintln!("{} seeds: {epochs} plan epochs committed, {elections} terms with a coordinator", seeds.len());
@@ -383,6 +383,10 @@ fn seeded_cluster_simulation() {
 #[test]
 fn real_planner_cluster() {
     let sc = Scenario { crash_p: 0.005, cut_p: 0.0, app_p: 0.0, fault_secs: 10, ..DEFAULT };
-    let (epoch, _) = run_seed(7, sc, highs_planner(PlannerConfig::default()));
-    assert!(epoch >= 1);
+    let (plan, _) = run_seed(7, sc, highs_planner(PlannerConfig::default()));
+    eprintln!("real planner: epoch {}, apps {:?}", plan.epoch, plan.apps);
+    assert_eq!(plan.apps.len(), 1, "{plan:?}");
+    assert!(plan.apps[0].gpus >= 1 && plan.apps[0].planned_rps >= 100.0 - 1e-6, "app placed in full: {plan:?}");
+    let instances: usize = plan.nodes.values().flat_map(|g| g.values()).map(Vec::len).sum();
+    assert!(instances >= 2, "the plan runs segments: {plan:?}");
 }
