@@ -10,11 +10,13 @@
 //! max_levels = 10       # latency levels per task before a grid is used
 //! abs_gap_slices = 1.0  # at fixed demand, stop within this many slices (x beta) of optimal
 //!
-//! [node]                # the agent on this machine (mesh issue; validated today)
-//! id = "node-1"
+//! [node]                # the agent on this machine (`jigsaw agent`)
+//! id = "node-1"         # also the DNS name in its certificate
 //! listen = "0.0.0.0:7400"
+//! advertise = "10.0.0.1:7400"   # what peers dial (required with a wildcard listen)
 //! peers = ["node-2@10.0.0.2:7400", "node-3@10.0.0.3:7400"]
 //! coordinator_eligible = true
+//! voters = ["node-1", "node-2", "node-3"]   # initial Raft voters, the same on every eligible node
 //! data_dir = "/var/lib/jigsaw"
 //! tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/node-1.pem", key = "/etc/jigsaw/ca/node-1.key" }
 //! gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }   # or { backend = "nvml" }
@@ -48,6 +50,13 @@ pub struct NodeSection {
     /// Whether this node may be elected coordinator.
     #[serde(default)]
     pub coordinator_eligible: bool,
+    /// The initial Raft voters (node ids; each is this node or a peer). Identical on every
+    /// eligible node.
+    #[serde(default)]
+    pub voters: Vec<String>,
+    /// The address peers dial (default: `listen`; required when `listen` is a wildcard).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Durable state directory.
     pub data_dir: std::path::PathBuf,
     /// TLS files.
@@ -97,6 +106,10 @@ pub struct NodeConfig {
     pub peers: Vec<(String, std::net::SocketAddr)>,
     /// Coordinator-eligible.
     pub coordinator_eligible: bool,
+    /// Initial Raft voters: (id, address).
+    pub voters: Vec<(String, std::net::SocketAddr)>,
+    /// Address peers dial.
+    pub advertise: std::net::SocketAddr,
     /// Durable state directory.
     pub data_dir: std::path::PathBuf,
     /// CA, cert, key.
@@ -123,6 +136,10 @@ pub enum GpuBackendConfig {
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+fn listen_is_wildcard(a: &std::net::SocketAddr) -> bool {
+    a.ip().is_unspecified()
 }
 
 impl NodeSection {
@@ -157,6 +174,34 @@ impl NodeSection {
                 addr.parse().map_err(|_| bad(&field, format!("`{addr}` is not an address like 10.0.0.2:7400")))?;
             peers.push((id.to_string(), addr));
         }
+        let advertise: std::net::SocketAddr = match &self.advertise {
+            Some(a) => a.parse().map_err(|_| bad("advertise", format!("`{a}` is not an address like 10.0.0.2:7400")))?,
+            None if listen_is_wildcard(&listen) => {
+                return Err(bad("advertise", format!("required because listen `{listen}` is a wildcard address")))
+            }
+            None => listen,
+        };
+        let mut voters = Vec::new();
+        for (i, v) in self.voters.iter().enumerate() {
+            let field = format!("voters[{i}]");
+            let addr = if *v == self.id {
+                advertise
+            } else {
+                peers.iter().find(|(p, _)| p == v).map(|(_, a)| *a).ok_or_else(|| {
+                    bad(&field, format!("voter `{v}` is neither this node nor one of its peers"))
+                })?
+            };
+            if voters.iter().any(|(q, _)| q == v) {
+                return Err(bad(&field, format!("voter `{v}` is listed twice")));
+            }
+            voters.push((v.clone(), addr));
+        }
+        if self.coordinator_eligible && !self.voters.contains(&self.id) {
+            return Err(bad(
+                "voters",
+                format!("this node is coordinator_eligible, so `{}` must be one of the voters", self.id),
+            ));
+        }
         let gpu = match &self.gpu {
             GpuSection::Sim { model, count, reconfig_ms } => {
                 let model = model.parse().map_err(|e| bad("gpu.model", format!("{e}")))?;
@@ -172,6 +217,8 @@ impl NodeSection {
             listen,
             peers,
             coordinator_eligible: self.coordinator_eligible,
+            voters,
+            advertise,
             data_dir: self.data_dir.clone(),
             tls: (self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()),
             gpu,
@@ -319,6 +366,7 @@ id = "node-1"
 listen = "127.0.0.1:7400"
 peers = ["node-2@127.0.0.1:7401"]
 coordinator_eligible = true
+voters = ["node-1", "node-2"]
 data_dir = "/tmp/j"
 tls = { ca = "ca.pem", cert = "n.pem", key = "n.key" }
 gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
@@ -346,6 +394,8 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
         let c = Config::parse(NODE, "n.toml").expect("valid");
         let n = c.node.expect("node").validate("n.toml").expect("valid");
         assert_eq!(n.peers[0].0, "node-2");
+        assert_eq!(n.voters.len(), 2);
+        assert_eq!(n.advertise, n.listen);
         assert!(matches!(n.gpu, GpuBackendConfig::Sim { count: 4, .. }));
         let nvml = NODE.replace(
             r#"{ backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }"#,
@@ -365,6 +415,9 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             (NODE.replace("count = 4", "count = 0"), "node.gpu.count"),
             (NODE.replace("backend = \"sim\"", "backend = \"cuda\""), "cuda"),
             (NODE.replace("coordinator_eligible", "coordinator_elegible"), "coordinator_elegible"),
+            (NODE.replace(r#"["node-1", "node-2"]"#, r#"["node-1", "node-3"]"#), "node.voters[1]"),
+            (NODE.replace(r#"["node-1", "node-2"]"#, r#"["node-2"]"#), "node.voters"),
+            (NODE.replace("127.0.0.1:7400", "0.0.0.0:7400"), "node.advertise"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(&text, "n.toml").unwrap_err().to_string();

@@ -200,7 +200,7 @@ impl Sim {
         }
     }
 
-    async fn register(&self, demand: f64) {
+    async fn register(&self, demand: f64) -> bool {
         let client = SimTransport::new(self.hub.clone(), "operator");
         let entry = AppEntry {
             name: "social".into(),
@@ -212,9 +212,10 @@ impl Sim {
             let req = WireMessage::Client(ClientRequest::RegisterApp(entry.clone()));
             let r = client.request(&node_name(i), "", req, Duration::from_secs(2)).await;
             if let Ok(WireMessage::ClientReply(ClientReply::Done { .. })) = r {
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// The latest committed plan among live eligible nodes.
@@ -281,8 +282,7 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
         tokio::time::sleep(Duration::from_millis(sc.step_ms)).await;
         sim.check(&format!("t={now}ms"));
         if !registered && now >= 3_000 {
-            sim.register(100.0).await;
-            registered = true;
+            registered = sim.register(100.0).await; // retried until a coordinator takes it
         }
         if rng.chance(sc.app_p) {
             sim.register(50.0 + rng.below(100) as f64).await;
@@ -321,6 +321,14 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
     for i in std::mem::take(&mut down).into_keys() {
         sim.start(i).await;
     }
+    for _ in 0..300 {
+        if registered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(sc.step_ms)).await;
+        registered = sim.register(100.0).await;
+    }
+    assert!(registered, "seed {seed}: no coordinator accepted the app within 30 s of healing");
     let heal_steps = sc.heal_secs * 1000 / sc.step_ms;
     let mut last = Err(String::new());
     for step in 0..heal_steps {
