@@ -46,11 +46,85 @@ pub enum Command {
     /// The cluster certificate authority for mutual TLS between agents.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Run this node's agent (reads the [node] section of --config) until SIGTERM.
+    Agent,
+    /// Start a local cluster of agent processes on loopback with simulated GPUs.
+    Up {
+        /// Agent processes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Simulated GPUs per node.
+        #[arg(long, default_value_t = 4)]
+        gpus_per_node: u32,
+        /// GPU model.
+        #[arg(long, default_value = "h100-80gb")]
+        gpu: GpuModel,
+        /// Coordinator-eligible nodes (Raft voters), the first ones.
+        #[arg(long, default_value_t = 3)]
+        eligible: usize,
+        /// Cluster directory (CA, configs, data, logs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Do not register the example apps.
+        #[arg(long)]
+        no_apps: bool,
+        /// Simulated MIG create/destroy latency, ms.
+        #[arg(long, default_value_t = 100)]
+        reconfig_ms: u64,
+    },
+    /// Stop a local cluster and remove its directory.
+    Down {
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the directory (logs, data).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Members, coordinator, plan epoch and each GPU's MIG layout.
+    Status {
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Applications.
+    #[command(subcommand)]
+    App(AppCmd),
     /// Plan the shipped example applications on 4 simulated H100s (the default demo).
     Demo {
         /// Directory holding `apps/` and `profiles/`.
         #[arg(long, default_value = "examples")]
         examples: PathBuf,
+    },
+}
+
+/// `jigsaw app ...`.
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// Register (or replace) an application; the coordinator re-plans.
+    Register {
+        /// App spec (TOML).
+        spec: PathBuf,
+        /// Profile CSV.
+        #[arg(long)]
+        profiles: PathBuf,
+        /// Demand to plan for, requests/s.
+        #[arg(long)]
+        rps: f64,
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Remove an application.
+    Remove {
+        /// App name.
+        name: String,
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 

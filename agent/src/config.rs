@@ -175,7 +175,9 @@ impl NodeSection {
             peers.push((id.to_string(), addr));
         }
         let advertise: std::net::SocketAddr = match &self.advertise {
-            Some(a) => a.parse().map_err(|_| bad("advertise", format!("`{a}` is not an address like 10.0.0.2:7400")))?,
+            Some(a) => {
+                a.parse().map_err(|_| bad("advertise", format!("`{a}` is not an address like 10.0.0.2:7400")))?
+            }
             None if listen_is_wildcard(&listen) => {
                 return Err(bad("advertise", format!("required because listen `{listen}` is a wildcard address")))
             }
@@ -187,9 +189,11 @@ impl NodeSection {
             let addr = if *v == self.id {
                 advertise
             } else {
-                peers.iter().find(|(p, _)| p == v).map(|(_, a)| *a).ok_or_else(|| {
-                    bad(&field, format!("voter `{v}` is neither this node nor one of its peers"))
-                })?
+                peers
+                    .iter()
+                    .find(|(p, _)| p == v)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| bad(&field, format!("voter `{v}` is neither this node nor one of its peers")))?
             };
             if voters.iter().any(|(q, _)| q == v) {
                 return Err(bad(&field, format!("voter `{v}` is listed twice")));

@@ -10,6 +10,7 @@ pub mod actors;
 pub mod cli;
 pub mod config;
 pub mod gpu;
+pub mod local;
 pub mod node;
 pub mod node_plan;
 pub mod raft;

@@ -1,7 +1,8 @@
 //! The `jigsaw` binary: parses the command line and dispatches to [`jigsaw_agent::cli`].
 
 use clap::Parser;
-use jigsaw_agent::cli::{self, AnalyzeCmd, BenchCmd, Cli, Command, ProfilesCmd};
+use jigsaw_agent::cli::{self, AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ProfilesCmd};
+use jigsaw_agent::local;
 use std::process::ExitCode;
 
 fn run(c: Cli) -> anyhow::Result<()> {
@@ -24,6 +25,33 @@ fn run(c: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { examples } => cli::cmd_demo(examples, config)?,
         Command::Ca(c) => cli::cmd_ca(c)?,
+        Command::Agent => {
+            let path =
+                config.ok_or_else(|| anyhow::anyhow!("`jigsaw agent` needs --config FILE with a [node] section"))?;
+            local::cmd_agent(path)?;
+            String::new()
+        }
+        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms } => {
+            let o = local::UpOptions {
+                nodes: *nodes,
+                gpus_per_node: *gpus_per_node,
+                gpu: *gpu,
+                eligible: *eligible,
+                dir: dir.clone().unwrap_or_else(local::default_dir),
+                apps: !no_apps,
+                reconfig_ms: *reconfig_ms,
+            };
+            local::cmd_up(&o, &std::env::current_exe()?)?
+        }
+        Command::Down { dir, keep } => local::cmd_down(&dir.clone().unwrap_or_else(local::default_dir), *keep)?,
+        Command::Status { dir, json } => local::cmd_status(&dir.clone().unwrap_or_else(local::default_dir), *json)?,
+        Command::App(AppCmd::Register { spec, profiles, rps, dir }) => {
+            local::cmd_app_register(&dir.clone().unwrap_or_else(local::default_dir), spec, profiles, *rps)?
+        }
+        Command::App(AppCmd::Remove { name, dir }) => local::operator_request(
+            &dir.clone().unwrap_or_else(local::default_dir),
+            jigsaw_protocol::wire::ClientRequest::RemoveApp { name: name.clone() },
+        )?,
     };
     print!("{out}");
     Ok(())

@@ -1,0 +1,510 @@
+//! The cluster commands: `jigsaw agent` (run one node), `jigsaw up` / `down` (a local
+//! cluster of agent processes on loopback with simulated GPUs), `jigsaw status` and
+//! `jigsaw app register|remove` (operator requests over QUIC with an admin certificate).
+//!
+//! A local cluster lives in one directory (default `$TMPDIR/jigsaw-local`): the CA and
+//! certificates under `ca/`, one config, data dir and log per node, and `cluster.json`, which
+//! lists the nodes with their addresses and process ids for `status`, `down` and tests.
+
+use crate::actors::Backend;
+use crate::config::{Config, GpuBackendConfig, NodeConfig};
+use crate::gpu::sim::SimGpu;
+use crate::node::{highs_planner, NodeHandle, NodeSpec, Timing};
+use crate::transport::net::{QuicTransport, Transport};
+use crate::transport::{tls, QuicNode};
+use anyhow::{anyhow, bail, Context, Result};
+use jigsaw_protocol::cluster::{fnv64, AppEntry};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, WireMessage};
+use jigsaw_protocol::GpuModel;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One node of a local cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalNode {
+    /// Node id.
+    pub name: String,
+    /// Address.
+    pub addr: String,
+    /// Coordinator-eligible.
+    pub eligible: bool,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// Process id of the agent (as last started by `up`).
+    pub pid: u32,
+}
+
+/// `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalCluster {
+    /// Nodes.
+    pub nodes: Vec<LocalNode>,
+    /// CA directory (ca.pem, admin.pem, admin.key).
+    pub ca_dir: PathBuf,
+}
+
+/// The default local cluster directory.
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join("jigsaw-local")
+}
+
+impl LocalCluster {
+    /// Read `DIR/cluster.json`.
+    pub fn load(dir: &Path) -> Result<LocalCluster> {
+        let p = dir.join("cluster.json");
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading {} (is a cluster up? start one with `jigsaw up`)", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let p = dir.join("cluster.json");
+        std::fs::write(&p, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", p.display()))
+    }
+}
+
+/// An operator's connection to a cluster.
+pub struct Operator {
+    transport: Arc<QuicTransport>,
+    nodes: Vec<(String, String)>,
+}
+
+impl Operator {
+    /// Connect with the admin identity of a local cluster directory.
+    pub fn for_dir(dir: &Path) -> Result<Operator> {
+        let c = LocalCluster::load(dir)?;
+        let id =
+            tls::Identity::load(&c.ca_dir.join("ca.pem"), &c.ca_dir.join("admin.pem"), &c.ca_dir.join("admin.key"))?;
+        let bind: SocketAddr = "127.0.0.1:0".parse()?;
+        let node = QuicNode::bind(bind, &id)?;
+        Ok(Operator {
+            transport: QuicTransport::new(node),
+            nodes: c.nodes.into_iter().map(|n| (n.name, n.addr)).collect(),
+        })
+    }
+
+    /// Send a request to the coordinator (following redirects from any node).
+    pub async fn request(&self, req: ClientRequest) -> Result<ClientReply> {
+        let mut tried = Vec::new();
+        let mut queue: Vec<(String, String)> = self.nodes.clone();
+        queue.reverse();
+        let mut last_err = String::from("no nodes");
+        while let Some((name, addr)) = queue.pop() {
+            if tried.contains(&name) {
+                continue;
+            }
+            tried.push(name.clone());
+            let msg = WireMessage::Client(req.clone());
+            match self.transport.request(&name, &addr, msg, Duration::from_secs(10)).await {
+                Ok(WireMessage::ClientReply(ClientReply::NotCoordinator { coordinator })) => {
+                    if let Some(c) = coordinator {
+                        tried.retain(|t| *t != c.0);
+                        queue.push(c);
+                    }
+                    last_err = format!("{name} is not the coordinator");
+                }
+                Ok(WireMessage::ClientReply(r)) => return Ok(r),
+                Ok(WireMessage::Error { message, .. }) => last_err = format!("{name}: {message}"),
+                Ok(other) => last_err = format!("{name}: unexpected reply {other:?}"),
+                Err(e) => last_err = format!("{name}: {e}"),
+            }
+        }
+        bail!("no coordinator answered ({last_err})")
+    }
+
+    /// The cluster status.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        match self.request(ClientRequest::Status).await? {
+            ClientReply::Status(s) => Ok(*s),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// Options of `jigsaw up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Nodes.
+    pub nodes: usize,
+    /// GPUs per node.
+    pub gpus_per_node: u32,
+    /// GPU model.
+    pub gpu: GpuModel,
+    /// Coordinator-eligible nodes (the first ones).
+    pub eligible: usize,
+    /// Cluster directory.
+    pub dir: PathBuf,
+    /// Register the example apps.
+    pub apps: bool,
+    /// Simulated MIG reconfiguration latency, ms.
+    pub reconfig_ms: u64,
+}
+
+/// The example apps with their synthetic profiles and the demand `up` registers.
+pub fn example_apps() -> Vec<AppEntry> {
+    let e = |name: &str, spec: &str, csv: &str, rps: f64| AppEntry {
+        name: name.into(),
+        spec_toml: spec.into(),
+        profiles_csv: csv.into(),
+        demand_rps: rps,
+    };
+    vec![
+        e(
+            "social",
+            include_str!("../../examples/apps/social.toml"),
+            include_str!("../../examples/profiles/social-h100-80gb.csv"),
+            200.0,
+        ),
+        e(
+            "traffic",
+            include_str!("../../examples/apps/traffic.toml"),
+            include_str!("../../examples/profiles/traffic-h100-80gb.csv"),
+            400.0,
+        ),
+        e(
+            "ar",
+            include_str!("../../examples/apps/ar.toml"),
+            include_str!("../../examples/profiles/ar-h100-80gb.csv"),
+            100.0,
+        ),
+    ]
+}
+
+/// Write the configs of a local cluster, start its agents, and wait until it serves a plan.
+pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
+    if o.nodes == 0 || o.gpus_per_node == 0 {
+        bail!("--nodes and --gpus-per-node must be at least 1");
+    }
+    if o.dir.join("cluster.json").exists() {
+        bail!("{} already holds a cluster; run `jigsaw down --dir {}` first", o.dir.display(), o.dir.display());
+    }
+    let eligible = o.eligible.clamp(1, o.nodes);
+    std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
+    let ca_dir = o.dir.join("ca");
+    tls::ca_init(&ca_dir, "jigsaw-local")?;
+    tls::ca_issue(&ca_dir, "admin")?;
+    let mut nodes = Vec::new();
+    for i in 1..=o.nodes {
+        let name = format!("node-{i}");
+        tls::ca_issue(&ca_dir, &name)?;
+        nodes.push((name, format!("127.0.0.1:{}", free_port()?)));
+    }
+    let voters: Vec<String> = nodes[..eligible].iter().map(|n| format!("\"{}\"", n.0)).collect();
+    let mut local = Vec::new();
+    for (i, (name, addr)) in nodes.iter().enumerate() {
+        let peers: Vec<String> = nodes.iter().filter(|(n, _)| n != name).map(|(n, a)| format!("\"{n}@{a}\"")).collect();
+        let data = o.dir.join(name);
+        let config = o.dir.join(format!("{name}.toml"));
+        let text = format!(
+            "# Written by `jigsaw up`.\n[node]\nid = \"{name}\"\nlisten = \"{addr}\"\npeers = [{}]\n\
+             coordinator_eligible = {}\nvoters = [{}]\ndata_dir = \"{}\"\n\
+             tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\
+             gpu = {{ backend = \"sim\", model = \"{}\", count = {}, reconfig_ms = {} }}\n",
+            peers.join(", "),
+            i < eligible,
+            voters.join(", "),
+            data.display(),
+            ca_dir.join("ca.pem").display(),
+            ca_dir.join(format!("{name}.pem")).display(),
+            ca_dir.join(format!("{name}.key")).display(),
+            o.gpu,
+            o.gpus_per_node,
+            o.reconfig_ms,
+        );
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let log = o.dir.join(format!("{name}.log"));
+        let pid = spawn_agent(exe, &config, &log)?;
+        local.push(LocalNode { name: name.clone(), addr: addr.clone(), eligible: i < eligible, config, log, pid });
+    }
+    let cluster = LocalCluster { nodes: local, ca_dir };
+    cluster.save(&o.dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let op = Operator::for_dir(&o.dir)?;
+        let t0 = Instant::now();
+        // Every member alive, a coordinator elected.
+        let st = wait_for(&op, Duration::from_secs(60), "every node to join", |s| {
+            s.state.alive_members().count() == o.nodes
+        })
+        .await?;
+        let mut out = format!(
+            "cluster up in {}: {} nodes x {} simulated {} GPUs, coordinator {} (term {})\n",
+            o.dir.display(),
+            o.nodes,
+            o.gpus_per_node,
+            o.gpu,
+            st.coordinator,
+            st.term
+        );
+        if o.apps {
+            for app in example_apps() {
+                match op.request(ClientRequest::RegisterApp(app.clone())).await? {
+                    ClientReply::Done { message, .. } => writeln!(out, "{message}")?,
+                    other => bail!("registering {}: {other:?}", app.name),
+                }
+            }
+            let st = wait_for(&op, Duration::from_secs(120), "the plan to be applied everywhere", |s| plan_applied(s))
+                .await?;
+            writeln!(
+                out,
+                "plan epoch {} applied on every node after {:.1} s",
+                st.state.epoch,
+                t0.elapsed().as_secs_f64()
+            )?;
+        }
+        writeln!(out, "next: jigsaw status --dir {0}   |   jigsaw down --dir {0}", o.dir.display())?;
+        Ok(out)
+    })
+}
+
+/// Whether every alive member reports the committed epoch applied.
+pub fn plan_applied(s: &ClusterStatus) -> bool {
+    s.state.epoch >= 1
+        && s.state.plan.as_ref().is_some_and(|p| p.inputs == s.state.plan_inputs())
+        && s.state.alive_members().all(|m| {
+            s.nodes.iter().any(|n| {
+                n.node == m.node && n.applied_epoch == s.state.epoch && n.last_seen_ms.is_some_and(|t| t < 2_000)
+            })
+        })
+}
+
+/// Poll the status until `ok` holds.
+pub async fn wait_for(
+    op: &Operator,
+    limit: Duration,
+    what: &str,
+    ok: impl Fn(&ClusterStatus) -> bool,
+) -> Result<ClusterStatus> {
+    let t0 = Instant::now();
+    loop {
+        let last = match op.status().await {
+            Ok(s) if ok(&s) => return Ok(s),
+            Ok(s) => format!("epoch {}, {} alive", s.state.epoch, s.state.alive_members().count()),
+            Err(e) => e.to_string(),
+        };
+        if t0.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Start `jigsaw agent --config CONFIG` detached, logging to `log`.
+pub fn spawn_agent(exe: &Path, config: &Path, log: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let child = std::process::Command::new(exe)
+        .arg("agent")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} agent", exe.display()))?;
+    Ok(child.id())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn is_agent(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.windows(5).any(|w| w == b"agent")).unwrap_or(false)
+}
+
+/// Send `signal` (`TERM`, `KILL`) to `pid`.
+pub fn signal(pid: u32, signal: &str) -> Result<()> {
+    let st = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+    if !st.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Stop every agent of a local cluster (TERM, then KILL after 10 s) and remove its directory.
+pub fn cmd_down(dir: &Path, keep: bool) -> Result<String> {
+    let c = LocalCluster::load(dir)?;
+    let mut out = String::new();
+    for n in &c.nodes {
+        if alive(n.pid) && is_agent(n.pid) {
+            signal(n.pid, "TERM")?;
+        }
+    }
+    let t0 = Instant::now();
+    for n in &c.nodes {
+        while alive(n.pid) && is_agent(n.pid) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(n.pid) && is_agent(n.pid) {
+            signal(n.pid, "KILL")?;
+            writeln!(out, "{}: killed (did not stop within 10 s)", n.name)?;
+        } else {
+            writeln!(out, "{}: stopped", n.name)?;
+        }
+    }
+    if keep {
+        std::fs::remove_file(dir.join("cluster.json"))?;
+        writeln!(out, "kept {} (logs, data)", dir.display())?;
+    } else {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        writeln!(out, "removed {}", dir.display())?;
+    }
+    Ok(out)
+}
+
+/// Render a status for people.
+pub fn render_status(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "coordinator: {} (Raft term {}, voters {})", s.coordinator, s.term, s.voters.join(" "));
+    let _ = writeln!(out, "plan epoch:  {}", s.state.epoch);
+    if let Some(p) = &s.state.plan {
+        for a in &p.apps {
+            let _ = writeln!(
+                out,
+                "  app {:<10} {:>2} GPU(s) {:>9.1} req/s  accuracy {:.4}{}",
+                a.app,
+                a.gpus,
+                a.planned_rps,
+                a.accuracy,
+                a.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(out, "members:");
+    for n in &s.nodes {
+        let m = s.state.members.get(&n.node);
+        let alive = m.map_or("unknown", |m| if m.alive { "alive" } else { "DOWN" });
+        let seen = n.last_seen_ms.map_or("never".to_string(), |t| format!("{:.1}s ago", t as f64 / 1000.0));
+        let role = if m.is_some_and(|m| m.eligible) { "voter" } else { "agent" };
+        let _ =
+            writeln!(out, "  {:<10} {:<6} {role}  seen {seen:<10} applied epoch {}", n.node, alive, n.applied_epoch);
+        if let Some((e, o)) = &n.last_outcome {
+            if *o != ApplyOutcome::Applied {
+                let _ = writeln!(out, "    epoch {e}: {o:?}");
+            }
+        }
+        for g in &n.gpus {
+            let layout: Vec<String> = g
+                .live
+                .iter()
+                .map(|i| {
+                    if i.task.is_empty() {
+                        format!("{}@{} idle", i.mig_profile, i.start)
+                    } else {
+                        format!("{}@{} {}/{} mps{} b{}", i.mig_profile, i.start, i.task, i.variant, i.mps, i.batch)
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "    {} {}: {}",
+                g.uuid,
+                g.model,
+                if layout.is_empty() { "(no MIG instances)".to_string() } else { layout.join(", ") }
+            );
+        }
+    }
+    out
+}
+
+/// `jigsaw status`.
+pub fn cmd_status(dir: &Path, json: bool) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let s = rt.block_on(async { Operator::for_dir(dir)?.status().await })?;
+    Ok(if json { serde_json::to_string_pretty(&s)? + "\n" } else { render_status(&s) })
+}
+
+/// `jigsaw app register`.
+pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> Result<String> {
+    let spec_toml = std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let app = jigsaw_protocol::AppSpec::parse(&spec_toml, &spec.display().to_string())?;
+    let profiles_csv = std::fs::read_to_string(profiles).with_context(|| format!("reading {}", profiles.display()))?;
+    jigsaw_protocol::ProfileTable::parse_csv(&profiles_csv, &profiles.display().to_string())?;
+    let entry = AppEntry { name: app.name.clone(), spec_toml, profiles_csv, demand_rps: rps };
+    crate::node::validate_app(&entry).map_err(|e| anyhow!("{e}"))?;
+    operator_request(dir, ClientRequest::RegisterApp(entry))
+}
+
+/// Send one operator request and render the reply.
+pub fn operator_request(dir: &Path, req: ClientRequest) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match rt.block_on(async { Operator::for_dir(dir)?.request(req).await })? {
+        ClientReply::Done { message, epoch } => Ok(format!("{message} (plan epoch now {epoch}; a new plan follows)\n")),
+        ClientReply::Invalid { message } => bail!("rejected: {message}"),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn sim_gpus(node: &str, model: GpuModel, count: u32, reconfig: Duration) -> Vec<Backend> {
+    (0..count)
+        .map(|i| {
+            let seed = fnv64(&[node, &i.to_string()]);
+            Box::new(SimGpu::new(model, seed, reconfig)) as Backend
+        })
+        .collect()
+}
+
+/// `jigsaw agent --config FILE`: run this node until SIGTERM or SIGINT.
+pub fn cmd_agent(config_path: &Path) -> Result<()> {
+    let path = config_path.display().to_string();
+    let cfg = Config::load(&path)?;
+    let section = cfg.node.as_ref().ok_or_else(|| anyhow!("{path}: no [node] section; see deploy/jigsaw.toml"))?;
+    let node: NodeConfig = section.validate(&path)?;
+    let planner = cfg.planner_config(&path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let identity = tls::Identity::load(&node.tls.0, &node.tls.1, &node.tls.2)?;
+        let quic = QuicNode::bind(node.listen, &identity)?;
+        let transport = QuicTransport::new(quic);
+        let (gpus, simulate) = match &node.gpu {
+            GpuBackendConfig::Sim { model, count, reconfig } => (sim_gpus(&node.id, *model, *count, *reconfig), true),
+            GpuBackendConfig::Nvml => (nvml_gpus()?, false),
+        };
+        let spec = NodeSpec {
+            name: node.id.clone(),
+            addr: node.advertise.to_string(),
+            eligible: node.coordinator_eligible,
+            voters: node.voters.iter().map(|(n, a)| (n.clone(), a.to_string())).collect(),
+            seeds: node.peers.iter().map(|(n, a)| (n.clone(), a.to_string())).collect(),
+            data_dir: node.data_dir.clone(),
+            timing: Timing::default(),
+            planner: highs_planner(planner),
+            gpus,
+            simulate_latency: simulate,
+        };
+        let t = transport.clone();
+        let handle = NodeHandle::start(spec, transport.clone(), move |h| Some(tokio::spawn(t.serve(h)))).await?;
+        tracing::info!(node = %node.id, addr = %node.advertise, "agent started");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!(node = %node.id, "stopping");
+        handle.stop().await;
+        transport.close();
+        Ok(())
+    })
+}
+
+fn nvml_gpus() -> Result<Vec<Backend>> {
+    bail!("the NVML backend is not available in this build yet")
+}
