@@ -7,13 +7,15 @@
 //!   instance memory caps, MPS client limits), hands out MIG device UUIDs, and reports a
 //!   configurable reconfiguration latency instead of sleeping (the shell waits, the core
 //!   does not).
-//! * The NVML backend arrives with the rest of the mesh issue; it must pass the same
-//!   conformance suite (`agent/tests/gpu_conformance.rs`).
+//! * [`nvml::NvmlGpu`]: a real GPU through NVML (raw GPU/compute-instance calls); it runs
+//!   the same conformance checks on hardware behind `JIGSAW_GPU_MIG_WRITE=1`
+//!   (`agent/tests/gpu_nvml.rs`).
 //!
 //! [`diff::plan_diff`] is the pure function that turns a live layout and a target layout
 //! into an ordered list of steps that never asks a backend for an illegal state.
 
 pub mod diff;
+pub mod nvml;
 pub mod sim;
 
 use jigsaw_protocol::catalogue::{GpuModel, PlacementError};
