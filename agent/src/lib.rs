@@ -1,10 +1,19 @@
 //! # jigsaw-agent
 //!
-//! The per-node agent and the `jigsaw` command-line tool. Today it holds the CLI shell
-//! around the planner ([`config`] and [`cli`]) and the GPU layer's pure parts ([`gpu`]: the
-//! backend trait, the MIG/MPS simulator and the plan diff) and the node's epoch-fenced plan
-//! bookkeeping ([`node_plan`]), and the QUIC + mutual-TLS [`transport`]; the node actor tree,
-//! NVML backend and data plane arrive with the mesh and data-plane issues.
+//! The per-node agent and the `jigsaw` command-line tool.
+//!
+//! * [`node`]: the node runtime: actor tree + Raft + transport + the coordinator's control
+//!   loop (pure, in `jigsaw_coordinator::control`), the same in a process and in simulation.
+//! * [`actors`]: the ractor supervision tree (node agent → GPU actors → segment actors).
+//! * [`raft`]: openraft glue: type config, the redb store, Raft RPCs over the transport.
+//! * [`transport`]: QUIC + mutual TLS, the cluster CA, the request/reply transport trait
+//!   and its in-memory twin.
+//! * [`gpu`]: the GPU backend trait, the MIG/MPS simulator, the NVML backend, the pure plan
+//!   diff; [`node_plan`]: the node's epoch fencing, as a pure core.
+//! * [`local`]: `jigsaw agent`, `up`, `down`, `status`, `app`; [`cli`] and [`config`]: the
+//!   command line and operator config.
+//!
+//! Design note for the mesh protocols: `docs/mesh.md`.
 
 pub mod actors;
 pub mod cli;

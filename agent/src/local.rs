@@ -506,5 +506,9 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
 }
 
 fn nvml_gpus() -> Result<Vec<Backend>> {
-    bail!("the NVML backend is not available in this build yet")
+    let gpus = crate::gpu::nvml::discover().map_err(|e| anyhow!("GPU discovery: {e}"))?;
+    if gpus.is_empty() {
+        bail!("GPU discovery: NVML found no supported GPU on this node");
+    }
+    Ok(gpus.into_iter().map(|g| Box::new(g) as Backend).collect())
 }

@@ -1,0 +1,127 @@
+//! Real agent processes on loopback with real QUIC and mutual TLS: coordinator failover,
+//! agent loss and a restart of every coordinator-eligible node. Every wait polls the cluster
+//! status (observable state) with a deadline; nothing sleeps for a fixed time to "let things
+//! settle".
+
+use jigsaw_agent::local::{self, plan_applied, wait_for, LocalCluster, Operator};
+use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const JIGSAW: &str = env!("CARGO_BIN_EXE_jigsaw");
+
+fn jigsaw(args: &[&str]) -> (bool, String) {
+    let out = Command::new(JIGSAW).args(args).output().expect("run jigsaw");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+struct Cluster(PathBuf);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Leave nothing running, whatever happened.
+        if let Ok(c) = LocalCluster::load(&self.0) {
+            for n in &c.nodes {
+                let _ = local::signal(n.pid, "KILL");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pid_of(dir: &Path, node: &str) -> u32 {
+    let c = LocalCluster::load(dir).expect("cluster.json");
+    c.nodes.iter().find(|n| n.name == node).map(|n| n.pid).expect("node")
+}
+
+fn restart(dir: &Path, node: &str) {
+    let mut c = LocalCluster::load(dir).expect("cluster.json");
+    let n = c.nodes.iter_mut().find(|n| n.name == node).expect("node");
+    n.pid = local::spawn_agent(Path::new(JIGSAW), &n.config, &n.log).expect("restart agent");
+    std::fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&c).expect("json")).expect("write");
+}
+
+fn plan_excludes(s: &ClusterStatus, node: &str) -> bool {
+    s.state.members.get(node).is_some_and(|m| !m.alive)
+        && s.state.plan.as_ref().is_some_and(|p| !p.nodes.contains_key(node))
+        && plan_applied(s)
+}
+
+#[test]
+fn failover_agent_loss_and_full_restart() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8 path");
+    let (ok, out) = jigsaw(&["up", "--nodes", "4", "--gpus-per-node", "2", "--no-apps", "--dir", d]);
+    let _guard = Cluster(dir.clone());
+    assert!(ok, "jigsaw up: {out}");
+
+    // Bad input is refused by the CLI with the reason, and nothing is registered.
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/apps/social.toml");
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/profiles/social-h100-80gb.csv");
+    let (ok, out) = jigsaw(&["app", "register", spec, "--profiles", "nope.csv", "--rps", "10", "--dir", d]);
+    assert!(!ok && out.contains("nope.csv"), "{out}");
+    let (ok, out) = jigsaw(&["app", "register", spec, "--profiles", csv, "--rps=-5", "--dir", d]);
+    assert!(!ok && out.contains("demand"), "{out}");
+    let (ok, out) = jigsaw(&["app", "register", spec, "--profiles", csv, "--rps", "150", "--dir", d]);
+    assert!(ok, "{out}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let op = Operator::for_dir(&dir).expect("operator");
+        let long = Duration::from_secs(60);
+        let s = wait_for(&op, long, "the first plan", plan_applied).await.expect("plan applied");
+        assert!(s.state.apps.contains_key("social"));
+        let (c0, e0) = (s.coordinator.clone(), s.state.epoch);
+        let (ok, text) = jigsaw(&["status", "--dir", d]);
+        assert!(ok && text.contains(&format!("coordinator: {c0}")) && text.contains("app social"), "{text}");
+
+        // SIGKILL the coordinator: a new one is elected, the latest plan is intact, and the
+        // next plan leaves the dead node's GPUs out.
+        local::signal(pid_of(&dir, &c0), "KILL").expect("kill coordinator");
+        let s = wait_for(&op, long, "a new coordinator", |s| s.coordinator != c0).await.expect("failover");
+        assert!(s.state.epoch >= e0 && s.state.apps.contains_key("social"), "state survived: {:?}", s.state.epoch);
+        let s = wait_for(&op, long, "a plan without the old coordinator", |s| plan_excludes(s, &c0))
+            .await
+            .expect("re-plan");
+        assert!(s.state.epoch > e0);
+
+        // SIGKILL a plain agent: the next plan excludes its GPUs.
+        let agent = "node-4";
+        assert!(!s.state.members[agent].eligible);
+        local::signal(pid_of(&dir, agent), "KILL").expect("kill agent");
+        let s = wait_for(&op, long, "a plan without node-4", |s| plan_excludes(s, agent)).await.expect("re-plan");
+        let e1 = s.state.epoch;
+
+        // Restart every coordinator-eligible node (the dead one too): registry and plan survive.
+        for n in ["node-1", "node-2", "node-3"] {
+            let pid = pid_of(&dir, n);
+            let _ = local::signal(pid, "KILL");
+        }
+        for n in ["node-1", "node-2", "node-3"] {
+            restart(&dir, n);
+        }
+        let s = wait_for(&op, long, "the restarted voters to serve", |s| {
+            s.state.apps.contains_key("social") && s.state.epoch >= e1 && plan_applied(s)
+        })
+        .await
+        .expect("restart");
+        assert!(s.state.plan.as_ref().is_some_and(|p| p.apps.iter().any(|a| a.app == "social" && a.gpus >= 1)));
+
+        // A removed app leaves the next plan.
+        match op.request(ClientRequest::RemoveApp { name: "social".into() }).await.expect("remove") {
+            ClientReply::Done { .. } => {}
+            other => panic!("remove: {other:?}"),
+        }
+        wait_for(&op, long, "a plan without apps", |s| {
+            s.state.plan.as_ref().is_some_and(|p| p.apps.is_empty()) && plan_applied(s)
+        })
+        .await
+        .expect("plan without apps");
+    });
+    let (ok, out) = jigsaw(&["down", "--dir", d]);
+    assert!(ok, "{out}");
+    assert!(!dir.exists());
+}
