@@ -191,6 +191,18 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// Failover and plan distribution times of in-process clusters over QUIC on loopback.
+    Mesh {
+        /// Cluster sizes (nodes).
+        #[arg(long, value_delimiter = ',', default_value = "4,32")]
+        nodes: Vec<usize>,
+        /// Repetitions of each measurement.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Simulated GPUs per node.
+        #[arg(long, default_value_t = 2)]
+        gpus_per_node: u32,
+    },
 }
 
 /// `jigsaw ca ...`.

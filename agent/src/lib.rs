@@ -16,6 +16,7 @@
 //! Design note for the mesh protocols: `docs/mesh.md`.
 
 pub mod actors;
+pub mod bench_mesh;
 pub mod cli;
 pub mod config;
 pub mod gpu;

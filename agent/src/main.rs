@@ -13,6 +13,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Planner { examples, gpus, reps }) => {
             cli::cmd_bench_planner(examples, gpus, *reps, config)?
         }
+        Command::Bench(BenchCmd::Mesh { nodes, reps, gpus_per_node }) => {
+            jigsaw_agent::bench_mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
+        }
         Command::Profiles(ProfilesCmd::Synth { app, gpu, out }) => {
             let csv = cli::cmd_synth(app, *gpu)?;
             match out {

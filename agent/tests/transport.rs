@@ -131,3 +131,35 @@ async fn client_refuses_a_server_outside_the_cluster() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+/// The transport trait over QUIC: the server sees the client's certificate and believes a
+/// node name only when the certificate carries it; a client dialing node `b` at an address
+/// served by node `a` is refused (the server certificate does not name `b`).
+#[tokio::test]
+async fn certificate_names_bind_node_ids() {
+    use jigsaw_agent::transport::net::{BoxFuture, Handler, Peer, QuicTransport, Transport};
+    use std::sync::Arc;
+    let dir = tmp("names");
+    ca_init(&dir, "c").expect("ca");
+    let server = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-a")).expect("bind"));
+    let addr = server.local_addr().expect("addr").to_string();
+    let handler: Handler = Arc::new(|peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
+        Box::pin(async move {
+            let WireMessage::Hello { node, .. } = msg else {
+                return WireMessage::Error { message: "?".into(), retry: false };
+            };
+            WireMessage::Hello { node: node.clone(), applied_epoch: u64::from(peer.is(&node)) }
+        })
+    });
+    tokio::spawn(server.clone().serve(handler));
+    let client = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-c")).expect("bind"));
+    let ask = |claim: &str| WireMessage::Hello { node: claim.into(), applied_epoch: 0 };
+    let t = Duration::from_secs(5);
+    let honest = client.request("node-a", &addr, ask("node-c"), t).await.expect("reply");
+    assert_eq!(honest, WireMessage::Hello { node: "node-c".into(), applied_epoch: 1 }, "own name is believed");
+    let liar = client.request("node-a", &addr, ask("node-a"), t).await.expect("reply");
+    assert_eq!(liar, WireMessage::Hello { node: "node-a".into(), applied_epoch: 0 }, "a claimed name is not");
+    let wrong_server = client.request("node-b", &addr, ask("node-c"), t).await;
+    assert!(wrong_server.is_err(), "server certificate must name the dialed node: {wrong_server:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,6 +88,11 @@ impl QuicNode {
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutdown");
     }
+
+    /// Wait until every connection has drained after [`QuicNode::close`].
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
 }
 
 /// Write one frame.

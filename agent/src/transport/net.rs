@@ -115,6 +115,12 @@ impl QuicTransport {
         self.node.close();
     }
 
+    /// Wait until the closed endpoint's connections have drained.
+    pub async fn wait_idle(&self) {
+        self.conns.lock().await.clear();
+        self.node.wait_idle().await;
+    }
+
     async fn conn(&self, to: &str, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(to) {
