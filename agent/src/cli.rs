@@ -48,6 +48,9 @@ pub enum Command {
     Ca(CaCmd),
     /// Run this node's agent (reads the [node] section of --config) until SIGTERM.
     Agent,
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Start a local cluster of agent processes on loopback with simulated GPUs.
     Up {
         /// Agent processes.
@@ -99,6 +102,39 @@ pub enum Command {
         #[arg(long, default_value = "examples")]
         examples: PathBuf,
     },
+}
+
+/// `jigsaw config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate --config (planner and node sections) and print what it resolves to.
+    Check,
+}
+
+/// `jigsaw config check`: validate a config file and summarise it.
+pub fn cmd_config_check(path: &Path) -> Result<String> {
+    let p = path.display().to_string();
+    let cfg = Config::load(&p)?;
+    let planner = cfg.planner_config(&p)?;
+    let mut out = format!("{p}: valid\nplanner: {planner:?}\n");
+    if let Some(n) = &cfg.node {
+        let n = n.validate(&p)?;
+        let voters: Vec<&str> = n.voters.iter().map(|v| v.0.as_str()).collect();
+        let peers: Vec<String> = n.peers.iter().map(|(i, a)| format!("{i}@{a}")).collect();
+        writeln!(
+            out,
+            "node {} listens on {} (advertised {}), eligible: {}, voters [{}], peers [{}], data {}, gpu {:?}",
+            n.id,
+            n.listen,
+            n.advertise,
+            n.coordinator_eligible,
+            voters.join(", "),
+            peers.join(", "),
+            n.data_dir.display(),
+            n.gpu
+        )?;
+    }
+    Ok(out)
 }
 
 /// `jigsaw app ...`.

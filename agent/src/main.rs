@@ -1,7 +1,7 @@
 //! The `jigsaw` binary: parses the command line and dispatches to [`jigsaw_agent::cli`].
 
 use clap::Parser;
-use jigsaw_agent::cli::{self, AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ProfilesCmd};
+use jigsaw_agent::cli::{self, AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
 use jigsaw_agent::local;
 use std::process::ExitCode;
 
@@ -28,6 +28,10 @@ fn run(c: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { examples } => cli::cmd_demo(examples, config)?,
         Command::Ca(c) => cli::cmd_ca(c)?,
+        Command::Config(ConfigCmd::Check) => {
+            let path = config.ok_or_else(|| anyhow::anyhow!("`jigsaw config check` needs --config FILE"))?;
+            cli::cmd_config_check(path)?
+        }
         Command::Agent => {
             let path =
                 config.ok_or_else(|| anyhow::anyhow!("`jigsaw agent` needs --config FILE with a [node] section"))?;

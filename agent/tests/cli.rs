@@ -130,3 +130,43 @@ fn ca_commands_write_files_and_refuse_to_overwrite() {
     fails_with(&["ca", "issue", "bad name!", "--dir", d], &["node name"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bootstrap_script_writes_valid_node_configs() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-bootstrap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/bootstrap.sh");
+    let run = |args: &[&str]| {
+        std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("JIGSAW", env!("CARGO_BIN_EXE_jigsaw"))
+            .output()
+            .expect("run bootstrap.sh")
+    };
+    let d = dir.to_str().expect("utf8");
+    let bad = run(&[d, "4", "a=10.0.0.1:7400"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("VOTERS"));
+    let out = run(&[d, "2", "gpu-a=10.0.0.1:7400", "gpu-b=10.0.0.2:7400", "gpu-c=10.0.0.3:7401"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (n, eligible) in [("gpu-a", true), ("gpu-b", true), ("gpu-c", false)] {
+        let cfg = dir.join(n).join("jigsaw.toml");
+        let c = jigsaw(&["--config", cfg.to_str().expect("utf8"), "config", "check"]);
+        let text = String::from_utf8_lossy(&c.stdout);
+        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+        assert!(text.contains(&format!("eligible: {eligible}")) && text.contains("voters [gpu-a, gpu-b]"), "{text}");
+        assert!(dir.join(n).join("ca").join(format!("{n}.key")).exists());
+    }
+    assert!(dir.join("ca").join("admin.pem").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn agent_refuses_a_config_without_a_node_section() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-agent-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("planner-only.toml");
+    std::fs::write(&cfg, "[planner]\ntime_limit_s = 5.0\n").expect("write");
+    fails_with(&["--config", cfg.to_str().expect("utf8"), "agent"], &["no [node] section"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
