@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
-# The main job: build jigsaw and plan the example applications on 4 simulated H100s
-# (synthetic profiles; no GPU needed). Extra arguments go to `jigsaw demo`.
+# The main job: build jigsaw and start a local cluster on loopback: 4 agent processes x 4
+# simulated H100s (no GPU needed), a Raft-elected coordinator, mutual TLS from a fresh CA,
+# the three example apps registered (synthetic profiles) and their plan applied on every
+# node; then print the cluster status. The cluster keeps running: inspect it with
+# `jigsaw status`, stop it with `jigsaw down` (commands printed at the end).
+# Extra arguments go to `jigsaw up` (e.g. --nodes 8 --gpus-per-node 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 source scripts/env.sh
-cargo run --locked -q -p jigsaw-agent --bin jigsaw -- demo "$@"
+dir="${JIGSAW_DIR:-${TMPDIR:-/tmp}/jigsaw-local}"
+cargo build --locked -q -p jigsaw-agent --bin jigsaw
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/jigsaw"
+if [ -f "$dir/cluster.json" ]; then
+  echo "== stopping the previous local cluster in $dir"
+  "$bin" down --dir "$dir"
+fi
+echo "== jigsaw up --dir $dir $*"
+"$bin" up --dir "$dir" "$@"
+echo "== jigsaw status --dir $dir"
+"$bin" status --dir "$dir"
+echo
+echo "The cluster is running. Try: $bin status --dir $dir"
+echo "                             $bin down --dir $dir"

@@ -47,7 +47,7 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { heartbeat_ms: 300, tick_ms: 100, election_ms: (800, 1_600), push_timeout_ms: 30_000 }
+        Timing { heartbeat_ms: 300, tick_ms: 100, election_ms: (500, 1_000), push_timeout_ms: 30_000 }
     }
 }
 
@@ -101,6 +101,8 @@ struct Shared<T: Transport> {
     coordinator: Mutex<Option<(String, String)>>,
     control: Mutex<Option<Control>>,
     origin: tokio::time::Instant,
+    /// Wakes the control loop early (a commit changed what it should do).
+    kick: tokio::sync::Notify,
     /// Tasks spawned for proposals, solves and pushes; aborted when the node stops.
     spawned: Mutex<tokio::task::JoinSet<()>>,
 }
@@ -275,8 +277,9 @@ impl<T: Transport> Shared<T> {
                     let me = self.clone();
                     self.spawn(async move {
                         if let Some(r) = &me.raft {
-                            if let Err(e) = r.client_write(cmd).await {
-                                tracing::debug!(%e, "proposal not committed");
+                            match r.client_write(cmd).await {
+                                Ok(_) => me.kick.notify_one(),
+                                Err(e) => tracing::debug!(%e, "proposal not committed"),
                             }
                         }
                     });
@@ -296,6 +299,7 @@ impl<T: Transport> Shared<T> {
                         if let Some(c) = lock(&me.control).as_mut() {
                             c.solve_done(&inputs);
                         }
+                        me.kick.notify_one(); // push the new plan now, not at the next tick
                     });
                 }
                 Action::Push { node, addr, epoch, gpus } => {
@@ -327,7 +331,10 @@ impl<T: Transport> Shared<T> {
         let mut every = tokio::time::interval(Duration::from_millis(self.timing.tick_ms));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = self.kick.notified() => {}
+            }
             self.observe_leadership();
             if !self.is_leader() {
                 continue;
@@ -450,6 +457,7 @@ impl<T: Transport> NodeHandle<T> {
             coordinator: Mutex::new(None),
             control: Mutex::new(None),
             origin: tokio::time::Instant::now(),
+            kick: tokio::sync::Notify::new(),
             spawned: Mutex::new(tokio::task::JoinSet::new()),
         });
         let h = shared.clone();

@@ -251,7 +251,8 @@ impl Control {
                 NodeStatus {
                     node: n.clone(),
                     last_seen_ms: s.map(|s| now_ms.saturating_sub(s.at_ms)),
-                    applied_epoch: self.acked.get(n).copied().unwrap_or(0),
+                    // From the heartbeat, so it describes the same moment as `gpus`.
+                    applied_epoch: s.map_or(0, |s| s.hb.applied_epoch),
                     gpus: s.map(|s| s.hb.gpus.clone()).unwrap_or_default(),
                     last_outcome: self.outcomes.get(n).cloned(),
                 }
