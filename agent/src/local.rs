@@ -254,8 +254,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
                     other => bail!("registering {}: {other:?}", app.name),
                 }
             }
-            let st = wait_for(&op, Duration::from_secs(120), "the plan to be applied everywhere", |s| plan_applied(s))
-                .await?;
+            let st = wait_for(&op, Duration::from_secs(120), "the plan to be applied everywhere", plan_applied).await?;
             writeln!(
                 out,
                 "plan epoch {} applied on every node after {:.1} s",

@@ -4,6 +4,7 @@
 //! * at most one coordinator per Raft term (over the whole run);
 //! * no node's applied plan epoch ever decreases (across its restarts too);
 //! * no MIG memory slice is held by two instances on any GPU;
+//!
 //! and after the faults heal, that every node converges to the latest plan.
 //!
 //! A failure panics with the seed; rerun it alone with `JIGSAW_SIM_SEED=<seed>`.

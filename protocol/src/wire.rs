@@ -404,13 +404,15 @@ mod tests {
     fn plans_round_trip() {
         for note in [None, Some("fallback".to_string())] {
             let p = plan(note);
-            let mut state = ClusterState::default();
-            state.plan = Some(crate::cluster::ClusterPlan {
-                epoch: 7,
-                inputs: "x".into(),
-                nodes: [("n1".to_string(), [("GPU-1".to_string(), p.gpus[0].instances.clone())].into())].into(),
-                apps: vec![],
-            });
+            let state = ClusterState {
+                plan: Some(crate::cluster::ClusterPlan {
+                    epoch: 7,
+                    inputs: "x".into(),
+                    nodes: [("n1".to_string(), [("GPU-1".to_string(), p.gpus[0].instances.clone())].into())].into(),
+                    apps: vec![],
+                }),
+                ..ClusterState::default()
+            };
             let status = ClusterStatus {
                 coordinator: "n1".into(),
                 term: 3,

@@ -59,6 +59,7 @@ impl Db {
 }
 
 /// Open (or create) the node's Raft database at `path`.
+#[allow(clippy::result_large_err)] // openraft's StorageError, which the storage traits mandate
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| StorageIOError::write_logs(any(e)))?;
@@ -251,6 +252,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    #[allow(clippy::result_large_err)] // openraft's StorageError, as above
     fn load(db: Db) -> Result<StateMachine, SErr> {
         let applied: Applied =
             get_json(&db, SM, "state").map_err(StorageIOError::read_state_machine)?.unwrap_or_default();

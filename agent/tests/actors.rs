@@ -1,0 +1,132 @@
+//! The node's actor tree on simulated GPUs: plans are applied and fenced by epoch, a failed
+//! step comes back as a report naming the GPU and the step, and a restarted node restores
+//! its last applied plan from its data dir.
+
+use jigsaw_agent::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
+use jigsaw_agent::gpu::sim::SimGpu;
+use jigsaw_agent::gpu::{GpuBackend, GpuError, InstanceId, LiveInstance};
+use jigsaw_protocol::cluster::GpuInventory;
+use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::wire::ApplyOutcome;
+use jigsaw_protocol::GpuModel;
+use ractor::{Actor, ActorRef};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A simulated GPU whose creates fail for one profile (a driver refusing, say).
+struct Faulty {
+    inner: SimGpu,
+    refuse: &'static str,
+}
+
+impl GpuBackend for Faulty {
+    fn model(&self) -> GpuModel {
+        self.inner.model()
+    }
+    fn uuid(&self) -> &str {
+        self.inner.uuid()
+    }
+    fn instances(&self) -> Vec<LiveInstance> {
+        self.inner.instances()
+    }
+    fn create(&mut self, profile: &str, start: u8) -> Result<LiveInstance, GpuError> {
+        if profile == self.refuse {
+            return Err(GpuError::Unavailable(format!("driver refused {profile}")));
+        }
+        self.inner.create(profile, start)
+    }
+    fn destroy(&mut self, id: InstanceId) -> Result<(), GpuError> {
+        self.inner.destroy(id)
+    }
+    fn attach_worker(&mut self, id: InstanceId, mem_gib: f64) -> Result<(), GpuError> {
+        self.inner.attach_worker(id, mem_gib)
+    }
+    fn detach_worker(&mut self, id: InstanceId) -> Result<(), GpuError> {
+        self.inner.detach_worker(id)
+    }
+    fn last_reconfig(&self) -> Duration {
+        self.inner.last_reconfig()
+    }
+}
+
+fn inst(profile: &str, start: u8, task: &str) -> InstancePlan {
+    InstancePlan {
+        mig_profile: profile.into(),
+        start,
+        slices: 1,
+        mps: 2,
+        task: task.into(),
+        variant: "v".into(),
+        batch: 8,
+        p95_ms: 1.0,
+        throughput_rps: 1.0,
+    }
+}
+
+type Inventory = watch::Receiver<(u64, Vec<GpuInventory>)>;
+
+async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<NodeMsg>, Inventory) {
+    let (tx, rx) = watch::channel((0, Vec::new()));
+    let args = NodeArgs { gpus, simulate_latency: false, state_file: Some(state_file.to_path_buf()), inventory: tx };
+    let (a, _) = Actor::spawn(None, NodeAgent, args).await.expect("spawn node agent");
+    (a, rx)
+}
+
+async fn push(a: &ActorRef<NodeMsg>, epoch: u64, gpus: BTreeMap<String, Vec<InstancePlan>>) -> ApplyOutcome {
+    ractor::call!(a, |reply| NodeMsg::Push { epoch, gpus, reply }).expect("node agent answers")
+}
+
+fn layout(inv: &Inventory) -> Vec<(String, u8, String)> {
+    let (_, gpus) = inv.borrow().clone();
+    gpus.iter().flat_map(|g| g.live.iter().map(|i| (i.mig_profile.clone(), i.start, i.task.clone()))).collect()
+}
+
+#[tokio::test]
+async fn plans_apply_fence_fail_loudly_and_survive_restart() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-actors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = dir.join("applied-plan.json");
+    let gpu = || Faulty { inner: SimGpu::new(GpuModel::H100_80gb, 1, Duration::ZERO), refuse: "2g.20gb" };
+    let uuid = gpu().uuid().to_string();
+    let (a, inv) = node(vec![Box::new(gpu())], &state).await;
+
+    let e1: BTreeMap<_, _> = [(uuid.clone(), vec![inst("4g.40gb", 0, "det"), inst("3g.40gb", 4, "cls")])].into();
+    assert_eq!(push(&a, 1, e1.clone()).await, ApplyOutcome::Applied);
+    assert_eq!(inv.borrow().0, 1);
+    assert_eq!(layout(&inv), vec![("4g.40gb".into(), 0, "det".into()), ("3g.40gb".into(), 4, "cls".into())]);
+
+    // An older or equal epoch is fenced off and changes nothing.
+    let other: BTreeMap<_, _> = [(uuid.clone(), vec![inst("7g.80gb", 0, "x")])].into();
+    assert_eq!(push(&a, 1, other.clone()).await, ApplyOutcome::Stale { accepted: 1 });
+    assert_eq!(layout(&inv).len(), 2);
+
+    // A GPU this node does not have: refused before any step.
+    let unknown: BTreeMap<_, _> = [("GPU-nope".to_string(), vec![])].into();
+    assert!(matches!(push(&a, 2, unknown).await, ApplyOutcome::Rejected { reason } if reason.contains("GPU-nope")));
+
+    // A failing step is reported with the GPU and the step; the applied epoch stays.
+    let e3: BTreeMap<_, _> = [(uuid.clone(), vec![inst("2g.20gb", 0, "det")])].into();
+    match push(&a, 3, e3).await {
+        ApplyOutcome::Failed { gpu, error } => {
+            assert_eq!(gpu, uuid);
+            assert!(error.contains("Create") && error.contains("driver refused 2g.20gb"), "{error}");
+        }
+        other => panic!("expected a failure report, got {other:?}"),
+    }
+    assert_eq!(inv.borrow().0, 1, "a failed epoch is not applied");
+
+    // A newer good epoch still applies after the failure.
+    assert_eq!(push(&a, 4, e1.clone()).await, ApplyOutcome::Applied);
+    assert_eq!(inv.borrow().0, 4);
+    a.stop(None);
+
+    // A restart (fresh simulated GPU, same data dir) restores epoch 4's layout and fence.
+    let (b, inv) = node(vec![Box::new(gpu())], &state).await;
+    assert_eq!(inv.borrow().0, 4);
+    assert_eq!(layout(&inv).len(), 2);
+    assert_eq!(push(&b, 4, other).await, ApplyOutcome::Stale { accepted: 4 });
+    b.stop(None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
