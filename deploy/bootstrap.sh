@@ -59,4 +59,14 @@ CONF
     echo "generated config for $n is invalid" >&2; exit 1
   fi
 done
+# cluster.json lets the operator CLI reach the cluster: jigsaw status --dir "$out".
+{
+  echo '{ "local": false, "ca_dir": "'"$(cd "$ca" && pwd)"'", "nodes": ['
+  for i in "${!names[@]}"; do
+    sep=","; [ "$i" -eq $(( ${#names[@]} - 1 )) ] && sep=""
+    echo '  { "name": "'"${names[$i]}"'", "addr": "'"${addrs[$i]}"'", "eligible": '"$([ "$i" -lt "$voters" ] && echo true || echo false)"', "config": "'"$out/${names[$i]}/jigsaw.toml"'", "log": "", "pid": 0 }'"$sep"
+  done
+  echo '] }'
+} > "$out/cluster.json"
 echo "wrote $out/<node>/{jigsaw.toml,ca/} for ${names[*]}; admin certificate in $ca/admin.{pem,key}"
+echo "operator CLI: jigsaw status --dir $out   |   jigsaw app register APP.toml --profiles P.csv --rps R --dir $out"

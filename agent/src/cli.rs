@@ -46,7 +46,7 @@ pub enum Command {
     /// The cluster certificate authority for mutual TLS between agents.
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Run this node's agent (reads the [node] section of --config) until SIGTERM.
+    /// Run this node's agent (reads the `[node]` section of --config) until SIGTERM.
     Agent,
     /// Configuration.
     #[command(subcommand)]

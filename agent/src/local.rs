@@ -40,13 +40,22 @@ pub struct LocalNode {
     pub pid: u32,
 }
 
-/// `cluster.json`.
+/// `cluster.json`: how the operator CLI reaches a cluster. `jigsaw up` writes one for a local
+/// cluster; `deploy/bootstrap.sh` writes one (with `local = false`) for a bare-metal cluster,
+/// so `jigsaw status --dir OUT` and `jigsaw app ... --dir OUT` work there too.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalCluster {
     /// Nodes.
     pub nodes: Vec<LocalNode>,
     /// CA directory (ca.pem, admin.pem, admin.key).
     pub ca_dir: PathBuf,
+    /// Whether `jigsaw up` started these agents here (only then may `jigsaw down` stop them).
+    #[serde(default = "yes")]
+    pub local: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The default local cluster directory.
@@ -81,7 +90,7 @@ impl Operator {
         let c = LocalCluster::load(dir)?;
         let id =
             tls::Identity::load(&c.ca_dir.join("ca.pem"), &c.ca_dir.join("admin.pem"), &c.ca_dir.join("admin.key"))?;
-        let bind: SocketAddr = "127.0.0.1:0".parse()?;
+        let bind: SocketAddr = if c.local { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse()?;
         let node = QuicNode::bind(bind, &id)?;
         Ok(Operator {
             transport: QuicTransport::new(node),
@@ -227,7 +236,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         let pid = spawn_agent(exe, &config, &log)?;
         local.push(LocalNode { name: name.clone(), addr: addr.clone(), eligible: i < eligible, config, log, pid });
     }
-    let cluster = LocalCluster { nodes: local, ca_dir };
+    let cluster = LocalCluster { nodes: local, ca_dir, local: true };
     cluster.save(&o.dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -338,6 +347,12 @@ pub fn signal(pid: u32, signal: &str) -> Result<()> {
 /// Stop every agent of a local cluster (TERM, then KILL after 10 s) and remove its directory.
 pub fn cmd_down(dir: &Path, keep: bool) -> Result<String> {
     let c = LocalCluster::load(dir)?;
+    if !c.local {
+        bail!(
+            "{} describes a cluster that `jigsaw up` did not start; stop its agents with systemctl on each node",
+            dir.display()
+        );
+    }
     let mut out = String::new();
     for n in &c.nodes {
         if alive(n.pid) && is_agent(n.pid) {

@@ -1,6 +1,6 @@
 //! Raft among the coordinator-eligible agents, on openraft.
 //!
-//! * Log entries are [`ClusterCommand`]s applied to the replicated [`ClusterState`]
+//! * Log entries are [`ClusterCommand`]s applied to the replicated [`ClusterState`](jigsaw_protocol::cluster::ClusterState)
 //!   (`jigsaw_protocol::cluster`); responses are [`CommandOutcome`]s.
 //! * Raft node ids are a stable 64-bit hash of the node name ([`node_id`]); the node data
 //!   ([`RaftNode`]) carries the name and address.
