@@ -23,7 +23,7 @@ use jigsaw_coordinator::control::{Action, Control, ControlConfig};
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
 use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterPlan, ClusterState, GpuInventory};
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
-use jigsaw_protocol::{AppSpec, ProfileTable};
+use jigsaw_protocol::{AppSpec, ProfileRow, ProfileTable};
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,14 +51,14 @@ impl Default for Timing {
     }
 }
 
-/// Computes a cluster plan: `(state, epoch, live layouts) → plan`.
-pub type PlanFn = Arc<dyn Fn(&ClusterState, u64, &LiveLayouts) -> ClusterPlan + Send + Sync>;
+/// Computes a cluster plan: `(state, epoch, live layouts, observed profiles) → plan`.
+pub type PlanFn = Arc<dyn Fn(&ClusterState, u64, &LiveLayouts, &[ProfileRow]) -> ClusterPlan + Send + Sync>;
 
 /// The real planner (HiGHS, wall-clock time limit).
 pub fn highs_planner(cfg: PlannerConfig) -> PlanFn {
-    Arc::new(move |state, epoch, live| {
+    Arc::new(move |state, epoch, live, observed| {
         let clock = crate::cli::WallClock::new();
-        plan_cluster(state, epoch, live, &cfg, &HighsSolver { threads: Some(1) }, &clock as &dyn Clock)
+        plan_cluster(state, epoch, live, observed, &cfg, &HighsSolver { threads: Some(1) }, &clock as &dyn Clock)
     })
 }
 
@@ -86,6 +86,9 @@ pub struct NodeSpec {
     pub simulate_latency: bool,
 }
 
+/// (task, variant, MIG profile, MPS level, batch) of an observed profile point.
+type ObservedKey = (String, String, String, u8, u32);
+
 struct Shared<T: Transport> {
     name: String,
     addr: String,
@@ -101,6 +104,8 @@ struct Shared<T: Transport> {
     coordinator: Mutex<Option<(String, String)>>,
     control: Mutex<Option<Control>>,
     origin: tokio::time::Instant,
+    /// Profile points measured on this node (latest per configuration), sent with heartbeats.
+    observed: Mutex<BTreeMap<ObservedKey, ProfileRow>>,
     /// Wakes the control loop early (a commit changed what it should do).
     kick: tokio::sync::Notify,
     /// Tasks spawned for proposals, solves and pushes; aborted when the node stops.
@@ -147,7 +152,15 @@ impl<T: Transport> Shared<T> {
 
     fn heartbeat(&self) -> Heartbeat {
         let (applied_epoch, gpus) = self.inventory.borrow().clone();
-        Heartbeat { node: self.name.clone(), addr: self.addr.clone(), eligible: self.eligible, gpus, applied_epoch }
+        let observed = lock(&self.observed).values().cloned().collect();
+        Heartbeat {
+            node: self.name.clone(),
+            addr: self.addr.clone(),
+            eligible: self.eligible,
+            gpus,
+            applied_epoch,
+            observed,
+        }
     }
 
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
@@ -209,13 +222,17 @@ impl<T: Transport> Shared<T> {
                     .voter_ids()
                     .filter_map(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()))
                     .collect();
-                let nodes = lock(&self.control).as_ref().map(|c| c.status(self.now_ms(), &state)).unwrap_or_default();
+                let (nodes, observed) = lock(&self.control)
+                    .as_ref()
+                    .map(|c| (c.status(self.now_ms(), &state), c.observed_profiles()))
+                    .unwrap_or_default();
                 return ClientReply::Status(Box::new(ClusterStatus {
                     coordinator: self.name.clone(),
                     term: m.current_term,
                     voters,
                     state,
                     nodes,
+                    observed,
                 }));
             }
             ClientRequest::RegisterApp(entry) => match validate_app(&entry) {
@@ -285,8 +302,11 @@ impl<T: Transport> Shared<T> {
                     });
                 }
                 Action::Solve { inputs, epoch } => {
-                    let live = lock(&self.control).as_ref().map(|c| c.live_layouts()).unwrap_or_default();
-                    let plan = (self.planner)(state, epoch, &live);
+                    let (live, observed) = lock(&self.control)
+                        .as_ref()
+                        .map(|c| (c.live_layouts(), c.observed_profiles()))
+                        .unwrap_or_default();
+                    let plan = (self.planner)(state, epoch, &live, &observed);
                     tracing::info!(node = %self.name, epoch, apps = ?plan.apps, "plan computed");
                     let me = self.clone();
                     self.spawn(async move {
@@ -457,6 +477,7 @@ impl<T: Transport> NodeHandle<T> {
             coordinator: Mutex::new(None),
             control: Mutex::new(None),
             origin: tokio::time::Instant::now(),
+            observed: Mutex::new(BTreeMap::new()),
             kick: tokio::sync::Notify::new(),
             spawned: Mutex::new(tokio::task::JoinSet::new()),
         });
@@ -470,6 +491,15 @@ impl<T: Transport> NodeHandle<T> {
         tasks.push(tokio::spawn(shared.clone().control_loop()));
         tasks.push(tokio::spawn(shared.clone().heartbeat_loop()));
         Ok(NodeHandle { shared, tasks })
+    }
+
+    /// Record profile points measured on this node (the data plane's run-time latencies);
+    /// they travel to the coordinator with the next heartbeats.
+    pub fn report_observed(&self, rows: Vec<ProfileRow>) {
+        let mut o = lock(&self.shared.observed);
+        for r in rows {
+            o.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
+        }
     }
 
     /// Node id.

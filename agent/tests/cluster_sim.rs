@@ -59,6 +59,8 @@ struct Scenario {
     cut_p: f64,
     app_p: f64,
     link: LinkConfig,
+    /// Report a measured profile point on the last node and check it reaches the coordinator.
+    observe: bool,
 }
 
 const DEFAULT: Scenario = Scenario {
@@ -72,6 +74,7 @@ const DEFAULT: Scenario = Scenario {
     cut_p: 0.02,
     app_p: 0.01,
     link: LinkConfig { min_delay_us: 200, max_delay_us: 5_000, drop: 0.01 },
+    observe: false,
 };
 
 fn inst(profile: &str, start: u8, slices: u8, task: &str, mps: u8) -> InstancePlan {
@@ -90,7 +93,7 @@ fn inst(profile: &str, start: u8, slices: u8, task: &str, mps: u8) -> InstancePl
 
 /// Deterministic toy planner: each alive GPU gets one of several layouts chosen by epoch.
 fn toy_planner() -> PlanFn {
-    Arc::new(|state, epoch, _live| {
+    Arc::new(|state, epoch, _live, _observed| {
         let layouts: [Vec<InstancePlan>; 4] = [
             vec![inst("7g.80gb", 0, 7, "a", 1)],
             vec![inst("4g.40gb", 0, 4, "a", 2), inst("3g.40gb", 4, 3, "b", 1)],
@@ -107,6 +110,15 @@ fn toy_planner() -> PlanFn {
         }
         ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps: vec![] }
     })
+}
+
+/// A measured point for a configuration the social app registered (slower than registered).
+fn observed_row() -> jigsaw_protocol::ProfileRow {
+    let csv = include_str!("../../examples/profiles/social-h100-80gb.csv");
+    let t = jigsaw_protocol::ProfileTable::parse_csv(csv, "social").expect("profiles");
+    let mut r = t.rows().next().expect("a row").clone();
+    r.p95_ms *= 1.5;
+    r
 }
 
 fn node_name(i: usize) -> String {
@@ -343,6 +355,27 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
     if let Err(e) = last {
         panic!("seed {seed}: did not converge within {} s after healing: {e}", sc.heal_secs);
     }
+    if sc.observe {
+        let last = sc.nodes - 1;
+        let row = observed_row();
+        sim.nodes[&last].report_observed(vec![row.clone()]);
+        let leader = sim.nodes.values().find(|h| h.is_coordinator()).map(|h| h.name().to_string());
+        let leader = leader.unwrap_or_else(|| panic!("seed {seed}: no coordinator after convergence"));
+        let client = SimTransport::new(sim.hub.clone(), "operator");
+        let mut seen = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(sc.step_ms)).await;
+            let r =
+                client.request(&leader, "", WireMessage::Client(ClientRequest::Status), Duration::from_secs(2)).await;
+            if let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = r {
+                if s.observed.contains(&row) {
+                    seen = true;
+                    break;
+                }
+            }
+        }
+        assert!(seen, "seed {seed}: an observed profile point never reached the coordinator");
+    }
     let plan = sim.latest_plan().expect("converged on a plan");
     let terms = sim.leaders.len();
     for i in sim.nodes.keys().copied().collect::<Vec<_>>() {
@@ -391,7 +424,7 @@ fn seeded_cluster_simulation() {
 
 #[test]
 fn real_planner_cluster() {
-    let sc = Scenario { crash_p: 0.005, cut_p: 0.0, app_p: 0.0, fault_secs: 10, ..DEFAULT };
+    let sc = Scenario { crash_p: 0.005, cut_p: 0.0, app_p: 0.0, fault_secs: 10, observe: true, ..DEFAULT };
     let (plan, _) = run_seed(7, sc, highs_planner(PlannerConfig::default()));
     eprintln!("real planner: epoch {}, apps {:?}", plan.epoch, plan.apps);
     assert_eq!(plan.apps.len(), 1, "{plan:?}");

@@ -8,9 +8,12 @@
 //!   destroy on the real GPU). Needs root, MIG mode on and a GPU with no instances; it refuses
 //!   to touch a GPU that has any.
 
+mod common;
+
+use common::{conformance_placement, conformance_workers};
 use jigsaw_agent::gpu::nvml::{discover, model_from_name, NvmlBackend, NvmlGpu};
 use jigsaw_agent::gpu::{GpuBackend, GpuError};
-use jigsaw_protocol::catalogue::{GpuModel, Placement, PlacementError};
+use jigsaw_protocol::catalogue::{GpuModel, Placement};
 
 fn gate(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
@@ -155,45 +158,6 @@ fn hardware_create_is_refused_cleanly_when_mig_is_off() {
 }
 
 // ---- write gate: the conformance checks of `gpu_sim.rs`, on hardware ---------------------
-
-/// Placement rules: start lists, overlap, `+me` cap (mirrors `gpu_sim.rs`).
-fn conformance_placement(gpu: &mut dyn GpuBackend) {
-    let names: Vec<&str> = gpu.model().spec().profiles.iter().map(|p| p.name).collect();
-    let g3 = names.iter().find(|n| n.starts_with("3g")).expect("3g");
-    let g2 = names.iter().find(|n| n.starts_with("2g")).expect("2g");
-    let me = names.iter().find(|n| n.ends_with("+me")).expect("+me");
-    assert!(matches!(gpu.create(g3, 2), Err(GpuError::Placement(PlacementError::BadStart { .. }))));
-    let a = gpu.create(g2, 4).expect("2g@4");
-    println!("create {g2}@4: {:?}", gpu.last_reconfig());
-    assert!(matches!(gpu.create(g3, 4), Err(GpuError::Placement(PlacementError::Overlap { .. }))));
-    let b = gpu.create(me, 0).expect("+me@0");
-    assert!(matches!(gpu.create(me, 1), Err(GpuError::Placement(PlacementError::Cap { .. }))));
-    assert_ne!(a.uuid, b.uuid);
-    assert!(a.uuid.starts_with("MIG-"));
-    gpu.destroy(a.id).expect("destroy");
-    println!("destroy {g2}@4: {:?}", gpu.last_reconfig());
-    gpu.destroy(b.id).expect("destroy");
-    assert!(gpu.instances().is_empty());
-    assert!(matches!(gpu.destroy(a.id), Err(GpuError::NotFound(_))));
-}
-
-/// Workers: IN_USE, memory cap, re-created instances get new UUIDs (mirrors `gpu_sim.rs`).
-fn conformance_workers(gpu: &mut dyn GpuBackend) {
-    let spec = gpu.model().spec();
-    let p = spec.profiles.iter().find(|p| p.compute_slices == 7).expect("7g");
-    let i = gpu.create(p.name, 0).expect("7g");
-    println!("create {}@0: {:?}", p.name, gpu.last_reconfig());
-    gpu.attach_worker(i.id, p.mem_gib * 0.6).expect("fits");
-    assert!(matches!(gpu.attach_worker(i.id, p.mem_gib * 0.6), Err(GpuError::OutOfMemory { .. })));
-    assert!(matches!(gpu.destroy(i.id), Err(GpuError::InUse { workers: 1, .. })));
-    gpu.detach_worker(i.id).expect("detach");
-    assert!(matches!(gpu.detach_worker(i.id), Err(GpuError::NoWorker(_))));
-    gpu.destroy(i.id).expect("drained");
-    println!("destroy {}@0: {:?}", p.name, gpu.last_reconfig());
-    let j = gpu.create(p.name, 0).expect("again");
-    assert_ne!(i.uuid, j.uuid, "a re-created instance gets a new UUID");
-    gpu.destroy(j.id).expect("destroy");
-}
 
 #[test]
 fn hardware_conformance_create_destroy() {

@@ -1,10 +1,13 @@
 //! The GPU backend conformance suite (run here against the simulator; the NVML backend will
 //! run the same functions behind `JIGSAW_GPU_TESTS=1`) and the plan-diff property.
 
+mod common;
+
+use common::{conformance_placement, conformance_workers};
 use jigsaw_agent::gpu::diff::{apply, plan_diff, Assignment, LiveSegment};
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::gpu::{GpuBackend, GpuError};
-use jigsaw_protocol::catalogue::{GpuModel, PlacementError};
+use jigsaw_protocol::catalogue::GpuModel;
 use jigsaw_protocol::plan::InstancePlan;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -12,41 +15,6 @@ use std::time::Duration;
 
 fn sim(model: GpuModel) -> SimGpu {
     SimGpu::new(model, 7, Duration::from_millis(250))
-}
-
-/// Placement rules: start lists, overlap, `+me` cap.
-fn conformance_placement(gpu: &mut dyn GpuBackend) {
-    let names: Vec<&str> = gpu.model().spec().profiles.iter().map(|p| p.name).collect();
-    let g3 = names.iter().find(|n| n.starts_with("3g")).expect("3g");
-    let g2 = names.iter().find(|n| n.starts_with("2g")).expect("2g");
-    let me = names.iter().find(|n| n.ends_with("+me")).expect("+me");
-    assert!(matches!(gpu.create(g3, 2), Err(GpuError::Placement(PlacementError::BadStart { .. }))));
-    let a = gpu.create(g2, 4).expect("2g@4");
-    assert!(matches!(gpu.create(g3, 4), Err(GpuError::Placement(PlacementError::Overlap { .. }))));
-    let b = gpu.create(me, 0).expect("+me@0");
-    assert!(matches!(gpu.create(me, 1), Err(GpuError::Placement(PlacementError::Cap { .. }))));
-    assert_ne!(a.uuid, b.uuid);
-    assert!(a.uuid.starts_with("MIG-"));
-    gpu.destroy(a.id).expect("destroy");
-    gpu.destroy(b.id).expect("destroy");
-    assert!(gpu.instances().is_empty());
-    assert!(matches!(gpu.destroy(a.id), Err(GpuError::NotFound(_))));
-}
-
-/// Workers: IN_USE, memory cap, re-created instances get new UUIDs.
-fn conformance_workers(gpu: &mut dyn GpuBackend) {
-    let spec = gpu.model().spec();
-    let p = spec.profiles.iter().find(|p| p.compute_slices == 7).expect("7g");
-    let i = gpu.create(p.name, 0).expect("7g");
-    gpu.attach_worker(i.id, p.mem_gib * 0.6).expect("fits");
-    assert!(matches!(gpu.attach_worker(i.id, p.mem_gib * 0.6), Err(GpuError::OutOfMemory { .. })));
-    assert!(matches!(gpu.destroy(i.id), Err(GpuError::InUse { workers: 1, .. })));
-    gpu.detach_worker(i.id).expect("detach");
-    assert!(matches!(gpu.detach_worker(i.id), Err(GpuError::NoWorker(_))));
-    gpu.destroy(i.id).expect("drained");
-    let j = gpu.create(p.name, 0).expect("again");
-    assert_ne!(i.uuid, j.uuid, "a re-created instance gets a new UUID");
-    gpu.destroy(j.id).expect("destroy");
 }
 
 #[test]

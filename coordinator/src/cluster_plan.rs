@@ -14,17 +14,33 @@ use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem};
 use crate::spaces::SearchSpace;
 use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState};
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::{AppSpec, GpuModel, ProfileTable};
+use jigsaw_protocol::{AppSpec, GpuModel, ProfileRow, ProfileTable};
 use std::collections::BTreeMap;
 
 /// Live layouts by (node, GPU UUID), from the agents' latest reports.
 pub type LiveLayouts = BTreeMap<(String, String), Vec<InstancePlan>>;
 
-/// Plan every app of `state` on its alive members' GPUs, as epoch `epoch`.
+/// Replace the rows of `profiles` that run-time observations measured again (only rows the
+/// table already has: an observation never adds a configuration the app did not register).
+/// Returns how many rows changed.
+pub fn merge_observed(profiles: &mut ProfileTable, observed: &[ProfileRow]) -> usize {
+    let mut n = 0;
+    for r in observed {
+        if profiles.get(&r.task, &r.variant, r.gpu, &r.mig_profile, r.mps, r.batch).is_some_and(|old| old != r) {
+            profiles.insert(r.clone());
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Plan every app of `state` on its alive members' GPUs, as epoch `epoch`, with run-time
+/// `observed` profile points in place of the registered ones.
 pub fn plan_cluster(
     state: &ClusterState,
     epoch: u64,
     live: &LiveLayouts,
+    observed: &[ProfileRow],
     cfg: &PlannerConfig,
     solver: &dyn Solver,
     clock: &dyn Clock,
@@ -57,13 +73,14 @@ pub fn plan_cluster(
         let parsed = AppSpec::parse(&entry.spec_toml, &entry.name).map_err(|e| e.to_string()).and_then(|a| {
             ProfileTable::parse_csv(&entry.profiles_csv, &entry.name).map(|p| (a, p)).map_err(|e| e.to_string())
         });
-        let (app, profiles) = match parsed {
+        let (app, mut profiles) = match parsed {
             Ok(x) => x,
             Err(e) => {
                 apps.push(unplaced(format!("invalid registration: {e}")));
                 continue;
             }
         };
+        merge_observed(&mut profiles, observed);
         // The most numerous free model that the profiles cover.
         let mut counts: BTreeMap<GpuModel, usize> = BTreeMap::new();
         for g in &free {
@@ -122,4 +139,28 @@ pub fn plan_cluster(
         });
     }
     ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_replace_registered_rows_only() {
+        let row = |task: &str, p95: f64| ProfileRow {
+            task: task.into(),
+            variant: "v".into(),
+            gpu: GpuModel::H100_80gb,
+            mig_profile: "1g.10gb".into(),
+            mps: 1,
+            batch: 8,
+            p95_ms: p95,
+            throughput_rps: 10.0,
+        };
+        let mut t = ProfileTable::from_rows([row("a", 5.0)]);
+        assert_eq!(merge_observed(&mut t, &[row("a", 9.0), row("unknown", 1.0)]), 1);
+        assert_eq!(t.len(), 1, "no new configuration");
+        assert_eq!(t.get("a", "v", GpuModel::H100_80gb, "1g.10gb", 1, 8).map(|r| r.p95_ms), Some(9.0));
+        assert_eq!(merge_observed(&mut t, &[row("a", 9.0)]), 0, "unchanged");
+    }
 }

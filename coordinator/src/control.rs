@@ -21,10 +21,14 @@
 //!   not applied the committed epoch gets a push, one in flight per node, re-sent after
 //!   `push_timeout_ms`. A push answered with a failure is not repeated for the same epoch (the
 //!   node fences it as already accepted); the failure is kept for `status`.
+//! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
+//!   per configuration is kept and handed to the planner at the next re-plan (observations
+//!   alone do not trigger one, so noisy measurements cannot make plans flap).
 
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
+use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
 
 /// Timing knobs.
@@ -87,6 +91,7 @@ pub struct Control {
     outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
     proposed: BTreeMap<String, (ClusterCommand, u64)>,
     solving: Option<(String, u64)>,
+    observed: BTreeMap<(String, String, GpuModel, String, u8, u32), ProfileRow>,
 }
 
 impl Control {
@@ -101,11 +106,16 @@ impl Control {
             outcomes: BTreeMap::new(),
             proposed: BTreeMap::new(),
             solving: None,
+            observed: BTreeMap::new(),
         }
     }
 
     /// A heartbeat arrived.
     pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) {
+        for r in &hb.observed {
+            let key = (r.task.clone(), r.variant.clone(), r.gpu, r.mig_profile.clone(), r.mps, r.batch);
+            self.observed.insert(key, r.clone());
+        }
         let acked = self.acked.entry(hb.node.clone()).or_default();
         // A restarted node may report less than before; trust its latest word.
         *acked = hb.applied_epoch;
@@ -140,6 +150,11 @@ impl Control {
         if self.solving.as_ref().map(|s| s.0.as_str()) == Some(inputs) {
             self.solving = None;
         }
+    }
+
+    /// Profile points observed at run time (latest per configuration, any node).
+    pub fn observed_profiles(&self) -> Vec<ProfileRow> {
+        self.observed.values().cloned().collect()
     }
 
     /// Live layouts from the latest heartbeats, for sticky placement.
@@ -265,7 +280,6 @@ impl Control {
 mod tests {
     use super::*;
     use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
-    use jigsaw_protocol::GpuModel;
 
     fn hb(node: &str, applied: u64) -> Heartbeat {
         Heartbeat {
@@ -274,6 +288,7 @@ mod tests {
             eligible: true,
             gpus: vec![GpuInventory { uuid: format!("GPU-{node}"), model: GpuModel::H100_80gb, live: vec![] }],
             applied_epoch: applied,
+            observed: vec![],
         }
     }
 
@@ -321,6 +336,25 @@ mod tests {
         let acts = c.tick(10_100, &st);
         assert!(!acts.iter().any(|a| matches!(a, Action::Propose(_))), "MarkDown(a) is debounced: {acts:?}");
         assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
+    }
+
+    #[test]
+    fn observed_profiles_keep_the_latest_point_per_configuration() {
+        let mut c = Control::new(ControlConfig::default(), 0);
+        let row = |p95: f64| ProfileRow {
+            task: "t".into(),
+            variant: "v".into(),
+            gpu: GpuModel::H100_80gb,
+            mig_profile: "1g.10gb".into(),
+            mps: 1,
+            batch: 8,
+            p95_ms: p95,
+            throughput_rps: 10.0,
+        };
+        c.heartbeat(0, Heartbeat { observed: vec![row(5.0)], ..hb("a", 0) });
+        c.heartbeat(1, Heartbeat { observed: vec![row(7.0)], ..hb("b", 0) });
+        c.heartbeat(2, hb("a", 0));
+        assert_eq!(c.observed_profiles(), vec![row(7.0)]);
     }
 
     #[test]

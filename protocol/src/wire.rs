@@ -15,6 +15,7 @@
 
 use crate::cluster::{AppEntry, ClusterState, GpuInventory};
 use crate::plan::InstancePlan;
+use crate::profile::ProfileRow;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -121,6 +122,9 @@ pub struct Heartbeat {
     pub gpus: Vec<GpuInventory>,
     /// Highest plan epoch fully applied.
     pub applied_epoch: u64,
+    /// Profile points measured on this node at run time (latest per configuration); the
+    /// coordinator uses them in place of the registered rows at its next re-plan.
+    pub observed: Vec<ProfileRow>,
 }
 
 /// What a node did with a pushed plan.
@@ -198,6 +202,8 @@ pub struct ClusterStatus {
     pub state: ClusterState,
     /// Per node: last heartbeat age (ms), applied epoch, live GPUs, last plan outcome.
     pub nodes: Vec<NodeStatus>,
+    /// Profile points observed at run time and gossiped to the coordinator.
+    pub observed: Vec<ProfileRow>,
 }
 
 /// One node in [`ClusterStatus`].
@@ -425,6 +431,7 @@ mod tests {
                     gpus: vec![],
                     last_outcome: Some((7, ApplyOutcome::Failed { gpu: "GPU-1".into(), error: "e".into() })),
                 }],
+                observed: vec![],
             };
             for m in [
                 WireMessage::PlanPush {
