@@ -10,6 +10,7 @@
 //!   and its in-memory twin.
 //! * [`gpu`]: the GPU backend trait, the MIG/MPS simulator, the NVML backend, the pure plan
 //!   diff; [`node_plan`]: the node's epoch fencing, as a pure core.
+//! * [`dataplane`]: the data plane's pure cores (batching and dropping so far).
 //! * [`local`]: `jigsaw agent`, `up`, `down`, `status`, `app`; [`cli`] and [`config`]: the
 //!   command line and operator config.
 //!
@@ -19,6 +20,7 @@ pub mod actors;
 pub mod bench_mesh;
 pub mod cli;
 pub mod config;
+pub mod dataplane;
 pub mod gpu;
 pub mod local;
 pub mod node;

@@ -239,6 +239,8 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     let cluster = LocalCluster { nodes: local, ca_dir, local: true };
     cluster.save(&o.dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let d = o.dir.display();
+    let hint = format!("the agents are still running: logs in {d}/node-*.log; stop them with `jigsaw down --dir {d}`");
     rt.block_on(async {
         let op = Operator::for_dir(&o.dir)?;
         let t0 = Instant::now();
@@ -274,6 +276,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         writeln!(out, "next: jigsaw status --dir {0}   |   jigsaw down --dir {0}", o.dir.display())?;
         Ok(out)
     })
+    .with_context(|| hint)
 }
 
 /// Whether every alive member reports the committed epoch applied.
