@@ -35,7 +35,8 @@ use tokio::sync::watch;
 /// A GPU backend that can move between threads.
 pub type Backend = Box<dyn GpuBackend + Send>;
 
-/// What a node remembers across restarts: the last epoch it applied and its target.
+/// What a node remembers across restarts: the newest epoch it accepted and its target
+/// (written before the epoch is applied; re-applied on start).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedPlan {
     /// Epoch.
@@ -335,8 +336,12 @@ async fn ask<T: Send + 'static>(
 impl NodeState {
     async fn publish(&self) -> Result<(), ActorProcessingErr> {
         let mut inv = Vec::new();
-        for a in self.gpus.values() {
-            inv.push(ask(a, GpuMsg::Inventory).await?);
+        for (uuid, a) in &self.gpus {
+            // A GPU actor that just failed is skipped; its supervision event removes it.
+            match ask(a, GpuMsg::Inventory).await {
+                Ok(g) => inv.push(g),
+                Err(e) => tracing::warn!(gpu = %uuid, %e, "GPU actor did not answer; left out of the inventory"),
+            }
         }
         self.inventory.send_replace((self.core.applied_epoch(), inv));
         Ok(())
@@ -353,6 +358,16 @@ impl NodeState {
             }
         }
         let part = PlanPart { epoch, gpus: gpus.clone() };
+        if !self.core.would_accept(epoch) {
+            return ApplyOutcome::Stale { accepted: self.core.accepted_epoch() };
+        }
+        // Persist the accepted target before touching a GPU, so a crash mid-apply restarts
+        // into this epoch (re-applied), never into an older one.
+        if let Some(path) = &self.state_file {
+            if let Err(e) = (AppliedPlan { epoch, gpus: gpus.clone() }).save(path) {
+                return ApplyOutcome::Rejected { reason: format!("cannot persist the plan before applying it: {e}") };
+            }
+        }
         let cmds = match self.core.push(&part, &live) {
             Ok(c) => c,
             Err(crate::node_plan::PushRejected::Stale { accepted, .. }) => return ApplyOutcome::Stale { accepted },
@@ -381,13 +396,6 @@ impl NodeState {
                 NodeCommand::ReportFailed { gpu, error, .. } => {
                     outcome = ApplyOutcome::Failed { gpu, error };
                     queue.clear();
-                }
-            }
-        }
-        if outcome == ApplyOutcome::Applied {
-            if let Some(path) = &self.state_file {
-                if let Err(e) = (AppliedPlan { epoch, gpus }).save(path) {
-                    tracing::error!(%e, "could not persist the applied plan");
                 }
             }
         }
@@ -455,6 +463,7 @@ impl Actor for NodeAgent {
             if let Some(g) = gpu {
                 tracing::error!(gpu = %g, %err, "GPU actor failed; the GPU leaves this node's inventory");
                 st.gpus.remove(&g);
+                st.core.remove_gpu(&g);
                 st.publish().await?;
             }
         }

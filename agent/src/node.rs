@@ -91,6 +91,8 @@ type ObservedKey = (String, String, String, u8, u32);
 
 struct Shared<T: Transport> {
     name: String,
+    /// Voter names: only they may send Raft RPCs or push plans.
+    voters: Vec<String>,
     addr: String,
     eligible: bool,
     seeds: Vec<(String, String)>,
@@ -165,6 +167,12 @@ impl<T: Transport> Shared<T> {
 
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
         match msg {
+            WireMessage::Raft { .. } | WireMessage::PlanPush { .. } if !self.voters.iter().any(|v| peer.is(v)) => {
+                WireMessage::Error {
+                    message: "only coordinator-eligible nodes may send Raft RPCs or plans".into(),
+                    retry: false,
+                }
+            }
             WireMessage::Raft { rpc, body } => match &self.raft {
                 Some(r) => serve_rpc(r, rpc, &body).await,
                 None => {
@@ -190,7 +198,7 @@ impl<T: Transport> Shared<T> {
                 WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.state().epoch }
             }
             WireMessage::PlanPush { epoch, coordinator, gpus } => {
-                if !peer.is(&coordinator) {
+                if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
                     return WireMessage::Error {
                         message: format!(
                             "plan push claims coordinator `{coordinator}` but the certificate says otherwise"
@@ -258,7 +266,11 @@ impl<T: Transport> Shared<T> {
         let Some(raft) = &self.raft else { return };
         let m = raft.metrics().borrow().clone();
         let me = node_id(&self.name);
-        let leading = m.current_leader == Some(me) && m.state.is_leader();
+        // openraft 0.9 does not step a leader down when it loses its quorum; a leader cut off
+        // from the other voters stops acting as coordinator once its last quorum ack is older
+        // than the shortest election timeout (a new leader may exist by then).
+        let quorum_fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms < self.timing.election_ms.0);
+        let leading = m.current_leader == Some(me) && m.state.is_leader() && quorum_fresh;
         {
             let mut c = lock(&self.control);
             match (leading, c.is_some()) {
@@ -306,15 +318,24 @@ impl<T: Transport> Shared<T> {
                         .as_ref()
                         .map(|c| (c.live_layouts(), c.observed_profiles()))
                         .unwrap_or_default();
-                    let plan = (self.planner)(state, epoch, &live, &observed);
-                    tracing::info!(node = %self.name, epoch, apps = ?plan.apps, "plan computed");
                     let me = self.clone();
+                    let state = state.clone();
                     self.spawn(async move {
-                        if let Some(r) = &me.raft {
-                            match r.client_write(ClusterCommand::CommitPlan(plan)).await {
-                                Ok(o) => tracing::info!(node = %me.name, "{}", o.data.message),
-                                Err(e) => tracing::debug!(%e, "plan not committed"),
+                        // HiGHS runs for up to its time limit: keep it off the runtime's workers.
+                        let planner = me.planner.clone();
+                        let solved =
+                            tokio::task::spawn_blocking(move || planner(&state, epoch, &live, &observed)).await;
+                        match solved {
+                            Ok(plan) => {
+                                tracing::info!(node = %me.name, epoch, apps = ?plan.apps, "plan computed");
+                                if let Some(r) = &me.raft {
+                                    match r.client_write(ClusterCommand::CommitPlan(plan)).await {
+                                        Ok(o) => tracing::info!(node = %me.name, "{}", o.data.message),
+                                        Err(e) => tracing::debug!(%e, "plan not committed"),
+                                    }
+                                }
                             }
+                            Err(e) => tracing::error!(node = %me.name, epoch, %e, "the planner failed"),
                         }
                         if let Some(c) = lock(&me.control).as_mut() {
                             c.solve_done(&inputs);
@@ -338,8 +359,9 @@ impl<T: Transport> Shared<T> {
                                 None
                             }
                         };
+                        let now = me.now_ms();
                         if let Some(c) = lock(&me.control).as_mut() {
-                            c.push_done(&node, epoch, outcome);
+                            c.push_done(now, &node, epoch, outcome);
                         }
                     });
                 }
@@ -409,6 +431,16 @@ impl<T: Transport> Shared<T> {
 
 /// Check an app registration: the spec and profiles parse and agree on the name.
 pub fn validate_app(entry: &AppEntry) -> Result<(), String> {
+    const MAX_SPEC: usize = 256 * 1024;
+    const MAX_PROFILES: usize = 4 * 1024 * 1024;
+    if entry.spec_toml.len() > MAX_SPEC || entry.profiles_csv.len() > MAX_PROFILES {
+        return Err(format!(
+            "app `{}` is too large: spec {} bytes (limit {MAX_SPEC}), profiles {} bytes (limit {MAX_PROFILES})",
+            entry.name,
+            entry.spec_toml.len(),
+            entry.profiles_csv.len()
+        ));
+    }
     let app = AppSpec::parse(&entry.spec_toml, &format!("app `{}`", entry.name)).map_err(|e| e.to_string())?;
     if app.name != entry.name {
         return Err(format!("registration names app `{}` but the spec names `{}`", entry.name, app.name));
@@ -454,15 +486,19 @@ impl<T: Transport> NodeHandle<T> {
                 .map_err(|e| StartError::Startup(e.to_string()))?;
             let voters: BTreeMap<u64, RaftNode> =
                 spec.voters.iter().map(|(n, a)| (node_id(n), RaftNode { name: n.clone(), addr: a.clone() })).collect();
-            if let Err(e) = raft.initialize(voters).await {
-                // Already initialised (a restart): the log holds the membership.
-                tracing::debug!(%e, "raft initialize");
+            match raft.initialize(voters).await {
+                Ok(()) => {}
+                // Already initialised (a restart, or a peer initialised first): the log holds
+                // the membership.
+                Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Startup(format!("Raft initialisation: {e}"))),
             }
             (Some(raft), Some(sm))
         } else {
             (None, None)
         };
         let shared = Arc::new(Shared {
+            voters: spec.voters.iter().map(|(n, _)| n.clone()).collect(),
             name: spec.name,
             addr: spec.addr,
             eligible: spec.eligible,

@@ -8,8 +8,8 @@
 //! * an accepted push yields one [`NodeCommand::Apply`] per local GPU (GPUs the push does
 //!   not mention get an empty target) with the steps of [`plan_diff`];
 //! * the node reports [`NodeCommand::ReportApplied`] once every GPU of that epoch finished,
-//!   or [`NodeCommand::ReportFailed`] with the first failed step; a newer push supersedes an
-//!   epoch still being applied.
+//!   or [`NodeCommand::ReportFailed`] with the first failed step, after which the epoch may be
+//!   pushed again (a retry); a newer push supersedes an epoch still being applied.
 
 use crate::gpu::diff::{plan_diff, DiffError, LiveSegment, Step};
 use jigsaw_protocol::catalogue::GpuModel;
@@ -110,6 +110,17 @@ impl NodePlanCore {
         self.accepted
     }
 
+    /// A GPU left service (its actor failed): later plans neither target nor wait for it.
+    pub fn remove_gpu(&mut self, gpu: &str) {
+        self.gpus.remove(gpu);
+        self.pending.remove(gpu);
+    }
+
+    /// Whether `epoch` would be accepted now (newer than anything accepted).
+    pub fn would_accept(&self, epoch: u64) -> bool {
+        epoch > self.accepted
+    }
+
     /// A plan push arrived; `live` is each local GPU's current layout.
     pub fn push(
         &mut self,
@@ -146,6 +157,9 @@ impl NodePlanCore {
         match result {
             Err(error) => {
                 self.pending.clear();
+                // Reopen the epoch: the coordinator may push it again (a retry after a
+                // transient failure). The applied epoch is unchanged, so it never decreases.
+                self.accepted = self.applied;
                 vec![NodeCommand::ReportFailed { epoch, gpu: gpu.to_string(), error }]
             }
             Ok(()) => {

@@ -432,3 +432,39 @@ fn real_planner_cluster() {
     let instances: usize = plan.nodes.values().flat_map(|g| g.values()).map(Vec::len).sum();
     assert!(instances >= 2, "the plan runs segments: {plan:?}");
 }
+
+/// Only voters may send Raft RPCs or push plans: a non-voter agent's forged push (even one
+/// naming itself as coordinator) and vote request are refused, and nothing changes.
+#[test]
+fn non_voters_cannot_push_plans_or_vote() {
+    runtime().block_on(async {
+        let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
+        let root = std::env::temp_dir().join(format!("jigsaw-sim-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut sim = Sim {
+            sc,
+            seed: 1,
+            hub: SimHub::start(1, DEFAULT.link),
+            root: root.clone(),
+            planner: toy_planner(),
+            nodes: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        sim.start(0).await;
+        let rogue = SimTransport::new(sim.hub.clone(), "n1");
+        let t = Duration::from_secs(2);
+        for coordinator in ["n1", "n0"] {
+            let push =
+                WireMessage::PlanPush { epoch: u64::MAX, coordinator: coordinator.into(), gpus: BTreeMap::new() };
+            let r = rogue.request("n0", "", push, t).await.expect("reply");
+            assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{coordinator}: {r:?}");
+        }
+        let vote = WireMessage::Raft { rpc: jigsaw_protocol::wire::RaftRpc::Vote, body: b"{}".to_vec() };
+        let r = rogue.request("n0", "", vote, t).await.expect("reply");
+        assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{r:?}");
+        assert_eq!(sim.nodes[&0].applied().0, 0, "no plan was applied");
+        sim.crash(0).await;
+        let _ = std::fs::remove_dir_all(&root);
+    });
+}

@@ -17,10 +17,11 @@
 //!   the current ones and membership is settled (no proposal of this tick), ask for a solve
 //!   of epoch `epoch + 1`. A solve result that lost a race is rejected by the state machine
 //!   (epochs grow by exactly one), and the next tick asks again.
-//! * **Distribution.** Every alive member that has sent a heartbeat to this leader and has
-//!   not applied the committed epoch gets a push, one in flight per node, re-sent after
-//!   `push_timeout_ms`. A push answered with a failure is not repeated for the same epoch (the
-//!   node fences it as already accepted); the failure is kept for `status`.
+//! * **Distribution.** Once the committed plan is for the current inputs, every alive member
+//!   that has sent a heartbeat to this leader and has not applied its epoch gets a push, one in
+//!   flight per node. A push that failed, was refused, found the node busy or got no answer
+//!   is sent again after `retry_ms` (`push_timeout_ms` without an answer); the last outcome is
+//!   kept for `status`.
 //! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
 //!   per configuration is kept and handed to the planner at the next re-plan (observations
 //!   alone do not trigger one, so noisy measurements cannot make plans flap).
@@ -40,11 +41,13 @@ pub struct ControlConfig {
     pub propose_retry_ms: u64,
     /// Ask again for a solve whose result never arrived after this long, ms.
     pub solve_timeout_ms: u64,
+    /// Push an epoch again this long after a node reported it failed or still in progress, ms.
+    pub retry_ms: u64,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { push_timeout_ms: 10_000, propose_retry_ms: 2_000, solve_timeout_ms: 120_000 }
+        ControlConfig { push_timeout_ms: 10_000, propose_retry_ms: 2_000, solve_timeout_ms: 120_000, retry_ms: 5_000 }
     }
 }
 
@@ -89,6 +92,7 @@ pub struct Control {
     in_flight: BTreeMap<String, (u64, u64)>,
     acked: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
+    retry_at: BTreeMap<String, u64>,
     proposed: BTreeMap<String, (ClusterCommand, u64)>,
     solving: Option<(String, u64)>,
     observed: BTreeMap<(String, String, GpuModel, String, u8, u32), ProfileRow>,
@@ -104,6 +108,7 @@ impl Control {
             in_flight: BTreeMap::new(),
             acked: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            retry_at: BTreeMap::new(),
             proposed: BTreeMap::new(),
             solving: None,
             observed: BTreeMap::new(),
@@ -122,26 +127,30 @@ impl Control {
         self.seen.insert(hb.node.clone(), Seen { at_ms: now_ms, hb });
     }
 
-    /// A push finished: `Some(outcome)` from the node, `None` when it could not be reached.
-    pub fn push_done(&mut self, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) {
+    /// A push finished at `now_ms`: `Some(outcome)` from the node, `None` when it could not
+    /// be reached (re-sent after `push_timeout_ms`).
+    pub fn push_done(&mut self, now_ms: u64, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) {
         if self.in_flight.get(node).map(|f| f.0) == Some(epoch) {
             self.in_flight.remove(node);
         }
-        match outcome {
-            Some(ApplyOutcome::Applied) => {
+        let Some(outcome) = outcome else {
+            self.retry_at.insert(node.to_string(), now_ms + self.cfg.push_timeout_ms);
+            return;
+        };
+        match &outcome {
+            ApplyOutcome::Applied => {
                 let a = self.acked.entry(node.to_string()).or_default();
                 *a = (*a).max(epoch);
-                self.outcomes.insert(node.to_string(), (epoch, ApplyOutcome::Applied));
+                self.retry_at.remove(node);
             }
-            Some(ApplyOutcome::Stale { accepted }) => {
-                // The node is at or past this epoch already (a duplicate push).
-                let a = self.acked.entry(node.to_string()).or_default();
-                *a = (*a).max(accepted.min(epoch));
+            // Already past it, or still applying it (a duplicate push), or it failed or was
+            // refused: its heartbeats tell which; push again after a pause if still needed.
+            ApplyOutcome::Stale { .. } | ApplyOutcome::Failed { .. } | ApplyOutcome::Rejected { .. } => {
+                self.retry_at.insert(node.to_string(), now_ms + self.cfg.retry_ms);
             }
-            Some(o) => {
-                self.outcomes.insert(node.to_string(), (epoch, o));
-            }
-            None => {}
+        }
+        if !matches!(outcome, ApplyOutcome::Stale { .. }) {
+            self.outcomes.insert(node.to_string(), (epoch, outcome));
         }
     }
 
@@ -220,10 +229,11 @@ impl Control {
         }
         if out.is_empty() && wanted && self.solving.is_none() {
             self.solving = Some((inputs.clone(), now_ms));
-            out.push(Action::Solve { inputs, epoch: state.epoch + 1 });
+            out.push(Action::Solve { inputs: inputs.clone(), epoch: state.epoch + 1 });
         }
-        // Distribution of the committed plan.
-        if let Some(plan) = &state.plan {
+        // Distribution of the committed plan, once it is for the current inputs (a plan made
+        // before a node left or returned would wrongly empty or fill that node's GPUs).
+        if let Some(plan) = state.plan.as_ref().filter(|p| p.inputs == inputs) {
             for m in state.alive_members() {
                 match self.seen.get(&m.node) {
                     None => continue, // wait for its heartbeat: it tells what the node applied
@@ -233,9 +243,8 @@ impl Control {
                 if self.acked.get(&m.node).copied().unwrap_or(0) >= plan.epoch {
                     continue;
                 }
-                if matches!(self.outcomes.get(&m.node), Some((e, o)) if *e == plan.epoch && *o != ApplyOutcome::Applied)
-                {
-                    continue; // failed or refused: reported in status, not retried
+                if self.retry_at.get(&m.node).is_some_and(|&t| now_ms < t) {
+                    continue; // failed, refused, unreachable or busy: retried after a pause
                 }
                 if let Some((e, at)) = self.in_flight.get(&m.node) {
                     if *e >= plan.epoch && now_ms.saturating_sub(*at) < self.cfg.push_timeout_ms {
@@ -327,8 +336,8 @@ mod tests {
         let acts = c.tick(40, &st);
         assert_eq!(acts.iter().filter(|a| matches!(a, Action::Push { epoch: 1, .. })).count(), 2);
         assert!(c.tick(41, &st).is_empty(), "one push in flight per node");
-        c.push_done("a", 1, Some(ApplyOutcome::Applied));
-        c.push_done("b", 1, None);
+        c.push_done(41, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(41, "b", 1, None);
         let acts = c.tick(41 + 10_000, &st);
         // a is silent since t=10 and b too: both are marked down, nothing pushed or solved.
         assert!(acts.iter().all(|a| matches!(a, Action::Propose(ClusterCommand::MarkDown { .. }))), "{acts:?}");
@@ -358,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn failed_push_is_not_repeated_and_new_leader_grants_grace() {
+    fn failed_push_is_retried_after_a_pause_and_new_leader_grants_grace() {
         let mut st = ClusterState::default();
         let mut c = Control::new(ControlConfig::default(), 0);
         c.heartbeat(0, hb("a", 0));
@@ -371,11 +380,16 @@ mod tests {
             apps: vec![],
         }));
         assert_eq!(c.tick(1, &st).len(), 1);
-        c.push_done("a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));
-        assert!(c.tick(2, &st).is_empty());
-        assert!(matches!(c.status(2, &st)[0].last_outcome, Some((1, ApplyOutcome::Failed { .. }))));
+        c.push_done(2, "a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));
+        assert!(c.tick(3, &st).is_empty(), "no immediate retry");
+        assert!(matches!(c.status(3, &st)[0].last_outcome, Some((1, ApplyOutcome::Failed { .. }))));
+        c.heartbeat(4_000, hb("a", 0));
+        assert!(c.tick(4_000, &st).is_empty(), "still pausing");
+        let acts = c.tick(5_002, &st);
+        assert!(matches!(acts.as_slice(), [Action::Push { epoch: 1, .. }]), "retried after the pause: {acts:?}");
         // A new leader at t=100_000 does not declare `a` dead before a full period passes.
         let mut fresh = Control::new(ControlConfig::default(), 100_000);
+        // (the committed plan is current; nothing to push until `a` heartbeats this leader)
         assert!(fresh.tick(100_000 + 2_999, &st).is_empty());
         assert_eq!(fresh.tick(103_000, &st), vec![Action::Propose(ClusterCommand::MarkDown { node: "a".into() })]);
     }

@@ -7,8 +7,9 @@
 //! * [`store`]: durable log, vote and state machine in redb.
 //! * [`RaftNet`]: openraft's network over any [`Transport`]: each RPC is one
 //!   [`WireMessage::Raft`] request whose body is the JSON of openraft's request, answered by a
-//!   [`WireMessage::RaftReply`] holding the JSON of `Result<response, RaftError>`. A transport
-//!   failure is reported to openraft as `Unreachable`, so it backs off instead of spinning.
+//!   [`WireMessage::RaftReply`] holding the JSON of `Result<response, RaftError>`. A peer that
+//!   times out or cannot be reached is reported to openraft as `Unreachable`, so it backs off
+//!   instead of spinning; a broken stream as a network error (retried at once).
 //!
 //! Safety-relevant settings: every eligible node calls `initialize` with the same voter set
 //! from its config (safe in openraft when the sets are equal; a mismatch is refused by config
@@ -68,6 +69,9 @@ pub fn raft_config(election_min_ms: u64, election_max_ms: u64) -> openraft::Conf
         election_timeout_min: election_min_ms,
         election_timeout_max: election_max_ms,
         install_snapshot_timeout: 2_000,
+        // App registrations carry their profile tables (validated to at most a few MiB):
+        // keep one AppendEntries well inside the 16 MiB frame cap.
+        max_payload_entries: 4,
         ..Default::default()
     }
 }
@@ -123,9 +127,9 @@ impl<T: Transport> RaftClient<T> {
             Ok(other) => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
                 "unexpected reply to a Raft RPC: {other:?}"
             ))))),
-            Err(e @ (TransportError::Timeout(_) | TransportError::Stream(_))) => {
-                Err(RPCError::Network(NetworkError::new(&e)))
-            }
+            // A broken stream is worth an immediate retry; a peer that does not answer or
+            // cannot be reached gets openraft's back-off.
+            Err(e @ TransportError::Stream(_)) => Err(RPCError::Network(NetworkError::new(&e))),
             Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
         }
     }

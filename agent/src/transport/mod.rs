@@ -77,6 +77,11 @@ impl QuicNode {
         self.endpoint.connect(peer, server_name).map_err(|e| err(e.to_string()))?.await.map_err(|e| err(e.to_string()))
     }
 
+    /// The next incoming connection attempt, before its handshake (`None` once closed).
+    pub async fn accept_incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
     /// Accept the next incoming connection (`None` once the endpoint is closed).
     pub async fn accept(&self) -> Option<Result<quinn::Connection, TransportError>> {
         let incoming = self.endpoint.accept().await?;

@@ -67,13 +67,13 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct QuicTransport {
     node: QuicNode,
-    conns: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
 }
 
 impl QuicTransport {
     /// Wrap a bound endpoint.
     pub fn new(node: QuicNode) -> Arc<QuicTransport> {
-        Arc::new(QuicTransport { node, conns: tokio::sync::Mutex::new(HashMap::new()) })
+        Arc::new(QuicTransport { node, conns: Mutex::new(HashMap::new()) })
     }
 
     /// The bound address.
@@ -84,15 +84,17 @@ impl QuicTransport {
     /// Serve inbound connections until the endpoint closes: every stream is one request
     /// frame answered by `handler`. A bad frame closes that stream only.
     pub async fn serve(self: Arc<Self>, handler: Handler) {
-        while let Some(conn) = self.node.accept().await {
-            let Ok(conn) = conn else { continue }; // handshake failed (e.g. not from our CA)
-            let peer = conn
-                .peer_identity()
-                .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
-                .and_then(|certs| certs.first().cloned());
-            let Some(cert) = peer else { continue };
+        while let Some(incoming) = self.node.accept_incoming().await {
             let handler = handler.clone();
+            // Each handshake in its own task: a stalled or hostile handshake must not hold up
+            // the next connection.
             tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return }; // e.g. not from our CA
+                let peer = conn
+                    .peer_identity()
+                    .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+                    .and_then(|certs| certs.first().cloned());
+                let Some(cert) = peer else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let (handler, cert) = (handler.clone(), cert.clone());
                     tokio::spawn(async move {
@@ -117,19 +119,24 @@ impl QuicTransport {
 
     /// Wait until the closed endpoint's connections have drained.
     pub async fn wait_idle(&self) {
-        self.conns.lock().await.clear();
+        self.conns().clear();
         self.node.wait_idle().await;
     }
 
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<String, quinn::Connection>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn conn(&self, to: &str, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(to) {
+        if let Some(c) = self.conns().get(to) {
             if c.close_reason().is_none() && c.remote_address() == addr {
                 return Ok(c.clone());
             }
         }
+        // Dial without holding the map: a dead peer's handshake must not stall traffic to
+        // the others. Two concurrent dials to one peer both succeed; the later one is kept.
         let c = self.node.connect(addr, to).await?;
-        conns.insert(to.to_string(), c.clone());
+        self.conns().insert(to.to_string(), c.clone());
         Ok(c)
     }
 }
@@ -148,7 +155,7 @@ impl Transport for QuicTransport {
             match request(&conn, &msg).await {
                 Err(TransportError::Stream(_)) => {
                     // The cached connection may be dead (peer restarted): one fresh try.
-                    self.conns.lock().await.remove(to);
+                    self.conns().remove(to);
                     let conn = self.conn(to, sock).await?;
                     request(&conn, &msg).await
                 }
