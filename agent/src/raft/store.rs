@@ -92,6 +92,36 @@ fn get_json<T: for<'a> Deserialize<'a>>(
     }
 }
 
+/// Write several keys of one table in one durable transaction. With `only_if_newer`, the
+/// `snapshot` key is left alone when the stored snapshot covers a later log id (a snapshot
+/// built concurrently must not replace a newer installed one).
+fn put_snapshot(
+    db: &Db,
+    snapshot: &StoredSnapshot,
+    state: Option<&Applied>,
+    only_if_newer: bool,
+) -> Result<(), AnyError> {
+    let snap = serde_json::to_vec(snapshot).map_err(any)?;
+    let state = state.map(serde_json::to_vec).transpose().map_err(any)?;
+    let w = db.get()?.begin_write().map_err(any)?;
+    {
+        let mut t = w.open_table(SM).map_err(any)?;
+        let newer_stored = match t.get("snapshot").map_err(any)? {
+            Some(v) => serde_json::from_slice::<StoredSnapshot>(v.value())
+                .map(|old| old.meta.last_log_id > snapshot.meta.last_log_id)
+                .unwrap_or(false),
+            None => false,
+        };
+        if !(only_if_newer && newer_stored) {
+            t.insert("snapshot", snap.as_slice()).map_err(any)?;
+        }
+        if let Some(st) = &state {
+            t.insert("state", st.as_slice()).map_err(any)?;
+        }
+    }
+    w.commit().map_err(any)
+}
+
 fn put_json<T: Serialize>(db: &Db, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> Result<(), AnyError> {
     let bytes = serde_json::to_vec(value).map_err(any)?;
     let w = db.get()?.begin_write().map_err(any)?;
@@ -289,7 +319,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let meta = SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        put_json(&self.db, SM, "snapshot", &stored).map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        put_snapshot(&self.db, &stored, None, true).map_err(|e| StorageIOError::write_snapshot(None, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -346,9 +376,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         let a = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        put_json(&self.db, SM, "snapshot", &stored)
+        // Snapshot and state in one transaction: a crash cannot leave them apart.
+        put_snapshot(&self.db, &stored, Some(&a), false)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
-        self.persist(&a).map_err(StorageIOError::write_state_machine)?;
         if let Ok(mut g) = self.applied.lock() {
             *g = a;
         }
