@@ -338,10 +338,17 @@ fn is_agent(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.windows(5).any(|w| w == b"agent")).unwrap_or(false)
 }
 
-/// Send `signal` (`TERM`, `KILL`) to `pid`.
+/// Send `signal` (`TERM`, `KILL`) to `pid`; a process that is already gone is not an error.
 pub fn signal(pid: u32, signal: &str) -> Result<()> {
-    let st = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
-    if !st.success() {
+    if !alive(pid) {
+        return Ok(());
+    }
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !st.success() && alive(pid) {
         bail!("kill -{signal} {pid} failed");
     }
     Ok(())
