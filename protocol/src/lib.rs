@@ -11,6 +11,8 @@
 //! * [`plan`]: the plan the planner returns (documented for users in `docs/plan-json.md`).
 //! * [`cluster`]: the replicated cluster state (apps, members, plan and epoch) and the
 //!   commands of the Raft log that change it.
+//! * [`infer`]: the inference API's bodies (KServe Open Inference Protocol v2) and their
+//!   validation.
 //! * [`wire`]: the framed binary envelope (magic, version, size cap) used on the network.
 //!
 //! Errors are typed and name the field, line or byte offset that is wrong.
@@ -18,6 +20,7 @@
 pub mod app;
 pub mod catalogue;
 pub mod cluster;
+pub mod infer;
 pub mod plan;
 pub mod profile;
 pub mod wire;
