@@ -22,6 +22,7 @@ use jigsaw_agent::transport::sim::LinkConfig;
 use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::rng::SplitMix64;
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, WireMessage};
 use jigsaw_protocol::GpuModel;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,20 +30,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Rng(u64);
+struct Rng(SplitMix64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n)
     }
     fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        self.0.unit() <= p
     }
 }
 
@@ -285,7 +279,7 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
     for i in 0..sc.nodes {
         sim.start(i).await;
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let mut down: BTreeMap<usize, u64> = BTreeMap::new();
     let mut cuts: Vec<(usize, usize, u64)> = Vec::new();
     let steps = sc.fault_secs * 1000 / sc.step_ms;

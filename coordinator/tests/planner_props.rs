@@ -16,6 +16,7 @@ use jigsaw_coordinator::{HighsSolver, SearchSpace};
 use jigsaw_protocol::app::{AppSpec, Edge, ModelDesc, TaskSpec, VariantSpec};
 use jigsaw_protocol::catalogue::GpuModel;
 use jigsaw_protocol::profile::{ProfileRow, ProfileTable};
+use jigsaw_protocol::rng::SplitMix64;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -26,24 +27,17 @@ impl Clock for NoClock {
     }
 }
 
-/// splitmix64: a tiny seeded generator so a case is reproducible from its seed alone.
-struct Rng(u64);
+/// The shared splitmix64 generator, so a case is reproducible from its seed alone.
+struct Rng(SplitMix64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
     fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
     fn pick(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n as u64) as usize
     }
 }
 
@@ -54,7 +48,7 @@ fn model() -> ModelDesc {
 /// A random app: a chain or fork of 1–3 tasks with 1–3 variants each, and profiles.
 /// `single_point`: one (MPS, batch) per (task, variant, profile), for brute force.
 fn instance(seed: u64, single_point: bool, const_fanout: bool) -> (AppSpec, ProfileTable) {
-    let mut r = Rng(seed);
+    let mut r = Rng(SplitMix64::new(seed));
     let nt = 1 + r.pick(if single_point { 2 } else { 3 });
     let names = ["a", "b", "c"];
     let mut edges = Vec::new();

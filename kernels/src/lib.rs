@@ -13,6 +13,7 @@
 //! `libcuda.so` before the first call), safetensors loading, and layer graphs shaped after
 //! each variant's architecture class.
 
+use jigsaw_protocol::rng::SplitMix64;
 use thiserror::Error;
 
 /// A layer.
@@ -92,20 +93,10 @@ pub struct Model {
     pub layers: Vec<Layer>,
 }
 
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-scale, scale].
-    fn weight(&mut self, scale: f32) -> f32 {
-        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        (2.0 * u - 1.0) * scale
-    }
+/// Uniform in [-scale, scale] from the shared seeded generator.
+fn weight(rng: &mut SplitMix64, scale: f32) -> f32 {
+    let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+    (2.0 * u - 1.0) * scale
 }
 
 /// What [`Model::generated`] builds: a small CNN of `blocks` conv-ReLU-pool blocks.
@@ -124,15 +115,15 @@ pub struct Arch {
 impl Model {
     /// A model of `arch` with deterministic weights from `seed` (He-style uniform scale).
     pub fn generated(name: &str, arch: Arch, seed: u64) -> Model {
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut layers = Vec::new();
         let mut c = arch.cin;
         for i in 0..arch.blocks {
             let cout = arch.width << i;
             let k = 3;
             let scale = (6.0 / (c * k * k) as f32).sqrt();
-            let w = (0..cout * c * k * k).map(|_| rng.weight(scale)).collect();
-            let b = (0..cout).map(|_| rng.weight(0.01)).collect();
+            let w = (0..cout * c * k * k).map(|_| weight(&mut rng, scale)).collect();
+            let b = (0..cout).map(|_| weight(&mut rng, 0.01)).collect();
             layers.push(Layer::Conv2d { cin: c, cout, k, stride: 1, pad: 1, w, b });
             layers.push(Layer::Relu);
             layers.push(Layer::MaxPool { k: 2 });
@@ -140,8 +131,8 @@ impl Model {
         }
         layers.push(Layer::GlobalAvgPool);
         let scale = (6.0 / c as f32).sqrt();
-        let w = (0..arch.classes * c).map(|_| rng.weight(scale)).collect();
-        let b = (0..arch.classes).map(|_| rng.weight(0.01)).collect();
+        let w = (0..arch.classes * c).map(|_| weight(&mut rng, scale)).collect();
+        let b = (0..arch.classes).map(|_| weight(&mut rng, 0.01)).collect();
         layers.push(Layer::Dense { din: c, dout: arch.classes, w, b });
         Model { name: name.to_string(), layers }
     }

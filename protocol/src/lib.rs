@@ -13,6 +13,7 @@
 //!   commands of the Raft log that change it.
 //! * [`infer`]: the inference API's bodies (KServe Open Inference Protocol v2) and their
 //!   validation.
+//! * [`rng`]: the seeded splitmix64 generator shared by everything that replays a seed.
 //! * [`wire`]: the framed binary envelope (magic, version, size cap) used on the network.
 //!
 //! Errors are typed and name the field, line or byte offset that is wrong.
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod infer;
 pub mod plan;
 pub mod profile;
+pub mod rng;
 pub mod wire;
 
 pub use app::{AppError, AppSpec, TaskSpec, VariantSpec};

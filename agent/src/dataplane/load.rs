@@ -45,14 +45,8 @@ impl Outcome {
 /// Arrival offsets (µs from the start) of an open-loop Poisson process at `rps` for
 /// `duration_us`, drawn from `seed`.
 pub fn poisson_arrivals(seed: u64, rps: f64, duration_us: u64) -> Vec<u64> {
-    let mut state = seed ^ 0xA076_1D64_78BD_642F;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = jigsaw_protocol::rng::SplitMix64::new(seed ^ 0xA076_1D64_78BD_642F);
+    let mut next = || rng.next_u64();
     let mut out = Vec::new();
     if !(rps.is_finite() && rps > 0.0) {
         return out;

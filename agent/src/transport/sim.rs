@@ -7,6 +7,7 @@
 //! differ (as separate QUIC streams may be); a cut link drops everything sent while it is
 //! cut, and messages already in flight on it are lost too.
 
+use jigsaw_protocol::rng::SplitMix64;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// A node id in the simulation.
@@ -72,7 +73,7 @@ pub struct NetStats {
 /// The simulated network.
 #[derive(Debug)]
 pub struct SimNet<M> {
-    rng: u64,
+    rng: SplitMix64,
     default_link: LinkConfig,
     links: BTreeMap<(NodeId, NodeId), LinkConfig>,
     cut: BTreeSet<(NodeId, NodeId)>,
@@ -85,7 +86,7 @@ impl<M> SimNet<M> {
     /// A network whose links all behave as `default_link`, seeded by `seed`.
     pub fn new(seed: u64, default_link: LinkConfig) -> SimNet<M> {
         SimNet {
-            rng: seed ^ 0x5DEE_CE66_D1CE_5EED,
+            rng: SplitMix64::new(seed ^ 0x5DEE_CE66_D1CE_5EED),
             default_link,
             links: BTreeMap::new(),
             cut: BTreeSet::new(),
@@ -96,12 +97,7 @@ impl<M> SimNet<M> {
     }
 
     fn next(&mut self) -> u64 {
-        // splitmix64
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// Configure the directed link `from → to`.
