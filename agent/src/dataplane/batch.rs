@@ -30,13 +30,22 @@ pub struct Request {
     pub weight: u32,
 }
 
-/// Why a request was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a request was dropped (the two dropping rules of the paper, §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DropReason {
     /// It cannot meet its deadline any more.
     Early,
     /// No instance picked it up in time because every instance was busy.
     Stale,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropReason::Early => "early",
+            DropReason::Stale => "stale",
+        })
+    }
 }
 
 /// What the shell must do.
