@@ -11,7 +11,7 @@
 //! Supervision: GPU actors are linked to the node agent and segment actors to their GPU
 //! actor. A segment actor that fails is restarted by its GPU actor with the instance's
 //! current assignment (its workers are re-attached by the next plan step; the data-plane
-//! issue adds the worker processes it supervises). A GPU actor that fails takes its GPU out
+//! issue's workers are attached through the data plane, see [`SegmentActor`]). A GPU actor that fails takes its GPU out
 //! of service: the node agent drops it from the inventory it reports, so the coordinator's
 //! next plan excludes it, and plan pushes naming it are rejected.
 //!
@@ -19,6 +19,7 @@
 //! (the cluster simulation does that). Raft, the transport and the coordinator loop are plain
 //! tokio tasks of [`crate::node`], which talk to the tree through [`NodeMsg`].
 
+use crate::dataplane::plane::{Attachment, Segments};
 use crate::gpu::diff::{apply, Assignment, LiveSegment, Step};
 use crate::gpu::GpuBackend;
 use crate::node_plan::{NodeCommand, NodePlanCore, PlanPart};
@@ -29,6 +30,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -75,33 +77,63 @@ pub enum SegmentMsg {
     Describe(RpcReplyPort<InstancePlan>),
 }
 
-/// One live MIG instance and what runs on it.
+/// Arguments of a [`SegmentActor`].
+pub struct SegmentArgs {
+    /// What the instance runs.
+    pub plan: InstancePlan,
+    /// The GPU's UUID.
+    pub gpu: String,
+    /// The node's data plane, which starts the instance's workers (`None`: no workers).
+    pub segments: Option<Arc<dyn Segments>>,
+}
+
+/// State of a [`SegmentActor`]: the assignment and the attachment that keeps its workers
+/// running (dropped, and the workers stopped, when the actor stops).
+pub struct SegmentState {
+    plan: InstancePlan,
+    gpu: String,
+    segments: Option<Arc<dyn Segments>>,
+    attachment: Option<Attachment>,
+}
+
+impl SegmentState {
+    fn attach(&mut self) {
+        self.attachment = None; // stop the old workers first
+        self.attachment = self.segments.as_ref().filter(|_| self.plan.mps > 0).map(|s| s.attach(&self.gpu, &self.plan));
+    }
+}
+
+/// One live MIG instance and what runs on it: it owns the instance's workers through its
+/// data-plane attachment (each worker is supervised and restarted by its supervisor task).
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentActor;
 
 impl Actor for SegmentActor {
     type Msg = SegmentMsg;
-    type State = InstancePlan;
-    type Arguments = InstancePlan;
+    type State = SegmentState;
+    type Arguments = SegmentArgs;
 
-    async fn pre_start(
-        &self,
-        _me: ActorRef<SegmentMsg>,
-        args: InstancePlan,
-    ) -> Result<InstancePlan, ActorProcessingErr> {
-        Ok(args)
+    async fn pre_start(&self, _me: ActorRef<SegmentMsg>, args: SegmentArgs) -> Result<SegmentState, ActorProcessingErr> {
+        let mut st = SegmentState { plan: args.plan, gpu: args.gpu, segments: args.segments, attachment: None };
+        st.attach();
+        Ok(st)
     }
 
     async fn handle(
         &self,
         _me: ActorRef<SegmentMsg>,
         msg: SegmentMsg,
-        state: &mut InstancePlan,
+        state: &mut SegmentState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SegmentMsg::Assign(p) => *state = p,
+            SegmentMsg::Assign(p) => {
+                if p != state.plan {
+                    state.plan = p;
+                    state.attach();
+                }
+            }
             SegmentMsg::Describe(reply) => {
-                let _ = reply.send(state.clone());
+                let _ = reply.send(state.plan.clone());
             }
         }
         Ok(())
@@ -134,12 +166,15 @@ pub struct GpuArgs {
     pub backend: Backend,
     /// Sleep for the backend's reconfiguration latency after each create/destroy (simulator).
     pub simulate_latency: bool,
+    /// The node's data plane (segment actors attach their workers to it).
+    pub segments: Option<Arc<dyn Segments>>,
 }
 
 /// State of a [`GpuActor`].
 pub struct GpuState {
     backend: Backend,
     simulate_latency: bool,
+    plane: Option<Arc<dyn Segments>>,
     work: BTreeMap<u8, InstancePlan>,
     segments: BTreeMap<u8, ActorRef<SegmentMsg>>,
 }
@@ -177,6 +212,7 @@ impl GpuState {
                         batch: 0,
                         p95_ms: 0.0,
                         throughput_rps: 0.0,
+                        app: String::new(),
                     },
                 )
             })
@@ -198,7 +234,12 @@ impl GpuState {
             match self.segments.get(start) {
                 Some(a) => a.send_message(SegmentMsg::Assign(w.clone()))?,
                 None => {
-                    let (a, _) = Actor::spawn_linked(None, SegmentActor, w.clone(), me.get_cell()).await?;
+                    let args = SegmentArgs {
+                        plan: w.clone(),
+                        gpu: self.backend.uuid().to_string(),
+                        segments: self.plane.clone(),
+                    };
+                    let (a, _) = Actor::spawn_linked(None, SegmentActor, args, me.get_cell()).await?;
                     self.segments.insert(*start, a);
                 }
             }
@@ -216,6 +257,7 @@ impl Actor for GpuActor {
         Ok(GpuState {
             backend: args.backend,
             simulate_latency: args.simulate_latency,
+            plane: args.segments,
             work: BTreeMap::new(),
             segments: BTreeMap::new(),
         })
@@ -312,6 +354,8 @@ pub struct NodeArgs {
     pub state_file: Option<PathBuf>,
     /// Inventory and applied epoch are published here.
     pub inventory: watch::Sender<(u64, Vec<GpuInventory>)>,
+    /// The node's data plane (`None`: segments run no workers).
+    pub segments: Option<Arc<dyn Segments>>,
 }
 
 /// State of the [`NodeAgent`].
@@ -413,7 +457,8 @@ impl Actor for NodeAgent {
         let mut gpus = BTreeMap::new();
         for b in args.gpus {
             let (uuid, model) = (b.uuid().to_string(), b.model());
-            let gargs = GpuArgs { backend: b, simulate_latency: args.simulate_latency };
+            let gargs =
+                GpuArgs { backend: b, simulate_latency: args.simulate_latency, segments: args.segments.clone() };
             let (a, _) = Actor::spawn_linked(None, GpuActor, gargs, me.get_cell()).await?;
             models.insert(uuid.clone(), model);
             gpus.insert(uuid, a);

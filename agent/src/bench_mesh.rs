@@ -77,6 +77,8 @@ impl Bench {
             planner: highs_planner(PlannerConfig::default()),
             gpus,
             simulate_latency: true,
+            launcher: None,
+            max_in_flight: 4096,
         };
         let t = transport.clone();
         let h = NodeHandle::start(spec, transport.clone(), move |handler| Some(tokio::spawn(t.serve(handler)))).await?;

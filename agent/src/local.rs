@@ -513,6 +513,8 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             planner: highs_planner(planner),
             gpus,
             simulate_latency: simulate,
+            launcher: None,
+            max_in_flight: 4096,
         };
         let t = transport.clone();
         let handle = NodeHandle::start(spec, transport.clone(), move |h| Some(tokio::spawn(t.serve(h)))).await?;

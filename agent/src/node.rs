@@ -15,6 +15,8 @@
 //! Time comes from tokio's clock, so the simulation's paused clock drives everything.
 
 use crate::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
+use crate::dataplane::plane::{DataPlane, LocalPlane, PlaneConfig, Segments};
+use crate::dataplane::worker::{ExecutorKind, InProcessLauncher, Launcher};
 use crate::raft::store::{self, StateMachine};
 use crate::raft::{node_id, raft_config, serve_rpc, Raft, RaftNet, RaftNode};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
@@ -22,6 +24,7 @@ use jigsaw_coordinator::cluster_plan::{plan_cluster, LiveLayouts};
 use jigsaw_coordinator::control::{Action, Control, ControlConfig};
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
 use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterPlan, ClusterState, GpuInventory};
+use jigsaw_protocol::route::StageReply;
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
 use jigsaw_protocol::{AppSpec, ProfileRow, ProfileTable};
 use ractor::{Actor, ActorRef};
@@ -84,6 +87,11 @@ pub struct NodeSpec {
     pub gpus: Vec<Backend>,
     /// Sleep for simulated reconfiguration latency.
     pub simulate_latency: bool,
+    /// Starts the segment instances' workers (`None`: in-process workers with the timed
+    /// executor, the simulator's default).
+    pub launcher: Option<Arc<dyn Launcher>>,
+    /// Requests this node's frontend runs at once before answering 429.
+    pub max_in_flight: usize,
 }
 
 /// (task, variant, MIG profile, MPS level, batch) of an observed profile point.
@@ -112,6 +120,8 @@ struct Shared<T: Transport> {
     kick: tokio::sync::Notify,
     /// Tasks spawned for proposals, solves and pushes; aborted when the node stops.
     spawned: Mutex<tokio::task::JoinSet<()>>,
+    /// The data plane (frontend and local instances).
+    plane: Arc<DataPlane<T>>,
 }
 
 /// A running node.
@@ -197,7 +207,12 @@ impl<T: Transport> Shared<T> {
                 let coordinator = if accepted { Some((self.name.clone(), self.addr.clone())) } else { self.hint() };
                 WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.state().epoch }
             }
-            WireMessage::PlanPush { epoch, coordinator, gpus } => {
+            WireMessage::Stage(req) => {
+                let (id, item) = (req.id, req.item);
+                let outcome = self.plane.local().serve_stage(req).await;
+                WireMessage::StageReply(StageReply { id, item, outcome })
+            }
+            WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
                     return WireMessage::Error {
                         message: format!(
@@ -205,6 +220,10 @@ impl<T: Transport> Shared<T> {
                         ),
                         retry: false,
                     };
+                }
+                // Routes first, so segments the plan creates find their app's description.
+                if routes.epoch == epoch {
+                    self.plane.local().set_routes(routes);
                 }
                 match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, reply }) {
                     Ok(outcome) => WireMessage::PlanReport { node: self.name.clone(), epoch, outcome },
@@ -343,10 +362,11 @@ impl<T: Transport> Shared<T> {
                         me.kick.notify_one(); // push the new plan now, not at the next tick
                     });
                 }
-                Action::Push { node, addr, epoch, gpus } => {
+                Action::Push { node, addr, epoch, gpus, routes } => {
                     let me = self.clone();
                     self.spawn(async move {
-                        let msg = WireMessage::PlanPush { epoch, coordinator: me.name.clone(), gpus };
+                        let routes = (*routes).clone();
+                        let msg = WireMessage::PlanPush { epoch, coordinator: me.name.clone(), gpus, routes };
                         let timeout = Duration::from_millis(me.timing.push_timeout_ms);
                         let outcome = match me.transport.request(&node, &addr, msg, timeout).await {
                             Ok(WireMessage::PlanReport { outcome, .. }) => Some(outcome),
@@ -469,11 +489,20 @@ impl<T: Transport> NodeHandle<T> {
         std::fs::create_dir_all(&spec.data_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", spec.data_dir.display())))?;
         let (inv_tx, inv_rx) = watch::channel((0, Vec::new()));
+        let launcher = spec.launcher.unwrap_or_else(|| Arc::new(InProcessLauncher(ExecutorKind::Timed)));
+        let pcfg = PlaneConfig {
+            max_in_flight: spec.max_in_flight,
+            routes_file: Some(spec.data_dir.join("routes.json")),
+            ..PlaneConfig::default()
+        };
+        let local = LocalPlane::new(pcfg, launcher);
+        let plane = DataPlane::new(&spec.name, local.clone(), transport.clone());
         let args = NodeArgs {
             gpus: spec.gpus,
             simulate_latency: spec.simulate_latency,
             state_file: Some(spec.data_dir.join("applied-plan.json")),
             inventory: inv_tx,
+            segments: Some(local as Arc<dyn Segments>),
         };
         let (agent, _) = Actor::spawn(None, NodeAgent, args).await.map_err(|e| StartError::Startup(e.to_string()))?;
         let (raft, sm) = if spec.eligible {
@@ -516,6 +545,7 @@ impl<T: Transport> NodeHandle<T> {
             observed: Mutex::new(BTreeMap::new()),
             kick: tokio::sync::Notify::new(),
             spawned: Mutex::new(tokio::task::JoinSet::new()),
+            plane,
         });
         let h = shared.clone();
         let handler: Handler =
@@ -536,6 +566,11 @@ impl<T: Transport> NodeHandle<T> {
         for r in rows {
             o.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
         }
+    }
+
+    /// The node's data plane (its inference frontend).
+    pub fn plane(&self) -> Arc<DataPlane<T>> {
+        self.shared.plane.clone()
     }
 
     /// Node id.

@@ -193,6 +193,7 @@ mod tests {
             batch: 4,
             p95_ms: 1.0,
             throughput_rps: 1.0,
+            app: String::new(),
         }
     }
 

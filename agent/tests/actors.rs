@@ -61,6 +61,7 @@ fn inst(profile: &str, start: u8, task: &str) -> InstancePlan {
         batch: 8,
         p95_ms: 1.0,
         throughput_rps: 1.0,
+        app: String::new(),
     }
 }
 
@@ -68,7 +69,7 @@ type Inventory = watch::Receiver<(u64, Vec<GpuInventory>)>;
 
 async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<NodeMsg>, Inventory) {
     let (tx, rx) = watch::channel((0, Vec::new()));
-    let args = NodeArgs { gpus, simulate_latency: false, state_file: Some(state_file.to_path_buf()), inventory: tx };
+    let args = NodeArgs { gpus, simulate_latency: false, state_file: Some(state_file.to_path_buf()), inventory: tx, segments: None };
     let (a, _) = Actor::spawn(None, NodeAgent, args).await.expect("spawn node agent");
     (a, rx)
 }

@@ -82,6 +82,7 @@ fn inst(profile: &str, start: u8, slices: u8, task: &str, mps: u8) -> InstancePl
         batch: 8,
         p95_ms: 1.0,
         throughput_rps: 1.0,
+        app: String::new(),
     }
 }
 
@@ -158,6 +159,8 @@ impl Sim {
             planner: self.planner.clone(),
             gpus: gpus(i, self.sc.gpus_per_node, self.seed),
             simulate_latency: true,
+            launcher: None,
+            max_in_flight: 4096,
         }
     }
 
@@ -450,7 +453,12 @@ fn non_voters_cannot_push_plans_or_vote() {
         let t = Duration::from_secs(2);
         for coordinator in ["n1", "n0"] {
             let push =
-                WireMessage::PlanPush { epoch: u64::MAX, coordinator: coordinator.into(), gpus: BTreeMap::new() };
+                WireMessage::PlanPush {
+                    epoch: u64::MAX,
+                    coordinator: coordinator.into(),
+                    gpus: BTreeMap::new(),
+                    routes: Default::default(),
+                };
             let r = rogue.request("n0", "", push, t).await.expect("reply");
             assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{coordinator}: {r:?}");
         }

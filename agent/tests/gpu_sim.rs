@@ -48,6 +48,7 @@ fn inst(profile: &str, start: u8, task: &str, mps: u8) -> InstancePlan {
         batch: 8,
         p95_ms: 1.0,
         throughput_rps: 1.0,
+        app: String::new(),
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             batch: 8,
             p95_ms: 1.0,
             throughput_rps: 1.0,
+            app: String::new(),
         }
     }
 

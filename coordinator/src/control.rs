@@ -28,6 +28,8 @@
 
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::route::RoutingTable;
+use crate::routing::routing_table;
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
@@ -74,6 +76,8 @@ pub enum Action {
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// The epoch's routing table (shared by every push of the epoch).
+        routes: std::sync::Arc<RoutingTable>,
     },
 }
 
@@ -96,6 +100,7 @@ pub struct Control {
     proposed: BTreeMap<String, (ClusterCommand, u64)>,
     solving: Option<(String, u64)>,
     observed: BTreeMap<(String, String, GpuModel, String, u8, u32), ProfileRow>,
+    routes: Option<std::sync::Arc<RoutingTable>>,
 }
 
 impl Control {
@@ -112,6 +117,7 @@ impl Control {
             proposed: BTreeMap::new(),
             solving: None,
             observed: BTreeMap::new(),
+            routes: None,
         }
     }
 
@@ -234,6 +240,10 @@ impl Control {
         // Distribution of the committed plan, once it is for the current inputs (a plan made
         // before a node left or returned would wrongly empty or fill that node's GPUs).
         if let Some(plan) = state.plan.as_ref().filter(|p| p.inputs == inputs) {
+            if self.routes.as_ref().is_none_or(|r| r.epoch != plan.epoch) {
+                self.routes = Some(std::sync::Arc::new(routing_table(state, plan)));
+            }
+            let routes = self.routes.clone().unwrap_or_default();
             for m in state.alive_members() {
                 match self.seen.get(&m.node) {
                     None => continue, // wait for its heartbeat: it tells what the node applied
@@ -257,6 +267,7 @@ impl Control {
                     addr: m.addr.clone(),
                     epoch: plan.epoch,
                     gpus: plan.nodes.get(&m.node).cloned().unwrap_or_default(),
+                    routes: routes.clone(),
                 });
             }
         }

@@ -23,6 +23,7 @@ pub mod control;
 pub mod evaluate;
 pub mod milp;
 pub mod planner;
+pub mod routing;
 pub mod spaces;
 pub mod synth;
 

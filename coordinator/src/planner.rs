@@ -1091,6 +1091,7 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
                 batch: pt.batch,
                 p95_ms: pt.l,
                 throughput_rps: pt.h,
+                app: app.name.clone(),
             });
         }
     }

@@ -25,7 +25,9 @@ pub mod infer;
 pub mod plan;
 pub mod profile;
 pub mod rng;
+pub mod route;
 pub mod wire;
+pub mod worker;
 
 pub use app::{AppError, AppSpec, TaskSpec, VariantSpec};
 pub use catalogue::{GpuModel, GpuSpec, Layout, MigProfile, MPS_LEVELS};

@@ -26,6 +26,9 @@ pub struct InstancePlan {
     pub p95_ms: f64,
     /// Profiled segment throughput, items/s.
     pub throughput_rps: f64,
+    /// Application served (empty in single-app plans written before this field existed).
+    #[serde(default)]
+    pub app: String,
 }
 
 /// One physical GPU of the plan.

@@ -16,13 +16,14 @@
 use crate::cluster::{AppEntry, ClusterState, GpuInventory};
 use crate::plan::InstancePlan;
 use crate::profile::ProfileRow;
+use crate::route::{RoutingTable, StageReply, StageRequest};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -50,6 +51,8 @@ pub enum WireMessage {
         coordinator: String,
         /// Target instances per local GPU UUID; GPUs not named get an empty target.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// The whole cluster's routing table of this epoch (every node routes with it).
+        routes: RoutingTable,
     },
     /// What a node did with a pushed epoch.
     PlanReport {
@@ -96,6 +99,11 @@ pub enum WireMessage {
         /// Retry (possibly elsewhere) vs. give up.
         retry: bool,
     },
+    /// One item of an inference request for a task instance on the receiver.
+    /// Reply: [`WireMessage::StageReply`].
+    Stage(StageRequest),
+    /// Reply to [`WireMessage::Stage`].
+    StageReply(StageReply),
 }
 
 /// The Raft RPCs.
@@ -264,26 +272,42 @@ fn config() -> impl bincode::config::Config {
 
 /// Encode one message as a frame.
 pub fn encode_frame(msg: &WireMessage) -> Result<Vec<u8>, FrameError> {
+    encode_with(MAGIC, msg)
+}
+
+/// Parse and check a header; returns the body length.
+pub fn decode_header(buf: &[u8]) -> Result<usize, FrameError> {
+    decode_header_with(MAGIC, buf)
+}
+
+/// Decode one frame from the front of `buf`; returns the message and the bytes consumed.
+pub fn decode_frame(buf: &[u8]) -> Result<(WireMessage, usize), FrameError> {
+    decode_with(MAGIC, buf)
+}
+
+/// Encode `msg` as a frame with `magic` (the same envelope serves other channels, such as
+/// the agent-to-worker pipe of [`crate::worker`]).
+pub fn encode_with<T: Serialize>(magic: [u8; 4], msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| FrameError::Body(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge { len: body.len() });
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-/// Parse and check a header; returns the body length.
-pub fn decode_header(buf: &[u8]) -> Result<usize, FrameError> {
+/// Check a header expected to carry `magic`; returns the body length.
+pub fn decode_header_with(magic: [u8; 4], buf: &[u8]) -> Result<usize, FrameError> {
     if buf.len() < HEADER_LEN {
         return Err(FrameError::Incomplete { need: HEADER_LEN, have: buf.len() });
     }
-    let magic = [buf[0], buf[1], buf[2], buf[3]];
-    if magic != MAGIC {
-        return Err(FrameError::Magic { got: magic });
+    let got = [buf[0], buf[1], buf[2], buf[3]];
+    if got != magic {
+        return Err(FrameError::Magic { got });
     }
     let version = u16::from_le_bytes([buf[4], buf[5]]);
     if version != VERSION {
@@ -296,15 +320,15 @@ pub fn decode_header(buf: &[u8]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Decode one frame from the front of `buf`; returns the message and the bytes consumed.
-pub fn decode_frame(buf: &[u8]) -> Result<(WireMessage, usize), FrameError> {
-    let len = decode_header(buf)?;
+/// Decode one `magic` frame from the front of `buf`; returns the message and the bytes used.
+pub fn decode_with<T: serde::de::DeserializeOwned>(magic: [u8; 4], buf: &[u8]) -> Result<(T, usize), FrameError> {
+    let len = decode_header_with(magic, buf)?;
     let total = HEADER_LEN + len;
     if buf.len() < total {
         return Err(FrameError::Incomplete { need: total, have: buf.len() });
     }
     let body = &buf[HEADER_LEN..total];
-    let (msg, used): (WireMessage, usize) =
+    let (msg, used): (T, usize) =
         bincode::serde::decode_from_slice(body, config()).map_err(|e| FrameError::Body(e.to_string()))?;
     if used != body.len() {
         return Err(FrameError::Trailing(body.len() - used));
@@ -388,6 +412,7 @@ mod tests {
                     batch: 8,
                     p95_ms: 9.0,
                     throughput_rps: 12.0,
+                    app: String::new(),
                 }],
             }],
             stats: SolveStats {
@@ -438,6 +463,7 @@ mod tests {
                     epoch: 7,
                     coordinator: "n1".into(),
                     gpus: [("GPU-1".to_string(), p.gpus[0].instances.clone())].into(),
+                    routes: crate::route::RoutingTable { epoch: 7, apps: vec![] },
                 },
                 WireMessage::ClientReply(ClientReply::Status(Box::new(status))),
             ] {
@@ -474,21 +500,59 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
+    /// The version-3 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v3-*`).
+    fn seeds() -> Vec<(&'static str, WireMessage)> {
+        use crate::route::{StageOutcome, StageReply, StageRequest};
+        vec![
+            ("v3-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v3-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            (
+                "v3-stage",
+                WireMessage::Stage(StageRequest {
+                    id: 7,
+                    item: 1,
+                    app: "traffic".into(),
+                    task: "detect".into(),
+                    gpu: "GPU-1".into(),
+                    start: 4,
+                    budget_us: 650_000,
+                    input: vec![0.5, -1.0, 2.0],
+                }),
+            ),
+            (
+                "v3-stage-reply",
+                WireMessage::StageReply(StageReply {
+                    id: 7,
+                    item: 1,
+                    outcome: StageOutcome::Done { output: vec![1.0, 2.0], variant: "yolov5s".into(), stage_us: 812 },
+                }),
+            ),
+            (
+                "v3-plan-push",
+                WireMessage::PlanPush {
+                    epoch: 3,
+                    coordinator: "n1".into(),
+                    gpus: BTreeMap::new(),
+                    routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
+                },
+            ),
+            ("v3-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+        ]
+    }
+
+    /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_2_seeds_decode_and_round_trip() {
+    fn version_3_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
-        let mut n = 0;
-        for e in std::fs::read_dir(dir).expect("regressions dir") {
-            let path = e.expect("entry").path();
-            if !path.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with("v2-")) {
-                continue;
+        if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
+            for (name, m) in seeds() {
+                std::fs::write(format!("{dir}/{name}"), encode_frame(&m).expect("encodes")).expect("write seed");
             }
-            let bytes = std::fs::read(&path).expect("read seed");
-            let (msg, used) = decode_frame(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(used, bytes.len());
-            assert_eq!(encode_frame(&msg).expect("encodes"), bytes, "{}", path.display());
-            n += 1;
         }
-        assert!(n >= 6, "expected the v2 seeds, found {n}");
+        for (name, m) in seeds() {
+            let bytes = std::fs::read(format!("{dir}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (msg, used) = decode_frame(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((msg, used), (m, bytes.len()), "{name}");
+        }
     }
 }

@@ -8,6 +8,9 @@
 
 pub mod batch;
 pub mod load;
+pub mod plane;
+pub mod pool;
+pub mod worker;
 
 use crate::transport::net::BoxFuture;
 use batch::DropReason;

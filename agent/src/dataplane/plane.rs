@@ -1,0 +1,565 @@
+//! A node's data plane: its local instances (backend) and request routing (frontend).
+//!
+//! * [`LocalPlane`] (transport-free): the routing table this node has, the segment
+//!   instances the actor tree attached ([`Segments::attach`], called by each segment actor),
+//!   and one [`Pool`] of workers per instance; [`LocalPlane::serve_stage`] runs one item on a
+//!   local instance.
+//! * [`DataPlane`]: the frontend. Every node is one: it implements [`Inference`] for the
+//!   HTTP API, gives each request an id and a deadline, sends each item to an instance
+//!   chosen by the plan's weights (in-process when the instance is local, a QUIC
+//!   [`WireMessage::Stage`] otherwise), fans out per the graph, joins, and answers — or says
+//!   why not ([`ServeError`]). It routes with the last table it received and never waits on
+//!   the coordinator.
+//!
+//! Synthetic parts, labelled: a child task's input is the request's own input (a stand-in
+//! for a crop of each detected object), and the number of objects a stage emits toward a
+//! child is `floor(F) + Bernoulli(frac(F))` for the variant's registered fan-out `F`, drawn
+//! from the request id (so the planner's fan-out model holds on average).
+
+use super::batch::{DropReason, QueueConfig};
+use super::pool::{Item, Pool};
+use super::worker::{Launcher, WorkerSpec};
+use super::{AppMeta, Inference, ServeError, TensorMeta};
+use crate::transport::net::{BoxFuture, Transport};
+use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor};
+use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::rng::SplitMix64;
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageRequest, Target};
+use jigsaw_protocol::wire::WireMessage;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Per-item input every application takes: one FP32 image, 3 x 16 x 16.
+pub const INPUT_SHAPE: [u64; 4] = [1, 3, 16, 16];
+
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps a segment's workers alive; dropping it detaches the segment (its workers stop).
+pub struct Attachment(Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attachment")
+    }
+}
+
+/// What a segment actor attaches to: the node's data plane.
+pub trait Segments: Send + Sync + 'static {
+    /// Instance `plan` now lives at `start` of GPU `gpu`; start its workers (now or once the
+    /// routing table describes its app). Dropping the attachment stops them.
+    fn attach(&self, gpu: &str, plan: &InstancePlan) -> Attachment;
+}
+
+/// Settings of a node's data plane.
+#[derive(Debug, Clone)]
+pub struct PlaneConfig {
+    /// Requests this frontend runs at once before answering 429.
+    pub max_in_flight: usize,
+    /// Compute scale of CPU-executor models relative to the real ones.
+    pub cpu_scale: f64,
+    /// Where the routing table is kept across restarts (`None`: not kept).
+    pub routes_file: Option<PathBuf>,
+}
+
+impl Default for PlaneConfig {
+    fn default() -> Self {
+        PlaneConfig { max_in_flight: 4096, cpu_scale: 1e-3, routes_file: None }
+    }
+}
+
+struct Local {
+    plan: InstancePlan,
+    /// What the running pool was built from (to restart it only when that changes).
+    built: Option<(WorkerSpec, QueueConfig)>,
+    pool: Option<Arc<Pool>>,
+    generation: u64,
+}
+
+/// The transport-free half: routing table, local instances and their pools.
+pub struct LocalPlane {
+    cfg: PlaneConfig,
+    launcher: Arc<dyn Launcher>,
+    routes: RwLock<Arc<RoutingTable>>,
+    local: Mutex<BTreeMap<(String, u8), Local>>,
+    generation: AtomicU64,
+    me: Weak<LocalPlane>,
+}
+
+impl LocalPlane {
+    /// A plane with workers from `launcher`; restores the routing table from
+    /// `cfg.routes_file` when present.
+    pub fn new(cfg: PlaneConfig, launcher: Arc<dyn Launcher>) -> Arc<LocalPlane> {
+        let routes = cfg
+            .routes_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<RoutingTable>(&b).ok())
+            .unwrap_or_default();
+        Arc::new_cyclic(|me| LocalPlane {
+            cfg,
+            launcher,
+            routes: RwLock::new(Arc::new(routes)),
+            local: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    /// The routing table in use.
+    pub fn routes(&self) -> Arc<RoutingTable> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Install `table` if it is not older than the one in use; (re)start local pools whose
+    /// configuration it changes.
+    pub fn set_routes(&self, table: RoutingTable) {
+        {
+            let mut r = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            if table.epoch < r.epoch {
+                return;
+            }
+            if let Some(path) = &self.cfg.routes_file {
+                let tmp = path.with_extension("tmp");
+                let saved = serde_json::to_vec(&table)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| std::fs::write(&tmp, b).map_err(|e| e.to_string()))
+                    .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+                if let Err(e) = saved {
+                    tracing::warn!(path = %path.display(), %e, "could not persist the routing table");
+                }
+            }
+            *r = Arc::new(table);
+        }
+        let mut local = lock(&self.local);
+        for ((gpu, _), l) in local.iter_mut() {
+            self.reconcile(gpu, l);
+        }
+    }
+
+    /// Worker spec and queue settings of `plan` on `gpu` under the current table.
+    fn desired(&self, gpu: &str, plan: &InstancePlan) -> Option<(WorkerSpec, QueueConfig)> {
+        let routes = self.routes();
+        let app = routes.app(&plan.app)?;
+        let t = app.spec.task_index(&plan.task)?;
+        let variant = app.spec.tasks[t].variants.iter().find(|v| v.name == plan.variant)?;
+        let task = app.tasks.get(t)?;
+        let target = Target {
+            node: String::new(),
+            addr: String::new(),
+            gpu: gpu.to_string(),
+            start: plan.start,
+            mig_profile: plan.mig_profile.clone(),
+            variant: plan.variant.clone(),
+            mps: plan.mps,
+            batch: plan.batch,
+            weight: plan.throughput_rps,
+        };
+        let mut curve: Vec<(u32, f64)> = app
+            .profiles
+            .iter()
+            .filter(|r| r.task == plan.task && r.variant == plan.variant && r.mig_profile == plan.mig_profile && r.mps == plan.mps)
+            .map(|r| (r.batch, r.p95_ms))
+            .collect();
+        curve.sort_by_key(|p| p.0);
+        if curve.is_empty() {
+            curve.push((plan.batch.max(1), plan.p95_ms));
+        }
+        let exec1_ms = app.batch_ms(&plan.task, &target, 1).unwrap_or(plan.p95_ms);
+        let spec = WorkerSpec {
+            app: plan.app.clone(),
+            task: plan.task.clone(),
+            variant: plan.variant.clone(),
+            model: variant.model.clone(),
+            executor: self.launcher.executor(),
+            curve,
+            scale: self.cfg.cpu_scale,
+            seed: jigsaw_protocol::cluster::fnv64(&[&plan.app, &plan.task, &plan.variant]),
+            device: None,
+            mps_percent: Some((100 / plan.mps.max(1)).max(1)),
+        };
+        let q = QueueConfig {
+            max_batch: plan.batch.max(1),
+            wait_us: (task.budget_ms * 1e3) as u64,
+            exec1_us: (exec1_ms * 1e3) as u64,
+            downstream_us: (task.downstream_ms * 1e3) as u64,
+            stale_us: (app.stale_ms * 1e3) as u64,
+        };
+        Some((spec, q))
+    }
+
+    fn reconcile(&self, gpu: &str, l: &mut Local) {
+        let want = self.desired(gpu, &l.plan);
+        if want == l.built && (want.is_none() || l.pool.is_some()) {
+            return;
+        }
+        l.pool = want.as_ref().map(|(spec, q)| {
+            let mut spec = spec.clone();
+            if spec.executor == super::worker::ExecutorKind::Cuda {
+                spec.device = Some(gpu.to_string());
+            }
+            let workers = (0..l.plan.mps.max(1)).map(|_| self.launcher.launch(&spec)).collect();
+            Arc::new(Pool::start(*q, workers, l.plan.variant.clone()))
+        });
+        l.built = want;
+    }
+
+    fn detach(&self, gpu: &str, start: u8, generation: u64) {
+        let mut local = lock(&self.local);
+        if local.get(&(gpu.to_string(), start)).is_some_and(|l| l.generation == generation) {
+            local.remove(&(gpu.to_string(), start));
+        }
+    }
+
+    /// The pool of the instance at `start` of `gpu`, if it runs.
+    pub fn pool(&self, gpu: &str, start: u8) -> Option<Arc<Pool>> {
+        lock(&self.local).get(&(gpu.to_string(), start)).and_then(|l| l.pool.clone())
+    }
+
+    /// Local instances with running pools: (GPU, start, app, task, variant).
+    pub fn instances(&self) -> Vec<(String, u8, String, String, String)> {
+        lock(&self.local)
+            .iter()
+            .filter(|(_, l)| l.pool.is_some())
+            .map(|((g, s), l)| (g.clone(), *s, l.plan.app.clone(), l.plan.task.clone(), l.plan.variant.clone()))
+            .collect()
+    }
+
+    /// Run one item on a local instance.
+    pub async fn serve_stage(&self, req: StageRequest) -> StageOutcome {
+        let pool = {
+            let local = lock(&self.local);
+            match local.get(&(req.gpu.clone(), req.start)) {
+                Some(l) if l.plan.app == req.app && l.plan.task == req.task => l.pool.clone(),
+                _ => None,
+            }
+        };
+        let Some(pool) = pool else {
+            return StageOutcome::Failed {
+                message: format!("no instance of {}/{} at {} start {} here", req.app, req.task, req.gpu, req.start),
+                retry: true,
+            };
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pool.submit(Item { input: req.input, budget_us: req.budget_us, reply: tx });
+        rx.await.unwrap_or(StageOutcome::Failed { message: "instance stopped".into(), retry: true })
+    }
+}
+
+impl Segments for LocalPlane {
+    fn attach(&self, gpu: &str, plan: &InstancePlan) -> Attachment {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut local = lock(&self.local);
+            let key = (gpu.to_string(), plan.start);
+            let mut l = match local.remove(&key) {
+                Some(old) if old.plan == *plan => Local { generation, ..old },
+                _ => Local { plan: plan.clone(), built: None, pool: None, generation },
+            };
+            self.reconcile(gpu, &mut l);
+            local.insert(key, l);
+        }
+        let me = self.me.clone();
+        let gpu = gpu.to_string();
+        let start = plan.start;
+        Attachment(Some(Box::new(move || {
+            if let Some(me) = me.upgrade() {
+                me.detach(&gpu, start, generation);
+            }
+        })))
+    }
+}
+
+/// A node's frontend over its [`LocalPlane`].
+pub struct DataPlane<T: Transport> {
+    me: String,
+    local: Arc<LocalPlane>,
+    transport: Arc<T>,
+    in_flight: Arc<AtomicUsize>,
+    next_id: AtomicU64,
+    weak: Weak<DataPlane<T>>,
+    /// Requests answered, by outcome name (for the node's metrics).
+    pub answered: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl<T: Transport> DataPlane<T> {
+    /// The frontend of node `me`.
+    pub fn new(me: &str, local: Arc<LocalPlane>, transport: Arc<T>) -> Arc<DataPlane<T>> {
+        let seed = jigsaw_protocol::cluster::fnv64(&[me]) << 20;
+        Arc::new_cyclic(|weak| DataPlane {
+            weak: weak.clone(),
+            me: me.to_string(),
+            local,
+            transport,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            next_id: AtomicU64::new(seed),
+            answered: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The local half.
+    pub fn local(&self) -> &Arc<LocalPlane> {
+        &self.local
+    }
+
+    /// Run one stage of request `id` on a target of `task`, trying a second target when the
+    /// first cannot take it (`retry` failures and transport errors).
+    async fn stage(
+        self: &Arc<Self>,
+        route: &AppRoute,
+        task: usize,
+        id: u64,
+        item: u32,
+        input: Arc<Vec<f32>>,
+        deadline: Instant,
+    ) -> StageOutcome {
+        let targets = &route.tasks[task].targets;
+        let mut rng = SplitMix64::new(id ^ (u64::from(item) << 48) ^ (task as u64) << 40);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last = StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
+        for _ in 0..2 {
+            let Some(i) = pick(targets, &tried, &mut rng) else { break };
+            tried.push(i);
+            let t = &targets[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let req = StageRequest {
+                id,
+                item,
+                app: route.spec.name.clone(),
+                task: route.tasks[task].task.clone(),
+                gpu: t.gpu.clone(),
+                start: t.start,
+                budget_us: left.as_micros() as u64,
+                input: input.as_ref().clone(),
+            };
+            last = if t.node == self.me {
+                self.local.serve_stage(req).await
+            } else {
+                match self.transport.request(&t.node, &t.addr, WireMessage::Stage(req), left).await {
+                    Ok(WireMessage::StageReply(r)) => r.outcome,
+                    Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
+                    Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },
+                    Err(e) => StageOutcome::Failed { message: format!("{}: {e}", t.node), retry: true },
+                }
+            };
+            if !matches!(last, StageOutcome::Failed { retry: true, .. }) {
+                break;
+            }
+        }
+        last
+    }
+
+    async fn run(self: Arc<Self>, route: Arc<AppRoute>, id: u64, input: Vec<f32>, deadline: Instant) -> Result<InferResponse, ServeError> {
+        let spec = &route.spec;
+        let input = Arc::new(input);
+        let mut set: tokio::task::JoinSet<(usize, u32, StageOutcome)> = tokio::task::JoinSet::new();
+        let mut next_item = 0u32;
+        let mut pending: BTreeMap<u32, usize> = BTreeMap::new();
+        let spawn = |set: &mut tokio::task::JoinSet<(usize, u32, StageOutcome)>, task: usize, item: u32| {
+            let me = self.clone();
+            let route = route.clone();
+            let input = input.clone();
+            set.spawn(async move {
+                let o = me.stage(&route, task, id, item, input, deadline).await;
+                (task, item, o)
+            });
+        };
+        for r in spec.roots() {
+            spawn(&mut set, r, next_item);
+            pending.insert(next_item, r);
+            next_item += 1;
+        }
+        let mut outputs: BTreeMap<usize, Vec<Vec<f32>>> = BTreeMap::new();
+        loop {
+            let joined = match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(Some(j)) => j,
+                Ok(None) => break,
+                Err(_) => {
+                    let tasks: Vec<&str> = pending.values().map(|&t| spec.tasks[t].name.as_str()).collect();
+                    return Err(ServeError::DeadlineExceeded { task: tasks.join(",") });
+                }
+            };
+            let (task, item, outcome) = joined.map_err(|e| ServeError::Failed(format!("stage task: {e}")))?;
+            pending.remove(&item);
+            let name = spec.tasks[task].name.clone();
+            match outcome {
+                StageOutcome::Done { output, variant, .. } => {
+                    let v = spec.tasks[task].variants.iter().position(|x| x.name == variant).unwrap_or(0);
+                    for c in spec.children(task) {
+                        let mean = spec.fanout(task, v, c);
+                        let mut rng = SplitMix64::new(id ^ (u64::from(item) << 32) ^ c as u64);
+                        let k = mean.floor() as u32 + u32::from(rng.unit() < mean.fract());
+                        for _ in 0..k {
+                            spawn(&mut set, c, next_item);
+                            pending.insert(next_item, c);
+                            next_item += 1;
+                        }
+                    }
+                    outputs.entry(task).or_default().push(output);
+                }
+                StageOutcome::EarlyDrop => {
+                    return Err(ServeError::Dropped { task: name, reason: DropReason::Early, weight: 1 + pending.len() as u32 })
+                }
+                StageOutcome::StaleDrop => {
+                    return Err(ServeError::Dropped { task: name, reason: DropReason::Stale, weight: 1 + pending.len() as u32 })
+                }
+                StageOutcome::Failed { message, retry } => {
+                    return Err(if retry {
+                        ServeError::Unavailable(format!("task {name}: {message}"))
+                    } else {
+                        ServeError::Failed(format!("task {name}: {message}"))
+                    });
+                }
+            }
+        }
+        let sinks: Vec<usize> = (0..spec.tasks.len()).filter(|&t| spec.children(t).is_empty()).collect();
+        let outputs = sinks
+            .into_iter()
+            .map(|t| {
+                let items = outputs.remove(&t).unwrap_or_default();
+                let width = items.first().map_or(0, Vec::len);
+                let data = items.iter().flatten().map(|v| serde_json::Value::from(f64::from(*v))).collect();
+                Tensor {
+                    name: spec.tasks[t].name.clone(),
+                    shape: vec![items.len() as u64, width as u64],
+                    datatype: "FP32".into(),
+                    data,
+                }
+            })
+            .collect();
+        Ok(InferResponse { model_name: spec.name.clone(), id: None, outputs })
+    }
+
+    fn count(&self, outcome: &'static str) {
+        *lock(&self.answered).entry(outcome).or_default() += 1;
+    }
+}
+
+/// Weighted choice among targets not yet tried.
+fn pick(targets: &[Target], tried: &[usize], rng: &mut SplitMix64) -> Option<usize> {
+    let total: f64 = targets.iter().enumerate().filter(|(i, _)| !tried.contains(i)).map(|(_, t)| t.weight).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut x = rng.unit() * total;
+    let mut last = None;
+    for (i, t) in targets.iter().enumerate().filter(|(i, _)| !tried.contains(i)) {
+        last = Some(i);
+        if x < t.weight {
+            return Some(i);
+        }
+        x -= t.weight;
+    }
+    last
+}
+
+/// The single image input of a request, checked against [`INPUT_SHAPE`].
+fn input_of(req: &InferRequest) -> Result<Vec<f32>, InferError> {
+    let err = |field: &str, message: String| InferError { field: field.to_string(), message };
+    let [t] = req.inputs.as_slice() else {
+        return Err(err("inputs", format!("expected exactly one input tensor, got {}", req.inputs.len())));
+    };
+    if t.shape != INPUT_SHAPE {
+        return Err(err("inputs[0].shape", format!("expected {INPUT_SHAPE:?}, got {:?}", t.shape)));
+    }
+    t.data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| err(&format!("inputs[0].data[{i}]"), "not a number".into())))
+        .collect()
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<T: Transport> Inference for DataPlane<T> {
+    fn ready(&self) -> bool {
+        self.local.routes().epoch > 0
+    }
+
+    fn apps(&self) -> Vec<String> {
+        self.local.routes().apps.iter().map(|a| a.spec.name.clone()).collect()
+    }
+
+    fn app(&self, app: &str) -> Option<AppMeta> {
+        let routes = self.local.routes();
+        let r = routes.app(app)?;
+        let outputs = (0..r.spec.tasks.len())
+            .filter(|&t| r.spec.children(t).is_empty())
+            .map(|t| TensorMeta { name: r.spec.tasks[t].name.clone(), datatype: "FP32".into(), shape: vec![-1, -1] })
+            .collect();
+        Some(AppMeta {
+            name: app.to_string(),
+            versions: vec![routes.epoch.to_string()],
+            platform: "jigsaw".into(),
+            inputs: vec![TensorMeta {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: INPUT_SHAPE.iter().map(|d| *d as i64).collect(),
+            }],
+            outputs,
+            latency_slo_ms: r.spec.latency_slo_ms,
+        })
+    }
+
+    fn infer(&self, app: &str, req: InferRequest, deadline: Option<Duration>) -> BoxFuture<Result<InferResponse, ServeError>> {
+        let routes = self.local.routes();
+        let Some(route) = routes.app(app).cloned() else {
+            return Box::pin(std::future::ready(Err(ServeError::UnknownApp(app.to_string()))));
+        };
+        let input = match input_of(&req) {
+            Ok(i) => i,
+            Err(e) => return Box::pin(std::future::ready(Err(ServeError::BadInput(e)))),
+        };
+        let limit = self.in_flight.load(Ordering::Relaxed);
+        if limit >= self.local.cfg.max_in_flight {
+            self.count("overloaded");
+            return Box::pin(std::future::ready(Err(ServeError::Overloaded(format!(
+                "{limit} requests in flight on {}",
+                self.me
+            )))));
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.in_flight.clone());
+        let budget = deadline.unwrap_or(Duration::from_secs_f64(route.spec.latency_slo_ms.max(0.0) / 1e3));
+        let deadline = Instant::now() + budget;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req_id = req.id.clone();
+        let Some(me) = self.weak.upgrade() else {
+            return Box::pin(std::future::ready(Err(ServeError::Unavailable("node is stopping".into()))));
+        };
+        Box::pin(async move {
+            let _guard = guard;
+            let r = me.clone().run(Arc::new(route), id, input, deadline).await;
+            me.count(match &r {
+                Ok(_) => "ok",
+                Err(e) => e.outcome(),
+            });
+            r.map(|mut resp| {
+                resp.id = req_id;
+                resp
+            })
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! One segment instance's replicas and its queue: the shell around the pure
+//! [`TaskQueue`](super::batch::TaskQueue).
+//!
+//! A driver task owns the queue. Items arrive on a channel with their reply; the driver
+//! turns queue events into worker calls (launch) and replies (drop), and wakes for the
+//! queue's next timer. Every item gets exactly one reply: executed, dropped (early or stale)
+//! or failed (worker crash or executor error).
+
+use super::batch::{DropReason, Event, QueueConfig, Request, TaskQueue};
+use super::worker::{WorkerConn, WorkerError};
+use jigsaw_protocol::route::StageOutcome;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// One item submitted to a pool.
+pub struct Item {
+    /// Input values.
+    pub input: Vec<f32>,
+    /// Time left until the request's deadline, µs (as of submission).
+    pub budget_us: u64,
+    /// Reply.
+    pub reply: oneshot::Sender<StageOutcome>,
+}
+
+/// Observed batch executions of one pool (for run-time profile refinement).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Batches executed.
+    pub batches: AtomicU64,
+    /// Items executed.
+    pub items: AtomicU64,
+    /// Items dropped early.
+    pub early: AtomicU64,
+    /// Items dropped stale.
+    pub stale: AtomicU64,
+    /// Items failed.
+    pub failed: AtomicU64,
+    /// Observed batch latencies at the largest batch size seen, µs (latest 256).
+    pub samples: std::sync::Mutex<Vec<(u32, u64)>>,
+}
+
+/// A running pool; dropping it stops the driver and answers queued items with an error.
+pub struct Pool {
+    tx: mpsc::UnboundedSender<Item>,
+    driver: tokio::task::JoinHandle<()>,
+    /// Counters.
+    pub stats: Arc<PoolStats>,
+    /// The replicas (for tests and reports).
+    pub workers: Vec<Arc<dyn WorkerConn>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Pool {
+    /// Start a pool over `workers` with queue settings `cfg`; `variant` names the outputs.
+    pub fn start(cfg: QueueConfig, workers: Vec<Arc<dyn WorkerConn>>, variant: String) -> Pool {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(PoolStats::default());
+        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, stats.clone()));
+        Pool { tx, driver, stats, workers }
+    }
+
+    /// Submit an item; its outcome arrives on `item.reply`.
+    pub fn submit(&self, item: Item) {
+        if let Err(mpsc::error::SendError(item)) = self.tx.send(item) {
+            let _ = item.reply.send(StageOutcome::Failed { message: "instance stopped".into(), retry: true });
+        }
+    }
+}
+
+struct Waiting {
+    input: Vec<f32>,
+    arrived: Instant,
+    reply: oneshot::Sender<StageOutcome>,
+}
+
+async fn drive(
+    cfg: QueueConfig,
+    workers: Vec<Arc<dyn WorkerConn>>,
+    variant: String,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    stats: Arc<PoolStats>,
+) {
+    let origin = Instant::now();
+    let now_us = || Instant::now().duration_since(origin).as_micros() as u64;
+    let mut queue = TaskQueue::new(cfg, workers.len().max(1));
+    let mut waiting: HashMap<u64, Waiting> = HashMap::new();
+    let mut next_id = 0u64;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Vec<u64>, Result<Vec<Vec<f32>>, WorkerError>, u64)>();
+    let mut events: Vec<Event> = Vec::new();
+    loop {
+        for ev in events.drain(..) {
+            match ev {
+                Event::Drop { request, reason } => {
+                    if let Some(w) = waiting.remove(&request.id) {
+                        let outcome = match reason {
+                            DropReason::Early => {
+                                stats.early.fetch_add(1, Ordering::Relaxed);
+                                StageOutcome::EarlyDrop
+                            }
+                            DropReason::Stale => {
+                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                                StageOutcome::StaleDrop
+                            }
+                        };
+                        let _ = w.reply.send(outcome);
+                    }
+                }
+                Event::Launch { instance, batch } => {
+                    let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+                    let inputs: Vec<Vec<f32>> =
+                        ids.iter().filter_map(|id| waiting.get_mut(id).map(|w| std::mem::take(&mut w.input))).collect();
+                    let worker = workers[instance.min(workers.len().saturating_sub(1))].clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let r = worker.run(inputs).await;
+                        let _ = done.send((instance, ids, r, t.elapsed().as_micros() as u64));
+                    });
+                }
+            }
+        }
+        let wake = queue.next_wakeup().map(|us| origin + std::time::Duration::from_micros(us));
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(item) = item else { break };
+                let now = now_us();
+                let id = next_id;
+                next_id += 1;
+                waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), reply: item.reply });
+                let r = Request { id, arrived_us: now, deadline_us: now + item.budget_us, weight: 1 };
+                events = queue.push(now, r);
+            }
+            Some((instance, ids, result, exec_us)) = done_rx.recv() => {
+                let n = ids.len() as u32;
+                match result {
+                    Ok(outputs) if outputs.len() == ids.len() => {
+                        stats.batches.fetch_add(1, Ordering::Relaxed);
+                        stats.items.fetch_add(u64::from(n), Ordering::Relaxed);
+                        {
+                            let mut s = stats.samples.lock().unwrap_or_else(|p| p.into_inner());
+                            if s.len() >= 256 {
+                                s.remove(0);
+                            }
+                            s.push((n, exec_us));
+                        }
+                        for (id, output) in ids.iter().zip(outputs) {
+                            if let Some(w) = waiting.remove(id) {
+                                let stage_us = w.arrived.elapsed().as_micros() as u64;
+                                let _ = w.reply.send(StageOutcome::Done { output, variant: variant.clone(), stage_us });
+                            }
+                        }
+                    }
+                    other => {
+                        let (message, retry) = match other {
+                            Ok(o) => (format!("worker returned {} outputs for {} inputs", o.len(), ids.len()), false),
+                            Err(e @ WorkerError::Exec(_)) => (e.to_string(), false),
+                            Err(e) => (e.to_string(), true),
+                        };
+                        stats.failed.fetch_add(u64::from(n), Ordering::Relaxed);
+                        for id in &ids {
+                            if let Some(w) = waiting.remove(id) {
+                                let _ = w.reply.send(StageOutcome::Failed { message: message.clone(), retry });
+                            }
+                        }
+                    }
+                }
+                events = queue.done(now_us(), instance);
+            }
+            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                events = queue.poll(now_us());
+            }
+        }
+    }
+    for (_, w) in waiting.drain() {
+        let _ = w.reply.send(StageOutcome::Failed { message: "instance stopped".into(), retry: true });
+    }
+}

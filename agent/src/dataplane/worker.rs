@@ -1,0 +1,491 @@
+//! Workers: what executes batches for one replica (MPS process) of a segment instance.
+//!
+//! * [`WorkerSpec`]: everything a worker needs (variant, executor, latency curve, device).
+//! * [`BatchExec`]: the executors a worker can run:
+//!   - `timed`: sleeps the profiled p95 latency of the batch size (the simulator's default;
+//!     outputs are a synthetic digest of the input, labelled as such);
+//!   - `cpu`: the CPU reference executor running the variant's layer graph, scaled down by
+//!     [`WorkerSpec::scale`] so it fits a CPU;
+//!   - `noop`: returns at once (the data-plane benchmark's per-hop overhead);
+//!   - `cuda`: the cudarc executor on the device named by `CUDA_VISIBLE_DEVICES` (a MIG UUID).
+//! * [`worker_main`]: the `jigsaw worker` process: reads [`WorkerMessage::Job`] frames on
+//!   stdin, writes [`WorkerMessage::Done`] frames on stdout (see `jigsaw_protocol::worker`).
+//! * [`WorkerConn`]: how the agent talks to one worker. [`ProcessWorker`] supervises a
+//!   `jigsaw worker` child: a crash fails every batch in flight with
+//!   [`WorkerError::Crashed`] (never silently) and the child is restarted with backoff.
+//!   [`InProcessWorker`] is its in-memory twin (same executors, no process), used by the
+//!   in-process cluster simulation and unit tests.
+
+use crate::transport::net::BoxFuture;
+use jigsaw_kernels::{Arch, CpuExecutor, Executor, Model};
+use jigsaw_protocol::app::ModelDesc;
+use jigsaw_protocol::route::batch_latency;
+use jigsaw_protocol::worker::{self, WorkerMessage};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Which executor a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Sleep the profiled p95 of the batch size (simulated GPU time).
+    Timed,
+    /// The CPU reference executor on the scaled-down layer graph.
+    Cpu,
+    /// Return at once.
+    Noop,
+    /// The cudarc executor (real GPUs).
+    Cuda,
+}
+
+impl ExecutorKind {
+    /// Name as shown in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Timed => "timed",
+            ExecutorKind::Cpu => "cpu",
+            ExecutorKind::Noop => "noop",
+            ExecutorKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// Everything one worker needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Application.
+    pub app: String,
+    /// Task.
+    pub task: String,
+    /// Variant.
+    pub variant: String,
+    /// The variant's model description.
+    pub model: ModelDesc,
+    /// Executor.
+    pub executor: ExecutorKind,
+    /// Profiled `(batch, p95 ms)` points of this configuration (timed executor).
+    pub curve: Vec<(u32, f64)>,
+    /// Compute scale of the CPU executor's layer graph relative to the real model.
+    pub scale: f64,
+    /// Weight seed.
+    pub seed: u64,
+    /// Device (a MIG UUID) for `CUDA_VISIBLE_DEVICES`; `None` on the simulator.
+    pub device: Option<String>,
+    /// MPS active-thread percentage for `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` (real GPUs).
+    pub mps_percent: Option<u8>,
+}
+
+/// Runs batches inside a worker.
+pub trait BatchExec: Send {
+    /// Run one batch; one output per input.
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String>;
+    /// What it is, for reports.
+    fn describe(&self) -> String;
+}
+
+/// A synthetic digest of an input (label: synthetic): 4 values derived from the input, so
+/// outputs depend on inputs without pretending to be model outputs.
+fn digest(x: &[f32]) -> Vec<f32> {
+    let n = x.len().max(1) as f32;
+    let sum: f32 = x.iter().sum();
+    let abs: f32 = x.iter().map(|v| v.abs()).sum();
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    vec![sum / n, abs / n, if max.is_finite() { max } else { 0.0 }, n]
+}
+
+struct Timed {
+    curve: Vec<(u32, f64)>,
+}
+
+impl BatchExec for Timed {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let ms = batch_latency(&self.curve, inputs.len() as u32).unwrap_or(1.0);
+        std::thread::sleep(Duration::from_secs_f64(ms.max(0.0) / 1e3));
+        Ok(inputs.iter().map(|x| digest(x)).collect())
+    }
+    fn describe(&self) -> String {
+        "timed (sleeps the profiled p95 of the batch size; outputs are synthetic digests)".into()
+    }
+}
+
+struct Noop;
+
+impl BatchExec for Noop {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        Ok(inputs.iter().map(|x| x.iter().take(4).copied().collect()).collect())
+    }
+    fn describe(&self) -> String {
+        "noop (returns the first 4 input values)".into()
+    }
+}
+
+/// Per-item input of the CPU executor's models: 3 x 16 x 16.
+pub const CPU_INPUT: (usize, usize, usize) = (3, 16, 16);
+
+struct Cpu {
+    model: Model,
+}
+
+impl Cpu {
+    fn new(spec: &WorkerSpec) -> Cpu {
+        // Width grows with sqrt(GFLOPs) so MACs grow linearly with the real model's cost.
+        let target = (spec.model.gflops * f64::from(spec.model.decode_steps.max(1)) * spec.scale).max(1e-6);
+        let width = ((target / 1e-3).sqrt() * 4.0).round().clamp(2.0, 256.0) as usize;
+        let arch = Arch { cin: CPU_INPUT.0, width, blocks: 3, classes: 16 };
+        Cpu { model: Model::generated(&spec.variant, arch, spec.seed) }
+    }
+}
+
+/// Fit `x` to exactly `n` values (tiling or truncating): a synthetic crop/resize so any
+/// stage's output can feed any next stage.
+pub fn fit(x: &[f32], n: usize) -> Vec<f32> {
+    if x.is_empty() {
+        return vec![0.0; n];
+    }
+    (0..n).map(|i| x[i % x.len()]).collect()
+}
+
+impl BatchExec for Cpu {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let (c, h, w) = CPU_INPUT;
+        let per = c * h * w;
+        let mut flat = Vec::with_capacity(per * inputs.len());
+        for x in inputs {
+            flat.extend(fit(x, per));
+        }
+        let (y, s) = CpuExecutor.run(&self.model, &flat, (inputs.len(), c, h, w)).map_err(|e| e.to_string())?;
+        let per_out = s.1 * s.2 * s.3;
+        Ok(y.chunks(per_out.max(1)).map(<[f32]>::to_vec).collect())
+    }
+    fn describe(&self) -> String {
+        format!("cpu (reference executor, scaled layer graph `{}`)", self.model.name)
+    }
+}
+
+/// Build the executor of `spec`.
+pub fn executor(spec: &WorkerSpec) -> Result<Box<dyn BatchExec>, String> {
+    match spec.executor {
+        ExecutorKind::Timed => Ok(Box::new(Timed { curve: spec.curve.clone() })),
+        ExecutorKind::Noop => Ok(Box::new(Noop)),
+        ExecutorKind::Cpu => Ok(Box::new(Cpu::new(spec))),
+        ExecutorKind::Cuda => Err("the cuda executor is not available in this build of the worker".into()),
+    }
+}
+
+/// The `jigsaw worker` process: serve batches on stdin/stdout until stdin closes.
+pub fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
+    let mut exec = executor(spec)?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut input = stdin.lock();
+    let mut output = std::io::BufWriter::new(stdout.lock());
+    let write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, m: &WorkerMessage| -> Result<(), String> {
+        let f = worker::encode(m).map_err(|e| e.to_string())?;
+        out.write_all(&f).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+    };
+    write(&mut output, &WorkerMessage::Ready { executor: exec.describe() })?;
+    loop {
+        let mut header = [0u8; jigsaw_protocol::wire::HEADER_LEN];
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("stdin: {e}")),
+        }
+        let len = worker::decode_header(&header).map_err(|e| format!("stdin: {e}"))?;
+        let mut frame = header.to_vec();
+        frame.resize(header.len() + len, 0);
+        input.read_exact(&mut frame[header.len()..]).map_err(|e| format!("stdin: {e}"))?;
+        let (msg, _) = worker::decode(&frame).map_err(|e| format!("stdin: {e}"))?;
+        if let WorkerMessage::Job { batch, inputs } = msg {
+            let t = Instant::now();
+            let result = exec.run(&inputs);
+            let exec_us = t.elapsed().as_micros() as u64;
+            write(&mut output, &WorkerMessage::Done { batch, result, exec_us })?;
+        }
+    }
+}
+
+/// Why a batch did not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker process died with the batch in flight (it is being restarted): the
+    /// batch's requests get an error; another instance may succeed.
+    #[error("worker crashed: {0}")]
+    Crashed(String),
+    /// The worker is restarting and takes no batches now: retry elsewhere.
+    #[error("worker unavailable: {0}")]
+    Unavailable(String),
+    /// The executor rejected the batch (bad input or model): do not retry.
+    #[error("executor: {0}")]
+    Exec(String),
+}
+
+/// How the agent talks to one worker.
+pub trait WorkerConn: Send + Sync + 'static {
+    /// Run a batch.
+    fn run(&self, inputs: Vec<Vec<f32>>) -> BoxFuture<Result<Vec<Vec<f32>>, WorkerError>>;
+    /// Restarts so far (process workers).
+    fn restarts(&self) -> u32 {
+        0
+    }
+    /// The current OS process id, if a process runs now.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Starts workers for segment replicas.
+pub trait Launcher: Send + Sync + 'static {
+    /// Start one worker for `spec` (its supervision starts with it; dropping the returned
+    /// connection stops the worker).
+    fn launch(&self, spec: &WorkerSpec) -> Arc<dyn WorkerConn>;
+    /// The executor used by default on this node.
+    fn executor(&self) -> ExecutorKind;
+}
+
+/// The in-memory twin: runs the executor on a blocking thread of this process.
+pub struct InProcessWorker {
+    exec: Arc<Mutex<Result<Box<dyn BatchExec>, String>>>,
+    timed: Option<Vec<(u32, f64)>>,
+}
+
+impl InProcessWorker {
+    /// A worker for `spec`. The timed executor sleeps on the tokio clock, so a paused-clock
+    /// simulation advances through it.
+    pub fn new(spec: &WorkerSpec) -> InProcessWorker {
+        let timed = (spec.executor == ExecutorKind::Timed).then(|| spec.curve.clone());
+        InProcessWorker { exec: Arc::new(Mutex::new(executor(spec))), timed }
+    }
+}
+
+impl WorkerConn for InProcessWorker {
+    fn run(&self, inputs: Vec<Vec<f32>>) -> BoxFuture<Result<Vec<Vec<f32>>, WorkerError>> {
+        if let Some(curve) = &self.timed {
+            let ms = batch_latency(curve, inputs.len() as u32).unwrap_or(1.0);
+            return Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs_f64(ms.max(0.0) / 1e3)).await;
+                Ok(inputs.iter().map(|x| digest(x)).collect())
+            });
+        }
+        let exec = self.exec.clone();
+        Box::pin(async move {
+            let run = move || match exec.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                Ok(e) => e.run(&inputs).map_err(WorkerError::Exec),
+                Err(e) => Err(WorkerError::Exec(e.clone())),
+            };
+            tokio::task::spawn_blocking(run).await.map_err(|e| WorkerError::Crashed(e.to_string()))?
+        })
+    }
+}
+
+/// Launches [`InProcessWorker`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct InProcessLauncher(pub ExecutorKind);
+
+impl Launcher for InProcessLauncher {
+    fn launch(&self, spec: &WorkerSpec) -> Arc<dyn WorkerConn> {
+        Arc::new(InProcessWorker::new(spec))
+    }
+    fn executor(&self) -> ExecutorKind {
+        self.0
+    }
+}
+
+/// A batch for a worker and where its result goes.
+type Job = (Vec<Vec<f32>>, oneshot::Sender<BatchResult>);
+/// A batch's outputs, or why it did not run.
+type BatchResult = Result<Vec<Vec<f32>>, WorkerError>;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<Vec<f32>>, WorkerError>>>>>;
+
+/// A supervised `jigsaw worker` child process.
+pub struct ProcessWorker {
+    jobs: mpsc::UnboundedSender<Job>,
+    restarts: Arc<AtomicU32>,
+    pid: Arc<AtomicU32>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        // Aborting the supervisor drops the child handle, which kills it (`kill_on_drop`).
+        self.supervisor.abort();
+    }
+}
+
+impl ProcessWorker {
+    /// Start `exe worker --spec-json …` for `spec` and supervise it.
+    pub fn start(exe: PathBuf, spec: &WorkerSpec) -> ProcessWorker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let restarts = Arc::new(AtomicU32::new(0));
+        let pid = Arc::new(AtomicU32::new(0));
+        let supervisor = tokio::spawn(supervise(exe, spec.clone(), rx, restarts.clone(), pid.clone()));
+        ProcessWorker { jobs: tx, restarts, pid, supervisor }
+    }
+}
+
+impl WorkerConn for ProcessWorker {
+    fn run(&self, inputs: Vec<Vec<f32>>) -> BoxFuture<Result<Vec<Vec<f32>>, WorkerError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.jobs.send((inputs, tx));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(WorkerError::Unavailable("worker supervisor stopped".into()));
+            }
+            rx.await.unwrap_or_else(|_| Err(WorkerError::Crashed("worker supervisor stopped".into())))
+        })
+    }
+    fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::Relaxed)).filter(|p| *p != 0)
+    }
+}
+
+async fn supervise(
+    exe: PathBuf,
+    spec: WorkerSpec,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    restarts: Arc<AtomicU32>,
+    pid: Arc<AtomicU32>,
+) {
+    let spec_json = serde_json::to_string(&spec).unwrap_or_default();
+    let mut backoff = Duration::from_millis(50);
+    let next_batch = AtomicU64::new(1);
+    loop {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("worker").arg("--spec-json").arg(&spec_json);
+        cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+        if let Some(d) = &spec.device {
+            cmd.env("CUDA_VISIBLE_DEVICES", d);
+        }
+        if let Some(p) = spec.mps_percent {
+            cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
+        }
+        let started = Instant::now();
+        let why = match cmd.spawn() {
+            Err(e) => format!("spawn {}: {e}", exe.display()),
+            Ok(mut child) => {
+                pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
+                let why = run_child(&mut child, &mut jobs, &next_batch).await;
+                pid.store(0, Ordering::Relaxed);
+                let _ = child.start_kill();
+                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                format!("{why} ({status})")
+            }
+        };
+        let Some(why) = Some(why).filter(|_| !jobs.is_closed()) else { return };
+        tracing::warn!(app = %spec.app, task = %spec.task, %why, "worker exited; restarting");
+        restarts.fetch_add(1, Ordering::Relaxed);
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(50);
+        }
+        // While down, batches fail fast instead of queueing behind a dead process.
+        let wake = tokio::time::sleep(backoff);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => break,
+                job = jobs.recv() => match job {
+                    Some((_, reply)) => { let _ = reply.send(Err(WorkerError::Unavailable(why.clone()))); }
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Serve jobs to one child until it dies; every batch in flight then fails with `Crashed`.
+async fn run_child(
+    child: &mut tokio::process::Child,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    next_batch: &AtomicU64,
+) -> String {
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return "no pipes to the worker".into();
+    };
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let fail_all = |pending: &Pending, why: &str| {
+        for (_, tx) in pending.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            let _ = tx.send(Err(WorkerError::Crashed(why.to_string())));
+        }
+    };
+    let reader = {
+        let pending = pending.clone();
+        async move {
+            loop {
+                let mut header = [0u8; jigsaw_protocol::wire::HEADER_LEN];
+                if let Err(e) = stdout.read_exact(&mut header).await {
+                    return format!("worker output closed: {e}");
+                }
+                let len = match worker::decode_header(&header) {
+                    Ok(l) => l,
+                    Err(e) => return format!("bad frame from worker: {e}"),
+                };
+                let mut frame = header.to_vec();
+                frame.resize(header.len() + len, 0);
+                if let Err(e) = stdout.read_exact(&mut frame[header.len()..]).await {
+                    return format!("worker output closed: {e}");
+                }
+                match worker::decode(&frame) {
+                    Ok((WorkerMessage::Done { batch, result, .. }, _)) => {
+                        let tx = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(result.map_err(WorkerError::Exec));
+                        }
+                    }
+                    Ok((WorkerMessage::Ready { executor }, _)) => tracing::debug!(%executor, "worker ready"),
+                    Ok((other, _)) => return format!("unexpected frame from worker: {other:?}"),
+                    Err(e) => return format!("bad frame from worker: {e}"),
+                }
+            }
+        }
+    };
+    tokio::pin!(reader);
+    let why = loop {
+        tokio::select! {
+            why = &mut reader => break why,
+            job = jobs.recv() => {
+                let Some((inputs, reply)) = job else { break "stopped".to_string() };
+                let batch = next_batch.fetch_add(1, Ordering::Relaxed);
+                let frame = match worker::encode(&WorkerMessage::Job { batch, inputs }) {
+                    Ok(f) => f,
+                    Err(e) => { let _ = reply.send(Err(WorkerError::Exec(e.to_string()))); continue; }
+                };
+                pending.lock().unwrap_or_else(|p| p.into_inner()).insert(batch, reply);
+                if let Err(e) = stdin.write_all(&frame).await {
+                    break format!("worker input closed: {e}");
+                }
+            }
+        }
+    };
+    fail_all(&pending, &why);
+    why
+}
+
+/// Launches [`ProcessWorker`]s running `exe worker`.
+#[derive(Debug, Clone)]
+pub struct ProcessLauncher {
+    /// The `jigsaw` executable.
+    pub exe: PathBuf,
+    /// Executor the workers run.
+    pub kind: ExecutorKind,
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch(&self, spec: &WorkerSpec) -> Arc<dyn WorkerConn> {
+        Arc::new(ProcessWorker::start(self.exe.clone(), spec))
+    }
+    fn executor(&self) -> ExecutorKind {
+        self.kind
+    }
+}
