@@ -113,7 +113,11 @@ impl Actor for SegmentActor {
     type State = SegmentState;
     type Arguments = SegmentArgs;
 
-    async fn pre_start(&self, _me: ActorRef<SegmentMsg>, args: SegmentArgs) -> Result<SegmentState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SegmentMsg>,
+        args: SegmentArgs,
+    ) -> Result<SegmentState, ActorProcessingErr> {
         let mut st = SegmentState { plan: args.plan, gpu: args.gpu, segments: args.segments, attachment: None };
         st.attach();
         Ok(st)

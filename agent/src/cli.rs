@@ -74,6 +74,57 @@ pub enum Command {
         /// Simulated MIG create/destroy latency, ms.
         #[arg(long, default_value_t = 100)]
         reconfig_ms: u64,
+        /// Executor of the agents' worker processes: `timed` sleeps each batch's profiled
+        /// latency (simulated GPU time), `cpu` runs scaled-down models on the CPU.
+        #[arg(long, value_enum, default_value = "timed")]
+        executor: crate::dataplane::worker::ExecutorKind,
+    },
+    /// Measure a profile table by running the serving workers on each configuration
+    /// (resumable: rows already in --out are kept and skipped).
+    Profile {
+        /// Application spec.
+        #[arg(long)]
+        app: PathBuf,
+        /// Output CSV (appended to; an interrupted run resumes).
+        #[arg(long)]
+        out: PathBuf,
+        /// GPU model the rows are for.
+        #[arg(long, default_value = "h100-80gb")]
+        gpu: GpuModel,
+        /// MIG profiles.
+        #[arg(long, value_delimiter = ',', default_value = "1g.10gb,2g.20gb,3g.40gb,7g.80gb")]
+        mig: Vec<String>,
+        /// MPS levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        mps: Vec<u8>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        batch: Vec<u32>,
+        /// Timed batches per worker and configuration.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Executor: `cpu` (scaled-down reference models on this CPU), `cuda` (the GPU the
+        /// worker sees), `timed` (replays --curves; tests the pipeline only).
+        #[arg(long, value_enum, default_value = "cpu")]
+        executor: crate::dataplane::worker::ExecutorKind,
+        /// Profile CSV whose latencies the `timed` executor replays.
+        #[arg(long)]
+        curves: Option<PathBuf>,
+    },
+    /// One worker process of a segment instance (started and supervised by the agent).
+    Worker {
+        /// The worker's spec, JSON (written by the agent).
+        #[arg(long)]
+        spec_json: String,
+    },
+    /// Send open-loop load to an application through the inference API and report outcomes.
+    Load {
+        /// Load options.
+        #[command(flatten)]
+        args: crate::dataplane::loadgen::LoadArgs,
+        /// Local cluster directory whose agents are the targets when no --target is given.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Stop a local cluster and remove its directory.
     Down {
@@ -238,6 +289,19 @@ pub enum BenchCmd {
         /// Simulated GPUs per node.
         #[arg(long, default_value_t = 2)]
         gpus_per_node: u32,
+    },
+    /// Data-plane overhead with a no-op model: per-hop latency over QUIC on loopback and
+    /// throughput through a 2-stage graph.
+    Dataplane {
+        /// Requests in the throughput run (and at most 5000 in the per-hop run).
+        #[arg(long, default_value_t = 50_000)]
+        requests: usize,
+        /// Requests in flight during the throughput run.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Largest batch of the no-op instances.
+        #[arg(long, default_value_t = 16)]
+        batch: u32,
     },
 }
 

@@ -63,6 +63,25 @@ pub struct NodeSection {
     pub tls: TlsSection,
     /// GPU backend.
     pub gpu: GpuSection,
+    /// The inference API and workers (`[node.serve]`; optional).
+    #[serde(default)]
+    pub serve: ServeSection,
+}
+
+/// `[node.serve]`: the data plane.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// HTTP listen address of the KServe v2 inference API (absent: no HTTP API).
+    pub http: Option<String>,
+    /// Worker executor: `timed` (default with simulated GPUs), `cpu`, `noop`, `cuda`
+    /// (default with NVML).
+    pub executor: Option<String>,
+    /// Requests the frontend runs at once before answering 429 (default 4096).
+    pub max_in_flight: Option<usize>,
+    /// Run workers inside the agent process instead of `jigsaw worker` processes.
+    #[serde(default)]
+    pub in_process_workers: bool,
 }
 
 /// `[node.tls]`.
@@ -116,6 +135,14 @@ pub struct NodeConfig {
     pub tls: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
     /// GPU backend.
     pub gpu: GpuBackendConfig,
+    /// HTTP inference API address.
+    pub http: Option<std::net::SocketAddr>,
+    /// Worker executor.
+    pub executor: crate::dataplane::worker::ExecutorKind,
+    /// Frontend admission limit.
+    pub max_in_flight: usize,
+    /// Workers run in-process.
+    pub in_process_workers: bool,
 }
 
 /// The GPU backend to run.
@@ -216,7 +243,28 @@ impl NodeSection {
             }
             GpuSection::Nvml => GpuBackendConfig::Nvml,
         };
+        let http = match &self.serve.http {
+            Some(a) => {
+                Some(a.parse().map_err(|_| bad("serve.http", format!("`{a}` is not an address like 0.0.0.0:8000")))?)
+            }
+            None => None,
+        };
+        use crate::dataplane::worker::ExecutorKind;
+        let executor = match (self.serve.executor.as_deref(), &gpu) {
+            (None, GpuBackendConfig::Nvml) => ExecutorKind::Cuda,
+            (None, GpuBackendConfig::Sim { .. }) => ExecutorKind::Timed,
+            (Some(e), _) => <ExecutorKind as clap::ValueEnum>::from_str(e, true)
+                .map_err(|_| bad("serve.executor", format!("`{e}` is not one of timed, cpu, noop, cuda")))?,
+        };
+        let max_in_flight = self.serve.max_in_flight.unwrap_or(4096);
+        if max_in_flight == 0 {
+            return Err(bad("serve.max_in_flight", "must be at least 1".into()));
+        }
         Ok(NodeConfig {
+            http,
+            executor,
+            max_in_flight,
+            in_process_workers: self.serve.in_process_workers,
             id: self.id.clone(),
             listen,
             peers,

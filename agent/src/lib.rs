@@ -17,6 +17,7 @@
 //! Design note for the mesh protocols: `docs/mesh.md`.
 
 pub mod actors;
+pub mod bench_dataplane;
 pub mod bench_mesh;
 pub mod cli;
 pub mod config;

@@ -8,6 +8,8 @@
 
 use crate::actors::Backend;
 use crate::config::{Config, GpuBackendConfig, NodeConfig};
+use crate::dataplane::http::HttpLimits;
+use crate::dataplane::worker::{InProcessLauncher, Launcher, ProcessLauncher};
 use crate::gpu::sim::SimGpu;
 use crate::node::{highs_planner, NodeHandle, NodeSpec, Timing};
 use crate::transport::net::{QuicTransport, Transport};
@@ -38,6 +40,9 @@ pub struct LocalNode {
     pub log: PathBuf,
     /// Process id of the agent (as last started by `up`).
     pub pid: u32,
+    /// Base URL of the node's inference API (`http://ip:port`), if it serves one.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// `cluster.json`: how the operator CLI reaches a cluster. `jigsaw up` writes one for a local
@@ -141,6 +146,11 @@ fn free_port() -> Result<u16> {
     Ok(s.local_addr()?.port())
 }
 
+fn free_tcp_port() -> Result<u16> {
+    let s = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
 /// Options of `jigsaw up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -158,6 +168,8 @@ pub struct UpOptions {
     pub apps: bool,
     /// Simulated MIG reconfiguration latency, ms.
     pub reconfig_ms: u64,
+    /// Worker executor of the agents.
+    pub executor: crate::dataplane::worker::ExecutorKind,
 }
 
 /// The example apps with their synthetic profiles and the demand `up` registers.
@@ -215,11 +227,13 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         let peers: Vec<String> = nodes.iter().filter(|(n, _)| n != name).map(|(n, a)| format!("\"{n}@{a}\"")).collect();
         let data = o.dir.join(name);
         let config = o.dir.join(format!("{name}.toml"));
+        let http = format!("127.0.0.1:{}", free_tcp_port()?);
         let text = format!(
             "# Written by `jigsaw up`.\n[node]\nid = \"{name}\"\nlisten = \"{addr}\"\npeers = [{}]\n\
              coordinator_eligible = {}\nvoters = [{}]\ndata_dir = \"{}\"\n\
              tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\
-             gpu = {{ backend = \"sim\", model = \"{}\", count = {}, reconfig_ms = {} }}\n",
+             gpu = {{ backend = \"sim\", model = \"{}\", count = {}, reconfig_ms = {} }}\n\
+             serve = {{ http = \"{http}\", executor = \"{}\" }}\n",
             peers.join(", "),
             i < eligible,
             voters.join(", "),
@@ -230,11 +244,20 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             o.gpu,
             o.gpus_per_node,
             o.reconfig_ms,
+            o.executor.name(),
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = o.dir.join(format!("{name}.log"));
         let pid = spawn_agent(exe, &config, &log)?;
-        local.push(LocalNode { name: name.clone(), addr: addr.clone(), eligible: i < eligible, config, log, pid });
+        local.push(LocalNode {
+            name: name.clone(),
+            addr: addr.clone(),
+            eligible: i < eligible,
+            config,
+            log,
+            pid,
+            http: Some(format!("http://{http}")),
+        });
     }
     let cluster = LocalCluster { nodes: local, ca_dir, local: true };
     cluster.save(&o.dir)?;
@@ -277,6 +300,85 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         Ok(out)
     })
     .with_context(|| hint)
+}
+
+/// `jigsaw profile`: measure configurations with `jigsaw worker` processes.
+#[allow(clippy::too_many_arguments)]
+pub fn cmd_profile(
+    app: &Path,
+    out: &Path,
+    gpu: GpuModel,
+    mig: &[String],
+    mps: &[u8],
+    batch: &[u32],
+    reps: usize,
+    executor: crate::dataplane::worker::ExecutorKind,
+    curves: Option<&Path>,
+) -> Result<String> {
+    let path = app.display().to_string();
+    let text = std::fs::read_to_string(app).with_context(|| format!("reading {path}"))?;
+    let spec = jigsaw_protocol::AppSpec::parse(&text, &path)?;
+    for m in mig {
+        if gpu.spec().profile_index(m).is_none() {
+            bail!("--mig: `{m}` is not a MIG profile of {gpu}");
+        }
+    }
+    if let Some(m) = mps.iter().find(|m| !(1..=4).contains(*m)) {
+        bail!("--mps: {m} is not an MPS level (1-4)");
+    }
+    if let Some(b) = batch.iter().find(|b| **b == 0) {
+        bail!("--batch: {b} is not a batch size");
+    }
+    let table = match curves {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(jigsaw_protocol::ProfileTable::parse_csv(&t, &p.display().to_string())?)
+        }
+        None if executor == crate::dataplane::worker::ExecutorKind::Timed => {
+            bail!("--executor timed replays a table: give --curves FILE")
+        }
+        None => None,
+    };
+    let launcher: Arc<dyn Launcher> = Arc::new(ProcessLauncher { exe: std::env::current_exe()?, kind: executor });
+    let run = crate::dataplane::profiler::ProfileRun {
+        app: &spec,
+        gpu,
+        profiles: mig.to_vec(),
+        mps: mps.to_vec(),
+        batches: batch.to_vec(),
+        reps,
+        launcher,
+        curves: table.as_ref(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (now, skipped) = rt
+        .block_on(crate::dataplane::profiler::run(&run, out, |k, n, c, r| {
+            eprintln!(
+                "[{k}/{n}] {}/{} {} mps {} batch {}: p95 {:.3} ms, {:.1} items/s",
+                c.task, c.variant, c.mig_profile, c.mps, c.batch, r.p95_ms, r.throughput_rps
+            );
+        }))
+        .map_err(|e| anyhow!(e))?;
+    Ok(format!(
+        "{}: {now} configurations measured, {skipped} already present (executor {})\n",
+        out.display(),
+        executor.name()
+    ))
+}
+
+/// `jigsaw load`: targets from `--target`, else every agent of the cluster in `dir`.
+pub fn cmd_load(args: &crate::dataplane::loadgen::LoadArgs, dir: &Path) -> Result<String> {
+    let mut args = args.clone();
+    if args.targets.is_empty() {
+        let c = LocalCluster::load(dir).with_context(|| "no --target given and no cluster to take the agents from")?;
+        args.targets = c.nodes.iter().filter_map(|n| n.http.clone()).collect();
+        if args.targets.is_empty() {
+            bail!("no agent of {} serves the inference API ([node.serve] http)", dir.display());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let report = rt.block_on(crate::dataplane::loadgen::run(&args))?;
+    Ok(if args.json { format!("{}\n", serde_json::to_string_pretty(&report)?) } else { format!("{report}") })
 }
 
 /// Whether every alive member reports the committed epoch applied.
@@ -513,18 +615,47 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             planner: highs_planner(planner),
             gpus,
             simulate_latency: simulate,
-            launcher: None,
-            max_in_flight: 4096,
+            launcher: Some(if node.in_process_workers {
+                Arc::new(InProcessLauncher(node.executor)) as Arc<dyn Launcher>
+            } else {
+                Arc::new(ProcessLauncher { exe: std::env::current_exe()?, kind: node.executor })
+            }),
+            max_in_flight: node.max_in_flight,
         };
         let t = transport.clone();
         let handle = NodeHandle::start(spec, transport.clone(), move |h| Some(tokio::spawn(t.serve(h)))).await?;
-        tracing::info!(node = %node.id, addr = %node.advertise, "agent started");
+        tracing::info!(node = %node.id, addr = %node.advertise, executor = node.executor.name(), "agent started");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let http = match node.http {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow!("binding the inference API to {addr}: {e}"))?;
+                tracing::info!(node = %node.id, %addr, "inference API listening");
+                let svc = handle.plane() as Arc<dyn crate::dataplane::Inference>;
+                let mut stop = stop_rx.clone();
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                Some(tokio::spawn(crate::dataplane::http::serve(
+                    listener,
+                    svc,
+                    HttpLimits { max_in_flight: node.max_in_flight, ..HttpLimits::default() },
+                    shutdown,
+                )))
+            }
+            None => None,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!(node = %node.id, "stopping");
+        let _ = stop_tx.send(true);
+        if let Some(h) = http {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
+        }
         handle.stop().await;
         transport.close();
         Ok(())

@@ -16,6 +16,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Mesh { nodes, reps, gpus_per_node }) => {
             jigsaw_agent::bench_mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
         }
+        Command::Bench(BenchCmd::Dataplane { requests, concurrency, batch }) => {
+            jigsaw_agent::bench_dataplane::cmd_bench_dataplane(*requests, *concurrency, *batch)?
+        }
         Command::Profiles(ProfilesCmd::Synth { app, gpu, out }) => {
             let csv = cli::cmd_synth(app, *gpu)?;
             match out {
@@ -38,7 +41,17 @@ fn run(c: Cli) -> anyhow::Result<()> {
             local::cmd_agent(path)?;
             String::new()
         }
-        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms } => {
+        Command::Profile { app, out, gpu, mig, mps, batch, reps, executor, curves } => {
+            local::cmd_profile(app, out, *gpu, mig, mps, batch, *reps, *executor, curves.as_deref())?
+        }
+        Command::Worker { spec_json } => {
+            let spec: jigsaw_agent::dataplane::worker::WorkerSpec =
+                serde_json::from_str(spec_json).map_err(|e| anyhow::anyhow!("--spec-json: {e}"))?;
+            jigsaw_agent::dataplane::worker::worker_main(&spec).map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+            String::new()
+        }
+        Command::Load { args, dir } => local::cmd_load(args, &dir.clone().unwrap_or_else(local::default_dir))?,
+        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms, executor } => {
             let o = local::UpOptions {
                 nodes: *nodes,
                 gpus_per_node: *gpus_per_node,
@@ -47,6 +60,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 dir: dir.clone().unwrap_or_else(local::default_dir),
                 apps: !no_apps,
                 reconfig_ms: *reconfig_ms,
+                executor: *executor,
             };
             local::cmd_up(&o, &std::env::current_exe()?)?
         }

@@ -164,6 +164,14 @@ impl<T: Transport> Shared<T> {
 
     fn heartbeat(&self) -> Heartbeat {
         let (applied_epoch, gpus) = self.inventory.borrow().clone();
+        // Run-time refinement: latencies the local instances observed travel with heartbeats.
+        let seen = self.plane.local().observed(20, |uuid| gpus.iter().find(|g| g.uuid == uuid).map(|g| g.model));
+        if !seen.is_empty() {
+            let mut o = lock(&self.observed);
+            for r in seen {
+                o.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
+            }
+        }
         let observed = lock(&self.observed).values().cloned().collect();
         Heartbeat {
             node: self.name.clone(),

@@ -69,7 +69,13 @@ type Inventory = watch::Receiver<(u64, Vec<GpuInventory>)>;
 
 async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<NodeMsg>, Inventory) {
     let (tx, rx) = watch::channel((0, Vec::new()));
-    let args = NodeArgs { gpus, simulate_latency: false, state_file: Some(state_file.to_path_buf()), inventory: tx, segments: None };
+    let args = NodeArgs {
+        gpus,
+        simulate_latency: false,
+        state_file: Some(state_file.to_path_buf()),
+        inventory: tx,
+        segments: None,
+    };
     let (a, _) = Actor::spawn(None, NodeAgent, args).await.expect("spawn node agent");
     (a, rx)
 }

@@ -452,13 +452,12 @@ fn non_voters_cannot_push_plans_or_vote() {
         let rogue = SimTransport::new(sim.hub.clone(), "n1");
         let t = Duration::from_secs(2);
         for coordinator in ["n1", "n0"] {
-            let push =
-                WireMessage::PlanPush {
-                    epoch: u64::MAX,
-                    coordinator: coordinator.into(),
-                    gpus: BTreeMap::new(),
-                    routes: Default::default(),
-                };
+            let push = WireMessage::PlanPush {
+                epoch: u64::MAX,
+                coordinator: coordinator.into(),
+                gpus: BTreeMap::new(),
+                routes: Default::default(),
+            };
             let r = rogue.request("n0", "", push, t).await.expect("reply");
             assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{coordinator}: {r:?}");
         }

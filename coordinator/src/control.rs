@@ -26,10 +26,10 @@
 //!   per configuration is kept and handed to the planner at the next re-plan (observations
 //!   alone do not trigger one, so noisy measurements cannot make plans flap).
 
+use crate::routing::routing_table;
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::RoutingTable;
-use crate::routing::routing_table;
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;

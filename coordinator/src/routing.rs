@@ -10,7 +10,7 @@
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::cluster::{ClusterPlan, ClusterState};
 use jigsaw_protocol::profile::{ProfileRow, ProfileTable};
-use jigsaw_protocol::route::{AppRoute, RoutingTable, TaskRoute, Target};
+use jigsaw_protocol::route::{AppRoute, RoutingTable, Target, TaskRoute};
 
 /// Stale-drop threshold used when an app does not say otherwise, ms (paper §3.3).
 pub const DEFAULT_STALE_MS: f64 = 20.0;

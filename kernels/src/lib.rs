@@ -1,17 +1,43 @@
 //! # jigsaw-kernels
 //!
-//! Executors for the data plane. This crate holds, so far, the model representation and the
-//! CPU reference executor:
+//! Executors for the data plane:
 //!
 //! * [`Layer`] / [`Model`]: a model variant as a sequence of layers (2-D convolution, dense
-//!   GEMM, ReLU, max pooling, global average pooling) over NCHW `f32` tensors;
-//! * [`Model::generated`]: deterministic weights from a seed (no downloads; the same seed
-//!   gives bit-identical weights on every machine);
-//! * [`Executor`] and [`CpuExecutor`]: run a batch through a model.
+//!   GEMM, ReLU, max pooling, global average pooling, and [`Layer::Repeat`] for a body run
+//!   several times in sequence, e.g. once per decoded token) over NCHW `f32` tensors;
+//! * [`Model::for_variant`] (module [`arch`]): a layer graph shaped after the variant's
+//!   architecture family (`vgg`, `resnet`, `efficientnet`, `yolov5`, `git`, `tts`) and
+//!   sized so that its multiply-accumulates per item are `scale * gflops * 1e9 / 2`, so a
+//!   simulator can run real-shaped, scaled-down models; [`arch::input_shape`] gives the
+//!   per-item input each family expects;
+//! * [`Model::generated`]: a small generic CNN; both builders draw deterministic weights
+//!   from a seed (no downloads; the same seed gives bit-identical weights everywhere);
+//! * [`Model::load_safetensors`] / [`Model::to_safetensors`] (module [`weights`]): real
+//!   weights as F32 tensors `layers.{i}.weight` / `layers.{i}.bias`;
+//! * [`Executor`], with two implementations: [`CpuExecutor`], plain loops that are the
+//!   numerical reference (a convolution adds each weight over a whole output row, which
+//!   gives the same sums as a per-output loop, bit for bit), and [`cuda::CudaExecutor`],
+//!   NVRTC-compiled CUDA C kernels launched through `cudarc` (one thread per output element
+//!   for convolution, pooling and ReLU, one warp per output for dense layers). The CUDA executor loads `libcuda` and
+//!   `libnvrtc` at run time: the crate builds and its tests pass on machines without them,
+//!   where [`cuda::CudaExecutor::new`] returns [`KernelError::NoCuda`].
 //!
-//! Not built yet (data-plane issue): the cudarc executor (NVRTC kernels / cuBLAS, probing
-//! `libcuda.so` before the first call), safetensors loading, and layer graphs shaped after
-//! each variant's architecture class.
+//! **Tolerance.** The GPU convolution and pooling kernels sum in the same order as the CPU
+//! loops but may fuse multiply-adds, and the dense kernel sums in a different order (a warp
+//! reduction), so results differ by rounding. An executor agrees with the reference when
+//! [`max_scaled_diff`] is at most [`GPU_TOLERANCE`], i.e. the largest absolute difference
+//! is at most `1e-3 * (1 + max |reference|)`; the GPU test (`tests/gpu.rs`, run with
+//! `JIGSAW_GPU_TESTS=1`) checks exactly that.
+//!
+//! **Scale.** At `scale = 1e-3` the example apps' variants take about 1 ms (EfficientNet-B0)
+//! to 250 ms (YOLOv5x) per item on one core of a 2-core CPU machine with the release build
+//! of [`CpuExecutor`], and every variant's MACs are within 5 % of its budget; at `1e-4` the
+//! smallest variants hit the one-channel floor. The table for any scale:
+//! `cargo run --release -p jigsaw-kernels --example variant_table -- 1e-3`.
+
+pub mod arch;
+pub mod cuda;
+pub mod weights;
 
 use jigsaw_protocol::rng::SplitMix64;
 use thiserror::Error;
@@ -56,12 +82,21 @@ pub enum Layer {
     },
     /// Mean over H and W: NCHW → NC11.
     GlobalAvgPool,
+    /// `body` applied `times` times in sequence, each pass feeding the next: an
+    /// autoregressive decoder that streams its weights once per generated token. The body
+    /// must map its input shape to itself; `times` is at least 1.
+    Repeat {
+        /// Passes.
+        times: usize,
+        /// The layers of one pass.
+        body: Vec<Layer>,
+    },
 }
 
 /// A tensor shape (N, C, H, W); dense layers produce (N, C, 1, 1).
 pub type Shape = (usize, usize, usize, usize);
 
-/// Why a model cannot run.
+/// Why a model cannot be built, loaded or run.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum KernelError {
     /// The input does not match what a layer expects; fix the model or the input.
@@ -82,6 +117,59 @@ pub enum KernelError {
         /// The shape.
         shape: Shape,
     },
+    /// [`Model::for_variant`] does not know the architecture family.
+    #[error("unknown model family `{family}` (known: {})", arch::FAMILIES.join(", "))]
+    UnknownFamily {
+        /// The family asked for.
+        family: String,
+    },
+    /// [`Model::for_variant`] cannot build the variant (bad FLOPs, scale or input).
+    #[error("variant `{variant}`: {message}")]
+    Variant {
+        /// Variant name.
+        variant: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A safetensors buffer cannot be parsed or written.
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+    /// The model has a weighted layer whose tensor the safetensors buffer lacks.
+    #[error("safetensors: tensor `{tensor}` is missing")]
+    MissingTensor {
+        /// Tensor name, e.g. `layers.0.weight`.
+        tensor: String,
+    },
+    /// A tensor is not F32.
+    #[error("safetensors: tensor `{tensor}` has dtype {dtype}, expected F32")]
+    TensorDtype {
+        /// Tensor name.
+        tensor: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// A tensor's shape does not match its layer.
+    #[error("safetensors: tensor `{tensor}` has shape {got:?}, the layer needs {expected:?}")]
+    TensorShape {
+        /// Tensor name.
+        tensor: String,
+        /// Shape the layer needs.
+        expected: Vec<usize>,
+        /// Shape found.
+        got: Vec<usize>,
+    },
+    /// The buffer holds a tensor that no layer of the model uses (a file for another model).
+    #[error("safetensors: tensor `{tensor}` belongs to no layer of the model")]
+    UnexpectedTensor {
+        /// Tensor name.
+        tensor: String,
+    },
+    /// CUDA is not usable on this machine: the driver library, NVRTC or a device is missing.
+    #[error("CUDA unavailable: {0}")]
+    NoCuda(String),
+    /// A CUDA driver or NVRTC call failed.
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 /// A model variant.
@@ -97,6 +185,28 @@ pub struct Model {
 fn weight(rng: &mut SplitMix64, scale: f32) -> f32 {
     let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
     (2.0 * u - 1.0) * scale
+}
+
+/// He-style uniform weights for a layer of fan-in `fan_in`, and small biases.
+fn init(rng: &mut SplitMix64, fan_in: usize, nw: usize, nb: usize) -> (Vec<f32>, Vec<f32>) {
+    let scale = (6.0 / fan_in as f32).sqrt();
+    let w = (0..nw).map(|_| weight(rng, scale)).collect();
+    let b = (0..nb).map(|_| weight(rng, 0.01)).collect();
+    (w, b)
+}
+
+/// Fill the weights of every weighted layer (in order, depth first) from `rng`.
+fn fill_weights(layers: &mut [Layer], rng: &mut SplitMix64) {
+    for l in layers {
+        match l {
+            Layer::Conv2d { cin, cout, k, w, b, .. } => {
+                (*w, *b) = init(rng, *cin * *k * *k, *cout * *cin * *k * *k, *cout)
+            }
+            Layer::Dense { din, dout, w, b } => (*w, *b) = init(rng, *din, *dout * *din, *dout),
+            Layer::Repeat { body, .. } => fill_weights(body, rng),
+            Layer::Relu | Layer::MaxPool { .. } | Layer::GlobalAvgPool => {}
+        }
+    }
 }
 
 /// What [`Model::generated`] builds: a small CNN of `blocks` conv-ReLU-pool blocks.
@@ -115,53 +225,98 @@ pub struct Arch {
 impl Model {
     /// A model of `arch` with deterministic weights from `seed` (He-style uniform scale).
     pub fn generated(name: &str, arch: Arch, seed: u64) -> Model {
-        let mut rng = SplitMix64::new(seed);
         let mut layers = Vec::new();
         let mut c = arch.cin;
         for i in 0..arch.blocks {
             let cout = arch.width << i;
-            let k = 3;
-            let scale = (6.0 / (c * k * k) as f32).sqrt();
-            let w = (0..cout * c * k * k).map(|_| weight(&mut rng, scale)).collect();
-            let b = (0..cout).map(|_| weight(&mut rng, 0.01)).collect();
-            layers.push(Layer::Conv2d { cin: c, cout, k, stride: 1, pad: 1, w, b });
+            layers.push(Layer::Conv2d { cin: c, cout, k: 3, stride: 1, pad: 1, w: Vec::new(), b: Vec::new() });
             layers.push(Layer::Relu);
             layers.push(Layer::MaxPool { k: 2 });
             c = cout;
         }
         layers.push(Layer::GlobalAvgPool);
-        let scale = (6.0 / c as f32).sqrt();
-        let w = (0..arch.classes * c).map(|_| weight(&mut rng, scale)).collect();
-        let b = (0..arch.classes).map(|_| weight(&mut rng, 0.01)).collect();
-        layers.push(Layer::Dense { din: c, dout: arch.classes, w, b });
+        layers.push(Layer::Dense { din: c, dout: arch.classes, w: Vec::new(), b: Vec::new() });
+        Model::seeded(name, layers, seed)
+    }
+
+    /// A model of `layers` (any weights they hold are replaced) with deterministic weights
+    /// from `seed`, drawn as [`Model::generated`] and [`Model::for_variant`] draw theirs.
+    pub fn seeded(name: &str, mut layers: Vec<Layer>, seed: u64) -> Model {
+        fill_weights(&mut layers, &mut SplitMix64::new(seed));
         Model { name: name.to_string(), layers }
     }
 
     /// Multiply-accumulates for one sample of input `shape` (N ignored).
     pub fn macs(&self, shape: Shape) -> Result<u64, KernelError> {
-        let mut s = (1, shape.1, shape.2, shape.3);
-        let mut total = 0u64;
-        for (i, l) in self.layers.iter().enumerate() {
-            let out = out_shape(i, l, s)?;
-            total += match l {
-                Layer::Conv2d { cin, k, .. } => (out.1 * out.2 * out.3 * cin * k * k) as u64,
-                Layer::Dense { din, dout, .. } => (din * dout) as u64,
-                _ => 0,
-            };
-            s = out;
+        Ok(trace(&self.layers, (1, shape.1, shape.2, shape.3), true)?.1)
+    }
+
+    /// The output shape for input `shape`, after checking every layer against it.
+    pub fn output_shape(&self, shape: Shape) -> Result<Shape, KernelError> {
+        Ok(trace(&self.layers, shape, true)?.0)
+    }
+
+    /// Weights and biases, counted once even when a [`Layer::Repeat`] runs them many times.
+    pub fn params(&self) -> usize {
+        fn count(layers: &[Layer]) -> usize {
+            layers
+                .iter()
+                .map(|l| match l {
+                    Layer::Conv2d { w, b, .. } | Layer::Dense { w, b, .. } => w.len() + b.len(),
+                    Layer::Repeat { body, .. } => count(body),
+                    _ => 0,
+                })
+                .sum()
         }
-        Ok(total)
+        count(&self.layers)
     }
 }
 
-fn out_shape(i: usize, l: &Layer, (n, c, h, w): Shape) -> Result<Shape, KernelError> {
+/// Output shape and MACs per sample of `layers` on input `s`; checks weight lengths when
+/// `weights` (skeletons built by [`arch`] have none yet).
+pub(crate) fn trace(layers: &[Layer], mut s: Shape, weights: bool) -> Result<(Shape, u64), KernelError> {
+    let mut total = 0u64;
+    for (i, l) in layers.iter().enumerate() {
+        let (out, macs) = step(i, l, s, weights)?;
+        total += macs;
+        s = out;
+    }
+    Ok((s, total))
+}
+
+/// One layer: its output shape and its MACs per sample.
+pub(crate) fn step(i: usize, l: &Layer, s: Shape, weights: bool) -> Result<(Shape, u64), KernelError> {
+    let out = out_shape(i, l, s, weights)?;
+    let macs = match l {
+        Layer::Conv2d { cin, k, .. } => (out.1 * out.2 * out.3 * cin * k * k) as u64,
+        Layer::Dense { din, dout, .. } => (din * dout) as u64,
+        Layer::Repeat { times, body } => {
+            let (_, per) = trace(body, s, weights).map_err(|e| nested(i, e))?;
+            *times as u64 * per
+        }
+        Layer::Relu | Layer::MaxPool { .. } | Layer::GlobalAvgPool => 0,
+    };
+    Ok((out, macs))
+}
+
+/// An error inside a repeat body, reported against the repeat layer.
+fn nested(i: usize, e: KernelError) -> KernelError {
+    match e {
+        KernelError::Shape { layer, message } => {
+            KernelError::Shape { layer: i, message: format!("repeat body layer {layer}: {message}") }
+        }
+        other => other,
+    }
+}
+
+pub(crate) fn out_shape(i: usize, l: &Layer, (n, c, h, w): Shape, weights: bool) -> Result<Shape, KernelError> {
     let bad = |message: String| KernelError::Shape { layer: i, message };
     match l {
         Layer::Conv2d { cin, cout, k, stride, pad, w: wt, b } => {
             if c != *cin {
                 return Err(bad(format!("expects {cin} channels, got {c}")));
             }
-            if wt.len() != cout * cin * k * k || b.len() != *cout || *stride == 0 {
+            if (weights && (wt.len() != cout * cin * k * k || b.len() != *cout)) || *stride == 0 {
                 return Err(bad("weights, bias or stride do not match the layer's size".into()));
             }
             if h + 2 * pad < *k || w + 2 * pad < *k {
@@ -173,7 +328,7 @@ fn out_shape(i: usize, l: &Layer, (n, c, h, w): Shape) -> Result<Shape, KernelEr
             if c * h * w != *din {
                 return Err(bad(format!("expects {din} inputs, got {}", c * h * w)));
             }
-            if wt.len() != din * dout || b.len() != *dout {
+            if weights && (wt.len() != din * dout || b.len() != *dout) {
                 return Err(bad("weights or bias do not match the layer's size".into()));
             }
             Ok((n, *dout, 1, 1))
@@ -186,6 +341,16 @@ fn out_shape(i: usize, l: &Layer, (n, c, h, w): Shape) -> Result<Shape, KernelEr
             Ok((n, c, h / k, w / k))
         }
         Layer::GlobalAvgPool => Ok((n, c, 1, 1)),
+        Layer::Repeat { times, body } => {
+            if *times == 0 {
+                return Err(bad("repeat count is 0".into()));
+            }
+            let (out, _) = trace(body, (n, c, h, w), weights).map_err(|e| nested(i, e))?;
+            if out != (n, c, h, w) {
+                return Err(bad(format!("repeat body maps {:?} to {out:?}; it must keep the shape", (n, c, h, w))));
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -195,6 +360,37 @@ pub trait Executor {
     fn run(&self, model: &Model, input: &[f32], shape: Shape) -> Result<(Vec<f32>, Shape), KernelError>;
 }
 
+/// How far `other` is from `reference`: the largest absolute difference divided by
+/// `1 + max |reference|`. Infinite when the lengths differ or a value is not finite.
+pub fn max_scaled_diff(reference: &[f32], other: &[f32]) -> f32 {
+    if reference.len() != other.len() {
+        return f32::INFINITY;
+    }
+    let mut diff = 0f32;
+    let mut max = 0f32;
+    for (a, b) in reference.iter().zip(other) {
+        if !a.is_finite() || !b.is_finite() {
+            return f32::INFINITY;
+        }
+        diff = diff.max((a - b).abs());
+        max = max.max(a.abs());
+    }
+    diff / (1.0 + max)
+}
+
+/// The agreement an executor must reach against [`CpuExecutor`]:
+/// [`max_scaled_diff`] at most this.
+pub const GPU_TOLERANCE: f32 = 1e-3;
+
+/// Check `input` against `shape`, then trace the model: the output shape.
+pub(crate) fn check_input(model: &Model, input: &[f32], shape: Shape) -> Result<Shape, KernelError> {
+    let need = shape.0 * shape.1 * shape.2 * shape.3;
+    if input.len() != need {
+        return Err(KernelError::Input { got: input.len(), need, shape });
+    }
+    Ok(trace(&model.layers, shape, true)?.0)
+}
+
 /// The CPU reference executor: straightforward loops, the numerics every other executor is
 /// checked against.
 #[derive(Debug, Clone, Copy, Default)]
@@ -202,47 +398,68 @@ pub struct CpuExecutor;
 
 impl Executor for CpuExecutor {
     fn run(&self, model: &Model, input: &[f32], shape: Shape) -> Result<(Vec<f32>, Shape), KernelError> {
-        let need = shape.0 * shape.1 * shape.2 * shape.3;
-        if input.len() != need {
-            return Err(KernelError::Input { got: input.len(), need, shape });
-        }
-        let mut x = input.to_vec();
-        let mut s = shape;
-        for (i, l) in model.layers.iter().enumerate() {
-            let o = out_shape(i, l, s)?;
-            x = layer(l, &x, s, o);
-            s = o;
-        }
-        Ok((x, s))
+        check_input(model, input, shape)?;
+        Ok(run_layers(&model.layers, input.to_vec(), shape))
     }
+}
+
+/// Run checked layers.
+fn run_layers(layers: &[Layer], mut x: Vec<f32>, mut s: Shape) -> (Vec<f32>, Shape) {
+    for (i, l) in layers.iter().enumerate() {
+        // The model was traced before, so this cannot fail; keep the shape if it did.
+        let o = out_shape(i, l, s, false).unwrap_or(s);
+        x = layer(l, &x, s, o);
+        s = o;
+    }
+    (x, s)
 }
 
 fn layer(l: &Layer, x: &[f32], (n, c, h, w): Shape, (_, oc, oh, ow): Shape) -> Vec<f32> {
     match l {
         Layer::Conv2d { cin, k, stride, pad, w: wt, b, .. } => {
+            // Each output starts at its bias and adds x * w over (ci, ky, kx) in that order,
+            // as a per-output loop would, so the sums are the same; iterating a weight over a
+            // whole output row keeps the inner loop contiguous.
+            let (cin, k, stride, pad) = (*cin, *k, *stride, *pad);
             let mut y = vec![0f32; n * oc * oh * ow];
-            for ni in 0..n {
-                for o in 0..oc {
-                    for yi in 0..oh {
-                        for xi in 0..ow {
-                            let mut acc = b[o];
-                            for ci in 0..*cin {
-                                for ky in 0..*k {
-                                    let iy = (yi * stride + ky) as isize - *pad as isize;
-                                    if iy < 0 || iy >= h as isize {
-                                        continue;
+            for (plane_out, out) in y.chunks_exact_mut(oh * ow).enumerate() {
+                let (ni, o) = (plane_out / oc, plane_out % oc);
+                out.fill(b[o]);
+                for ci in 0..cin {
+                    let plane = &x[(ni * c + ci) * h * w..][..h * w];
+                    if (k, stride, pad) == (1, 1, 0) {
+                        // A token-wise GEMM: one weight over the whole plane.
+                        let wv = wt[o * cin + ci];
+                        for (acc, xv) in out.iter_mut().zip(plane) {
+                            *acc += xv * wv;
+                        }
+                        continue;
+                    }
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let wv = wt[((o * cin + ci) * k + ky) * k + kx];
+                            // Output columns whose input column xi*stride + kx - pad is inside.
+                            let lo = pad.saturating_sub(kx).div_ceil(stride);
+                            let hi = if w + pad > kx { ((w + pad - kx - 1) / stride + 1).min(ow) } else { 0 };
+                            if lo >= hi {
+                                continue;
+                            }
+                            for (yi, orow) in out.chunks_exact_mut(ow).enumerate() {
+                                let Some(iy) = (yi * stride + ky).checked_sub(pad).filter(|iy| *iy < h) else {
+                                    continue;
+                                };
+                                let row = &plane[iy * w..][..w];
+                                let first = lo * stride + kx - pad;
+                                if stride == 1 {
+                                    for (acc, xv) in orow[lo..hi].iter_mut().zip(&row[first..]) {
+                                        *acc += xv * wv;
                                     }
-                                    for kx in 0..*k {
-                                        let ix = (xi * stride + kx) as isize - *pad as isize;
-                                        if ix < 0 || ix >= w as isize {
-                                            continue;
-                                        }
-                                        let xv = x[((ni * c + ci) * h + iy as usize) * w + ix as usize];
-                                        acc += xv * wt[((o * cin + ci) * k + ky) * k + kx];
+                                } else {
+                                    for (acc, xv) in orow[lo..hi].iter_mut().zip(row[first..].iter().step_by(stride)) {
+                                        *acc += xv * wv;
                                     }
                                 }
                             }
-                            y[((ni * oc + o) * oh + yi) * ow + xi] = acc;
                         }
                     }
                 }
@@ -281,6 +498,13 @@ fn layer(l: &Layer, x: &[f32], (n, c, h, w): Shape, (_, oc, oh, ow): Shape) -> V
         Layer::GlobalAvgPool => {
             let hw = (h * w) as f32;
             (0..n * c).map(|nc| x[nc * h * w..(nc + 1) * h * w].iter().sum::<f32>() / hw).collect()
+        }
+        Layer::Repeat { times, body } => {
+            let mut y = x.to_vec();
+            for _ in 0..*times {
+                y = run_layers(body, y, (n, c, h, w)).0;
+            }
+            y
         }
     }
 }
@@ -344,6 +568,54 @@ mod tests {
         let wide = Model::generated("w", Arch { width: 16, ..arch }, 1);
         let (a, b) = (m.macs((1, 3, 16, 16)).expect("macs"), wide.macs((1, 3, 16, 16)).expect("macs"));
         assert!(b > 3 * a && b < 5 * a, "{a} vs {b}");
+    }
+
+    /// The per-output loop the conv layer must match bit for bit.
+    fn naive_conv(l: &Layer, x: &[f32], (n, c, h, w): Shape) -> Vec<f32> {
+        let Layer::Conv2d { cin, cout, k, stride, pad, w: wt, b } = l else { panic!("conv") };
+        let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        let mut y = vec![0f32; n * cout * oh * ow];
+        for ni in 0..n {
+            for o in 0..*cout {
+                for yi in 0..oh {
+                    for xi in 0..ow {
+                        let mut acc = b[o];
+                        for ci in 0..*cin {
+                            for ky in 0..*k {
+                                for kx in 0..*k {
+                                    let iy = (yi * stride + ky) as isize - *pad as isize;
+                                    let ix = (xi * stride + kx) as isize - *pad as isize;
+                                    if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                                        let xv = x[((ni * c + ci) * h + iy as usize) * w + ix as usize];
+                                        acc += xv * wt[((o * cin + ci) * k + ky) * k + kx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((ni * cout + o) * oh + yi) * ow + xi] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv_matches_the_per_output_loop_bit_for_bit() {
+        let mut rng = SplitMix64::new(5);
+        let mut pick = |n: u64| (rng.next_u64() % n) as usize;
+        for _ in 0..300 {
+            let (n, cin, cout, h, w) = (1 + pick(2), 1 + pick(3), 1 + pick(3), 1 + pick(12), 1 + pick(12));
+            let (k, stride, pad) = if pick(4) == 0 { (1, 1, 0) } else { (1 + pick(7), 1 + pick(4), pick(4)) };
+            if h + 2 * pad < k || w + 2 * pad < k {
+                continue;
+            }
+            let conv = Layer::Conv2d { cin, cout, k, stride, pad, w: Vec::new(), b: Vec::new() };
+            let m = Model::seeded("c", vec![conv], pick(1000) as u64);
+            let x: Vec<f32> = (0..n * cin * h * w).map(|i| ((i * 7 + 3) % 17) as f32 - 8.0 + 0.1).collect();
+            let (y, _) = CpuExecutor.run(&m, &x, (n, cin, h, w)).expect("runs");
+            assert_eq!(y, naive_conv(&m.layers[0], &x, (n, cin, h, w)), "k {k} stride {stride} pad {pad} {h}x{w}");
+        }
     }
 
     #[test]

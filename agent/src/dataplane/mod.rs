@@ -7,9 +7,12 @@
 //!   maps [`ServeError`] to status codes; the data plane never sees HTTP.
 
 pub mod batch;
+pub mod http;
 pub mod load;
+pub mod loadgen;
 pub mod plane;
 pub mod pool;
+pub mod profiler;
 pub mod worker;
 
 use crate::transport::net::BoxFuture;
@@ -130,5 +133,10 @@ pub trait Inference: Send + Sync + 'static {
     /// Run one request through `app`'s graph. `deadline` is relative to now; `None` means
     /// the app's latency SLO. Must return by the deadline (plus transport slack): the
     /// implementation enforces it, but the HTTP layer also bounds the wait.
-    fn infer(&self, app: &str, req: InferRequest, deadline: Option<Duration>) -> BoxFuture<Result<InferResponse, ServeError>>;
+    fn infer(
+        &self,
+        app: &str,
+        req: InferRequest,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<Result<InferResponse, ServeError>>;
 }

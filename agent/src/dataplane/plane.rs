@@ -26,6 +26,7 @@ use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::rng::SplitMix64;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageRequest, Target};
 use jigsaw_protocol::wire::WireMessage;
+use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -171,7 +172,12 @@ impl LocalPlane {
         let mut curve: Vec<(u32, f64)> = app
             .profiles
             .iter()
-            .filter(|r| r.task == plan.task && r.variant == plan.variant && r.mig_profile == plan.mig_profile && r.mps == plan.mps)
+            .filter(|r| {
+                r.task == plan.task
+                    && r.variant == plan.variant
+                    && r.mig_profile == plan.mig_profile
+                    && r.mps == plan.mps
+            })
             .map(|r| (r.batch, r.p95_ms))
             .collect();
         curve.sort_by_key(|p| p.0);
@@ -236,6 +242,41 @@ impl LocalPlane {
             .filter(|(_, l)| l.pool.is_some())
             .map(|((g, s), l)| (g.clone(), *s, l.plan.app.clone(), l.plan.task.clone(), l.plan.variant.clone()))
             .collect()
+    }
+
+    /// Profile points observed on the local instances (at least `min_samples` full batches
+    /// at the planned batch size): p95 batch latency and segment throughput, for the
+    /// coordinator's next plan. `model_of` maps a GPU UUID to its model.
+    pub fn observed(&self, min_samples: usize, model_of: impl Fn(&str) -> Option<GpuModel>) -> Vec<ProfileRow> {
+        let local = lock(&self.local);
+        let mut out = Vec::new();
+        for ((gpu, _), l) in local.iter() {
+            let (Some(pool), Some(model)) = (&l.pool, model_of(gpu)) else { continue };
+            let mut ms: Vec<f64> = pool
+                .stats
+                .samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(n, _)| *n == l.plan.batch)
+                .map(|(_, us)| *us as f64 / 1e3)
+                .collect();
+            if ms.len() < min_samples.max(1) {
+                continue;
+            }
+            let (p95, mean) = super::profiler::p95_mean(&mut ms);
+            out.push(ProfileRow {
+                task: l.plan.task.clone(),
+                variant: l.plan.variant.clone(),
+                gpu: model,
+                mig_profile: l.plan.mig_profile.clone(),
+                mps: l.plan.mps,
+                batch: l.plan.batch,
+                p95_ms: p95,
+                throughput_rps: f64::from(l.plan.mps) * f64::from(l.plan.batch) / (mean / 1e3).max(1e-9),
+            });
+        }
+        out
     }
 
     /// Run one item on a local instance.
@@ -329,7 +370,8 @@ impl<T: Transport> DataPlane<T> {
         let targets = &route.tasks[task].targets;
         let mut rng = SplitMix64::new(id ^ (u64::from(item) << 48) ^ (task as u64) << 40);
         let mut tried: Vec<usize> = Vec::new();
-        let mut last = StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
+        let mut last =
+            StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
         for _ in 0..2 {
             let Some(i) = pick(targets, &tried, &mut rng) else { break };
             tried.push(i);
@@ -365,7 +407,13 @@ impl<T: Transport> DataPlane<T> {
         last
     }
 
-    async fn run(self: Arc<Self>, route: Arc<AppRoute>, id: u64, input: Vec<f32>, deadline: Instant) -> Result<InferResponse, ServeError> {
+    async fn run(
+        self: Arc<Self>,
+        route: Arc<AppRoute>,
+        id: u64,
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<InferResponse, ServeError> {
         let spec = &route.spec;
         let input = Arc::new(input);
         let mut set: tokio::task::JoinSet<(usize, u32, StageOutcome)> = tokio::task::JoinSet::new();
@@ -414,10 +462,18 @@ impl<T: Transport> DataPlane<T> {
                     outputs.entry(task).or_default().push(output);
                 }
                 StageOutcome::EarlyDrop => {
-                    return Err(ServeError::Dropped { task: name, reason: DropReason::Early, weight: 1 + pending.len() as u32 })
+                    return Err(ServeError::Dropped {
+                        task: name,
+                        reason: DropReason::Early,
+                        weight: 1 + pending.len() as u32,
+                    })
                 }
                 StageOutcome::StaleDrop => {
-                    return Err(ServeError::Dropped { task: name, reason: DropReason::Stale, weight: 1 + pending.len() as u32 })
+                    return Err(ServeError::Dropped {
+                        task: name,
+                        reason: DropReason::Stale,
+                        weight: 1 + pending.len() as u32,
+                    })
                 }
                 StageOutcome::Failed { message, retry } => {
                     return Err(if retry {
@@ -481,7 +537,9 @@ fn input_of(req: &InferRequest) -> Result<Vec<f32>, InferError> {
     t.data
         .iter()
         .enumerate()
-        .map(|(i, v)| v.as_f64().map(|x| x as f32).ok_or_else(|| err(&format!("inputs[0].data[{i}]"), "not a number".into())))
+        .map(|(i, v)| {
+            v.as_f64().map(|x| x as f32).ok_or_else(|| err(&format!("inputs[0].data[{i}]"), "not a number".into()))
+        })
         .collect()
 }
 
@@ -523,7 +581,12 @@ impl<T: Transport> Inference for DataPlane<T> {
         })
     }
 
-    fn infer(&self, app: &str, req: InferRequest, deadline: Option<Duration>) -> BoxFuture<Result<InferResponse, ServeError>> {
+    fn infer(
+        &self,
+        app: &str,
+        req: InferRequest,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<Result<InferResponse, ServeError>> {
         let routes = self.local.routes();
         let Some(route) = routes.app(app).cloned() else {
             return Box::pin(std::future::ready(Err(ServeError::UnknownApp(app.to_string()))));

@@ -78,7 +78,33 @@ impl Pool {
 struct Waiting {
     input: Vec<f32>,
     arrived: Instant,
+    request: Request,
     reply: oneshot::Sender<StageOutcome>,
+}
+
+/// How long a replica whose worker crashed or is restarting takes no batches.
+const BENCH_FOR: std::time::Duration = std::time::Duration::from_millis(200);
+
+enum Finished {
+    /// A batch ended.
+    Batch {
+        instance: usize,
+        ids: Vec<u64>,
+        inputs: Vec<Vec<f32>>,
+        result: Result<Vec<Vec<f32>>, WorkerError>,
+        exec_us: u64,
+    },
+    /// A benched replica may take batches again.
+    Release(usize),
+}
+
+/// Keep replica `instance` busy (no batches) for [`BENCH_FOR`].
+fn bench(done: &mpsc::UnboundedSender<Finished>, instance: usize) {
+    let done = done.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(BENCH_FOR).await;
+        let _ = done.send(Finished::Release(instance));
+    });
 }
 
 async fn drive(
@@ -93,7 +119,7 @@ async fn drive(
     let mut queue = TaskQueue::new(cfg, workers.len().max(1));
     let mut waiting: HashMap<u64, Waiting> = HashMap::new();
     let mut next_id = 0u64;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Vec<u64>, Result<Vec<Vec<f32>>, WorkerError>, u64)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let mut events: Vec<Event> = Vec::new();
     loop {
         for ev in events.drain(..) {
@@ -116,13 +142,14 @@ async fn drive(
                 Event::Launch { instance, batch } => {
                     let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
                     let inputs: Vec<Vec<f32>> =
-                        ids.iter().filter_map(|id| waiting.get_mut(id).map(|w| std::mem::take(&mut w.input))).collect();
+                        ids.iter().filter_map(|id| waiting.get(id).map(|w| w.input.clone())).collect();
                     let worker = workers[instance.min(workers.len().saturating_sub(1))].clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
                         let t = Instant::now();
-                        let r = worker.run(inputs).await;
-                        let _ = done.send((instance, ids, r, t.elapsed().as_micros() as u64));
+                        let result = worker.run(inputs.clone()).await;
+                        let exec_us = t.elapsed().as_micros() as u64;
+                        let _ = done.send(Finished::Batch { instance, ids, inputs, result, exec_us });
                     });
                 }
             }
@@ -134,11 +161,18 @@ async fn drive(
                 let now = now_us();
                 let id = next_id;
                 next_id += 1;
-                waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), reply: item.reply });
                 let r = Request { id, arrived_us: now, deadline_us: now + item.budget_us, weight: 1 };
+                waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), request: r, reply: item.reply });
                 events = queue.push(now, r);
             }
-            Some((instance, ids, result, exec_us)) = done_rx.recv() => {
+            Some(fin) = done_rx.recv() => {
+                let (instance, ids, inputs, result, exec_us) = match fin {
+                    Finished::Release(instance) => {
+                        events = queue.done(now_us(), instance);
+                        continue;
+                    }
+                    Finished::Batch { instance, ids, inputs, result, exec_us } => (instance, ids, inputs, result, exec_us),
+                };
                 let n = ids.len() as u32;
                 match result {
                     Ok(outputs) if outputs.len() == ids.len() => {
@@ -158,7 +192,24 @@ async fn drive(
                             }
                         }
                     }
+                    Err(WorkerError::Unavailable(why)) => {
+                        // The batch never ran: its items go back to the queue for the other
+                        // replicas, and this replica sits out while its worker restarts.
+                        tracing::debug!(%why, instance, "replica unavailable; requeueing its batch");
+                        let now = now_us();
+                        events = Vec::new();
+                        for (id, input) in ids.iter().zip(inputs) {
+                            if let Some(w) = waiting.get_mut(id) {
+                                w.input = input;
+                                let r = w.request;
+                                events.extend(queue.push(now, r));
+                            }
+                        }
+                        bench(&done_tx, instance);
+                        continue;
+                    }
                     other => {
+                        let crashed = matches!(other, Err(WorkerError::Crashed(_)));
                         let (message, retry) = match other {
                             Ok(o) => (format!("worker returned {} outputs for {} inputs", o.len(), ids.len()), false),
                             Err(e @ WorkerError::Exec(_)) => (e.to_string(), false),
@@ -169,6 +220,11 @@ async fn drive(
                             if let Some(w) = waiting.remove(id) {
                                 let _ = w.reply.send(StageOutcome::Failed { message: message.clone(), retry });
                             }
+                        }
+                        if crashed {
+                            bench(&done_tx, instance);
+                            events = queue.poll(now_us());
+                            continue;
                         }
                     }
                 }

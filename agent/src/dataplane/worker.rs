@@ -17,7 +17,7 @@
 //!   in-process cluster simulation and unit tests.
 
 use crate::transport::net::BoxFuture;
-use jigsaw_kernels::{Arch, CpuExecutor, Executor, Model};
+use jigsaw_kernels::{CpuExecutor, Executor, Model};
 use jigsaw_protocol::app::ModelDesc;
 use jigsaw_protocol::route::batch_latency;
 use jigsaw_protocol::worker::{self, WorkerMessage};
@@ -126,20 +126,21 @@ impl BatchExec for Noop {
     }
 }
 
-/// Per-item input of the CPU executor's models: 3 x 16 x 16.
-pub const CPU_INPUT: (usize, usize, usize) = (3, 16, 16);
-
-struct Cpu {
+/// A model executor (CPU reference or cudarc) on the variant's family-shaped layer graph.
+struct Kernel {
     model: Model,
+    input: (usize, usize, usize),
+    exec: Box<dyn Executor + Send>,
+    what: String,
 }
 
-impl Cpu {
-    fn new(spec: &WorkerSpec) -> Cpu {
-        // Width grows with sqrt(GFLOPs) so MACs grow linearly with the real model's cost.
-        let target = (spec.model.gflops * f64::from(spec.model.decode_steps.max(1)) * spec.scale).max(1e-6);
-        let width = ((target / 1e-3).sqrt() * 4.0).round().clamp(2.0, 256.0) as usize;
-        let arch = Arch { cin: CPU_INPUT.0, width, blocks: 3, classes: 16 };
-        Cpu { model: Model::generated(&spec.variant, arch, spec.seed) }
+impl Kernel {
+    fn new(spec: &WorkerSpec, exec: Box<dyn Executor + Send>, what: &str) -> Result<Kernel, String> {
+        let input = jigsaw_kernels::arch::input_shape(&spec.model.family).map_err(|e| e.to_string())?;
+        let model =
+            Model::for_variant(&spec.variant, &spec.model, input, spec.scale, spec.seed).map_err(|e| e.to_string())?;
+        let what = format!("{what} executor, `{}` layer graph at scale {}", spec.model.family, spec.scale);
+        Ok(Kernel { model, input, exec, what })
     }
 }
 
@@ -152,20 +153,20 @@ pub fn fit(x: &[f32], n: usize) -> Vec<f32> {
     (0..n).map(|i| x[i % x.len()]).collect()
 }
 
-impl BatchExec for Cpu {
+impl BatchExec for Kernel {
     fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
-        let (c, h, w) = CPU_INPUT;
+        let (c, h, w) = self.input;
         let per = c * h * w;
         let mut flat = Vec::with_capacity(per * inputs.len());
         for x in inputs {
             flat.extend(fit(x, per));
         }
-        let (y, s) = CpuExecutor.run(&self.model, &flat, (inputs.len(), c, h, w)).map_err(|e| e.to_string())?;
+        let (y, s) = self.exec.run(&self.model, &flat, (inputs.len(), c, h, w)).map_err(|e| e.to_string())?;
         let per_out = s.1 * s.2 * s.3;
         Ok(y.chunks(per_out.max(1)).map(<[f32]>::to_vec).collect())
     }
     fn describe(&self) -> String {
-        format!("cpu (reference executor, scaled layer graph `{}`)", self.model.name)
+        self.what.clone()
     }
 }
 
@@ -174,8 +175,13 @@ pub fn executor(spec: &WorkerSpec) -> Result<Box<dyn BatchExec>, String> {
     match spec.executor {
         ExecutorKind::Timed => Ok(Box::new(Timed { curve: spec.curve.clone() })),
         ExecutorKind::Noop => Ok(Box::new(Noop)),
-        ExecutorKind::Cpu => Ok(Box::new(Cpu::new(spec))),
-        ExecutorKind::Cuda => Err("the cuda executor is not available in this build of the worker".into()),
+        ExecutorKind::Cpu => Ok(Box::new(Kernel::new(spec, Box::new(CpuExecutor), "cpu (reference)")?)),
+        ExecutorKind::Cuda => {
+            // CUDA_VISIBLE_DEVICES (set by the supervisor) makes the instance device 0.
+            let cuda = jigsaw_kernels::cuda::CudaExecutor::new(0).map_err(|e| e.to_string())?;
+            let what = format!("cuda ({})", cuda.device());
+            Ok(Box::new(Kernel::new(spec, Box::new(cuda), &what)?))
+        }
     }
 }
 
@@ -254,6 +260,7 @@ pub trait Launcher: Send + Sync + 'static {
 pub struct InProcessWorker {
     exec: Arc<Mutex<Result<Box<dyn BatchExec>, String>>>,
     timed: Option<Vec<(u32, f64)>>,
+    noop: bool,
 }
 
 impl InProcessWorker {
@@ -261,12 +268,17 @@ impl InProcessWorker {
     /// simulation advances through it.
     pub fn new(spec: &WorkerSpec) -> InProcessWorker {
         let timed = (spec.executor == ExecutorKind::Timed).then(|| spec.curve.clone());
-        InProcessWorker { exec: Arc::new(Mutex::new(executor(spec))), timed }
+        let noop = spec.executor == ExecutorKind::Noop;
+        InProcessWorker { exec: Arc::new(Mutex::new(executor(spec))), timed, noop }
     }
 }
 
 impl WorkerConn for InProcessWorker {
     fn run(&self, inputs: Vec<Vec<f32>>) -> BoxFuture<Result<Vec<Vec<f32>>, WorkerError>> {
+        if self.noop {
+            let out = Noop.run(&inputs).map_err(WorkerError::Exec);
+            return Box::pin(std::future::ready(out));
+        }
         if let Some(curve) = &self.timed {
             let ms = batch_latency(curve, inputs.len() as u32).unwrap_or(1.0);
             return Box::pin(async move {

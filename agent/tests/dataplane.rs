@@ -1,0 +1,310 @@
+//! Data plane: worker supervision, pools, and the frontend's routing, fan-out and join.
+//!
+//! Tests wait on observable state (replies, restart counters), never on fixed sleeps.
+
+use jigsaw_agent::dataplane::batch::{DropReason, QueueConfig};
+use jigsaw_agent::dataplane::plane::{DataPlane, LocalPlane, PlaneConfig, Segments};
+use jigsaw_agent::dataplane::pool::{Item, Pool};
+use jigsaw_agent::dataplane::worker::{ExecutorKind, InProcessLauncher, ProcessWorker, WorkerConn, WorkerSpec};
+use jigsaw_agent::dataplane::{Inference, ServeError};
+use jigsaw_agent::transport::net::{BoxFuture, Handler, Peer, SimHub, SimTransport};
+use jigsaw_agent::transport::sim::LinkConfig;
+use jigsaw_protocol::app::{AppSpec, ModelDesc};
+use jigsaw_protocol::infer::{InferRequest, Tensor};
+use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, Target, TaskRoute};
+use jigsaw_protocol::wire::WireMessage;
+use jigsaw_protocol::{GpuModel, ProfileRow};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn spec(executor: ExecutorKind, curve: Vec<(u32, f64)>) -> WorkerSpec {
+    WorkerSpec {
+        app: "a".into(),
+        task: "t".into(),
+        variant: "v".into(),
+        model: ModelDesc { family: "resnet".into(), gflops: 4.0, params_m: 25.0, activation_mb: 10.0, decode_steps: 1 },
+        executor,
+        curve,
+        scale: 1e-3,
+        seed: 1,
+        device: None,
+        mps_percent: None,
+    }
+}
+
+fn kill9(pid: u32) {
+    let st = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("run kill");
+    assert!(st.success(), "kill -9 {pid}");
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = tokio::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A worker process killed while batches are in flight: every item is answered (executed or
+/// failed with a crash error), none is lost, only the crashed batch fails, and the supervisor
+/// restarts the worker, which then serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_crash_under_load_loses_no_request() {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jigsaw"));
+    let s = spec(ExecutorKind::Timed, vec![(1, 4.0), (4, 8.0)]);
+    let workers: Vec<Arc<dyn WorkerConn>> =
+        (0..2).map(|_| Arc::new(ProcessWorker::start(exe.clone(), &s)) as Arc<dyn WorkerConn>).collect();
+    let victim = workers[0].clone();
+    wait_until("worker 0 to start", || victim.pid().is_some()).await;
+    let cfg = QueueConfig { max_batch: 4, wait_us: 2_000, exec1_us: 4_000, downstream_us: 0, stale_us: 10_000_000 };
+    let pool = Pool::start(cfg, workers, "v".into());
+    let n = 400;
+    let mut replies = Vec::new();
+    for i in 0..n {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pool.submit(Item { input: vec![i as f32; 8], budget_us: 60_000_000, reply: tx });
+        replies.push(rx);
+        if i == n / 3 {
+            let pid = victim.pid().expect("worker 0 runs");
+            kill9(pid);
+        }
+        if i % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let (mut done, mut failed, mut other) = (0, 0, 0);
+    for rx in replies {
+        match tokio::time::timeout(Duration::from_secs(30), rx).await.expect("every item is answered") {
+            Ok(StageOutcome::Done { output, .. }) => {
+                assert_eq!(output.len(), 4, "timed executor digests");
+                done += 1
+            }
+            Ok(StageOutcome::Failed { message, retry: true }) => {
+                assert!(message.contains("crash") || message.contains("unavailable"), "{message}");
+                failed += 1
+            }
+            o => {
+                eprintln!("unexpected: {o:?}");
+                other += 1
+            }
+        }
+    }
+    eprintln!("done {done}, failed {failed}, other {other}");
+    assert_eq!(done + failed + other, n, "every item accounted for");
+    assert_eq!(other, 0);
+    // Only the batch the killed worker was running (at most max_batch = 4 items, plus one
+    // batch written to its pipe as it died) fails; batches offered while it restarts are
+    // requeued to the other replica.
+    assert!(failed <= 8, "only in-flight items fail: {failed}");
+    wait_until("the killed worker to be restarted", || victim.restarts() >= 1 && victim.pid().is_some()).await;
+    // The restarted worker serves.
+    let r = victim.run(vec![vec![1.0; 8]]).await.expect("restarted worker runs a batch");
+    assert_eq!(r.len(), 1);
+}
+
+/// The pure queue's drop rules reach callers as outcomes: a budget shorter than the batch
+/// of one is an early drop.
+#[tokio::test]
+async fn pool_answers_hopeless_items_with_early_drop() {
+    let s = spec(ExecutorKind::Timed, vec![(1, 20.0)]);
+    let w: Arc<dyn WorkerConn> = Arc::new(jigsaw_agent::dataplane::worker::InProcessWorker::new(&s));
+    let cfg = QueueConfig { max_batch: 2, wait_us: 1_000, exec1_us: 20_000, downstream_us: 5_000, stale_us: 20_000 };
+    let pool = Pool::start(cfg, vec![w], "v".into());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.submit(Item { input: vec![1.0], budget_us: 10_000, reply: tx });
+    assert_eq!(rx.await.expect("answered"), StageOutcome::EarlyDrop);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    pool.submit(Item { input: vec![1.0], budget_us: 100_000, reply: tx });
+    assert!(matches!(rx.await.expect("answered"), StageOutcome::Done { .. }));
+}
+
+const APP: &str = r#"
+name = "pipe"
+latency_slo_ms = 500.0
+accuracy_slo = 0.5
+
+[[tasks]]
+name = "detect"
+[[tasks.variants]]
+name = "det"
+accuracy = 0.9
+model = { family = "yolov5", gflops = 10.0, params_m = 7.0, activation_mb = 10.0 }
+fanout = { classify = 2.0 }
+
+[[tasks]]
+name = "classify"
+[[tasks.variants]]
+name = "cls"
+accuracy = 0.9
+model = { family = "resnet", gflops = 4.0, params_m = 25.0, activation_mb = 10.0 }
+
+[[edges]]
+from = "detect"
+to = "classify"
+"#;
+
+fn inst(task: &str, variant: &str, start: u8, p95: f64) -> InstancePlan {
+    InstancePlan {
+        mig_profile: "1g.10gb".into(),
+        start,
+        slices: 1,
+        mps: 1,
+        task: task.into(),
+        variant: variant.into(),
+        batch: 2,
+        p95_ms: p95,
+        throughput_rps: 100.0,
+        app: "pipe".into(),
+    }
+}
+
+fn row(task: &str, variant: &str, batch: u32, p95: f64) -> ProfileRow {
+    ProfileRow {
+        task: task.into(),
+        variant: variant.into(),
+        gpu: GpuModel::H100_80gb,
+        mig_profile: "1g.10gb".into(),
+        mps: 1,
+        batch,
+        p95_ms: p95,
+        throughput_rps: 100.0,
+    }
+}
+
+fn target(node: &str, i: &InstancePlan) -> Target {
+    Target {
+        node: node.into(),
+        addr: format!("{node}:1"),
+        gpu: format!("GPU-{node}"),
+        start: i.start,
+        mig_profile: i.mig_profile.clone(),
+        variant: i.variant.clone(),
+        mps: i.mps,
+        batch: i.batch,
+        weight: i.throughput_rps,
+    }
+}
+
+/// detect on node `a` (local to the frontend), classify on node `b` (over the transport).
+fn table() -> RoutingTable {
+    let spec = AppSpec::parse(APP, "pipe.toml").expect("app parses");
+    let det = inst("detect", "det", 0, 4.0);
+    let cls = inst("classify", "cls", 0, 3.0);
+    RoutingTable {
+        epoch: 1,
+        apps: vec![AppRoute {
+            spec,
+            tasks: vec![
+                TaskRoute {
+                    task: "detect".into(),
+                    budget_ms: 4.0,
+                    downstream_ms: 2.0,
+                    targets: vec![target("a", &det)],
+                },
+                TaskRoute {
+                    task: "classify".into(),
+                    budget_ms: 3.0,
+                    downstream_ms: 0.0,
+                    targets: vec![target("b", &cls)],
+                },
+            ],
+            stale_ms: 20.0,
+            profiles: vec![
+                row("detect", "det", 1, 2.0),
+                row("detect", "det", 2, 4.0),
+                row("classify", "cls", 1, 2.0),
+                row("classify", "cls", 2, 3.0),
+            ],
+        }],
+    }
+}
+
+fn request() -> InferRequest {
+    InferRequest {
+        id: Some("r1".into()),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            shape: vec![1, 3, 16, 16],
+            datatype: "FP32".into(),
+            data: (0..768).map(|i| serde_json::Value::from(i as f64 / 768.0)).collect(),
+        }],
+        outputs: vec![],
+    }
+}
+
+struct Two {
+    a: Arc<DataPlane<SimTransport>>,
+    b: Arc<LocalPlane>,
+    _attachments: Vec<jigsaw_agent::dataplane::plane::Attachment>,
+}
+
+fn two_nodes(attach_b: bool) -> Two {
+    let hub = SimHub::start(7, LinkConfig { min_delay_us: 50, max_delay_us: 200, drop: 0.0 });
+    let launcher = Arc::new(InProcessLauncher(ExecutorKind::Timed));
+    let la = LocalPlane::new(PlaneConfig::default(), launcher.clone());
+    let lb = LocalPlane::new(PlaneConfig::default(), launcher);
+    let a = DataPlane::new("a", la.clone(), SimTransport::new(hub.clone(), "a"));
+    let b_local = lb.clone();
+    let handler: Handler = Arc::new(move |_peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
+        let b = b_local.clone();
+        Box::pin(async move {
+            match msg {
+                WireMessage::Stage(req) => {
+                    let (id, item) = (req.id, req.item);
+                    WireMessage::StageReply(StageReply { id, item, outcome: b.serve_stage(req).await })
+                }
+                other => WireMessage::Error { message: format!("unexpected {other:?}"), retry: false },
+            }
+        })
+    });
+    hub.attach("b", handler);
+    la.set_routes(table());
+    lb.set_routes(table());
+    let mut att = vec![la.attach("GPU-a", &inst("detect", "det", 0, 4.0))];
+    if attach_b {
+        att.push(lb.attach("GPU-b", &inst("classify", "cls", 0, 3.0)));
+    }
+    Two { a, b: lb, _attachments: att }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_routes_fans_out_and_joins_across_nodes() {
+    let n = two_nodes(true);
+    assert!(n.a.ready());
+    assert_eq!(n.a.apps(), vec!["pipe".to_string()]);
+    let meta = n.a.app("pipe").expect("metadata");
+    assert_eq!(meta.inputs[0].shape, vec![1, 3, 16, 16]);
+    assert_eq!(meta.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["classify"]);
+    for _ in 0..5 {
+        let r = n.a.infer("pipe", request(), None).await.expect("request succeeds");
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!(r.outputs.len(), 1);
+        // Fan-out 2.0 exactly: two classify items per request, each a 4-value digest.
+        assert_eq!(r.outputs[0].shape, vec![2, 4], "{:?}", r.outputs[0]);
+    }
+    let pool = n.b.pool("GPU-b", 0).expect("b's instance runs");
+    assert_eq!(pool.stats.items.load(std::sync::atomic::Ordering::Relaxed), 10, "10 classify items ran on b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_errors_name_the_cause() {
+    let n = two_nodes(false);
+    assert!(matches!(n.a.infer("nope", request(), None).await, Err(ServeError::UnknownApp(a)) if a == "nope"));
+    let mut bad = request();
+    bad.inputs[0].shape = vec![1, 3, 8, 8];
+    match n.a.infer("pipe", bad, None).await {
+        Err(ServeError::BadInput(e)) => assert_eq!(e.field, "inputs[0].shape"),
+        other => panic!("{other:?}"),
+    }
+    // b has no classify instance attached: the stage fails with a retryable error.
+    match n.a.infer("pipe", request(), None).await {
+        Err(ServeError::Unavailable(m)) => assert!(m.contains("classify"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A deadline shorter than detect's batch of one plus the rest of the graph: early drop.
+    match n.a.infer("pipe", request(), Some(Duration::from_millis(3))).await {
+        Err(ServeError::Dropped { task, reason: DropReason::Early, .. }) => assert_eq!(task, "detect"),
+        other => panic!("{other:?}"),
+    }
+}
