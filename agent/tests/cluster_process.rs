@@ -125,3 +125,62 @@ fn failover_agent_loss_and_full_restart() {
     assert!(ok, "{out}");
     assert!(!dir.exists());
 }
+
+/// The acceptance path at test scale: `jigsaw up` (agents with `jigsaw worker` processes),
+/// then `jigsaw load` through every agent's HTTP API while one worker process is killed.
+/// Every request is accounted for; most succeed; the killed worker is restarted.
+#[test]
+fn load_through_the_cluster_survives_a_worker_kill() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-proc-load-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8 path");
+    let (ok, out) = jigsaw(&["up", "--nodes", "3", "--gpus-per-node", "2", "--dir", d]);
+    let _guard = Cluster(dir.clone());
+    assert!(ok, "jigsaw up: {out}");
+    // This cluster's worker processes: children of its agents.
+    let agents: Vec<u32> = LocalCluster::load(&dir).expect("cluster.json").nodes.iter().map(|n| n.pid).collect();
+    let workers = || -> Vec<u32> {
+        let mut all = Vec::new();
+        for a in &agents {
+            let o = Command::new("pgrep").args(["-P", &a.to_string()]).output().expect("pgrep");
+            all.extend(String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        all.sort_unstable();
+        all
+    };
+    let before = workers();
+    assert!(!before.is_empty(), "the plan's instances run worker processes");
+    let exe = env!("CARGO_BIN_EXE_jigsaw");
+    let load = Command::new(exe)
+        .args(["load", "--app", "traffic", "--rps", "40", "--duration", "6s", "--json", "--dir", d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start jigsaw load");
+    // Kill one worker (of whichever app) while the load runs.
+    local::signal(before[0], "KILL").expect("kill a worker");
+    let out = load.wait_with_output().expect("load finishes");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let sent = r["sent"].as_u64().expect("sent");
+    let o = &r["outcomes"];
+    let sum: u64 = ["ok", "deadline_miss", "early_drop", "stale_drop", "error"]
+        .iter()
+        .map(|k| o[k].as_u64().expect("outcome count"))
+        .sum();
+    assert!(sent > 150, "about 240 requests in 6 s at 40 req/s: {sent}");
+    assert_eq!(sent, sum, "every request accounted for: {r}");
+    assert!(o["ok"].as_u64().expect("ok") * 10 >= sent * 7, "most requests succeed: {r}");
+    // The killed worker was replaced (same number of worker processes, a new pid).
+    let t = std::time::Instant::now();
+    loop {
+        let now = workers();
+        if now.len() == before.len() && !now.contains(&before[0]) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "worker not restarted: {before:?} -> {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out) = jigsaw(&["down", "--dir", d]);
+    assert!(ok, "{out}");
+}

@@ -18,7 +18,7 @@ use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn spec(executor: ExecutorKind, curve: Vec<(u32, f64)>) -> WorkerSpec {
+fn spec(executor: ExecutorKind, curve: Vec<(u32, f64, f64)>) -> WorkerSpec {
     WorkerSpec {
         app: "a".into(),
         task: "t".into(),
@@ -52,7 +52,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_crash_under_load_loses_no_request() {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jigsaw"));
-    let s = spec(ExecutorKind::Timed, vec![(1, 4.0), (4, 8.0)]);
+    let s = spec(ExecutorKind::Timed, vec![(1, 4.0, 3.5), (4, 8.0, 7.0)]);
     let workers: Vec<Arc<dyn WorkerConn>> =
         (0..2).map(|_| Arc::new(ProcessWorker::start(exe.clone(), &s)) as Arc<dyn WorkerConn>).collect();
     let victim = workers[0].clone();
@@ -107,7 +107,7 @@ async fn worker_crash_under_load_loses_no_request() {
 /// of one is an early drop.
 #[tokio::test]
 async fn pool_answers_hopeless_items_with_early_drop() {
-    let s = spec(ExecutorKind::Timed, vec![(1, 20.0)]);
+    let s = spec(ExecutorKind::Timed, vec![(1, 20.0, 20.0)]);
     let w: Arc<dyn WorkerConn> = Arc::new(jigsaw_agent::dataplane::worker::InProcessWorker::new(&s));
     let cfg = QueueConfig { max_batch: 2, wait_us: 1_000, exec1_us: 20_000, downstream_us: 5_000, stale_us: 20_000 };
     let pool = Pool::start(cfg, vec![w], "v".into());
@@ -307,4 +307,74 @@ async fn frontend_errors_name_the_cause() {
         Err(ServeError::Dropped { task, reason: DropReason::Early, .. }) => assert_eq!(task, "detect"),
         other => panic!("{other:?}"),
     }
+}
+
+/// `jigsaw profile` measures every configuration with real worker processes (CPU
+/// executor), writes the planner's CSV, and resumes: rows already present are skipped.
+#[test]
+fn profile_writes_the_csv_and_resumes() {
+    let exe = env!("CARGO_BIN_EXE_jigsaw");
+    let dir = std::env::temp_dir().join(format!("jigsaw-profile-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let app = dir.join("tiny.toml");
+    std::fs::write(
+        &app,
+        "name = \"tiny\"\nlatency_slo_ms = 100.0\naccuracy_slo = 0.5\n[[tasks]]\nname = \"cls\"\n\
+         [[tasks.variants]]\nname = \"r18\"\naccuracy = 0.7\n\
+         model = { family = \"resnet\", gflops = 3.6, params_m = 11.7, activation_mb = 10.0 }\n",
+    )
+    .expect("write app");
+    let out = dir.join("tiny.csv");
+    let run = || {
+        let o = std::process::Command::new(exe)
+            .args(["profile", "--app"])
+            .arg(&app)
+            .arg("--out")
+            .arg(&out)
+            .args(["--mig", "1g.10gb,2g.20gb", "--mps", "1,2", "--batch", "1,2", "--reps", "2", "--executor", "cpu"])
+            .output()
+            .expect("run jigsaw profile");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (stdout, stderr) = run();
+    assert!(stdout.contains("8 configurations measured, 0 already present"), "{stdout}");
+    assert!(stderr.contains("[8/8] cls/r18"), "progress is shown: {stderr}");
+    let text = std::fs::read_to_string(&out).expect("csv");
+    let table = jigsaw_protocol::ProfileTable::parse_csv(&text, "tiny.csv").expect("the planner reads it");
+    assert_eq!(table.len(), 8);
+    for r in table.rows() {
+        assert!(r.p95_ms > 0.0 && r.throughput_rps > 0.0, "{r:?}");
+    }
+    assert!(text.contains("`cpu` executor"), "the file says how it was measured");
+    // Interrupted after 5 rows: the rerun measures only the 3 missing ones.
+    let kept: Vec<&str> = text.lines().take_while(|l| l.starts_with('#') || l.starts_with("task,")).collect();
+    let rows: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("task,")).take(5).collect();
+    std::fs::write(&out, format!("{}\n{}\n", kept.join("\n"), rows.join("\n"))).expect("truncate");
+    let (stdout, _) = run();
+    assert!(stdout.contains("3 configurations measured, 5 already present"), "{stdout}");
+    let again =
+        jigsaw_protocol::ProfileTable::parse_csv(&std::fs::read_to_string(&out).expect("csv"), "x").expect("parses");
+    assert_eq!(again.len(), 8);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker process runs the CPU executor on the variant's layer graph: outputs match the
+/// reference executor run in this process on the same model (bit for bit: same code,
+/// same weights from the same seed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_worker_process_matches_the_reference() {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jigsaw"));
+    let s = spec(ExecutorKind::Cpu, vec![]);
+    let w = ProcessWorker::start(exe, &s);
+    let inputs = vec![vec![0.25f32; 3 * 64 * 64], (0..3 * 64 * 64).map(|i| (i % 17) as f32 / 17.0).collect()];
+    let got = w.run(inputs.clone()).await.expect("batch runs");
+    let shape = jigsaw_kernels::arch::input_shape("resnet").expect("family");
+    let m = jigsaw_kernels::Model::for_variant("v", &s.model, shape, s.scale, s.seed).expect("model");
+    use jigsaw_kernels::Executor;
+    let flat: Vec<f32> = inputs.iter().flatten().copied().collect();
+    let (y, out) = jigsaw_kernels::CpuExecutor.run(&m, &flat, (2, shape.0, shape.1, shape.2)).expect("reference");
+    let per = out.1 * out.2 * out.3;
+    assert_eq!(got, vec![y[..per].to_vec(), y[per..].to_vec()]);
 }

@@ -9,7 +9,8 @@
 //!   ran it alone (`exec_us(1)`) and every downstream task used its fastest variant with no
 //!   batching delay (`downstream_us`); checked on arrival and again at launch;
 //! * **stale drop**: a request that no instance picked up within `stale_us` because every
-//!   instance was busy is dropped.
+//!   instance was busy and every instance's next batch was already full (it stands behind
+//!   `instances × b` waiting requests) is dropped.
 //!
 //! Every request leaves the queue exactly once, in a [`Event::Launch`] or an [`Event::Drop`]
 //! (a property test checks this conservation). Dropped requests carry their weight (the
@@ -156,12 +157,15 @@ impl TaskQueue {
 
     fn expire(&mut self, now: u64) -> Vec<Event> {
         let all_busy = self.busy.iter().all(|b| *b);
+        // The first `instances × b` waiting requests are the instances' next batches; a
+        // request behind them found every batch full (paper §3.3).
+        let room = self.busy.len() * self.cfg.max_batch as usize;
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.queue.len());
         for r in self.queue.drain(..) {
             if now + self.cfg.exec1_us + self.cfg.downstream_us > r.deadline_us {
                 out.push(Event::Drop { request: r, reason: DropReason::Early });
-            } else if all_busy && now >= r.arrived_us + self.cfg.stale_us {
+            } else if all_busy && keep.len() >= room && now >= r.arrived_us + self.cfg.stale_us {
                 out.push(Event::Drop { request: r, reason: DropReason::Stale });
             } else {
                 keep.push_back(r);
@@ -236,17 +240,22 @@ mod tests {
         // Arrives with less than exec + downstream left: dropped on arrival.
         let late = Request { id: 9, arrived_us: 0, deadline_us: 2_000, weight: 3 };
         assert_eq!(q.push(0, late), vec![Event::Drop { request: late, reason: DropReason::Early }]);
-        // Fill the only instance, then a request waits past the stale threshold.
-        for i in 0..4 {
+        // Fill the only instance and its next batch, then a request waits past the stale
+        // threshold behind them.
+        for i in 0..8 {
             q.push(0, req(i, 0));
         }
         assert!(q.push(10, req(10, 10)).is_empty());
         let ev = q.poll(20_010);
         assert_eq!(ev, vec![Event::Drop { request: req(10, 10), reason: DropReason::Stale }]);
-        // With an idle instance, nothing is stale: it launches instead.
-        q.done(20_020, 0);
-        assert!(q.push(20_030, req(11, 20_030)).is_empty());
-        assert_eq!(launched(&q.poll(21_030)), vec![(0, vec![11])]);
+        // The next batch's requests waited as long, but they have a place: not stale.
+        assert_eq!(q.waiting(), 4);
+        // The instance finishes: the next batch launches; with it idle again, a new request
+        // is not stale either: it launches after the batching wait.
+        assert_eq!(launched(&q.done(20_020, 0)), vec![(0, vec![4, 5, 6, 7])]);
+        assert!(q.done(20_030, 0).is_empty());
+        assert!(q.push(20_040, req(11, 20_040)).is_empty());
+        assert_eq!(launched(&q.poll(21_040)), vec![(0, vec![11])]);
     }
 
     proptest! {

@@ -61,8 +61,9 @@ pub struct LoadArgs {
     /// Seed of the Poisson schedule and of the request's input values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Base URL of an agent (`http://127.0.0.1:8080`); repeat to rotate requests over several.
-    #[arg(long = "target", required = true)]
+    /// Base URL of an agent (`http://127.0.0.1:8080`); repeat to rotate requests over several
+    /// (default: every agent of the local cluster in --dir).
+    #[arg(long = "target")]
     pub targets: Vec<String>,
     /// Deadline sent with every request (`x-jigsaw-deadline-ms`); default: the app's latency SLO.
     #[arg(long)]

@@ -41,6 +41,15 @@ fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Mean batch latency implied by a profile row: `mps × batch / throughput` (ms), at most
+/// the p95.
+pub fn mean_ms(mps: u8, batch: u32, throughput_rps: f64, p95_ms: f64) -> f64 {
+    if throughput_rps <= 0.0 {
+        return p95_ms;
+    }
+    (f64::from(mps.max(1)) * f64::from(batch.max(1)) / throughput_rps * 1e3).min(p95_ms)
+}
+
 /// Keeps a segment's workers alive; dropping it detaches the segment (its workers stop).
 pub struct Attachment(Option<Box<dyn FnOnce() + Send>>);
 
@@ -169,7 +178,7 @@ impl LocalPlane {
             batch: plan.batch,
             weight: plan.throughput_rps,
         };
-        let mut curve: Vec<(u32, f64)> = app
+        let mut curve: Vec<(u32, f64, f64)> = app
             .profiles
             .iter()
             .filter(|r| {
@@ -178,11 +187,12 @@ impl LocalPlane {
                     && r.mig_profile == plan.mig_profile
                     && r.mps == plan.mps
             })
-            .map(|r| (r.batch, r.p95_ms))
+            .map(|r| (r.batch, r.p95_ms, mean_ms(r.mps, r.batch, r.throughput_rps, r.p95_ms)))
             .collect();
         curve.sort_by_key(|p| p.0);
         if curve.is_empty() {
-            curve.push((plan.batch.max(1), plan.p95_ms));
+            let mean = mean_ms(plan.mps, plan.batch, plan.throughput_rps, plan.p95_ms);
+            curve.push((plan.batch.max(1), plan.p95_ms, mean));
         }
         let exec1_ms = app.batch_ms(&plan.task, &target, 1).unwrap_or(plan.p95_ms);
         let spec = WorkerSpec {
@@ -202,7 +212,11 @@ impl LocalPlane {
             wait_us: (task.budget_ms * 1e3) as u64,
             exec1_us: (exec1_ms * 1e3) as u64,
             downstream_us: (task.downstream_ms * 1e3) as u64,
-            stale_us: (app.stale_ms * 1e3) as u64,
+            // At least one batching period: the planner's latency bound (Σ 2·L̂) budgets L̂(t)
+            // of waiting per task, and a fan-out burst larger than one batch must be able to
+            // wait for the next batch without being called stale (a deviation from the
+            // paper's fixed 20 ms; see docs/dataplane.md).
+            stale_us: (app.stale_ms.max(task.budget_ms) * 1e3) as u64,
         };
         Some((spec, q))
     }

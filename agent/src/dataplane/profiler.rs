@@ -139,14 +139,14 @@ pub async fn run(
     for (k, c) in todo.iter().enumerate() {
         let t = r.app.task_index(&c.task).ok_or_else(|| format!("task {} vanished", c.task))?;
         let v = r.app.tasks[t].variants.iter().find(|v| v.name == c.variant).ok_or("variant vanished")?;
-        let mut curve: Vec<(u32, f64)> = r
+        let mut curve: Vec<(u32, f64, f64)> = r
             .curves
             .map(|tab| {
                 tab.rows()
                     .filter(|x| {
                         x.task == c.task && x.variant == c.variant && x.mig_profile == c.mig_profile && x.mps == c.mps
                     })
-                    .map(|x| (x.batch, x.p95_ms))
+                    .map(|x| (x.batch, x.p95_ms, super::plane::mean_ms(x.mps, x.batch, x.throughput_rps, x.p95_ms)))
                     .collect()
             })
             .unwrap_or_default();

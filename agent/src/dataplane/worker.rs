@@ -19,6 +19,7 @@
 use crate::transport::net::BoxFuture;
 use jigsaw_kernels::{CpuExecutor, Executor, Model};
 use jigsaw_protocol::app::ModelDesc;
+use jigsaw_protocol::rng::SplitMix64;
 use jigsaw_protocol::route::batch_latency;
 use jigsaw_protocol::worker::{self, WorkerMessage};
 use serde::{Deserialize, Serialize};
@@ -70,8 +71,9 @@ pub struct WorkerSpec {
     pub model: ModelDesc,
     /// Executor.
     pub executor: ExecutorKind,
-    /// Profiled `(batch, p95 ms)` points of this configuration (timed executor).
-    pub curve: Vec<(u32, f64)>,
+    /// Profiled `(batch, p95 ms, mean ms)` points of this configuration (timed executor;
+    /// the mean is `mps × batch / throughput`).
+    pub curve: Vec<(u32, f64, f64)>,
     /// Compute scale of the CPU executor's layer graph relative to the real model.
     pub scale: f64,
     /// Weight seed.
@@ -100,18 +102,31 @@ fn digest(x: &[f32]) -> Vec<f32> {
     vec![sum / n, abs / n, if max.is_finite() { max } else { 0.0 }, n]
 }
 
+/// Simulated execution time of a batch of `n`, ms: drawn uniformly between
+/// `max(2·mean − p95, mean / 2)` and the p95 of the batch size, so its mean is the profiled
+/// mean (and the throughput the planner assumed) and it never exceeds the p95.
+pub fn timed_ms(curve: &[(u32, f64, f64)], n: u32, rng: &mut SplitMix64) -> f64 {
+    let p95: Vec<(u32, f64)> = curve.iter().map(|c| (c.0, c.1)).collect();
+    let mean: Vec<(u32, f64)> = curve.iter().map(|c| (c.0, c.2)).collect();
+    let (Some(hi), Some(m)) = (batch_latency(&p95, n), batch_latency(&mean, n)) else { return 1.0 };
+    let m = m.min(hi);
+    let lo = (2.0 * m - hi).max(m / 2.0);
+    (lo + rng.unit() * (hi - lo)).max(0.0)
+}
+
 struct Timed {
-    curve: Vec<(u32, f64)>,
+    curve: Vec<(u32, f64, f64)>,
+    rng: SplitMix64,
 }
 
 impl BatchExec for Timed {
     fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
-        let ms = batch_latency(&self.curve, inputs.len() as u32).unwrap_or(1.0);
-        std::thread::sleep(Duration::from_secs_f64(ms.max(0.0) / 1e3));
+        let ms = timed_ms(&self.curve, inputs.len() as u32, &mut self.rng);
+        std::thread::sleep(Duration::from_secs_f64(ms / 1e3));
         Ok(inputs.iter().map(|x| digest(x)).collect())
     }
     fn describe(&self) -> String {
-        "timed (sleeps the profiled p95 of the batch size; outputs are synthetic digests)".into()
+        "timed (sleeps a profiled batch latency, mean to p95; outputs are synthetic digests)".into()
     }
 }
 
@@ -173,7 +188,7 @@ impl BatchExec for Kernel {
 /// Build the executor of `spec`.
 pub fn executor(spec: &WorkerSpec) -> Result<Box<dyn BatchExec>, String> {
     match spec.executor {
-        ExecutorKind::Timed => Ok(Box::new(Timed { curve: spec.curve.clone() })),
+        ExecutorKind::Timed => Ok(Box::new(Timed { curve: spec.curve.clone(), rng: SplitMix64::new(spec.seed) })),
         ExecutorKind::Noop => Ok(Box::new(Noop)),
         ExecutorKind::Cpu => Ok(Box::new(Kernel::new(spec, Box::new(CpuExecutor), "cpu (reference)")?)),
         ExecutorKind::Cuda => {
@@ -259,7 +274,7 @@ pub trait Launcher: Send + Sync + 'static {
 /// The in-memory twin: runs the executor on a blocking thread of this process.
 pub struct InProcessWorker {
     exec: Arc<Mutex<Result<Box<dyn BatchExec>, String>>>,
-    timed: Option<Vec<(u32, f64)>>,
+    timed: Option<(Vec<(u32, f64, f64)>, Mutex<SplitMix64>)>,
     noop: bool,
 }
 
@@ -267,7 +282,8 @@ impl InProcessWorker {
     /// A worker for `spec`. The timed executor sleeps on the tokio clock, so a paused-clock
     /// simulation advances through it.
     pub fn new(spec: &WorkerSpec) -> InProcessWorker {
-        let timed = (spec.executor == ExecutorKind::Timed).then(|| spec.curve.clone());
+        let timed = (spec.executor == ExecutorKind::Timed)
+            .then(|| (spec.curve.clone(), Mutex::new(SplitMix64::new(spec.seed))));
         let noop = spec.executor == ExecutorKind::Noop;
         InProcessWorker { exec: Arc::new(Mutex::new(executor(spec))), timed, noop }
     }
@@ -279,8 +295,8 @@ impl WorkerConn for InProcessWorker {
             let out = Noop.run(&inputs).map_err(WorkerError::Exec);
             return Box::pin(std::future::ready(out));
         }
-        if let Some(curve) = &self.timed {
-            let ms = batch_latency(curve, inputs.len() as u32).unwrap_or(1.0);
+        if let Some((curve, rng)) = &self.timed {
+            let ms = timed_ms(curve, inputs.len() as u32, &mut rng.lock().unwrap_or_else(|p| p.into_inner()));
             return Box::pin(async move {
                 tokio::time::sleep(Duration::from_secs_f64(ms.max(0.0) / 1e3)).await;
                 Ok(inputs.iter().map(|x| digest(x)).collect())
