@@ -274,7 +274,7 @@ pub trait Launcher: Send + Sync + 'static {
 /// The in-memory twin: runs the executor on a blocking thread of this process.
 pub struct InProcessWorker {
     exec: Arc<Mutex<Result<Box<dyn BatchExec>, String>>>,
-    timed: Option<(Vec<(u32, f64, f64)>, Mutex<SplitMix64>)>,
+    timed: Option<(Curve, Mutex<SplitMix64>)>,
     noop: bool,
 }
 
@@ -325,6 +325,9 @@ impl Launcher for InProcessLauncher {
         self.0
     }
 }
+
+/// `(batch, p95 ms, mean ms)` points.
+type Curve = Vec<(u32, f64, f64)>;
 
 /// A batch for a worker and where its result goes.
 type Job = (Vec<Vec<f32>>, oneshot::Sender<BatchResult>);
