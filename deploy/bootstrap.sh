@@ -7,7 +7,8 @@
 #
 # VOTERS: how many of the listed nodes (the first ones) are coordinator-eligible (3 or 5).
 # Every node listens on 0.0.0.0:<port> and advertises the listed address; GPUs via NVML
-# (edit `gpu = ...` to use the simulator). Needs the `jigsaw` binary on PATH (or $JIGSAW).
+# (edit `gpu = ...` to use the simulator). The inference API listens on 0.0.0.0:$HTTP_PORT
+# (default 8000). Needs the `jigsaw` binary on PATH (or $JIGSAW).
 set -euo pipefail
 if [ $# -lt 3 ]; then
   sed -n '2,12p' "$0" >&2
@@ -54,6 +55,7 @@ voters = [$voter_list]
 data_dir = "/var/lib/jigsaw"
 tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/$n.pem", key = "/etc/jigsaw/ca/$n.key" }
 gpu = { backend = "nvml" }
+serve = { http = "0.0.0.0:${HTTP_PORT:-8000}" }   # KServe v2 inference API; executor cuda
 CONF
   if ! "$jigsaw" --config "$out/$n/jigsaw.toml" config check >/dev/null; then
     echo "generated config for $n is invalid" >&2; exit 1
@@ -64,9 +66,10 @@ done
   echo '{ "local": false, "ca_dir": "'"$(cd "$ca" && pwd)"'", "nodes": ['
   for i in "${!names[@]}"; do
     sep=","; [ "$i" -eq $(( ${#names[@]} - 1 )) ] && sep=""
-    echo '  { "name": "'"${names[$i]}"'", "addr": "'"${addrs[$i]}"'", "eligible": '"$([ "$i" -lt "$voters" ] && echo true || echo false)"', "config": "'"$out/${names[$i]}/jigsaw.toml"'", "log": "", "pid": 0 }'"$sep"
+    echo '  { "name": "'"${names[$i]}"'", "addr": "'"${addrs[$i]}"'", "eligible": '"$([ "$i" -lt "$voters" ] && echo true || echo false)"', "config": "'"$out/${names[$i]}/jigsaw.toml"'", "log": "", "pid": 0, "http": "http://'"${addrs[$i]%:*}:${HTTP_PORT:-8000}"'" }'"$sep"
   done
   echo '] }'
 } > "$out/cluster.json"
 echo "wrote $out/<node>/{jigsaw.toml,ca/} for ${names[*]}; admin certificate in $ca/admin.{pem,key}"
 echo "operator CLI: jigsaw status --dir $out   |   jigsaw app register APP.toml --profiles P.csv --rps R --dir $out"
+echo "load:         jigsaw load --app NAME --rps R --duration 30s --dir $out"

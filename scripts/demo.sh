@@ -2,8 +2,10 @@
 # The main job: build jigsaw and start a local cluster on loopback: 4 agent processes x 4
 # simulated H100s (no GPU needed), a Raft-elected coordinator, mutual TLS from a fresh CA,
 # the three example apps registered (synthetic profiles) and their plan applied on every
-# node; then print the cluster status. The cluster keeps running: inspect it with
-# `jigsaw status`, stop it with `jigsaw down` (commands printed at the end).
+# node; then print the cluster status and send 30 s of open-loop load (200 req/s, Poisson)
+# to the traffic app through every agent's KServe v2 HTTP API, reporting every request's
+# outcome. The cluster keeps running: inspect it with `jigsaw status`, stop it with
+# `jigsaw down` (commands printed at the end).
 # Extra arguments go to `jigsaw up` (e.g. --nodes 8 --gpus-per-node 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,9 @@ echo "== jigsaw up --dir $dir $*"
 "$bin" up --dir "$dir" "$@"
 echo "== jigsaw status --dir $dir"
 "$bin" status --dir "$dir"
+echo "== jigsaw load --app traffic --rps 200 --duration ${JIGSAW_LOAD_DURATION:-30s} --dir $dir"
+"$bin" load --app traffic --rps 200 --duration "${JIGSAW_LOAD_DURATION:-30s}" --dir "$dir"
 echo
 echo "The cluster is running. Try: $bin status --dir $dir"
+echo "                             $bin load --app social --rps 100 --duration 10s --dir $dir"
 echo "                             $bin down --dir $dir"

@@ -47,7 +47,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use jigsaw_protocol::infer::{parse_infer_request, InferError};
+use jigsaw_protocol::infer::{parse_infer_request, InferError, InferResponse};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,7 @@ impl Default for HttpLimits {
     }
 }
 
-/// An error answer: status, JSON body and whether to send `Retry-After`.
+/// An error answer: its status and the fields of its JSON body.
 #[derive(Debug, Clone)]
 struct ApiError {
     status: StatusCode,
@@ -280,12 +280,7 @@ async fn run_infer(api: Arc<Api>, app: String, headers: &HeaderMap, body: Body) 
     }
 }
 
-async fn try_infer(
-    api: Arc<Api>,
-    app: String,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<jigsaw_protocol::infer::InferResponse, ApiError> {
+async fn try_infer(api: Arc<Api>, app: String, headers: &HeaderMap, body: Body) -> Result<InferResponse, ApiError> {
     let deadline = parse_deadline(headers)?;
     let meta = api.svc.app(&app).ok_or_else(|| unknown_app(&app))?;
     let max = api.limits.max_body_bytes;

@@ -697,6 +697,33 @@ mod tests {
         assert_eq!(classify(StatusCode::BAD_GATEWAY, &Bytes::from("<html>"), d, d).2, "502 (no outcome)");
     }
 
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    #[test]
+    fn arguments_parse_and_need_a_schedule() {
+        use clap::{CommandFactory, Parser};
+        Cli::command().debug_assert();
+        let base = ["load", "--app", "det", "--target", "http://h:1", "--target", "http://h:2"];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.load);
+        let a = parse(&["--rps", "200", "--duration", "30s", "--deadline-ms", "80", "--json"]).expect("poisson");
+        assert_eq!((a.rps, a.duration, a.seed), (Some(200.0), Some(Duration::from_secs(30)), 1));
+        assert_eq!((a.targets.len(), a.deadline_ms, a.json), (2, Some(80), true));
+        let a = parse(&["--trace", "t.txt", "--seed", "9"]).expect("trace");
+        assert_eq!((a.trace, a.rps, a.seed), (Some(PathBuf::from("t.txt")), None, 9));
+        assert!(parse(&["--rps", "200"]).is_err(), "--duration is required with --rps");
+        assert!(parse(&[]).is_err(), "a schedule is required");
+        assert!(parse(&["--trace", "t", "--rps", "5"]).is_err(), "--rps and --trace conflict");
+        let e = parse(&["--rps", "1", "--duration", "30"]).expect_err("no unit").to_string();
+        assert!(e.contains("no unit"), "{e}");
+        // --target is optional here (the CLI defaults it to the local cluster); `run` refuses none.
+        let a = Cli::try_parse_from(["load", "--app", "det", "--rps", "1", "--duration", "1s"]).expect("no target");
+        assert!(a.load.targets.is_empty());
+    }
+
     #[test]
     fn targets_must_be_http_urls() {
         assert_eq!(Target::parse("http://127.0.0.1:8080/").expect("ok").base, "http://127.0.0.1:8080");

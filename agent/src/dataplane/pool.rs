@@ -1,5 +1,5 @@
 //! One segment instance's replicas and its queue: the shell around the pure
-//! [`TaskQueue`](super::batch::TaskQueue).
+//! [`TaskQueue`].
 //!
 //! A driver task owns the queue. Items arrive on a channel with their reply; the driver
 //! turns queue events into worker calls (launch) and replies (drop), and wakes for the
