@@ -5,24 +5,24 @@
 //!
 //! * **per hop**: one-task app whose instance is on node 2; node 1's frontend runs requests
 //!   one at a time, so each is exactly one stage hop (frontend → QUIC → remote queue → no-op
-//!   worker → reply). Reported: p50 / p99 of the whole request, and of the bare QUIC
-//!   request/reply underneath for comparison.
+//!   worker → reply). Reported: p50 / p99 of the whole request, and of a QUIC request/reply
+//!   with the same payload that node 2 answers at once (no queue, no worker), for comparison.
 //! * **throughput**: a two-stage graph (stage 1 on node 2, stage 2 on node 1) driven by
 //!   `concurrency` requests in flight; reported: completed requests per second.
 //!
 //! The no-op worker runs in the agent's process (the in-process twin), so the figures are
 //! the routing, queueing, batching and transport cost, not a worker's.
 
-use crate::dataplane::plane::{Attachment, DataPlane, LocalPlane, PlaneConfig, Segments};
+use crate::dataplane::plane::{stage_handler, Attachment, DataPlane, LocalPlane, PlaneConfig, Segments};
 use crate::dataplane::worker::{ExecutorKind, InProcessLauncher};
 use crate::dataplane::Inference;
-use crate::transport::net::{BoxFuture, Handler, Peer, QuicTransport, Transport};
+use crate::transport::net::{QuicTransport, Transport};
 use crate::transport::{tls, QuicNode};
 use anyhow::{bail, Result};
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::infer::{InferRequest, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::route::{AppRoute, RoutingTable, StageReply, Target, TaskRoute};
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageRequest, Target, TaskRoute};
 use jigsaw_protocol::wire::WireMessage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,20 +66,6 @@ fn inst(app: &str, task: &str, batch: u32) -> InstancePlan {
     }
 }
 
-fn target(node: &str, addr: &str, i: &InstancePlan) -> Target {
-    Target {
-        node: node.into(),
-        addr: addr.into(),
-        gpu: format!("GPU-{node}"),
-        start: i.start,
-        mig_profile: i.mig_profile.clone(),
-        variant: i.variant.clone(),
-        mps: i.mps,
-        batch: i.batch,
-        weight: 1.0,
-    }
-}
-
 fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(((v.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
@@ -119,20 +105,7 @@ async fn setup(dir: &std::path::Path, batch: u32) -> Result<Bench> {
         let t = QuicTransport::new(quic);
         addrs.push(t.local_addr()?.to_string());
         let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
-        let l = local.clone();
-        let handler: Handler = Arc::new(move |_peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
-            let l = l.clone();
-            Box::pin(async move {
-                match msg {
-                    WireMessage::Stage(req) => {
-                        let (id, item) = (req.id, req.item);
-                        WireMessage::StageReply(StageReply { id, item, outcome: l.serve_stage(req).await })
-                    }
-                    WireMessage::Hello { node, applied_epoch } => WireMessage::Hello { node, applied_epoch },
-                    other => WireMessage::Error { message: format!("unexpected {other:?}"), retry: false },
-                }
-            })
-        });
+        let handler = stage_handler(local.clone());
         tokio::spawn(t.clone().serve(handler));
         transports.push(t);
         planes.push(local);
@@ -152,7 +125,7 @@ async fn setup(dir: &std::path::Path, batch: u32) -> Result<Bench> {
                     task: "first".into(),
                     budget_ms: 0.0,
                     downstream_ms: 0.0,
-                    targets: vec![target("node-2", &addrs[1], &a1)],
+                    targets: vec![Target::of("node-2", &addrs[1], "GPU-node-2", &a1)],
                 }],
                 stale_ms: 1000.0,
                 profiles: vec![],
@@ -164,13 +137,13 @@ async fn setup(dir: &std::path::Path, batch: u32) -> Result<Bench> {
                         task: "first".into(),
                         budget_ms: 0.0,
                         downstream_ms: 0.0,
-                        targets: vec![target("node-2", &addrs[1], &a2)],
+                        targets: vec![Target::of("node-2", &addrs[1], "GPU-node-2", &a2)],
                     },
                     TaskRoute {
                         task: "second".into(),
                         budget_ms: 0.0,
                         downstream_ms: 0.0,
-                        targets: vec![target("node-1", &addrs[0], &b2)],
+                        targets: vec![Target::of("node-1", &addrs[0], "GPU-node-1", &b2)],
                     },
                 ],
                 stale_ms: 1000.0,
@@ -213,7 +186,17 @@ pub fn cmd_bench_dataplane(requests: usize, concurrency: usize, batch: u32) -> R
         let mut raw = Vec::with_capacity(hops);
         for _ in 0..hops {
             let t = Instant::now();
-            let msg = WireMessage::Hello { node: "node-1".into(), applied_epoch: 0 };
+            // A stage for an instance node 2 does not have: answered at once.
+            let msg = WireMessage::Stage(StageRequest {
+                id: 0,
+                item: 0,
+                app: "none".into(),
+                task: "none".into(),
+                gpu: "none".into(),
+                start: 0,
+                budget_us: 1_000_000,
+                input: vec![0.5; 768],
+            });
             b.transports[0].request("node-2", &b.addrs[1], msg, Duration::from_secs(5)).await?;
             raw.push(t.elapsed().as_secs_f64() * 1e6);
         }
@@ -243,7 +226,7 @@ pub fn cmd_bench_dataplane(requests: usize, concurrency: usize, batch: u32) -> R
             "2 in-process nodes, QUIC + mTLS on loopback, no-op in-process workers (4 replicas, max batch {batch}), \
              768-value FP32 input\n\
              per hop (1-task app on the other node, sequential, {hops} requests): p50 {h50:.0} us, p99 {h99:.0} us\n\
-             bare QUIC request/reply underneath:                         p50 {r50:.0} us, p99 {r99:.0} us\n\
+             QUIC request/reply answered at once, same payload:          p50 {r50:.0} us, p99 {r99:.0} us\n\
              throughput, 2-stage graph across both nodes, {concurrency} in flight: {:.0} req/s ({requests} requests in {secs:.2} s, {failed} failed)\n",
             (requests - failed) as f64 / secs
         ))

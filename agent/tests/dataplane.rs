@@ -3,17 +3,16 @@
 //! Tests wait on observable state (replies, restart counters), never on fixed sleeps.
 
 use jigsaw_agent::dataplane::batch::{DropReason, QueueConfig};
-use jigsaw_agent::dataplane::plane::{DataPlane, LocalPlane, PlaneConfig, Segments};
+use jigsaw_agent::dataplane::plane::{stage_handler, DataPlane, LocalPlane, PlaneConfig, Segments};
 use jigsaw_agent::dataplane::pool::{Item, Pool};
 use jigsaw_agent::dataplane::worker::{ExecutorKind, InProcessLauncher, ProcessWorker, WorkerConn, WorkerSpec};
 use jigsaw_agent::dataplane::{Inference, ServeError};
-use jigsaw_agent::transport::net::{BoxFuture, Handler, Peer, SimHub, SimTransport};
+use jigsaw_agent::transport::net::{SimHub, SimTransport};
 use jigsaw_agent::transport::sim::LinkConfig;
 use jigsaw_protocol::app::{AppSpec, ModelDesc};
 use jigsaw_protocol::infer::{InferRequest, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, Target, TaskRoute};
-use jigsaw_protocol::wire::WireMessage;
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, Target, TaskRoute};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,20 +171,6 @@ fn row(task: &str, variant: &str, batch: u32, p95: f64) -> ProfileRow {
     }
 }
 
-fn target(node: &str, i: &InstancePlan) -> Target {
-    Target {
-        node: node.into(),
-        addr: format!("{node}:1"),
-        gpu: format!("GPU-{node}"),
-        start: i.start,
-        mig_profile: i.mig_profile.clone(),
-        variant: i.variant.clone(),
-        mps: i.mps,
-        batch: i.batch,
-        weight: i.throughput_rps,
-    }
-}
-
 /// detect on node `a` (local to the frontend), classify on node `b` (over the transport).
 fn table() -> RoutingTable {
     let spec = AppSpec::parse(APP, "pipe.toml").expect("app parses");
@@ -200,13 +185,13 @@ fn table() -> RoutingTable {
                     task: "detect".into(),
                     budget_ms: 4.0,
                     downstream_ms: 2.0,
-                    targets: vec![target("a", &det)],
+                    targets: vec![Target::of("a", "a:1", "GPU-a", &det)],
                 },
                 TaskRoute {
                     task: "classify".into(),
                     budget_ms: 3.0,
                     downstream_ms: 0.0,
-                    targets: vec![target("b", &cls)],
+                    targets: vec![Target::of("b", "b:1", "GPU-b", &cls)],
                 },
             ],
             stale_ms: 20.0,
@@ -245,19 +230,7 @@ fn two_nodes(attach_b: bool) -> Two {
     let la = LocalPlane::new(PlaneConfig::default(), launcher.clone());
     let lb = LocalPlane::new(PlaneConfig::default(), launcher);
     let a = DataPlane::new("a", la.clone(), SimTransport::new(hub.clone(), "a"));
-    let b_local = lb.clone();
-    let handler: Handler = Arc::new(move |_peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
-        let b = b_local.clone();
-        Box::pin(async move {
-            match msg {
-                WireMessage::Stage(req) => {
-                    let (id, item) = (req.id, req.item);
-                    WireMessage::StageReply(StageReply { id, item, outcome: b.serve_stage(req).await })
-                }
-                other => WireMessage::Error { message: format!("unexpected {other:?}"), retry: false },
-            }
-        })
-    });
+    let handler = stage_handler(lb.clone());
     hub.attach("b", handler);
     la.set_routes(table());
     lb.set_routes(table());

@@ -29,17 +29,7 @@ pub fn routing_table(state: &ClusterState, plan: &ClusterPlan) -> RoutingTable {
             for (uuid, insts) in gpus {
                 for i in insts.iter().filter(|i| i.app == spec.name && i.mps > 0) {
                     let Some(t) = spec.task_index(&i.task) else { continue };
-                    targets[t].push(Target {
-                        node: node.clone(),
-                        addr: addr(node),
-                        gpu: uuid.clone(),
-                        start: i.start,
-                        mig_profile: i.mig_profile.clone(),
-                        variant: i.variant.clone(),
-                        mps: i.mps,
-                        batch: i.batch,
-                        weight: i.throughput_rps.max(1e-9),
-                    });
+                    targets[t].push(Target::of(node, &addr(node), uuid, i));
                     for r in table.rows() {
                         let same = r.task == i.task
                             && r.variant == i.variant
@@ -85,4 +75,76 @@ pub fn routing_table(state: &ClusterState, plan: &ClusterPlan) -> RoutingTable {
         apps.push(route);
     }
     RoutingTable { epoch: plan.epoch, apps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jigsaw_protocol::cluster::{AppEntry, Member};
+    use jigsaw_protocol::plan::InstancePlan;
+    use std::collections::BTreeMap;
+
+    const SPEC: &str = include_str!("../../examples/apps/traffic.toml");
+    const CSV: &str = include_str!("../../examples/profiles/traffic-h100-80gb.csv");
+
+    fn inst(task: &str, variant: &str, start: u8, batch: u32, app: &str) -> InstancePlan {
+        let t = ProfileTable::parse_csv(CSV, "t").expect("csv");
+        let r = t.get(task, variant, jigsaw_protocol::GpuModel::H100_80gb, "1g.10gb", 1, batch).expect("row");
+        InstancePlan {
+            mig_profile: "1g.10gb".into(),
+            start,
+            slices: 1,
+            mps: 1,
+            task: task.into(),
+            variant: variant.into(),
+            batch,
+            p95_ms: r.p95_ms,
+            throughput_rps: r.throughput_rps,
+            app: app.into(),
+        }
+    }
+
+    #[test]
+    fn targets_weights_budgets_and_downstream_follow_the_plan() {
+        let mut st = ClusterState::default();
+        let entry =
+            AppEntry { name: "traffic".into(), spec_toml: SPEC.into(), profiles_csv: CSV.into(), demand_rps: 100.0 };
+        st.apps.insert("traffic".into(), entry);
+        for (n, a) in [("n1", "10.0.0.1:7400"), ("n2", "10.0.0.2:7400")] {
+            let m = Member { node: n.into(), addr: a.into(), eligible: true, gpus: vec![], alive: true };
+            st.members.insert(n.into(), m);
+        }
+        let d1 = inst("detect", "yolov5s", 0, 8, "traffic");
+        let d2 = inst("detect", "yolov5s", 1, 16, "traffic");
+        let mk = inst("make", "efficientnet-b0", 2, 16, "traffic");
+        let pe = inst("person", "vgg11", 3, 8, "traffic");
+        let other = inst("make", "efficientnet-b0", 4, 16, "someone-else");
+        let mut nodes = BTreeMap::new();
+        nodes.insert("n1".to_string(), BTreeMap::from([("GPU-a".to_string(), vec![d1.clone(), mk.clone()])]));
+        nodes.insert("n2".to_string(), BTreeMap::from([("GPU-b".to_string(), vec![d2.clone(), pe.clone(), other])]));
+        let plan = ClusterPlan { epoch: 4, inputs: String::new(), nodes, apps: vec![] };
+        let t = routing_table(&st, &plan);
+        assert_eq!(t.epoch, 4);
+        let r = t.app("traffic").expect("routed");
+        let det = &r.tasks[0];
+        assert_eq!(det.task, "detect");
+        assert_eq!(det.targets.len(), 2);
+        let n2 = det.targets.iter().find(|x| x.node == "n2").expect("n2 target");
+        assert_eq!(
+            (n2.addr.as_str(), n2.gpu.as_str(), n2.start, n2.weight),
+            ("10.0.0.2:7400", "GPU-b", 1, d2.throughput_rps)
+        );
+        // L̂(detect) is the slowest instance's p95 at its batch.
+        assert!((det.budget_ms - d1.p95_ms.max(d2.p95_ms)).abs() < 1e-9);
+        // Downstream of detect: the slower of make's and person's batch-of-one latency.
+        let one = |task: &str, i: &InstancePlan| r.batch_ms(task, &Target::of("", "", "", i), 1).expect("curve");
+        let want = one("make", &mk).max(one("person", &pe));
+        assert!((det.downstream_ms - want).abs() < 1e-9, "{} vs {want}", det.downstream_ms);
+        assert_eq!(r.tasks[1].downstream_ms, 0.0);
+        // Only this app's instances, and only the configurations in use, are carried.
+        assert_eq!(r.tasks[1].targets.len(), 1, "the other app's instance is not a target");
+        assert!(r.profiles.iter().all(|p| p.mig_profile == "1g.10gb" && p.mps == 1));
+        assert!(r.profiles.iter().any(|p| p.task == "person" && p.variant == "vgg11"));
+        assert!(!r.profiles.iter().any(|p| p.variant == "yolov5x"));
+    }
 }

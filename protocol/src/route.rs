@@ -73,6 +73,23 @@ pub struct Target {
     pub weight: f64,
 }
 
+impl Target {
+    /// The target for instance `i` at GPU `gpu` of `node` (weight: its profiled throughput).
+    pub fn of(node: &str, addr: &str, gpu: &str, i: &crate::plan::InstancePlan) -> Target {
+        Target {
+            node: node.to_string(),
+            addr: addr.to_string(),
+            gpu: gpu.to_string(),
+            start: i.start,
+            mig_profile: i.mig_profile.clone(),
+            variant: i.variant.clone(),
+            mps: i.mps,
+            batch: i.batch,
+            weight: i.throughput_rps.max(1e-9),
+        }
+    }
+}
+
 impl RoutingTable {
     /// The route of `app`.
     pub fn app(&self, app: &str) -> Option<&AppRoute> {

@@ -20,11 +20,11 @@ use super::batch::{DropReason, QueueConfig};
 use super::pool::{Item, Pool};
 use super::worker::{Launcher, WorkerSpec};
 use super::{AppMeta, Inference, ServeError, TensorMeta};
-use crate::transport::net::{BoxFuture, Transport};
+use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::rng::SplitMix64;
-use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageRequest, Target};
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, StageRequest, Target};
 use jigsaw_protocol::wire::WireMessage;
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
@@ -167,17 +167,7 @@ impl LocalPlane {
         let t = app.spec.task_index(&plan.task)?;
         let variant = app.spec.tasks[t].variants.iter().find(|v| v.name == plan.variant)?;
         let task = app.tasks.get(t)?;
-        let target = Target {
-            node: String::new(),
-            addr: String::new(),
-            gpu: gpu.to_string(),
-            start: plan.start,
-            mig_profile: plan.mig_profile.clone(),
-            variant: plan.variant.clone(),
-            mps: plan.mps,
-            batch: plan.batch,
-            weight: plan.throughput_rps,
-        };
+        let target = Target::of("", "", gpu, plan);
         let mut curve: Vec<(u32, f64, f64)> = app
             .profiles
             .iter()
@@ -336,6 +326,23 @@ impl Segments for LocalPlane {
             }
         })))
     }
+}
+
+/// A transport handler that serves [`WireMessage::Stage`] requests from `local` (and
+/// refuses anything else): what a data-plane-only endpoint runs (benchmarks, tests).
+pub fn stage_handler(local: Arc<LocalPlane>) -> Handler {
+    Arc::new(move |_peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
+        let local = local.clone();
+        Box::pin(async move {
+            match msg {
+                WireMessage::Stage(req) => {
+                    let (id, item) = (req.id, req.item);
+                    WireMessage::StageReply(StageReply { id, item, outcome: local.serve_stage(req).await })
+                }
+                other => WireMessage::Error { message: format!("unexpected request {other:?}"), retry: false },
+            }
+        })
+    })
 }
 
 /// A node's frontend over its [`LocalPlane`].
