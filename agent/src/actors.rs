@@ -83,6 +83,8 @@ pub struct SegmentArgs {
     pub plan: InstancePlan,
     /// The GPU's UUID.
     pub gpu: String,
+    /// The MIG instance's device UUID (what CUDA workers are bound to).
+    pub device: String,
     /// The node's data plane, which starts the instance's workers (`None`: no workers).
     pub segments: Option<Arc<dyn Segments>>,
 }
@@ -92,6 +94,7 @@ pub struct SegmentArgs {
 pub struct SegmentState {
     plan: InstancePlan,
     gpu: String,
+    device: String,
     segments: Option<Arc<dyn Segments>>,
     attachment: Option<Attachment>,
 }
@@ -99,7 +102,8 @@ pub struct SegmentState {
 impl SegmentState {
     fn attach(&mut self) {
         self.attachment = None; // stop the old workers first
-        self.attachment = self.segments.as_ref().filter(|_| self.plan.mps > 0).map(|s| s.attach(&self.gpu, &self.plan));
+        self.attachment =
+            self.segments.as_ref().filter(|_| self.plan.mps > 0).map(|s| s.attach(&self.gpu, &self.device, &self.plan));
     }
 }
 
@@ -118,7 +122,13 @@ impl Actor for SegmentActor {
         _me: ActorRef<SegmentMsg>,
         args: SegmentArgs,
     ) -> Result<SegmentState, ActorProcessingErr> {
-        let mut st = SegmentState { plan: args.plan, gpu: args.gpu, segments: args.segments, attachment: None };
+        let mut st = SegmentState {
+            plan: args.plan,
+            gpu: args.gpu,
+            device: args.device,
+            segments: args.segments,
+            attachment: None,
+        };
         st.attach();
         Ok(st)
     }
@@ -238,9 +248,11 @@ impl GpuState {
             match self.segments.get(start) {
                 Some(a) => a.send_message(SegmentMsg::Assign(w.clone()))?,
                 None => {
+                    let device = self.backend.instances().into_iter().find(|i| i.start == *start).map(|i| i.uuid);
                     let args = SegmentArgs {
                         plan: w.clone(),
                         gpu: self.backend.uuid().to_string(),
+                        device: device.unwrap_or_default(),
                         segments: self.plane.clone(),
                     };
                     let (a, _) = Actor::spawn_linked(None, SegmentActor, args, me.get_cell()).await?;

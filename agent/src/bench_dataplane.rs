@@ -155,9 +155,9 @@ async fn setup(dir: &std::path::Path, batch: u32) -> Result<Bench> {
     for p in &planes {
         p.set_routes(table.clone());
     }
-    keep.push(planes[1].attach("GPU-node-2", &a1));
-    keep.push(planes[1].attach("GPU-node-2", &a2));
-    keep.push(planes[0].attach("GPU-node-1", &b2));
+    keep.push(planes[1].attach("GPU-node-2", "MIG-GPU-node-2", &a1));
+    keep.push(planes[1].attach("GPU-node-2", "MIG-GPU-node-2", &a2));
+    keep.push(planes[0].attach("GPU-node-1", "MIG-GPU-node-1", &b2));
     let front = DataPlane::new("node-1", planes[0].clone(), transports[0].clone());
     Ok(Bench { front, transports, addrs, _keep: keep })
 }

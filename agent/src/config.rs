@@ -438,7 +438,29 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             .collect::<Vec<_>>()
             .join("\n");
         let n = Config::parse(&node, path).expect("node example parses");
-        assert!(n.node.is_some());
+        let v = n.node.expect("node section").validate(path).expect("node example validates");
+        assert_eq!((v.http.map(|a| a.port()), v.max_in_flight), (Some(8000), 4096));
+    }
+
+    #[test]
+    fn serve_section_defaults_and_errors_name_the_key() {
+        let ok = |extra: &str| {
+            Config::parse(&format!("{NODE}serve = {{ {extra} }}\n"), "n.toml").expect("parses").node.expect("node")
+        };
+        let n = Config::parse(NODE, "n.toml").expect("valid").node.expect("node").validate("n.toml").expect("valid");
+        assert_eq!((n.http, n.executor, n.max_in_flight), (None, crate::dataplane::worker::ExecutorKind::Timed, 4096));
+        let n = ok(r#"http = "0.0.0.0:8000", executor = "cpu""#).validate("n.toml").expect("valid");
+        assert_eq!(n.executor, crate::dataplane::worker::ExecutorKind::Cpu);
+        for (extra, field) in [
+            (r#"http = "nowhere""#, "node.serve.http"),
+            (r#"executor = "tpu""#, "node.serve.executor"),
+            ("max_in_flight = 0", "node.serve.max_in_flight"),
+        ] {
+            let e = Config::parse(&format!("{NODE}serve = {{ {extra} }}\n"), "n.toml").expect_err(extra).to_string();
+            assert!(e.contains(field) && e.contains("n.toml"), "{e}");
+        }
+        let e = Config::parse(&format!("{NODE}serve = {{ htp = \"x\" }}\n"), "n.toml").expect_err("unknown key");
+        assert!(e.to_string().contains("htp"), "{e}");
     }
 
     #[test]

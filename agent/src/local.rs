@@ -339,7 +339,7 @@ pub fn cmd_profile(
         }
         None => None,
     };
-    let launcher: Arc<dyn Launcher> = Arc::new(ProcessLauncher { exe: std::env::current_exe()?, kind: executor });
+    let launcher: Arc<dyn Launcher> = Arc::new(ProcessLauncher::new(std::env::current_exe()?, executor));
     let run = crate::dataplane::profiler::ProfileRun {
         app: &spec,
         gpu,
@@ -618,7 +618,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             launcher: Some(if node.in_process_workers {
                 Arc::new(InProcessLauncher(node.executor)) as Arc<dyn Launcher>
             } else {
-                Arc::new(ProcessLauncher { exe: std::env::current_exe()?, kind: node.executor })
+                Arc::new(ProcessLauncher::new(std::env::current_exe()?, node.executor))
             }),
             max_in_flight: node.max_in_flight,
         };

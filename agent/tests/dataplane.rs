@@ -234,9 +234,9 @@ fn two_nodes(attach_b: bool) -> Two {
     hub.attach("b", handler);
     la.set_routes(table());
     lb.set_routes(table());
-    let mut att = vec![la.attach("GPU-a", &inst("detect", "det", 0, 4.0))];
+    let mut att = vec![la.attach("GPU-a", "MIG-GPU-a", &inst("detect", "det", 0, 4.0))];
     if attach_b {
-        att.push(lb.attach("GPU-b", &inst("classify", "cls", 0, 3.0)));
+        att.push(lb.attach("GPU-b", "MIG-GPU-b", &inst("classify", "cls", 0, 3.0)));
     }
     Two { a, b: lb, _attachments: att }
 }

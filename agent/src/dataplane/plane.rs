@@ -69,9 +69,10 @@ impl std::fmt::Debug for Attachment {
 
 /// What a segment actor attaches to: the node's data plane.
 pub trait Segments: Send + Sync + 'static {
-    /// Instance `plan` now lives at `start` of GPU `gpu`; start its workers (now or once the
-    /// routing table describes its app). Dropping the attachment stops them.
-    fn attach(&self, gpu: &str, plan: &InstancePlan) -> Attachment;
+    /// Instance `plan` now lives at `start` of GPU `gpu` as device `device` (the MIG
+    /// instance's UUID, which CUDA workers get as `CUDA_VISIBLE_DEVICES`); start its workers
+    /// (now or once the routing table describes its app). Dropping the attachment stops them.
+    fn attach(&self, gpu: &str, device: &str, plan: &InstancePlan) -> Attachment;
 }
 
 /// Settings of a node's data plane.
@@ -93,6 +94,7 @@ impl Default for PlaneConfig {
 
 struct Local {
     plan: InstancePlan,
+    device: String,
     /// What the running pool was built from (to restart it only when that changes).
     built: Option<(WorkerSpec, QueueConfig)>,
     pool: Option<Arc<Pool>>,
@@ -219,7 +221,7 @@ impl LocalPlane {
         l.pool = want.as_ref().map(|(spec, q)| {
             let mut spec = spec.clone();
             if spec.executor == super::worker::ExecutorKind::Cuda {
-                spec.device = Some(gpu.to_string());
+                spec.device = Some(if l.device.is_empty() { gpu.to_string() } else { l.device.clone() });
             }
             let workers = (0..l.plan.mps.max(1)).map(|_| self.launcher.launch(&spec)).collect();
             Arc::new(Pool::start(*q, workers, l.plan.variant.clone()))
@@ -305,14 +307,14 @@ impl LocalPlane {
 }
 
 impl Segments for LocalPlane {
-    fn attach(&self, gpu: &str, plan: &InstancePlan) -> Attachment {
+    fn attach(&self, gpu: &str, device: &str, plan: &InstancePlan) -> Attachment {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         {
             let mut local = lock(&self.local);
             let key = (gpu.to_string(), plan.start);
             let mut l = match local.remove(&key) {
-                Some(old) if old.plan == *plan => Local { generation, ..old },
-                _ => Local { plan: plan.clone(), built: None, pool: None, generation },
+                Some(old) if old.plan == *plan && old.device == device => Local { generation, ..old },
+                _ => Local { plan: plan.clone(), device: device.to_string(), built: None, pool: None, generation },
             };
             self.reconcile(gpu, &mut l);
             local.insert(key, l);

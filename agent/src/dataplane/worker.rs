@@ -396,10 +396,10 @@ async fn supervise(
         cmd.arg("worker").arg("--spec-json").arg(&spec_json);
         cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
         if let Some(d) = &spec.device {
-            cmd.env("CUDA_VISIBLE_DEVICES", d);
-        }
-        if let Some(p) = spec.mps_percent {
-            cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
+            cmd.envs(mps_env(d, &mps_root()));
+            if let Some(p) = spec.mps_percent {
+                cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
+            }
         }
         let started = Instant::now();
         let why = match cmd.spawn() {
@@ -503,20 +503,93 @@ async fn run_child(
     why
 }
 
-/// Launches [`ProcessWorker`]s running `exe worker`.
+/// Where the per-device MPS pipe and log directories live (`$JIGSAW_MPS_DIR`, default
+/// `/tmp/jigsaw-mps`).
+pub fn mps_root() -> PathBuf {
+    std::env::var_os("JIGSAW_MPS_DIR").map_or_else(|| PathBuf::from("/tmp/jigsaw-mps"), PathBuf::from)
+}
+
+/// The environment that binds a process to MIG device `device` and to that device's own MPS
+/// control daemon (one daemon per MIG instance: MPS clients of one daemon share one device).
+pub fn mps_env(device: &str, root: &std::path::Path) -> Vec<(String, String)> {
+    let dir = root.join(device.replace(['/', ':'], "_"));
+    vec![
+        ("CUDA_VISIBLE_DEVICES".into(), device.into()),
+        ("CUDA_MPS_PIPE_DIRECTORY".into(), dir.join("pipe").display().to_string()),
+        ("CUDA_MPS_LOG_DIRECTORY".into(), dir.join("log").display().to_string()),
+    ]
+}
+
+/// Launches [`ProcessWorker`]s running `exe worker`. For the `cuda` executor it first starts
+/// the MPS control daemon of the worker's MIG device (`nvidia-cuda-mps-control -d`, once
+/// per device) when that binary is installed; without it, replicas time-share the instance.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     /// The `jigsaw` executable.
     pub exe: PathBuf,
     /// Executor the workers run.
     pub kind: ExecutorKind,
+    /// Devices whose MPS daemon this launcher started.
+    pub mps_started: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProcessLauncher {
+    /// A launcher of `exe worker` processes running `kind`.
+    pub fn new(exe: PathBuf, kind: ExecutorKind) -> ProcessLauncher {
+        ProcessLauncher { exe, kind, mps_started: Arc::default() }
+    }
+}
+
+fn ensure_mps_daemon(started: &Mutex<Vec<String>>, device: &str) {
+    let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
+    if started.iter().any(|d| d == device) {
+        return;
+    }
+    let env = mps_env(device, &mps_root());
+    for (_, dir) in env.iter().skip(1) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::process::Command::new("nvidia-cuda-mps-control").arg("-d").envs(env).status() {
+        Ok(s) if s.success() => tracing::info!(%device, "MPS control daemon started"),
+        Ok(s) => tracing::warn!(%device, %s, "MPS control daemon did not start; replicas will time-share"),
+        Err(e) => tracing::warn!(%device, %e, "no nvidia-cuda-mps-control; replicas will time-share the instance"),
+    }
+    started.push(device.to_string());
 }
 
 impl Launcher for ProcessLauncher {
     fn launch(&self, spec: &WorkerSpec) -> Arc<dyn WorkerConn> {
+        if let (ExecutorKind::Cuda, Some(d)) = (spec.executor, &spec.device) {
+            ensure_mps_daemon(&self.mps_started, d);
+        }
         Arc::new(ProcessWorker::start(self.exe.clone(), spec))
     }
     fn executor(&self) -> ExecutorKind {
         self.kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mps_environment_is_per_device() {
+        let root = std::path::Path::new("/run/j");
+        let a = mps_env("MIG-1111-aaaa", root);
+        assert_eq!(a[0], ("CUDA_VISIBLE_DEVICES".to_string(), "MIG-1111-aaaa".to_string()));
+        assert_eq!(a[1].1, "/run/j/MIG-1111-aaaa/pipe");
+        assert_ne!(a[1].1, mps_env("MIG-2222-bbbb", root)[1].1, "each MIG instance has its own daemon");
+        assert_eq!(mps_env("MIG-GPU-x/1/0", root)[2].1, "/run/j/MIG-GPU-x_1_0/log", "legacy MIG names are safe");
+    }
+
+    #[test]
+    fn timed_latency_stays_between_its_bounds_and_keeps_the_mean() {
+        let curve = vec![(1, 2.0, 1.8), (8, 10.0, 8.0)];
+        let mut rng = SplitMix64::new(3);
+        let draws: Vec<f64> = (0..20_000).map(|_| timed_ms(&curve, 8, &mut rng)).collect();
+        assert!(draws.iter().all(|d| (6.0..=10.0).contains(d)), "between 2·mean − p95 and p95");
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 8.0).abs() < 0.05, "{mean}");
     }
 }
