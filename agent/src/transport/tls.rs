@@ -179,7 +179,9 @@ impl Identity {
         tls.alpn_protocols = vec![super::ALPN.to_vec()];
         let crypto =
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport());
+        Ok(server)
     }
 
     /// QUIC client config: presents this identity, trusts only the CA.
@@ -194,6 +196,19 @@ impl Identity {
         tls.alpn_protocols = vec![super::ALPN.to_vec()];
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
-        Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport());
+        Ok(client)
     }
+}
+
+/// QUIC settings for agent-to-agent connections: room for many concurrent request streams
+/// (the data plane opens one per stage item; quinn's default of 100 would make a busy
+/// frontend wait for stream credit) and keep-alives so idle connections between agents are
+/// not closed by the 30 s idle timeout (a fresh handshake would then delay the next item).
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(4096u32.into());
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    Arc::new(t)
 }
