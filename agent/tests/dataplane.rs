@@ -225,9 +225,13 @@ struct Two {
 }
 
 fn two_nodes(attach_b: bool) -> Two {
+    two_nodes_with(attach_b, PlaneConfig::default())
+}
+
+fn two_nodes_with(attach_b: bool, cfg: PlaneConfig) -> Two {
     let hub = SimHub::start(7, LinkConfig { min_delay_us: 50, max_delay_us: 200, drop: 0.0 });
     let launcher = Arc::new(InProcessLauncher(ExecutorKind::Timed));
-    let la = LocalPlane::new(PlaneConfig::default(), launcher.clone());
+    let la = LocalPlane::new(cfg, launcher.clone());
     let lb = LocalPlane::new(PlaneConfig::default(), launcher);
     let a = DataPlane::new("a", la.clone(), SimTransport::new(hub.clone(), "a"));
     let handler = stage_handler(lb.clone());
@@ -258,6 +262,7 @@ async fn frontend_routes_fans_out_and_joins_across_nodes() {
     }
     let pool = n.b.pool("GPU-b", 0).expect("b's instance runs");
     assert_eq!(pool.stats.items.load(std::sync::atomic::Ordering::Relaxed), 10, "10 classify items ran on b");
+    assert_eq!(n.a.answered().get("ok"), Some(&5), "the frontend counts its answers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,6 +285,8 @@ async fn frontend_errors_name_the_cause() {
         Err(ServeError::Dropped { task, reason: DropReason::Early, .. }) => assert_eq!(task, "detect"),
         other => panic!("{other:?}"),
     }
+    let counted = n.a.answered();
+    assert_eq!((counted.get("unavailable"), counted.get("early_drop")), (Some(&1), Some(&1)), "{counted:?}");
 }
 
 /// `jigsaw profile` measures every configuration with real worker processes (CPU
@@ -350,4 +357,17 @@ async fn cpu_worker_process_matches_the_reference() {
     let (y, out) = jigsaw_kernels::CpuExecutor.run(&m, &flat, (2, shape.0, shape.1, shape.2)).expect("reference");
     let per = out.1 * out.2 * out.3;
     assert_eq!(got, vec![y[..per].to_vec(), y[per..].to_vec()]);
+}
+
+/// The frontend admits at most `max_in_flight` requests; one more is refused at once with
+/// `Overloaded` (429), and the slot comes back when a request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontend_admission_limit_refuses_at_once() {
+    let n = two_nodes_with(true, PlaneConfig { max_in_flight: 1, ..PlaneConfig::default() });
+    let first = n.a.infer("pipe", request(), None);
+    let refused = n.a.infer("pipe", request(), None).await;
+    assert!(matches!(refused, Err(ServeError::Overloaded(_))), "{refused:?}");
+    first.await.expect("the admitted request succeeds");
+    n.a.infer("pipe", request(), None).await.expect("the slot came back");
+    assert_eq!(n.a.answered().get("overloaded"), Some(&1));
 }

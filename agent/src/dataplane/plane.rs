@@ -355,8 +355,7 @@ pub struct DataPlane<T: Transport> {
     in_flight: Arc<AtomicUsize>,
     next_id: AtomicU64,
     weak: Weak<DataPlane<T>>,
-    /// Requests answered, by outcome name (for the node's metrics).
-    pub answered: Mutex<BTreeMap<&'static str, u64>>,
+    answered: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl<T: Transport> DataPlane<T> {
@@ -525,6 +524,11 @@ impl<T: Transport> DataPlane<T> {
         Ok(InferResponse { model_name: spec.name.clone(), id: None, outputs })
     }
 
+    /// Requests this frontend answered, by outcome (`ok`, `early_drop`, `overloaded`, …).
+    pub fn answered(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.answered).clone()
+    }
+
     fn count(&self, outcome: &'static str) {
         *lock(&self.answered).entry(outcome).or_default() += 1;
     }
@@ -618,15 +622,13 @@ impl<T: Transport> Inference for DataPlane<T> {
             Ok(i) => i,
             Err(e) => return Box::pin(std::future::ready(Err(ServeError::BadInput(e)))),
         };
-        let limit = self.in_flight.load(Ordering::Relaxed);
-        if limit >= self.local.cfg.max_in_flight {
+        let max = self.local.cfg.max_in_flight;
+        let admitted = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        if let Err(n) = admitted {
             self.count("overloaded");
-            return Box::pin(std::future::ready(Err(ServeError::Overloaded(format!(
-                "{limit} requests in flight on {}",
-                self.me
-            )))));
+            let msg = format!("{n} requests in flight on {}", self.me);
+            return Box::pin(std::future::ready(Err(ServeError::Overloaded(msg))));
         }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self.in_flight.clone());
         let budget = deadline.unwrap_or(Duration::from_secs_f64(route.spec.latency_slo_ms.max(0.0) / 1e3));
         let deadline = Instant::now() + budget;

@@ -413,7 +413,9 @@ async fn supervise(
                 format!("{why} ({status})")
             }
         };
-        let Some(why) = Some(why).filter(|_| !jobs.is_closed()) else { return };
+        if jobs.is_closed() {
+            return; // the worker's owner stopped it
+        }
         tracing::warn!(app = %spec.app, task = %spec.task, %why, "worker exited; restarting");
         restarts.fetch_add(1, Ordering::Relaxed);
         if started.elapsed() > Duration::from_secs(10) {
