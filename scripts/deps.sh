@@ -6,7 +6,8 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v ccache >/dev/null 2>&1 || missing+=(ccache)
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# bindgen needs libclang.so itself; libclang-cpp (often shipped alone) does not count.
+bash "$(dirname "$0")/libclang.sh" >/dev/null || missing+=(libclang-dev)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   SUDO=""

@@ -3,6 +3,6 @@
 export CMAKE_C_COMPILER_LAUNCHER=ccache
 export CMAKE_CXX_COMPILER_LAUNCHER=ccache
 export CCACHE_NOHASHDIR=1
-# Paths under $HOME (the clone, ~/.cargo, a target dir in ~/.cache) hash relative to it,
-# so the build/test and check/clippy copies of HiGHS share cache entries.
-export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$HOME}"
+# With base dir / every absolute path hashes relative to the compile directory, so the
+# build/test and check/clippy copies of HiGHS (same depth, different hash dirs) share entries.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-/}"

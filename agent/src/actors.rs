@@ -19,10 +19,10 @@
 //! (the cluster simulation does that). Raft, the transport and the coordinator loop are plain
 //! tokio tasks of [`crate::node`], which talk to the tree through [`NodeMsg`].
 
+use crate::core::diff::{apply, Assignment, LiveSegment, Step, StepFailed};
+use crate::core::node_plan::{GpuApplyError, NodeCommand, NodePlanCore, PlanPart};
 use crate::dataplane::plane::{Attachment, Segments};
-use crate::gpu::diff::{apply, Assignment, LiveSegment, Step};
 use crate::gpu::GpuBackend;
-use crate::node_plan::{NodeCommand, NodePlanCore, PlanPart};
 use jigsaw_protocol::cluster::GpuInventory;
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::wire::ApplyOutcome;
@@ -47,22 +47,44 @@ pub struct AppliedPlan {
     pub gpus: BTreeMap<String, Vec<InstancePlan>>,
 }
 
+/// Why the applied-plan file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AppliedPlanError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid applied plan.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
 impl AppliedPlan {
     /// Load from `path` (a missing file is epoch 0).
-    pub fn load(path: &std::path::Path) -> Result<AppliedPlan, String> {
+    pub fn load(path: &std::path::Path) -> Result<AppliedPlan, AppliedPlanError> {
         match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| AppliedPlanError::Json { path: path.into(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppliedPlan::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(AppliedPlanError::Io { path: path.into(), source }),
         }
     }
 
     /// Write atomically to `path`.
-    pub fn save(&self, path: &std::path::Path) -> Result<(), String> {
+    pub fn save(&self, path: &std::path::Path) -> Result<(), AppliedPlanError> {
         let tmp = path.with_extension("tmp");
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|source| AppliedPlanError::Json { path: tmp.clone(), source })?;
+        std::fs::write(&tmp, bytes).map_err(|source| AppliedPlanError::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, path).map_err(|source| AppliedPlanError::Io { path: path.into(), source })
     }
 }
 
@@ -161,14 +183,15 @@ impl Actor for SegmentActor {
 pub enum GpuMsg {
     /// The live layout with the work assigned to each instance.
     Live(RpcReplyPort<Vec<LiveSegment>>),
-    /// Run `steps` toward `target`; reply `Err(words)` on the first failed step.
+    /// Run `steps` toward `target` (on a blocking thread: NVML create/destroy poll); reply
+    /// with the first failed step.
     Apply {
         /// Steps from the plan diff.
         steps: Vec<Step>,
         /// The target (for the segments' assignments).
         target: Vec<InstancePlan>,
         /// Result.
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), GpuApplyError>>,
     },
     /// The GPU's inventory entry.
     Inventory(RpcReplyPort<GpuInventory>),
@@ -186,7 +209,9 @@ pub struct GpuArgs {
 
 /// State of a [`GpuActor`].
 pub struct GpuState {
-    backend: Backend,
+    /// Owned by this actor alone; behind a mutex only so that a blocking thread can run the
+    /// backend's slow calls while the actor awaits it.
+    backend: Arc<std::sync::Mutex<Backend>>,
     simulate_latency: bool,
     plane: Option<Arc<dyn Segments>>,
     work: BTreeMap<u8, InstancePlan>,
@@ -198,8 +223,12 @@ pub struct GpuState {
 pub struct GpuActor;
 
 impl GpuState {
+    fn backend(&self) -> std::sync::MutexGuard<'_, Backend> {
+        self.backend.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn live(&self) -> Vec<LiveSegment> {
-        self.backend
+        self.backend()
             .instances()
             .into_iter()
             .map(|i| {
@@ -211,7 +240,7 @@ impl GpuState {
 
     fn inventory(&self) -> GpuInventory {
         let live = self
-            .backend
+            .backend()
             .instances()
             .into_iter()
             .map(|i| {
@@ -231,12 +260,13 @@ impl GpuState {
                 )
             })
             .collect();
-        GpuInventory { uuid: self.backend.uuid().to_string(), model: self.backend.model(), live }
+        let b = self.backend();
+        GpuInventory { uuid: b.uuid().to_string(), model: b.model(), live }
     }
 
     /// Make the segment actors match the live instances.
     async fn reconcile(&mut self, me: &ActorRef<GpuMsg>) -> Result<(), ActorProcessingErr> {
-        let live: BTreeMap<u8, String> = self.backend.instances().into_iter().map(|i| (i.start, i.profile)).collect();
+        let live: BTreeMap<u8, String> = self.backend().instances().into_iter().map(|i| (i.start, i.profile)).collect();
         let gone: Vec<u8> = self.segments.keys().filter(|s| !live.contains_key(s)).copied().collect();
         for s in gone {
             if let Some(a) = self.segments.remove(&s) {
@@ -248,10 +278,14 @@ impl GpuState {
             match self.segments.get(start) {
                 Some(a) => a.send_message(SegmentMsg::Assign(w.clone()))?,
                 None => {
-                    let device = self.backend.instances().into_iter().find(|i| i.start == *start).map(|i| i.uuid);
+                    let (device, gpu) = {
+                        let b = self.backend();
+                        let device = b.instances().into_iter().find(|i| i.start == *start).map(|i| i.uuid);
+                        (device, b.uuid().to_string())
+                    };
                     let args = SegmentArgs {
                         plan: w.clone(),
-                        gpu: self.backend.uuid().to_string(),
+                        gpu,
                         device: device.unwrap_or_default(),
                         segments: self.plane.clone(),
                     };
@@ -271,7 +305,7 @@ impl Actor for GpuActor {
 
     async fn pre_start(&self, _me: ActorRef<GpuMsg>, args: GpuArgs) -> Result<GpuState, ActorProcessingErr> {
         Ok(GpuState {
-            backend: args.backend,
+            backend: Arc::new(std::sync::Mutex::new(args.backend)),
             simulate_latency: args.simulate_latency,
             plane: args.segments,
             work: BTreeMap::new(),
@@ -288,25 +322,41 @@ impl Actor for GpuActor {
                 let _ = reply.send(st.inventory());
             }
             GpuMsg::Apply { steps, target, reply } => {
-                let spec = st.backend.model().spec();
-                let mem = |a: &Assignment| {
-                    let gib = target
-                        .iter()
-                        .find(|t| Assignment::of(t) == *a)
-                        .and_then(|t| spec.profile_index(&t.mig_profile))
-                        .map_or(1.0, |p| spec.profiles[p].mem_gib);
-                    0.9 * gib / f64::from(a.mps.max(1))
+                let backend = st.backend.clone();
+                let tgt = target.clone();
+                let run = move || {
+                    let mut b = backend.lock().unwrap_or_else(|p| p.into_inner());
+                    let spec = b.model().spec();
+                    let mem = |a: &Assignment| {
+                        let gib = tgt
+                            .iter()
+                            .find(|t| Assignment::of(t) == *a)
+                            .and_then(|t| spec.profile_index(&t.mig_profile))
+                            .map_or(1.0, |p| spec.profiles[p].mem_gib);
+                        0.9 * gib / f64::from(a.mps.max(1))
+                    };
+                    let mut waited = Duration::ZERO;
+                    for (i, step) in steps.iter().enumerate() {
+                        if let Err(e) = apply(b.as_mut(), std::slice::from_ref(step), &mem) {
+                            let failed = GpuApplyError::Step(Box::new(StepFailed { index: i, ..*e }));
+                            return (waited, steps[..i].to_vec(), Err(failed));
+                        }
+                        if matches!(step, Step::Create { .. } | Step::Destroy { .. }) {
+                            waited += b.last_reconfig();
+                        }
+                    }
+                    (waited, steps, Ok(()))
                 };
-                let mut waited = Duration::ZERO;
-                let mut result = Ok(());
-                for (i, step) in steps.iter().enumerate() {
-                    if let Err(e) = apply(st.backend.as_mut(), std::slice::from_ref(step), &mem) {
-                        result = Err(format!("step {i} ({step:?}) failed: {}", e.error));
-                        break;
-                    }
-                    if matches!(step, Step::Create { .. } | Step::Destroy { .. }) {
-                        waited += st.backend.last_reconfig();
-                    }
+                let (waited, done, result) = match tokio::task::spawn_blocking(run).await {
+                    Ok(r) => r,
+                    Err(e) => (
+                        Duration::ZERO,
+                        Vec::new(),
+                        Err(GpuApplyError::Unavailable(format!("GPU backend thread: {e}"))),
+                    ),
+                };
+                // Segments whose workers started run their assignment, even when a later step failed.
+                for step in &done {
                     if let Step::StartWorkers { start, .. } = step {
                         if let Some(t) = target.iter().find(|t| t.start == *start) {
                             st.work.insert(*start, t.clone());
@@ -430,7 +480,9 @@ impl NodeState {
         }
         let cmds = match self.core.push(&part, &live) {
             Ok(c) => c,
-            Err(crate::node_plan::PushRejected::Stale { accepted, .. }) => return ApplyOutcome::Stale { accepted },
+            Err(crate::core::node_plan::PushRejected::Stale { accepted, .. }) => {
+                return ApplyOutcome::Stale { accepted }
+            }
             Err(e) => return ApplyOutcome::Rejected { reason: e.to_string() },
         };
         let mut outcome = ApplyOutcome::Rejected { reason: "no GPU reported back".into() };
@@ -446,9 +498,9 @@ impl NodeState {
                     let res = match self.gpus.get(&gpu) {
                         Some(a) => match ractor::call!(a, |reply| GpuMsg::Apply { steps, target, reply }) {
                             Ok(r) => r,
-                            Err(e) => Err(format!("GPU actor unavailable: {e}")),
+                            Err(e) => Err(GpuApplyError::Unavailable(format!("GPU actor: {e}"))),
                         },
-                        None => Err("GPU actor gone".to_string()),
+                        None => Err(GpuApplyError::Unavailable("GPU actor gone".into())),
                     };
                     queue.extend(self.core.gpu_done(epoch, &gpu, res));
                 }

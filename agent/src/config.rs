@@ -253,8 +253,7 @@ impl NodeSection {
         let executor = match (self.serve.executor.as_deref(), &gpu) {
             (None, GpuBackendConfig::Nvml) => ExecutorKind::Cuda,
             (None, GpuBackendConfig::Sim { .. }) => ExecutorKind::Timed,
-            (Some(e), _) => <ExecutorKind as clap::ValueEnum>::from_str(e, true)
-                .map_err(|_| bad("serve.executor", format!("`{e}` is not one of timed, cpu, noop, cuda")))?,
+            (Some(e), _) => e.parse::<ExecutorKind>().map_err(|err| bad("serve.executor", err.to_string()))?,
         };
         let max_in_flight = self.serve.max_in_flight.unwrap_or(4096);
         if max_in_flight == 0 {

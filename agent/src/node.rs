@@ -1,38 +1,43 @@
-//! The node runtime: wires the actor tree, Raft, the transport and the coordinator's pure
-//! control loop together. The same code runs in a `jigsaw agent` process (QUIC) and, many
+//! The node runtime: wires the actor tree, Raft, the transport, the coordinator actor and
+//! the data plane together. The same code runs in a `jigsaw agent` process (QUIC) and, many
 //! nodes to a process, in the cluster simulation (in-memory transport, paused tokio clock).
 //!
-//! Tasks of a node:
-//! * **inbound handler**: Raft RPCs to openraft, heartbeats to the control loop (or a
-//!   redirect to the coordinator), plan pushes to the node agent actor, operator requests;
-//! * **heartbeat loop**: every `heartbeat_ms`, send the node's inventory and applied epoch to
-//!   the coordinator it knows (learnt from Raft metrics on eligible nodes, from heartbeat
-//!   replies elsewhere), falling back to its seed peers in turn;
-//! * **control loop** (acts only while this node leads Raft): every `tick_ms`, run
-//!   [`Control::tick`] on the committed state and execute its actions: propose commands,
-//!   solve plans, push plan parts (each in its own task, never blocking the loop).
+//! What runs in a node (the supervision tree is drawn in the crate docs):
+//! * the **node agent** actor tree ([`crate::actors`]): applies plan pushes to the GPUs;
+//! * the **coordinator actor** ([`crate::coordinator`], coordinator-eligible nodes only):
+//!   follows Raft leadership and, while leading, runs the control loop;
+//! * the **heartbeat task**: every `heartbeat_ms`, sends the node's inventory, applied epoch
+//!   and observed profile points to the coordinator it knows (learnt from Raft on eligible
+//!   nodes, from heartbeat replies elsewhere), falling back to its seed peers in turn; it
+//!   owns the observed points ([`NodeHandle::report_observed`] sends it more);
+//! * the **inbound router** ([`Router`]): each request from a peer goes to its service:
+//!   Raft RPCs to openraft, heartbeats to the coordinator actor (or a redirect), plan pushes
+//!   to the node agent, data-plane stages straight to the local plane, operator requests to
+//!   the operator service.
 //!
 //! Time comes from tokio's clock, so the simulation's paused clock drives everything.
 
 use crate::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
-use crate::dataplane::plane::{DataPlane, LocalPlane, PlaneConfig, Segments};
+pub use crate::coordinator::PlanFn;
+use crate::coordinator::{CoordinatorArgs, CoordinatorHandle};
+use crate::dataplane::plane::{stage_handler, DataPlane, LocalPlane, PlaneConfig, Segments};
 use crate::dataplane::worker::{ExecutorKind, InProcessLauncher, Launcher};
 use crate::raft::store::{self, StateMachine};
 use crate::raft::{node_id, raft_config, serve_rpc, Raft, RaftNet, RaftNode};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
-use jigsaw_coordinator::cluster_plan::{plan_cluster, LiveLayouts};
-use jigsaw_coordinator::control::{Action, Control, ControlConfig};
+use jigsaw_coordinator::cluster_plan::plan_cluster;
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
-use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterPlan, ClusterState, GpuInventory};
-use jigsaw_protocol::route::StageReply;
+use jigsaw_protocol::app::AppError;
+use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory};
+use jigsaw_protocol::profile::ProfileError;
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
 use jigsaw_protocol::{AppSpec, ProfileRow, ProfileTable};
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Timing of a node.
@@ -54,15 +59,34 @@ impl Default for Timing {
     }
 }
 
-/// Computes a cluster plan: `(state, epoch, live layouts, observed profiles) → plan`.
-pub type PlanFn = Arc<dyn Fn(&ClusterState, u64, &LiveLayouts, &[ProfileRow]) -> ClusterPlan + Send + Sync>;
-
-/// The real planner (HiGHS, wall-clock time limit).
-pub fn highs_planner(cfg: PlannerConfig) -> PlanFn {
+/// The real planner (HiGHS, wall-clock time limit, `threads` from `[planner].threads`).
+pub fn highs_planner(cfg: PlannerConfig, threads: Option<u32>) -> PlanFn {
     Arc::new(move |state, epoch, live, observed| {
-        let clock = crate::cli::WallClock::new();
-        plan_cluster(state, epoch, live, observed, &cfg, &HighsSolver { threads: Some(1) }, &clock as &dyn Clock)
+        let clock = WallClock::new();
+        plan_cluster(state, epoch, live, observed, &cfg, &HighsSolver { threads }, &clock as &dyn Clock)
     })
+}
+
+/// Wall clock for the planner (its time limit), started when created.
+pub struct WallClock(std::time::Instant);
+
+impl WallClock {
+    /// Start now.
+    pub fn new() -> Self {
+        WallClock(std::time::Instant::now())
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for WallClock {
+    fn now_s(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
 }
 
 /// Everything a node needs to start.
@@ -97,92 +121,184 @@ pub struct NodeSpec {
 /// (task, variant, MIG profile, MPS level, batch) of an observed profile point.
 type ObservedKey = (String, String, String, u8, u32);
 
-struct Shared<T: Transport> {
-    name: String,
-    /// Voter names: only they may send Raft RPCs or push plans.
-    voters: Vec<String>,
-    addr: String,
-    eligible: bool,
-    seeds: Vec<(String, String)>,
-    timing: Timing,
-    planner: PlanFn,
-    transport: Arc<T>,
-    raft: Option<Raft>,
-    sm: Option<StateMachine>,
-    agent: ActorRef<NodeMsg>,
-    inventory: watch::Receiver<(u64, Vec<GpuInventory>)>,
-    coordinator: Mutex<Option<(String, String)>>,
-    control: Mutex<Option<Control>>,
-    origin: tokio::time::Instant,
-    /// Profile points measured on this node (latest per configuration), sent with heartbeats.
-    observed: Mutex<BTreeMap<ObservedKey, ProfileRow>>,
-    /// Wakes the control loop early (a commit changed what it should do).
-    kick: tokio::sync::Notify,
-    /// Tasks spawned for proposals, solves and pushes; aborted when the node stops.
-    spawned: Mutex<tokio::task::JoinSet<()>>,
-    /// The data plane (frontend and local instances).
-    plane: Arc<DataPlane<T>>,
-}
-
-/// A running node.
-pub struct NodeHandle<T: Transport> {
-    shared: Arc<Shared<T>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The data dir or Raft store could not be opened: fix the path or permissions.
-    #[error("storage: {0}")]
-    Storage(String),
-    /// Raft or the actor tree failed to start.
-    #[error("startup: {0}")]
-    Startup(String),
+    /// The data dir could not be created: fix the path or permissions.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Raft store could not be opened.
+    #[error("Raft store: {0}")]
+    Store(#[from] Box<openraft::StorageError<u64>>),
+    /// An actor failed to start.
+    #[error("actor start: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    /// Raft's configuration is invalid.
+    #[error("Raft config: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// Raft failed to start or initialise.
+    #[error("Raft startup: {0}")]
+    Raft(String),
 }
 
-fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Why an app registration was refused (the message names the field at fault).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidApp {
+    /// The spec or the profiles exceed their size cap.
+    #[error("app `{name}` is too large: spec {spec} bytes (limit {max_spec}), profiles {profiles} bytes (limit {max_profiles})")]
+    TooLarge {
+        /// App name.
+        name: String,
+        /// Spec size.
+        spec: usize,
+        /// Its cap.
+        max_spec: usize,
+        /// Profiles size.
+        profiles: usize,
+        /// Their cap.
+        max_profiles: usize,
+    },
+    /// The spec does not parse or is inconsistent.
+    #[error(transparent)]
+    Spec(#[from] AppError),
+    /// The registration and the spec disagree on the name.
+    #[error("registration names app `{registered}` but the spec names `{spec}`")]
+    NameMismatch {
+        /// Name in the registration.
+        registered: String,
+        /// Name in the spec.
+        spec: String,
+    },
+    /// The demand is not a positive number.
+    #[error("demand must be a positive number of requests/s, got {0}")]
+    Demand(f64),
+    /// The profile CSV does not parse.
+    #[error(transparent)]
+    Profiles(#[from] ProfileError),
+    /// A task has no profile row.
+    #[error("the profiles have no row for task `{0}`")]
+    NoProfile(String),
 }
 
-impl<T: Transport> Shared<T> {
-    fn now_ms(&self) -> u64 {
-        tokio::time::Instant::now().duration_since(self.origin).as_millis() as u64
+/// An app registration that passed [`validate_app`], in parsed form.
+#[derive(Debug, Clone)]
+pub struct ValidApp {
+    /// The spec.
+    pub spec: AppSpec,
+    /// The profiles.
+    pub profiles: ProfileTable,
+}
+
+/// Check an app registration: the spec and profiles parse and agree on the name.
+pub fn validate_app(entry: &AppEntry) -> Result<ValidApp, InvalidApp> {
+    const MAX_SPEC: usize = 256 * 1024;
+    const MAX_PROFILES: usize = 4 * 1024 * 1024;
+    if entry.spec_toml.len() > MAX_SPEC || entry.profiles_csv.len() > MAX_PROFILES {
+        return Err(InvalidApp::TooLarge {
+            name: entry.name.clone(),
+            spec: entry.spec_toml.len(),
+            max_spec: MAX_SPEC,
+            profiles: entry.profiles_csv.len(),
+            max_profiles: MAX_PROFILES,
+        });
     }
+    let spec = AppSpec::parse(&entry.spec_toml, &format!("app `{}`", entry.name))?;
+    if spec.name != entry.name {
+        return Err(InvalidApp::NameMismatch { registered: entry.name.clone(), spec: spec.name });
+    }
+    if !(entry.demand_rps.is_finite() && entry.demand_rps > 0.0) {
+        return Err(InvalidApp::Demand(entry.demand_rps));
+    }
+    let profiles = ProfileTable::parse_csv(&entry.profiles_csv, &format!("profiles of `{}`", entry.name))?;
+    if let Some(t) = spec.tasks.iter().find(|t| !profiles.rows().any(|r| r.task == t.name)) {
+        return Err(InvalidApp::NoProfile(t.name.clone()));
+    }
+    Ok(ValidApp { spec, profiles })
+}
 
+/// The coordinator as this node knows it (name, address), shared by the tasks that learn it.
+type Hint = Arc<watch::Sender<Option<(String, String)>>>;
+
+/// The operator service: `jigsaw status` and app registration, answered by the
+/// coordinator (others redirect).
+struct Operator {
+    name: String,
+    raft: Option<Raft>,
+    sm: Option<StateMachine>,
+    coordinator: Option<CoordinatorHandle>,
+    hint: Hint,
+}
+
+impl Operator {
     fn state(&self) -> ClusterState {
         self.sm.as_ref().map(|s| s.snapshot_state().state).unwrap_or_default()
     }
 
-    fn is_leader(&self) -> bool {
-        lock(&self.control).is_some()
+    fn redirect(&self) -> ClientReply {
+        ClientReply::NotCoordinator { coordinator: self.hint.borrow().clone() }
     }
 
-    fn hint(&self) -> Option<(String, String)> {
-        lock(&self.coordinator).clone()
-    }
-
-    fn heartbeat(&self) -> Heartbeat {
-        let (applied_epoch, gpus) = self.inventory.borrow().clone();
-        // Run-time refinement: latencies the local instances observed travel with heartbeats.
-        let seen = self.plane.local().observed(20, |uuid| gpus.iter().find(|g| g.uuid == uuid).map(|g| g.model));
-        if !seen.is_empty() {
-            let mut o = lock(&self.observed);
-            for r in seen {
-                o.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
+    async fn serve(&self, req: ClientRequest) -> ClientReply {
+        let (Some(raft), Some(coordinator)) = (&self.raft, &self.coordinator) else { return self.redirect() };
+        if coordinator.leading().is_none() {
+            return self.redirect();
+        }
+        let cmd = match req {
+            ClientRequest::Status => {
+                let Ok(Some((nodes, observed))) = coordinator.status().await else { return self.redirect() };
+                let m = raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let voters =
+                    membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.name.clone())).collect();
+                return ClientReply::Status(Box::new(ClusterStatus {
+                    coordinator: self.name.clone(),
+                    term: m.current_term,
+                    voters,
+                    state: self.state(),
+                    nodes,
+                    observed,
+                }));
             }
-        }
-        let observed = lock(&self.observed).values().cloned().collect();
-        Heartbeat {
-            node: self.name.clone(),
-            addr: self.addr.clone(),
-            eligible: self.eligible,
-            gpus,
-            applied_epoch,
-            observed,
+            ClientRequest::RegisterApp(entry) => match validate_app(&entry) {
+                Ok(_) => ClusterCommand::PutApp(entry),
+                Err(e) => return ClientReply::Invalid { message: e.to_string() },
+            },
+            ClientRequest::RemoveApp { name } => ClusterCommand::RemoveApp { name },
+        };
+        match raft.client_write(cmd).await {
+            Ok(r) if r.data.applied => {
+                coordinator.kick();
+                ClientReply::Done { message: r.data.message, epoch: r.data.epoch }
+            }
+            Ok(r) => ClientReply::Invalid { message: r.data.message },
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => ClientReply::NotCoordinator {
+                    coordinator: f.leader_node.as_ref().map(|n| (n.name.clone(), n.addr.clone())),
+                },
+                None => ClientReply::NotCoordinator { coordinator: None },
+            },
         }
     }
+}
 
+/// Routes each inbound request to the service that owns it.
+struct Router {
+    name: String,
+    /// Voter names: only they may send Raft RPCs or push plans.
+    voters: Vec<String>,
+    raft: Option<Raft>,
+    agent: ActorRef<NodeMsg>,
+    plane: Arc<LocalPlane>,
+    stage: Handler,
+    operator: Operator,
+}
+
+impl Router {
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
         match msg {
             WireMessage::Raft { .. } | WireMessage::PlanPush { .. } if !self.voters.iter().any(|v| peer.is(v)) => {
@@ -204,22 +320,24 @@ impl<T: Transport> Shared<T> {
                         retry: false,
                     };
                 }
-                let now = self.now_ms();
-                let accepted = match lock(&self.control).as_mut() {
-                    Some(c) => {
-                        c.heartbeat(now, hb);
-                        true
-                    }
+                let accepted = match &self.operator.coordinator {
+                    Some(c) => c.heartbeat(hb).await.unwrap_or(false),
                     None => false,
                 };
-                let coordinator = if accepted { Some((self.name.clone(), self.addr.clone())) } else { self.hint() };
-                WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.state().epoch }
+                let coordinator = if accepted {
+                    self.raft.as_ref().and_then(|r| {
+                        let m = r.metrics().borrow().clone();
+                        m.membership_config
+                            .membership()
+                            .get_node(&node_id(&self.name))
+                            .map(|n| (n.name.clone(), n.addr.clone()))
+                    })
+                } else {
+                    self.operator.hint.borrow().clone()
+                };
+                WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
             }
-            WireMessage::Stage(req) => {
-                let (id, item) = (req.id, req.item);
-                let outcome = self.plane.local().serve_stage(req).await;
-                WireMessage::StageReply(StageReply { id, item, outcome })
-            }
+            msg @ WireMessage::Stage(_) => (self.stage)(peer, msg).await,
             WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
                     return WireMessage::Error {
@@ -231,206 +349,74 @@ impl<T: Transport> Shared<T> {
                 }
                 // Routes first, so segments the plan creates find their app's description.
                 if routes.epoch == epoch {
-                    self.plane.local().set_routes(routes);
+                    self.plane.set_routes(routes);
                 }
                 match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, reply }) {
                     Ok(outcome) => WireMessage::PlanReport { node: self.name.clone(), epoch, outcome },
                     Err(e) => WireMessage::Error { message: format!("node agent unavailable: {e}"), retry: true },
                 }
             }
-            WireMessage::Client(req) => WireMessage::ClientReply(self.client(req).await),
+            WireMessage::Client(req) => WireMessage::ClientReply(self.operator.serve(req).await),
             other => WireMessage::Error { message: format!("unexpected request {other:?}"), retry: false },
         }
     }
+}
 
-    async fn client(&self, req: ClientRequest) -> ClientReply {
-        let (Some(raft), true) = (&self.raft, self.is_leader()) else {
-            return ClientReply::NotCoordinator { coordinator: self.hint() };
-        };
-        let cmd = match req {
-            ClientRequest::Status => {
-                let state = self.state();
-                let m = raft.metrics().borrow().clone();
-                let voters = m
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .filter_map(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()))
-                    .collect();
-                let (nodes, observed) = lock(&self.control)
-                    .as_ref()
-                    .map(|c| (c.status(self.now_ms(), &state), c.observed_profiles()))
-                    .unwrap_or_default();
-                return ClientReply::Status(Box::new(ClusterStatus {
-                    coordinator: self.name.clone(),
-                    term: m.current_term,
-                    voters,
-                    state,
-                    nodes,
-                    observed,
-                }));
-            }
-            ClientRequest::RegisterApp(entry) => match validate_app(&entry) {
-                Ok(()) => ClusterCommand::PutApp(entry),
-                Err(message) => return ClientReply::Invalid { message },
-            },
-            ClientRequest::RemoveApp { name } => ClusterCommand::RemoveApp { name },
-        };
-        match raft.client_write(cmd).await {
-            Ok(r) if r.data.applied => ClientReply::Done { message: r.data.message, epoch: r.data.epoch },
-            Ok(r) => ClientReply::Invalid { message: r.data.message },
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => ClientReply::NotCoordinator {
-                    coordinator: f.leader_node.as_ref().map(|n| (n.name.clone(), n.addr.clone())),
-                },
-                None => ClientReply::NotCoordinator { coordinator: None },
-            },
+/// The heartbeat task: owns the observed profile points and the seed rotation.
+struct Heartbeats<T: Transport> {
+    name: String,
+    addr: String,
+    eligible: bool,
+    seeds: Vec<(String, String)>,
+    heartbeat_ms: u64,
+    transport: Arc<T>,
+    inventory: watch::Receiver<(u64, Vec<GpuInventory>)>,
+    plane: Arc<LocalPlane>,
+    coordinator: Option<CoordinatorHandle>,
+    hint: Hint,
+    reported: mpsc::UnboundedReceiver<Vec<ProfileRow>>,
+    observed: BTreeMap<ObservedKey, ProfileRow>,
+}
+
+impl<T: Transport> Heartbeats<T> {
+    fn record(&mut self, rows: Vec<ProfileRow>) {
+        for r in rows {
+            self.observed.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
         }
     }
 
-    /// Follow Raft leadership: create or drop the control state, learn the coordinator.
-    fn observe_leadership(&self) {
-        let Some(raft) = &self.raft else { return };
-        let m = raft.metrics().borrow().clone();
-        let me = node_id(&self.name);
-        // openraft 0.9 does not step a leader down when it loses its quorum; a leader cut off
-        // from the other voters stops acting as coordinator once its last quorum ack is older
-        // than the shortest election timeout (a new leader may exist by then).
-        let quorum_fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms < self.timing.election_ms.0);
-        let leading = m.current_leader == Some(me) && m.state.is_leader() && quorum_fresh;
-        {
-            let mut c = lock(&self.control);
-            match (leading, c.is_some()) {
-                (true, false) => {
-                    tracing::info!(node = %self.name, term = m.current_term, "became coordinator");
-                    let cfg = ControlConfig { push_timeout_ms: self.timing.push_timeout_ms, ..Default::default() };
-                    *c = Some(Control::new(cfg, self.now_ms()));
-                }
-                (false, true) => {
-                    tracing::info!(node = %self.name, "no longer coordinator");
-                    *c = None;
-                }
-                _ => {}
-            }
+    fn heartbeat(&mut self) -> Heartbeat {
+        let (applied_epoch, gpus) = self.inventory.borrow().clone();
+        while let Ok(rows) = self.reported.try_recv() {
+            self.record(rows);
         }
-        if let Some(leader) = m.current_leader {
-            if let Some(n) = m.membership_config.membership().get_node(&leader) {
-                *lock(&self.coordinator) = Some((n.name.clone(), n.addr.clone()));
-            }
+        // Run-time refinement: latencies the local instances observed travel with heartbeats.
+        let seen = self.plane.observed(20, |uuid| gpus.iter().find(|g| g.uuid == uuid).map(|g| g.model));
+        self.record(seen);
+        Heartbeat {
+            node: self.name.clone(),
+            addr: self.addr.clone(),
+            eligible: self.eligible,
+            gpus,
+            applied_epoch,
+            observed: self.observed.values().cloned().collect(),
         }
     }
 
-    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut set = lock(&self.spawned);
-        while set.try_join_next().is_some() {}
-        set.spawn(f);
-    }
-
-    fn execute(self: &Arc<Self>, actions: Vec<Action>, state: &ClusterState) {
-        for a in actions {
-            match a {
-                Action::Propose(cmd) => {
-                    let me = self.clone();
-                    self.spawn(async move {
-                        if let Some(r) = &me.raft {
-                            match r.client_write(cmd).await {
-                                Ok(_) => me.kick.notify_one(),
-                                Err(e) => tracing::debug!(%e, "proposal not committed"),
-                            }
-                        }
-                    });
-                }
-                Action::Solve { inputs, epoch } => {
-                    let (live, observed) = lock(&self.control)
-                        .as_ref()
-                        .map(|c| (c.live_layouts(), c.observed_profiles()))
-                        .unwrap_or_default();
-                    let me = self.clone();
-                    let state = state.clone();
-                    self.spawn(async move {
-                        // HiGHS runs for up to its time limit: keep it off the runtime's workers.
-                        let planner = me.planner.clone();
-                        let solved =
-                            tokio::task::spawn_blocking(move || planner(&state, epoch, &live, &observed)).await;
-                        match solved {
-                            Ok(plan) => {
-                                tracing::info!(node = %me.name, epoch, apps = ?plan.apps, "plan computed");
-                                if let Some(r) = &me.raft {
-                                    match r.client_write(ClusterCommand::CommitPlan(plan)).await {
-                                        Ok(o) => tracing::info!(node = %me.name, "{}", o.data.message),
-                                        Err(e) => tracing::debug!(%e, "plan not committed"),
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::error!(node = %me.name, epoch, %e, "the planner failed"),
-                        }
-                        if let Some(c) = lock(&me.control).as_mut() {
-                            c.solve_done(&inputs);
-                        }
-                        me.kick.notify_one(); // push the new plan now, not at the next tick
-                    });
-                }
-                Action::Push { node, addr, epoch, gpus, routes } => {
-                    let me = self.clone();
-                    self.spawn(async move {
-                        let routes = (*routes).clone();
-                        let msg = WireMessage::PlanPush { epoch, coordinator: me.name.clone(), gpus, routes };
-                        let timeout = Duration::from_millis(me.timing.push_timeout_ms);
-                        let outcome = match me.transport.request(&node, &addr, msg, timeout).await {
-                            Ok(WireMessage::PlanReport { outcome, .. }) => Some(outcome),
-                            Ok(other) => {
-                                tracing::warn!(%node, ?other, "unexpected reply to a plan push");
-                                None
-                            }
-                            Err(e) => {
-                                tracing::debug!(%node, %e, "plan push failed");
-                                None
-                            }
-                        };
-                        let now = me.now_ms();
-                        if let Some(c) = lock(&me.control).as_mut() {
-                            c.push_done(now, &node, epoch, outcome);
-                        }
-                    });
-                }
-            }
-        }
-    }
-
-    async fn control_loop(self: Arc<Self>) {
-        let mut every = tokio::time::interval(Duration::from_millis(self.timing.tick_ms));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = self.kick.notified() => {}
-            }
-            self.observe_leadership();
-            if !self.is_leader() {
-                continue;
-            }
-            let state = self.state();
-            let now = self.now_ms();
-            let actions = match lock(&self.control).as_mut() {
-                Some(c) => c.tick(now, &state),
-                None => continue,
-            };
-            self.execute(actions, &state);
-        }
-    }
-
-    async fn heartbeat_loop(self: Arc<Self>) {
-        let mut every = tokio::time::interval(Duration::from_millis(self.timing.heartbeat_ms));
+    async fn run(mut self) {
+        let mut every = tokio::time::interval(Duration::from_millis(self.heartbeat_ms));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_seed = 0usize;
         loop {
             every.tick().await;
             let hb = self.heartbeat();
-            if let Some(c) = lock(&self.control).as_mut() {
-                c.heartbeat(self.now_ms(), hb);
-                continue;
+            if let Some(c) = &self.coordinator {
+                if c.leading().is_some() && c.heartbeat(hb.clone()).await.unwrap_or(false) {
+                    continue;
+                }
             }
-            let target = match self.hint() {
+            let hinted = self.hint.borrow().clone();
+            let target = match hinted {
                 Some(t) if t.0 != self.name => t,
                 _ if self.seeds.is_empty() => continue,
                 _ => {
@@ -438,52 +424,31 @@ impl<T: Transport> Shared<T> {
                     self.seeds[next_seed].clone()
                 }
             };
-            let timeout = Duration::from_millis(self.timing.heartbeat_ms * 3);
-            match self.transport.request(&target.0, &target.1, WireMessage::Heartbeat(hb), timeout).await {
-                Ok(WireMessage::HeartbeatReply { accepted, coordinator, .. }) => {
-                    let hint = if accepted {
-                        Some(target)
-                    } else {
-                        // Redirected: follow it; no hint: try the next seed.
-                        coordinator.filter(|c| c.0 != self.name && c.0 != target.0)
-                    };
-                    *lock(&self.coordinator) = hint;
+            let timeout = Duration::from_millis(self.heartbeat_ms * 3);
+            let hint = match self.transport.request(&target.0, &target.1, WireMessage::Heartbeat(hb), timeout).await {
+                // Accepted: keep it; redirected: follow it; no hint: try the next seed.
+                Ok(WireMessage::HeartbeatReply { accepted: true, .. }) => Some(target),
+                Ok(WireMessage::HeartbeatReply { coordinator, .. }) => {
+                    coordinator.filter(|c| c.0 != self.name && c.0 != target.0)
                 }
-                Ok(_) | Err(_) => {
-                    *lock(&self.coordinator) = None;
-                }
-            }
+                Ok(_) | Err(_) => None,
+            };
+            self.hint.send_replace(hint);
         }
     }
 }
 
-/// Check an app registration: the spec and profiles parse and agree on the name.
-pub fn validate_app(entry: &AppEntry) -> Result<(), String> {
-    const MAX_SPEC: usize = 256 * 1024;
-    const MAX_PROFILES: usize = 4 * 1024 * 1024;
-    if entry.spec_toml.len() > MAX_SPEC || entry.profiles_csv.len() > MAX_PROFILES {
-        return Err(format!(
-            "app `{}` is too large: spec {} bytes (limit {MAX_SPEC}), profiles {} bytes (limit {MAX_PROFILES})",
-            entry.name,
-            entry.spec_toml.len(),
-            entry.profiles_csv.len()
-        ));
-    }
-    let app = AppSpec::parse(&entry.spec_toml, &format!("app `{}`", entry.name)).map_err(|e| e.to_string())?;
-    if app.name != entry.name {
-        return Err(format!("registration names app `{}` but the spec names `{}`", entry.name, app.name));
-    }
-    if !(entry.demand_rps.is_finite() && entry.demand_rps > 0.0) {
-        return Err(format!("demand must be a positive number of requests/s, got {}", entry.demand_rps));
-    }
-    let profiles = ProfileTable::parse_csv(&entry.profiles_csv, &format!("profiles of `{}`", entry.name))
-        .map_err(|e| e.to_string())?;
-    for t in &app.tasks {
-        if !profiles.rows().any(|r| r.task == t.name) {
-            return Err(format!("the profiles have no row for task `{}`", t.name));
-        }
-    }
-    Ok(())
+/// A running node.
+pub struct NodeHandle<T: Transport> {
+    name: String,
+    raft: Option<Raft>,
+    sm: Option<StateMachine>,
+    agent: ActorRef<NodeMsg>,
+    coordinator: Option<CoordinatorHandle>,
+    inventory: watch::Receiver<(u64, Vec<GpuInventory>)>,
+    report: mpsc::UnboundedSender<Vec<ProfileRow>>,
+    plane: Arc<DataPlane<T>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl<T: Transport> NodeHandle<T> {
@@ -495,7 +460,8 @@ impl<T: Transport> NodeHandle<T> {
         attach: impl FnOnce(Handler) -> Option<JoinHandle<()>>,
     ) -> Result<NodeHandle<T>, StartError> {
         std::fs::create_dir_all(&spec.data_dir)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", spec.data_dir.display())))?;
+            .map_err(|source| StartError::DataDir { path: spec.data_dir.clone(), source })?;
+        let origin = tokio::time::Instant::now();
         let (inv_tx, inv_rx) = watch::channel((0, Vec::new()));
         let launcher = spec.launcher.unwrap_or_else(|| Arc::new(InProcessLauncher(ExecutorKind::Timed)));
         let pcfg = PlaneConfig {
@@ -510,17 +476,16 @@ impl<T: Transport> NodeHandle<T> {
             simulate_latency: spec.simulate_latency,
             state_file: Some(spec.data_dir.join("applied-plan.json")),
             inventory: inv_tx,
-            segments: Some(local as Arc<dyn Segments>),
+            segments: Some(local.clone() as Arc<dyn Segments>),
         };
-        let (agent, _) = Actor::spawn(None, NodeAgent, args).await.map_err(|e| StartError::Startup(e.to_string()))?;
-        let (raft, sm) = if spec.eligible {
-            let (log, sm) =
-                store::open(&spec.data_dir.join("raft.redb")).map_err(|e| StartError::Storage(e.to_string()))?;
-            let cfg = raft_config(spec.timing.election_ms.0, spec.timing.election_ms.1);
-            let cfg = Arc::new(cfg.validate().map_err(|e| StartError::Startup(e.to_string()))?);
+        let (agent, _) = Actor::spawn(None, NodeAgent, args).await?;
+        let hint: Hint = Arc::new(watch::channel(None).0);
+        let (raft, sm, coordinator) = if spec.eligible {
+            let (log, sm) = store::open(&spec.data_dir.join("raft.redb")).map_err(Box::new)?;
+            let cfg = Arc::new(raft_config(spec.timing.election_ms.0, spec.timing.election_ms.1).validate()?);
             let raft = Raft::new(node_id(&spec.name), cfg, RaftNet::new(transport.clone()), log, sm.clone())
                 .await
-                .map_err(|e| StartError::Startup(e.to_string()))?;
+                .map_err(|e| StartError::Raft(e.to_string()))?;
             let voters: BTreeMap<u64, RaftNode> =
                 spec.voters.iter().map(|(n, a)| (node_id(n), RaftNode { name: n.clone(), addr: a.clone() })).collect();
             match raft.initialize(voters).await {
@@ -528,84 +493,109 @@ impl<T: Transport> NodeHandle<T> {
                 // Already initialised (a restart, or a peer initialised first): the log holds
                 // the membership.
                 Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(StartError::Startup(format!("Raft initialisation: {e}"))),
+                Err(e) => return Err(StartError::Raft(format!("initialisation: {e}"))),
             }
-            (Some(raft), Some(sm))
+            let (leading_tx, leading_rx) = watch::channel(None);
+            let cargs = CoordinatorArgs {
+                name: spec.name.clone(),
+                tick_ms: spec.timing.tick_ms,
+                election_min_ms: spec.timing.election_ms.0,
+                push_timeout_ms: spec.timing.push_timeout_ms,
+                planner: spec.planner,
+                transport: transport.clone(),
+                raft: raft.clone(),
+                sm: sm.clone(),
+                leading: leading_tx,
+                hint: hint.clone(),
+                origin,
+            };
+            let coordinator = CoordinatorHandle::start(cargs, leading_rx).await?;
+            (Some(raft), Some(sm), Some(coordinator))
         } else {
-            (None, None)
+            (None, None, None)
         };
-        let shared = Arc::new(Shared {
+        let operator = Operator {
+            name: spec.name.clone(),
+            raft: raft.clone(),
+            sm: sm.clone(),
+            coordinator: coordinator.clone(),
+            hint: hint.clone(),
+        };
+        let router = Arc::new(Router {
+            name: spec.name.clone(),
             voters: spec.voters.iter().map(|(n, _)| n.clone()).collect(),
-            name: spec.name,
-            addr: spec.addr,
-            eligible: spec.eligible,
-            seeds: spec.seeds,
-            timing: spec.timing,
-            planner: spec.planner,
-            transport,
-            raft,
-            sm,
-            agent,
-            inventory: inv_rx,
-            coordinator: Mutex::new(None),
-            control: Mutex::new(None),
-            origin: tokio::time::Instant::now(),
-            observed: Mutex::new(BTreeMap::new()),
-            kick: tokio::sync::Notify::new(),
-            spawned: Mutex::new(tokio::task::JoinSet::new()),
-            plane,
+            raft: raft.clone(),
+            agent: agent.clone(),
+            plane: local.clone(),
+            stage: stage_handler(local.clone()),
+            operator,
         });
-        let h = shared.clone();
         let handler: Handler =
-            Arc::new(move |peer, msg| -> BoxFuture<WireMessage> { Box::pin(h.clone().handle(peer, msg)) });
+            Arc::new(move |peer, msg| -> BoxFuture<WireMessage> { Box::pin(router.clone().handle(peer, msg)) });
         let mut tasks = Vec::new();
         if let Some(t) = attach(handler) {
             tasks.push(t);
         }
-        tasks.push(tokio::spawn(shared.clone().control_loop()));
-        tasks.push(tokio::spawn(shared.clone().heartbeat_loop()));
-        Ok(NodeHandle { shared, tasks })
+        let (report, reported) = mpsc::unbounded_channel();
+        let heartbeats = Heartbeats {
+            name: spec.name.clone(),
+            addr: spec.addr,
+            eligible: spec.eligible,
+            seeds: spec.seeds,
+            heartbeat_ms: spec.timing.heartbeat_ms,
+            transport,
+            inventory: inv_rx.clone(),
+            plane: local,
+            coordinator: coordinator.clone(),
+            hint,
+            reported,
+            observed: BTreeMap::new(),
+        };
+        tasks.push(tokio::spawn(heartbeats.run()));
+        Ok(NodeHandle { name: spec.name, raft, sm, agent, coordinator, inventory: inv_rx, report, plane, tasks })
     }
 
     /// Record profile points measured on this node (the data plane's run-time latencies);
     /// they travel to the coordinator with the next heartbeats.
     pub fn report_observed(&self, rows: Vec<ProfileRow>) {
-        let mut o = lock(&self.shared.observed);
-        for r in rows {
-            o.insert((r.task.clone(), r.variant.clone(), r.mig_profile.clone(), r.mps, r.batch), r);
-        }
+        let _ = self.report.send(rows);
     }
 
     /// The node's data plane (its inference frontend).
     pub fn plane(&self) -> Arc<DataPlane<T>> {
-        self.shared.plane.clone()
+        self.plane.clone()
     }
 
     /// Node id.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.name
     }
 
     /// Whether this node is the coordinator now.
     pub fn is_coordinator(&self) -> bool {
-        self.shared.is_leader()
+        self.coordinator.as_ref().is_some_and(|c| c.leading().is_some())
+    }
+
+    /// The coordinator actor (coordinator-eligible nodes only).
+    pub fn coordinator(&self) -> Option<&CoordinatorHandle> {
+        self.coordinator.as_ref()
     }
 
     /// Raft term and whether this node leads in it (None for non-eligible nodes).
     pub fn raft_view(&self) -> Option<(u64, bool)> {
-        let r = self.shared.raft.as_ref()?;
+        let r = self.raft.as_ref()?;
         let m = r.metrics().borrow().clone();
-        Some((m.current_term, m.current_leader == Some(node_id(&self.shared.name)) && m.state.is_leader()))
+        Some((m.current_term, m.current_leader == Some(node_id(&self.name)) && m.state.is_leader()))
     }
 
     /// The committed state as this node has applied it (default for non-eligible nodes).
     pub fn committed(&self) -> ClusterState {
-        self.shared.state()
+        self.sm.as_ref().map(|s| s.snapshot_state().state).unwrap_or_default()
     }
 
     /// Applied epoch and inventory as this node publishes them.
     pub fn applied(&self) -> (u64, Vec<GpuInventory>) {
-        self.shared.inventory.borrow().clone()
+        self.inventory.borrow().clone()
     }
 
     /// Stop everything (the in-process equivalent of the process exiting).
@@ -613,13 +603,15 @@ impl<T: Transport> NodeHandle<T> {
         for t in &self.tasks {
             t.abort();
         }
-        lock(&self.shared.spawned).abort_all();
-        if let Some(r) = &self.shared.raft {
+        if let Some(c) = &self.coordinator {
+            c.stop();
+        }
+        if let Some(r) = &self.raft {
             let _ = r.shutdown().await;
         }
-        if let Some(sm) = &self.shared.sm {
+        if let Some(sm) = &self.sm {
             sm.close();
         }
-        self.shared.agent.stop(None);
+        self.agent.stop(None);
     }
 }

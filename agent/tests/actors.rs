@@ -2,6 +2,8 @@
 //! step comes back as a report naming the GPU and the step, and a restarted node restores
 //! its last applied plan from its data dir.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 use jigsaw_agent::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::gpu::{GpuBackend, GpuError, InstanceId, LiveInstance};

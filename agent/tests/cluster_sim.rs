@@ -14,11 +14,13 @@
 //! different MIG layouts at each epoch (to stress reconfiguration); one seed also runs with
 //! the real HiGHS planner and the example app (`real_planner_cluster`).
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 use jigsaw_agent::actors::Backend;
+use jigsaw_agent::core::netsim::LinkConfig;
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::node::{highs_planner, NodeHandle, NodeSpec, PlanFn, Timing};
 use jigsaw_agent::transport::net::{SimHub, SimTransport, Transport};
-use jigsaw_agent::transport::sim::LinkConfig;
 use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 use jigsaw_protocol::plan::InstancePlan;
@@ -422,7 +424,7 @@ fn seeded_cluster_simulation() {
 #[test]
 fn real_planner_cluster() {
     let sc = Scenario { crash_p: 0.005, cut_p: 0.0, app_p: 0.0, fault_secs: 10, observe: true, ..DEFAULT };
-    let (plan, _) = run_seed(7, sc, highs_planner(PlannerConfig::default()));
+    let (plan, _) = run_seed(7, sc, highs_planner(PlannerConfig::default(), Some(1)));
     eprintln!("real planner: epoch {}, apps {:?}", plan.epoch, plan.apps);
     assert_eq!(plan.apps.len(), 1, "{plan:?}");
     assert!(plan.apps[0].gpus >= 1 && plan.apps[0].planned_rps >= 100.0 - 1e-6, "app placed in full: {plan:?}");

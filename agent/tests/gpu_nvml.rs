@@ -8,6 +8,8 @@
 //!   destroy on the real GPU). Needs root, MIG mode on and a GPU with no instances; it refuses
 //!   to touch a GPU that has any.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 mod common;
 
 use common::{conformance_placement, conformance_workers};

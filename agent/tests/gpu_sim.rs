@@ -1,10 +1,12 @@
 //! The GPU backend conformance suite (run here against the simulator; the NVML backend will
 //! run the same functions behind `JIGSAW_GPU_TESTS=1`) and the plan-diff property.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 mod common;
 
 use common::{conformance_placement, conformance_workers};
-use jigsaw_agent::gpu::diff::{apply, plan_diff, Assignment, LiveSegment};
+use jigsaw_agent::core::diff::{apply, plan_diff, Assignment, LiveSegment};
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::gpu::{GpuBackend, GpuError};
 use jigsaw_protocol::catalogue::GpuModel;
@@ -82,8 +84,8 @@ fn diff_reassigns_without_recreating_and_breaks_before_making_overlaps() {
     // Target: keep 4g@0 but run `c`; replace 3g@4 by 2g@4 + 1g@6.
     let target1 = vec![inst("4g.40gb", 0, "c", 1), inst("2g.20gb", 4, "b", 2), inst("1g.10gb", 6, "b", 1)];
     let steps = plan_diff(model.spec(), &live_segments(&g, &assigned), &target1).expect("diff");
-    let destroy_at = steps.iter().position(|s| matches!(s, jigsaw_agent::gpu::diff::Step::Destroy { start: 4 }));
-    let create_2g = steps.iter().position(|s| matches!(s, jigsaw_agent::gpu::diff::Step::Create { start: 4, .. }));
+    let destroy_at = steps.iter().position(|s| matches!(s, jigsaw_agent::core::diff::Step::Destroy { start: 4 }));
+    let create_2g = steps.iter().position(|s| matches!(s, jigsaw_agent::core::diff::Step::Create { start: 4, .. }));
     assert!(destroy_at < create_2g, "{steps:?}");
     apply(&mut g, &steps, &mem).expect("applies");
     let live = g.instances();

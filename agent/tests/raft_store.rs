@@ -1,5 +1,7 @@
 //! The redb Raft store against openraft's storage conformance suite, plus a restart check.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 use jigsaw_agent::raft::store::{open, LogStore, StateMachine};
 use jigsaw_agent::raft::TypeConfig;
 use openraft::testing::{StoreBuilder, Suite};

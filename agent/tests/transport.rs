@@ -1,6 +1,8 @@
 //! QUIC with mutual TLS on loopback: CA-issued nodes talk; a self-signed peer or a peer of
 //! another cluster's CA cannot. Tests wait on the handshake's outcome, never on sleeps.
 
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
+
 use jigsaw_agent::transport::tls::{ca_init, ca_issue, Identity};
 use jigsaw_agent::transport::{recv_frame, request, send_frame, QuicNode};
 use jigsaw_protocol::wire::WireMessage;
@@ -132,34 +134,72 @@ async fn client_refuses_a_server_outside_the_cluster() {
     let _ = std::fs::remove_dir_all(&other);
 }
 
-/// The transport trait over QUIC: the server sees the client's certificate and believes a
-/// node name only when the certificate carries it; a client dialing node `b` at an address
-/// served by node `a` is refused (the server certificate does not name `b`).
-#[tokio::test]
-async fn certificate_names_bind_node_ids() {
-    use jigsaw_agent::transport::net::{BoxFuture, Handler, Peer, QuicTransport, Transport};
-    use std::sync::Arc;
-    let dir = tmp("names");
-    ca_init(&dir, "c").expect("ca");
-    let server = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-a")).expect("bind"));
-    let addr = server.local_addr().expect("addr").to_string();
-    let handler: Handler = Arc::new(|peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
+/// The handler both transports serve in the conformance suite: answers a Hello with the
+/// claimed name and whether the peer's identity carries it.
+fn identity_echo() -> jigsaw_agent::transport::net::Handler {
+    use jigsaw_agent::transport::net::{BoxFuture, Peer};
+    std::sync::Arc::new(|peer: Peer, msg: WireMessage| -> BoxFuture<WireMessage> {
         Box::pin(async move {
             let WireMessage::Hello { node, .. } = msg else {
                 return WireMessage::Error { message: "?".into(), retry: false };
             };
             WireMessage::Hello { node: node.clone(), applied_epoch: u64::from(peer.is(&node)) }
         })
-    });
-    tokio::spawn(server.clone().serve(handler));
-    let client = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-c")).expect("bind"));
+    })
+}
+
+/// One conformance suite for every [`Transport`]: `client` is node `node-c`; `node-a` at
+/// `addr` serves [`identity_echo`].
+async fn transport_conformance<T: jigsaw_agent::transport::net::Transport>(client: &T, addr: &str) {
+    use jigsaw_agent::transport::TransportError;
     let ask = |claim: &str| WireMessage::Hello { node: claim.into(), applied_epoch: 0 };
     let t = Duration::from_secs(5);
-    let honest = client.request("node-a", &addr, ask("node-c"), t).await.expect("reply");
+    // The server believes a node name only when the client's identity carries it.
+    let honest = client.request("node-a", addr, ask("node-c"), t).await.expect("reply");
     assert_eq!(honest, WireMessage::Hello { node: "node-c".into(), applied_epoch: 1 }, "own name is believed");
-    let liar = client.request("node-a", &addr, ask("node-a"), t).await.expect("reply");
+    let liar = client.request("node-a", addr, ask("node-a"), t).await.expect("reply");
     assert_eq!(liar, WireMessage::Hello { node: "node-a".into(), applied_epoch: 0 }, "a claimed name is not");
-    let wrong_server = client.request("node-b", &addr, ask("node-c"), t).await;
+    // A message over the frame cap fails at the sender with a frame error, and the link
+    // still works afterwards.
+    let big = WireMessage::Error { message: "x".repeat(jigsaw_protocol::wire::MAX_FRAME + 1), retry: false };
+    let r = client.request("node-a", addr, big, t).await;
+    assert!(matches!(r, Err(TransportError::Frame(_))), "oversized message: {r:?}");
+    let again = client.request("node-a", addr, ask("node-c"), t).await.expect("reply after an oversized message");
+    assert_eq!(again, honest);
+    // A peer that does not exist is an error within the timeout, never a hang.
+    let started = tokio::time::Instant::now();
+    let gone = client.request("node-z", "127.0.0.1:9", ask("node-c"), Duration::from_millis(800)).await;
+    assert!(gone.is_err(), "unreachable peer: {gone:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "unreachable peer took {:?}", started.elapsed());
+}
+
+/// The conformance suite over QUIC; and a client dialing node `b` at an address served by
+/// node `a` is refused (the server certificate does not name `b`).
+#[tokio::test]
+async fn quic_transport_conformance() {
+    use jigsaw_agent::transport::net::{QuicTransport, Transport};
+    let dir = tmp("names");
+    ca_init(&dir, "c").expect("ca");
+    let server = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-a")).expect("bind"));
+    let addr = server.local_addr().expect("addr").to_string();
+    tokio::spawn(server.clone().serve(identity_echo()));
+    let client = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "node-c")).expect("bind"));
+    transport_conformance(client.as_ref(), &addr).await;
+    let hello = WireMessage::Hello { node: "node-c".into(), applied_epoch: 0 };
+    let wrong_server = client.request("node-b", &addr, hello, Duration::from_secs(5)).await;
     assert!(wrong_server.is_err(), "server certificate must name the dialed node: {wrong_server:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same suite over the in-memory twin (which carries encoded frames, so the codec and
+/// its size cap apply exactly as on QUIC).
+#[tokio::test(start_paused = true)]
+async fn sim_transport_conformance() {
+    use jigsaw_agent::core::netsim::LinkConfig;
+    use jigsaw_agent::transport::net::{SimHub, SimTransport};
+    let hub = SimHub::start(11, LinkConfig { min_delay_us: 50, max_delay_us: 500, drop: 0.0 });
+    hub.attach("node-a", identity_echo());
+    hub.attach("node-c", identity_echo());
+    let client = SimTransport::new(hub.clone(), "node-c");
+    transport_conformance(client.as_ref(), "node-a").await;
 }

@@ -5,7 +5,9 @@
 //! given.
 //!
 //! * [`planner`]: the A+S+T allocation MILP with placement inside the model.
-//! * [`milp`]: the solver-agnostic MILP and the HiGHS backend.
+//! * [`milp`]: the solver-agnostic MILP and the [`Solver`] trait; `highs` (cargo feature
+//!   `highs`, off by default): the HiGHS backend, so the pure planner builds and unit-tests
+//!   without compiling HiGHS.
 //! * [`evaluate`]: the independent evaluator of the paper's non-linear constraints.
 //! * [`spaces`]: the eight search spaces of the paper's Figure 3.
 //! * [`analyze`]: the maximum-serviceable-demand experiment and its SVG chart.
@@ -21,12 +23,16 @@ pub mod assign;
 pub mod cluster_plan;
 pub mod control;
 pub mod evaluate;
+#[cfg(feature = "highs")]
+pub mod highs;
 pub mod milp;
 pub mod planner;
 pub mod routing;
 pub mod spaces;
 pub mod synth;
 
-pub use milp::{HighsSolver, Solver};
+#[cfg(feature = "highs")]
+pub use highs::HighsSolver;
+pub use milp::Solver;
 pub use planner::{plan, Clock, Goal, PlanError, PlannerConfig, Problem};
 pub use spaces::SearchSpace;

@@ -206,8 +206,63 @@ fn parse_row(line: &str, path: &str, ln: usize) -> Result<ProfileRow, ProfileErr
     })
 }
 
+/// One point of a segment's latency curve: (batch, p95 ms, mean ms) of one MPS process.
+pub type CurvePoint = (u32, f64, f64);
+
+/// Mean batch latency implied by a profile row: `mps × batch / throughput` (ms), at most
+/// the p95.
+pub fn mean_ms(mps: u8, batch: u32, throughput_rps: f64, p95_ms: f64) -> f64 {
+    if throughput_rps <= 0.0 {
+        return p95_ms;
+    }
+    (f64::from(mps.max(1)) * f64::from(batch.max(1)) / throughput_rps * 1e3).min(p95_ms)
+}
+
+/// p95 (nearest rank) and mean of `v`, ms (NaN for an empty sample). Sorts `v`.
+pub fn p95_mean(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() as f64) * 0.95).ceil() as usize;
+    (v[rank.clamp(1, v.len()) - 1], v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The latency curve of one (task, variant, MIG profile, MPS level) segment, by batch size,
+/// from the rows that describe it (other rows are skipped).
+pub fn latency_curve<'a>(
+    rows: impl IntoIterator<Item = &'a ProfileRow>,
+    task: &str,
+    variant: &str,
+    mig_profile: &str,
+    mps: u8,
+) -> Vec<CurvePoint> {
+    let mut curve: Vec<CurvePoint> = rows
+        .into_iter()
+        .filter(|r| r.task == task && r.variant == variant && r.mig_profile == mig_profile && r.mps == mps)
+        .map(|r| (r.batch, r.p95_ms, mean_ms(r.mps, r.batch, r.throughput_rps, r.p95_ms)))
+        .collect();
+    curve.sort_by_key(|p| p.0);
+    curve
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn p95_mean_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::p95_mean(&mut v), (95.0, 50.5));
+        assert_eq!(super::p95_mean(&mut [3.0]), (3.0, 3.0));
+        assert!(super::p95_mean(&mut []).0.is_nan());
+    }
+
+    #[test]
+    fn mean_ms_is_capped_by_p95_and_survives_zero_throughput() {
+        assert_eq!(super::mean_ms(2, 4, 1000.0, 100.0), 8.0);
+        assert_eq!(super::mean_ms(1, 1, 1.0, 5.0), 5.0);
+        assert_eq!(super::mean_ms(1, 1, 0.0, 5.0), 5.0);
+    }
+
     use super::*;
 
     #[test]

@@ -1,22 +1,20 @@
 //! The data plane: requests flow through an application's task graph.
 //!
-//! * [`batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
-//! * [`load`]: the load generator's arrival schedules (seeded Poisson, trace files) and
-//!   outcome accounting.
+//! * [`crate::core::batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
+//! * [`plane`]: the node's frontend (routing, fan-out and join) and its local instances.
+//! * [`pool`]: one instance's batching queue and the MPS replicas pulling from it.
+//! * [`worker`]: worker processes and their in-process twin, with the executors.
+//! * [`http`]: the KServe v2 HTTP API over [`Inference`].
 //! * [`Inference`]: what the HTTP inference API asks of a node's data plane. The HTTP layer
 //!   maps [`ServeError`] to status codes; the data plane never sees HTTP.
 
-pub mod batch;
 pub mod http;
-pub mod load;
-pub mod loadgen;
 pub mod plane;
 pub mod pool;
-pub mod profiler;
 pub mod worker;
 
+use crate::core::batch::DropReason;
 use crate::transport::net::BoxFuture;
-use batch::DropReason;
 use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse};
 use std::time::Duration;
 

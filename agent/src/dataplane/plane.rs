@@ -16,13 +16,14 @@
 //! child is `floor(F) + Bernoulli(frac(F))` for the variant's registered fan-out `F`, drawn
 //! from the request id (so the planner's fan-out model holds on average).
 
-use super::batch::{DropReason, QueueConfig};
 use super::pool::{Item, Pool};
 use super::worker::{Launcher, WorkerSpec};
 use super::{AppMeta, Inference, ServeError, TensorMeta};
+use crate::core::batch::{DropReason, QueueConfig};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::profile::{latency_curve, mean_ms, p95_mean};
 use jigsaw_protocol::rng::SplitMix64;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, StageRequest, Target};
 use jigsaw_protocol::wire::WireMessage;
@@ -39,15 +40,6 @@ pub const INPUT_SHAPE: [u64; 4] = [1, 3, 16, 16];
 
 fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Mean batch latency implied by a profile row: `mps × batch / throughput` (ms), at most
-/// the p95.
-pub fn mean_ms(mps: u8, batch: u32, throughput_rps: f64, p95_ms: f64) -> f64 {
-    if throughput_rps <= 0.0 {
-        return p95_ms;
-    }
-    (f64::from(mps.max(1)) * f64::from(batch.max(1)) / throughput_rps * 1e3).min(p95_ms)
 }
 
 /// Keeps a segment's workers alive; dropping it detaches the segment (its workers stop).
@@ -170,18 +162,7 @@ impl LocalPlane {
         let variant = app.spec.tasks[t].variants.iter().find(|v| v.name == plan.variant)?;
         let task = app.tasks.get(t)?;
         let target = Target::of("", "", gpu, plan);
-        let mut curve: Vec<(u32, f64, f64)> = app
-            .profiles
-            .iter()
-            .filter(|r| {
-                r.task == plan.task
-                    && r.variant == plan.variant
-                    && r.mig_profile == plan.mig_profile
-                    && r.mps == plan.mps
-            })
-            .map(|r| (r.batch, r.p95_ms, mean_ms(r.mps, r.batch, r.throughput_rps, r.p95_ms)))
-            .collect();
-        curve.sort_by_key(|p| p.0);
+        let mut curve = latency_curve(&app.profiles, &plan.task, &plan.variant, &plan.mig_profile, plan.mps);
         if curve.is_empty() {
             let mean = mean_ms(plan.mps, plan.batch, plan.throughput_rps, plan.p95_ms);
             curve.push((plan.batch.max(1), plan.p95_ms, mean));
@@ -270,7 +251,7 @@ impl LocalPlane {
             if ms.len() < min_samples.max(1) {
                 continue;
             }
-            let (p95, mean) = super::profiler::p95_mean(&mut ms);
+            let (p95, mean) = p95_mean(&mut ms);
             out.push(ProfileRow {
                 task: l.plan.task.clone(),
                 variant: l.plan.variant.clone(),

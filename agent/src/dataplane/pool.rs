@@ -6,8 +6,8 @@
 //! queue's next timer. Every item gets exactly one reply: executed, dropped (early or stale)
 //! or failed (worker crash or executor error).
 
-use super::batch::{DropReason, Event, QueueConfig, Request, TaskQueue};
 use super::worker::{WorkerConn, WorkerError};
+use crate::core::batch::{DropReason, Event, QueueConfig, Request, TaskQueue};
 use jigsaw_protocol::route::StageOutcome;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

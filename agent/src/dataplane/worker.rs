@@ -17,7 +17,7 @@
 //!   in-process cluster simulation and unit tests.
 
 use crate::transport::net::BoxFuture;
-use jigsaw_kernels::{CpuExecutor, Executor, Model};
+use jigsaw_kernels::{CpuExecutor, Executor, KernelError, Model};
 use jigsaw_protocol::app::ModelDesc;
 use jigsaw_protocol::rng::SplitMix64;
 use jigsaw_protocol::route::batch_latency;
@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// Which executor a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
     /// Sleep the profiled p95 of the batch size (simulated GPU time).
@@ -46,7 +46,33 @@ pub enum ExecutorKind {
     Cuda,
 }
 
+/// An executor name that is not one of [`ExecutorKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an executor (one of timed, cpu, noop, cuda)")]
+pub struct UnknownExecutor(pub String);
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = UnknownExecutor;
+
+    /// Parse a name as written in configs and on the command line (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ExecutorKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownExecutor(s.into()))
+    }
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl ExecutorKind {
+    /// Every executor.
+    pub const ALL: [ExecutorKind; 4] = [ExecutorKind::Timed, ExecutorKind::Cpu, ExecutorKind::Noop, ExecutorKind::Cuda];
+
     /// Name as shown in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -87,7 +113,7 @@ pub struct WorkerSpec {
 /// Runs batches inside a worker.
 pub trait BatchExec: Send {
     /// Run one batch; one output per input.
-    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String>;
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, KernelError>;
     /// What it is, for reports.
     fn describe(&self) -> String;
 }
@@ -120,7 +146,7 @@ struct Timed {
 }
 
 impl BatchExec for Timed {
-    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, KernelError> {
         let ms = timed_ms(&self.curve, inputs.len() as u32, &mut self.rng);
         std::thread::sleep(Duration::from_secs_f64(ms / 1e3));
         Ok(inputs.iter().map(|x| digest(x)).collect())
@@ -133,7 +159,7 @@ impl BatchExec for Timed {
 struct Noop;
 
 impl BatchExec for Noop {
-    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, KernelError> {
         Ok(inputs.iter().map(|x| x.iter().take(4).copied().collect()).collect())
     }
     fn describe(&self) -> String {
@@ -150,10 +176,9 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn new(spec: &WorkerSpec, exec: Box<dyn Executor + Send>, what: &str) -> Result<Kernel, String> {
-        let input = jigsaw_kernels::arch::input_shape(&spec.model.family).map_err(|e| e.to_string())?;
-        let model =
-            Model::for_variant(&spec.variant, &spec.model, input, spec.scale, spec.seed).map_err(|e| e.to_string())?;
+    fn new(spec: &WorkerSpec, exec: Box<dyn Executor + Send>, what: &str) -> Result<Kernel, KernelError> {
+        let input = jigsaw_kernels::arch::input_shape(&spec.model.family)?;
+        let model = Model::for_variant(&spec.variant, &spec.model, input, spec.scale, spec.seed)?;
         let what = format!("{what} executor, `{}` layer graph at scale {}", spec.model.family, spec.scale);
         Ok(Kernel { model, input, exec, what })
     }
@@ -169,14 +194,14 @@ pub fn fit(x: &[f32], n: usize) -> Vec<f32> {
 }
 
 impl BatchExec for Kernel {
-    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+    fn run(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, KernelError> {
         let (c, h, w) = self.input;
         let per = c * h * w;
         let mut flat = Vec::with_capacity(per * inputs.len());
         for x in inputs {
             flat.extend(fit(x, per));
         }
-        let (y, s) = self.exec.run(&self.model, &flat, (inputs.len(), c, h, w)).map_err(|e| e.to_string())?;
+        let (y, s) = self.exec.run(&self.model, &flat, (inputs.len(), c, h, w))?;
         let per_out = s.1 * s.2 * s.3;
         Ok(y.chunks(per_out.max(1)).map(<[f32]>::to_vec).collect())
     }
@@ -186,30 +211,49 @@ impl BatchExec for Kernel {
 }
 
 /// Build the executor of `spec`.
-pub fn executor(spec: &WorkerSpec) -> Result<Box<dyn BatchExec>, String> {
+pub fn executor(spec: &WorkerSpec) -> Result<Box<dyn BatchExec>, KernelError> {
     match spec.executor {
         ExecutorKind::Timed => Ok(Box::new(Timed { curve: spec.curve.clone(), rng: SplitMix64::new(spec.seed) })),
         ExecutorKind::Noop => Ok(Box::new(Noop)),
         ExecutorKind::Cpu => Ok(Box::new(Kernel::new(spec, Box::new(CpuExecutor), "cpu (reference)")?)),
         ExecutorKind::Cuda => {
             // CUDA_VISIBLE_DEVICES (set by the supervisor) makes the instance device 0.
-            let cuda = jigsaw_kernels::cuda::CudaExecutor::new(0).map_err(|e| e.to_string())?;
+            let cuda = jigsaw_kernels::cuda::CudaExecutor::new(0)?;
             let what = format!("cuda ({})", cuda.device());
             Ok(Box::new(Kernel::new(spec, Box::new(cuda), &what)?))
         }
     }
 }
 
+/// Why a `jigsaw worker` process stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerMainError {
+    /// The executor could not be built (unknown family, no CUDA, ...).
+    #[error("executor: {0}")]
+    Executor(#[from] KernelError),
+    /// A frame from the agent was malformed.
+    #[error("stdin: {0}")]
+    Frame(#[from] jigsaw_protocol::wire::FrameError),
+    /// The pipe to the agent failed.
+    #[error("{pipe}: {source}")]
+    Pipe {
+        /// `stdin` or `stdout`.
+        pipe: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The `jigsaw worker` process: serve batches on stdin/stdout until stdin closes.
-pub fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
+pub fn worker_main(spec: &WorkerSpec) -> Result<(), WorkerMainError> {
     let mut exec = executor(spec)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut input = stdin.lock();
     let mut output = std::io::BufWriter::new(stdout.lock());
-    let write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, m: &WorkerMessage| -> Result<(), String> {
-        let f = worker::encode(m).map_err(|e| e.to_string())?;
-        out.write_all(&f).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+    let write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, m: &WorkerMessage| {
+        let f = worker::encode(m)?;
+        out.write_all(&f).and_then(|()| out.flush()).map_err(|source| WorkerMainError::Pipe { pipe: "stdout", source })
     };
     write(&mut output, &WorkerMessage::Ready { executor: exec.describe() })?;
     loop {
@@ -217,16 +261,18 @@ pub fn worker_main(spec: &WorkerSpec) -> Result<(), String> {
         match input.read_exact(&mut header) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(format!("stdin: {e}")),
+            Err(source) => return Err(WorkerMainError::Pipe { pipe: "stdin", source }),
         }
-        let len = worker::decode_header(&header).map_err(|e| format!("stdin: {e}"))?;
+        let len = worker::decode_header(&header)?;
         let mut frame = header.to_vec();
         frame.resize(header.len() + len, 0);
-        input.read_exact(&mut frame[header.len()..]).map_err(|e| format!("stdin: {e}"))?;
-        let (msg, _) = worker::decode(&frame).map_err(|e| format!("stdin: {e}"))?;
+        input
+            .read_exact(&mut frame[header.len()..])
+            .map_err(|source| WorkerMainError::Pipe { pipe: "stdin", source })?;
+        let (msg, _) = worker::decode(&frame)?;
         if let WorkerMessage::Job { batch, inputs } = msg {
             let t = Instant::now();
-            let result = exec.run(&inputs);
+            let result = exec.run(&inputs).map_err(|e| e.to_string());
             let exec_us = t.elapsed().as_micros() as u64;
             write(&mut output, &WorkerMessage::Done { batch, result, exec_us })?;
         }
@@ -273,7 +319,7 @@ pub trait Launcher: Send + Sync + 'static {
 
 /// The in-memory twin: runs the executor on a blocking thread of this process.
 pub struct InProcessWorker {
-    exec: Arc<Mutex<Result<Box<dyn BatchExec>, String>>>,
+    exec: Arc<Mutex<Result<Box<dyn BatchExec>, KernelError>>>,
     timed: Option<(Curve, Mutex<SplitMix64>)>,
     noop: bool,
 }
@@ -292,7 +338,7 @@ impl InProcessWorker {
 impl WorkerConn for InProcessWorker {
     fn run(&self, inputs: Vec<Vec<f32>>) -> BoxFuture<Result<Vec<Vec<f32>>, WorkerError>> {
         if self.noop {
-            let out = Noop.run(&inputs).map_err(WorkerError::Exec);
+            let out = Noop.run(&inputs).map_err(|e| WorkerError::Exec(e.to_string()));
             return Box::pin(std::future::ready(out));
         }
         if let Some((curve, rng)) = &self.timed {
@@ -305,8 +351,8 @@ impl WorkerConn for InProcessWorker {
         let exec = self.exec.clone();
         Box::pin(async move {
             let run = move || match exec.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                Ok(e) => e.run(&inputs).map_err(WorkerError::Exec),
-                Err(e) => Err(WorkerError::Exec(e.clone())),
+                Ok(e) => e.run(&inputs).map_err(|e| WorkerError::Exec(e.to_string())),
+                Err(e) => Err(WorkerError::Exec(e.to_string())),
             };
             tokio::task::spawn_blocking(run).await.map_err(|e| WorkerError::Crashed(e.to_string()))?
         })

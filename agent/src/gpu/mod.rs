@@ -11,10 +11,9 @@
 //!   the same conformance checks on hardware behind `JIGSAW_GPU_MIG_WRITE=1`
 //!   (`agent/tests/gpu_nvml.rs`).
 //!
-//! [`diff::plan_diff`] is the pure function that turns a live layout and a target layout
+//! [`crate::core::diff::plan_diff`] is the pure function that turns a live layout and a target layout
 //! into an ordered list of steps that never asks a backend for an illegal state.
 
-pub mod diff;
 pub mod nvml;
 pub mod sim;
 

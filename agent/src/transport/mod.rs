@@ -6,7 +6,7 @@
 //!   stream per request, each frame checked at the edge (magic, version, size cap) before
 //!   its body is read.
 //!
-//! * [`sim`]: the in-memory twin for deterministic simulations (virtual time, seeded delay,
+//! * [`crate::core::netsim`]: the in-memory twin for deterministic simulations (virtual time, seeded delay,
 //!   loss and link cuts).
 //!
 //! Errors keep "retry / redirect" apart from "this peer is dead or hostile": see
@@ -15,7 +15,6 @@
 //! to node ids ([`net::Peer::is`]).
 
 pub mod net;
-pub mod sim;
 pub mod tls;
 
 use jigsaw_protocol::wire::{self, FrameError, WireMessage, HEADER_LEN};

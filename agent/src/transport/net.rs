@@ -8,9 +8,9 @@
 //! node id (the certificate's DNS names are the node id): a message that claims to come from
 //! a node is only believed when the certificate says so.
 
-use super::sim::{LinkConfig, SimNet};
 use super::{recv_frame, request, send_frame, QuicNode, TransportError};
-use jigsaw_protocol::wire::WireMessage;
+use crate::core::netsim::{LinkConfig, SimNet};
+use jigsaw_protocol::wire::{self, FrameError, WireMessage};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -169,16 +169,18 @@ impl Transport for QuicTransport {
     }
 }
 
+/// What travels on the simulated network: encoded frames, exactly the bytes QUIC would
+/// carry, so the twin exercises the codec and its size cap.
 enum Envelope {
-    Request { id: u64, from: String, msg: WireMessage },
-    Reply { id: u64, msg: WireMessage },
+    Request { id: u64, from: String, frame: Vec<u8> },
+    Reply { id: u64, frame: Vec<u8> },
 }
 
 struct HubInner {
     net: SimNet<Envelope>,
     ids: BTreeMap<String, u32>,
     handlers: BTreeMap<String, Handler>,
-    pending: HashMap<u64, oneshot::Sender<WireMessage>>,
+    pending: HashMap<u64, oneshot::Sender<Result<WireMessage, FrameError>>>,
     next_id: u64,
 }
 
@@ -276,7 +278,7 @@ impl SimHub {
     }
 
     /// Messages sent, delivered, dropped and cut so far.
-    pub fn stats(&self) -> super::sim::NetStats {
+    pub fn stats(&self) -> crate::core::netsim::NetStats {
         self.with(|i| i.net.stats())
     }
 
@@ -294,22 +296,33 @@ impl SimHub {
         let ready = self.with(|i| i.net.deliver_until(now));
         for (_, _, to, env) in ready {
             match env {
-                Envelope::Request { id, from, msg } => {
+                Envelope::Request { id, from, frame } => {
                     let to_name = self.with(|i| i.ids.iter().find(|(_, &v)| v == to).map(|(k, _)| k.clone()));
                     let Some(to_name) = to_name else { continue };
                     let Some(handler) = self.with(|i| i.handlers.get(&to_name).cloned()) else { continue };
                     let hub = self.clone();
                     tokio::spawn(async move {
-                        let reply = handler(Peer::Sim(from.clone()), msg).await;
+                        // As the QUIC server does: a frame that does not decode gets no handler.
+                        let reply = match wire::decode_frame(&frame) {
+                            Ok((msg, _)) => handler(Peer::Sim(from.clone()), msg).await,
+                            Err(e) => WireMessage::Error { message: format!("bad frame: {e}"), retry: false },
+                        };
+                        let frame = match wire::encode_frame(&reply) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                tracing::warn!(%e, node = %to_name, "reply does not fit in a frame");
+                                return;
+                            }
+                        };
                         // The node may have crashed while handling: then no reply.
                         if hub.with(|i| i.handlers.contains_key(&to_name)) {
-                            hub.send(&to_name, &from, Envelope::Reply { id, msg: reply });
+                            hub.send(&to_name, &from, Envelope::Reply { id, frame });
                         }
                     });
                 }
-                Envelope::Reply { id, msg } => {
+                Envelope::Reply { id, frame } => {
                     if let Some(tx) = self.with(|i| i.pending.remove(&id)) {
-                        let _ = tx.send(msg);
+                        let _ = tx.send(wire::decode_frame(&frame).map(|(m, _)| m));
                     }
                 }
             }
@@ -339,17 +352,18 @@ impl Transport for SimTransport {
         msg: WireMessage,
         timeout: Duration,
     ) -> Result<WireMessage, TransportError> {
+        let frame = wire::encode_frame(&msg)?;
         let (tx, rx) = oneshot::channel();
         let id = self.hub.with(|i| {
             i.next_id += 1;
             i.pending.insert(i.next_id, tx);
             i.next_id
         });
-        self.hub.send(&self.me, to, Envelope::Request { id, from: self.me.clone(), msg });
+        self.hub.send(&self.me, to, Envelope::Request { id, from: self.me.clone(), frame });
         let r = tokio::time::timeout(timeout, rx).await;
         self.hub.with(|i| i.pending.remove(&id));
         match r {
-            Ok(Ok(m)) => Ok(m),
+            Ok(Ok(m)) => Ok(m?),
             Ok(Err(_)) | Err(_) => Err(TransportError::Timeout(timeout)),
         }
     }

@@ -1,10 +1,10 @@
-//! `jigsaw load`: an open-loop load generator for the v2 HTTP API ([`super::http`]).
+//! `jigsaw load`: an open-loop load generator for the v2 HTTP API ([`jigsaw_agent::dataplane::http`]).
 //!
 //! [`run`] reads the application's metadata from the first target, builds one valid request
 //! body from it (every input filled with seeded values, `-1` dimensions set to 1), and sends
 //! that body on a schedule: seeded Poisson arrivals at `--rps` for `--duration`
-//! ([`super::load::poisson_arrivals`]) or the offsets of a `--trace` file
-//! ([`super::load::parse_trace`]). The schedule is open loop: each request starts at its
+//! ([`schedule::poisson_arrivals`]) or the offsets of a `--trace` file
+//! ([`schedule::parse_trace`]). The schedule is open loop: each request starts at its
 //! arrival offset whether or not earlier ones have answered, so a slow server cannot slow the
 //! offered load, and latency is measured from the scheduled arrival (a late start counts
 //! against the request, not in its favour). Requests rotate round-robin over the `--target`
@@ -24,8 +24,8 @@
 //! error`, and gives goodput, latency percentiles, the share per outcome, SLO violations
 //! weighted by fan-out, and a breakdown of every request that was not ok by cause.
 
-use super::load::{parse_trace, poisson_arrivals, Outcome, Tally};
-use super::AppMeta;
+pub mod schedule;
+
 use anyhow::{bail, ensure, Context as _};
 use axum::body::Bytes;
 use axum::http::{header, Method, Request, StatusCode};
@@ -33,14 +33,16 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use jigsaw_agent::dataplane::AppMeta;
 use jigsaw_protocol::infer::{parse_infer_request, InferResponse, MAX_ELEMENTS};
 use jigsaw_protocol::rng::SplitMix64;
+use schedule::{parse_trace, poisson_arrivals, Outcome, Tally};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::http::{DEADLINE_HEADER, MAX_DEADLINE_MS};
+use jigsaw_agent::dataplane::http::{DEADLINE_HEADER, MAX_DEADLINE_MS};
 
 /// Arguments of `jigsaw load`.
 #[derive(clap::Args, Debug, Clone)]
@@ -633,10 +635,26 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     })
 }
 
+/// `jigsaw load`: targets from `--target`, else every agent of the cluster in `dir`.
+pub fn cmd_load(args: &LoadArgs, dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut args = args.clone();
+    if args.targets.is_empty() {
+        let c = crate::cluster::LocalCluster::load(dir)
+            .with_context(|| "no --target given and no cluster to take the agents from")?;
+        args.targets = c.nodes.iter().filter_map(|n| n.http.clone()).collect();
+        if args.targets.is_empty() {
+            bail!("no agent of {} serves the inference API ([node.serve] http)", dir.display());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let report = rt.block_on(run(&args))?;
+    Ok(if args.json { format!("{}\n", serde_json::to_string_pretty(&report)?) } else { format!("{report}") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::TensorMeta;
+    use jigsaw_agent::dataplane::TensorMeta;
 
     #[test]
     fn durations_parse_with_units() {

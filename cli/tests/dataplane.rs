@@ -2,13 +2,13 @@
 //!
 //! Tests wait on observable state (replies, restart counters), never on fixed sleeps.
 
-use jigsaw_agent::dataplane::batch::{DropReason, QueueConfig};
+use jigsaw_agent::core::batch::{DropReason, QueueConfig};
+use jigsaw_agent::core::netsim::LinkConfig;
 use jigsaw_agent::dataplane::plane::{stage_handler, DataPlane, LocalPlane, PlaneConfig, Segments};
 use jigsaw_agent::dataplane::pool::{Item, Pool};
 use jigsaw_agent::dataplane::worker::{ExecutorKind, InProcessLauncher, ProcessWorker, WorkerConn, WorkerSpec};
 use jigsaw_agent::dataplane::{Inference, ServeError};
 use jigsaw_agent::transport::net::{SimHub, SimTransport};
-use jigsaw_agent::transport::sim::LinkConfig;
 use jigsaw_protocol::app::{AppSpec, ModelDesc};
 use jigsaw_protocol::infer::{InferRequest, Tensor};
 use jigsaw_protocol::plan::InstancePlan;

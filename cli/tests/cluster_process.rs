@@ -3,7 +3,7 @@
 //! status (observable state) with a deadline; nothing sleeps for a fixed time to "let things
 //! settle".
 
-use jigsaw_agent::local::{self, plan_applied, wait_for, LocalCluster, Operator};
+use jigsaw_cli::cluster::{self as local, plan_applied, wait_for, LocalCluster, Operator};
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus};
 use std::path::{Path, PathBuf};
 use std::process::Command;

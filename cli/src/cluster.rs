@@ -6,15 +6,15 @@
 //! certificates under `ca/`, one config, data dir and log per node, and `cluster.json`, which
 //! lists the nodes with their addresses and process ids for `status`, `down` and tests.
 
-use crate::actors::Backend;
-use crate::config::{Config, GpuBackendConfig, NodeConfig};
-use crate::dataplane::http::HttpLimits;
-use crate::dataplane::worker::{InProcessLauncher, Launcher, ProcessLauncher};
-use crate::gpu::sim::SimGpu;
-use crate::node::{highs_planner, NodeHandle, NodeSpec, Timing};
-use crate::transport::net::{QuicTransport, Transport};
-use crate::transport::{tls, QuicNode};
 use anyhow::{anyhow, bail, Context, Result};
+use jigsaw_agent::actors::Backend;
+use jigsaw_agent::config::{Config, GpuBackendConfig, NodeConfig};
+use jigsaw_agent::dataplane::http::HttpLimits;
+use jigsaw_agent::dataplane::worker::{InProcessLauncher, Launcher, ProcessLauncher};
+use jigsaw_agent::gpu::sim::SimGpu;
+use jigsaw_agent::node::{highs_planner, NodeHandle, NodeSpec, Timing};
+use jigsaw_agent::transport::net::{QuicTransport, Transport};
+use jigsaw_agent::transport::{tls, QuicNode};
 use jigsaw_protocol::cluster::{fnv64, AppEntry};
 use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, WireMessage};
 use jigsaw_protocol::GpuModel;
@@ -169,7 +169,7 @@ pub struct UpOptions {
     /// Simulated MIG reconfiguration latency, ms.
     pub reconfig_ms: u64,
     /// Worker executor of the agents.
-    pub executor: crate::dataplane::worker::ExecutorKind,
+    pub executor: jigsaw_agent::dataplane::worker::ExecutorKind,
 }
 
 /// The example apps with their synthetic profiles and the demand `up` registers.
@@ -300,85 +300,6 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         Ok(out)
     })
     .with_context(|| hint)
-}
-
-/// `jigsaw profile`: measure configurations with `jigsaw worker` processes.
-#[allow(clippy::too_many_arguments)]
-pub fn cmd_profile(
-    app: &Path,
-    out: &Path,
-    gpu: GpuModel,
-    mig: &[String],
-    mps: &[u8],
-    batch: &[u32],
-    reps: usize,
-    executor: crate::dataplane::worker::ExecutorKind,
-    curves: Option<&Path>,
-) -> Result<String> {
-    let path = app.display().to_string();
-    let text = std::fs::read_to_string(app).with_context(|| format!("reading {path}"))?;
-    let spec = jigsaw_protocol::AppSpec::parse(&text, &path)?;
-    for m in mig {
-        if gpu.spec().profile_index(m).is_none() {
-            bail!("--mig: `{m}` is not a MIG profile of {gpu}");
-        }
-    }
-    if let Some(m) = mps.iter().find(|m| !(1..=4).contains(*m)) {
-        bail!("--mps: {m} is not an MPS level (1-4)");
-    }
-    if let Some(b) = batch.iter().find(|b| **b == 0) {
-        bail!("--batch: {b} is not a batch size");
-    }
-    let table = match curves {
-        Some(p) => {
-            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Some(jigsaw_protocol::ProfileTable::parse_csv(&t, &p.display().to_string())?)
-        }
-        None if executor == crate::dataplane::worker::ExecutorKind::Timed => {
-            bail!("--executor timed replays a table: give --curves FILE")
-        }
-        None => None,
-    };
-    let launcher: Arc<dyn Launcher> = Arc::new(ProcessLauncher::new(std::env::current_exe()?, executor));
-    let run = crate::dataplane::profiler::ProfileRun {
-        app: &spec,
-        gpu,
-        profiles: mig.to_vec(),
-        mps: mps.to_vec(),
-        batches: batch.to_vec(),
-        reps,
-        launcher,
-        curves: table.as_ref(),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (now, skipped) = rt
-        .block_on(crate::dataplane::profiler::run(&run, out, |k, n, c, r| {
-            eprintln!(
-                "[{k}/{n}] {}/{} {} mps {} batch {}: p95 {:.3} ms, {:.1} items/s",
-                c.task, c.variant, c.mig_profile, c.mps, c.batch, r.p95_ms, r.throughput_rps
-            );
-        }))
-        .map_err(|e| anyhow!(e))?;
-    Ok(format!(
-        "{}: {now} configurations measured, {skipped} already present (executor {})\n",
-        out.display(),
-        executor.name()
-    ))
-}
-
-/// `jigsaw load`: targets from `--target`, else every agent of the cluster in `dir`.
-pub fn cmd_load(args: &crate::dataplane::loadgen::LoadArgs, dir: &Path) -> Result<String> {
-    let mut args = args.clone();
-    if args.targets.is_empty() {
-        let c = LocalCluster::load(dir).with_context(|| "no --target given and no cluster to take the agents from")?;
-        args.targets = c.nodes.iter().filter_map(|n| n.http.clone()).collect();
-        if args.targets.is_empty() {
-            bail!("no agent of {} serves the inference API ([node.serve] http)", dir.display());
-        }
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let report = rt.block_on(crate::dataplane::loadgen::run(&args))?;
-    Ok(if args.json { format!("{}\n", serde_json::to_string_pretty(&report)?) } else { format!("{report}") })
 }
 
 /// Whether every alive member reports the committed epoch applied.
@@ -562,7 +483,7 @@ pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> R
     let profiles_csv = std::fs::read_to_string(profiles).with_context(|| format!("reading {}", profiles.display()))?;
     jigsaw_protocol::ProfileTable::parse_csv(&profiles_csv, &profiles.display().to_string())?;
     let entry = AppEntry { name: app.name.clone(), spec_toml, profiles_csv, demand_rps: rps };
-    crate::node::validate_app(&entry).map_err(|e| anyhow!("{e}"))?;
+    jigsaw_agent::node::validate_app(&entry).map_err(|e| anyhow!("{e}"))?;
     operator_request(dir, ClientRequest::RegisterApp(entry))
 }
 
@@ -592,6 +513,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
     let section = cfg.node.as_ref().ok_or_else(|| anyhow!("{path}: no [node] section; see deploy/jigsaw.toml"))?;
     let node: NodeConfig = section.validate(&path)?;
     let planner = cfg.planner_config(&path)?;
+    let threads = cfg.planner.threads;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).try_init();
@@ -612,7 +534,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             seeds: node.peers.iter().map(|(n, a)| (n.clone(), a.to_string())).collect(),
             data_dir: node.data_dir.clone(),
             timing: Timing::default(),
-            planner: highs_planner(planner),
+            planner: highs_planner(planner, threads),
             gpus,
             simulate_latency: simulate,
             launcher: Some(if node.in_process_workers {
@@ -632,12 +554,12 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
                     .await
                     .map_err(|e| anyhow!("binding the inference API to {addr}: {e}"))?;
                 tracing::info!(node = %node.id, %addr, "inference API listening");
-                let svc = handle.plane() as Arc<dyn crate::dataplane::Inference>;
+                let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
                 let mut stop = stop_rx.clone();
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                Some(tokio::spawn(crate::dataplane::http::serve(
+                Some(tokio::spawn(jigsaw_agent::dataplane::http::serve(
                     listener,
                     svc,
                     HttpLimits { max_in_flight: node.max_in_flight, ..HttpLimits::default() },
@@ -663,7 +585,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
 }
 
 fn nvml_gpus() -> Result<Vec<Backend>> {
-    let gpus = crate::gpu::nvml::discover().map_err(|e| anyhow!("GPU discovery: {e}"))?;
+    let gpus = jigsaw_agent::gpu::nvml::discover().map_err(|e| anyhow!("GPU discovery: {e}"))?;
     if gpus.is_empty() {
         bail!("GPU discovery: NVML found no supported GPU on this node");
     }

@@ -159,7 +159,7 @@ fn bootstrap_script_writes_valid_node_configs() {
     }
     assert!(dir.join("ca").join("admin.pem").exists());
     // The operator file names every node; `down` refuses a cluster it did not start.
-    let c = jigsaw_agent::local::LocalCluster::load(&dir).expect("cluster.json parses");
+    let c = jigsaw_cli::cluster::LocalCluster::load(&dir).expect("cluster.json parses");
     assert!(!c.local && c.nodes.len() == 3 && c.nodes[2].addr == "10.0.0.3:7401");
     fails_with(&["down", "--dir", d], &["did not start"]);
     assert!(dir.join("gpu-a").exists(), "nothing removed");

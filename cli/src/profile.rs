@@ -12,10 +12,11 @@
 //! reference models on this machine's CPU (the MIG profile then does not change the
 //! figures); `timed` only replays its input curve and is useful to test the pipeline.
 
-use super::worker::{Launcher, WorkerSpec};
+use anyhow::{anyhow, bail, Context as _};
+use jigsaw_agent::dataplane::worker::{ExecutorKind, Launcher, ProcessLauncher, WorkerSpec};
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::catalogue::GpuModel;
-use jigsaw_protocol::profile::{ProfileRow, ProfileTable};
+use jigsaw_protocol::profile::{latency_curve, p95_mean, ProfileRow, ProfileTable};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -67,16 +68,6 @@ pub fn plan_configs(
         }
     }
     out
-}
-
-/// p95 (nearest rank) and mean of `v`, ms.
-pub fn p95_mean(v: &mut [f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((v.len() as f64) * 0.95).ceil() as usize;
-    (v[rank.clamp(1, v.len()) - 1], v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// Options of a profiling run.
@@ -139,18 +130,10 @@ pub async fn run(
     for (k, c) in todo.iter().enumerate() {
         let t = r.app.task_index(&c.task).ok_or_else(|| format!("task {} vanished", c.task))?;
         let v = r.app.tasks[t].variants.iter().find(|v| v.name == c.variant).ok_or("variant vanished")?;
-        let mut curve: Vec<(u32, f64, f64)> = r
+        let curve = r
             .curves
-            .map(|tab| {
-                tab.rows()
-                    .filter(|x| {
-                        x.task == c.task && x.variant == c.variant && x.mig_profile == c.mig_profile && x.mps == c.mps
-                    })
-                    .map(|x| (x.batch, x.p95_ms, super::plane::mean_ms(x.mps, x.batch, x.throughput_rps, x.p95_ms)))
-                    .collect()
-            })
+            .map(|tab| latency_curve(tab.rows(), &c.task, &c.variant, &c.mig_profile, c.mps))
             .unwrap_or_default();
-        curve.sort_by_key(|p| p.0);
         let spec = WorkerSpec {
             app: r.app.name.clone(),
             task: c.task.clone(),
@@ -219,14 +202,66 @@ where
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn p95_is_nearest_rank() {
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(p95_mean(&mut v), (95.0, 50.5));
-        assert_eq!(p95_mean(&mut [3.0]), (3.0, 3.0));
+/// `jigsaw profile`: measure configurations with `jigsaw worker` processes.
+#[allow(clippy::too_many_arguments)]
+pub fn cmd_profile(
+    app: &Path,
+    out: &Path,
+    gpu: GpuModel,
+    mig: &[String],
+    mps: &[u8],
+    batch: &[u32],
+    reps: usize,
+    executor: ExecutorKind,
+    curves: Option<&Path>,
+) -> anyhow::Result<String> {
+    let path = app.display().to_string();
+    let text = std::fs::read_to_string(app).with_context(|| format!("reading {path}"))?;
+    let spec = jigsaw_protocol::AppSpec::parse(&text, &path)?;
+    for m in mig {
+        if gpu.spec().profile_index(m).is_none() {
+            bail!("--mig: `{m}` is not a MIG profile of {gpu}");
+        }
     }
+    if let Some(m) = mps.iter().find(|m| !(1..=4).contains(*m)) {
+        bail!("--mps: {m} is not an MPS level (1-4)");
+    }
+    if let Some(b) = batch.iter().find(|b| **b == 0) {
+        bail!("--batch: {b} is not a batch size");
+    }
+    let table = match curves {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(jigsaw_protocol::ProfileTable::parse_csv(&t, &p.display().to_string())?)
+        }
+        None if executor == ExecutorKind::Timed => {
+            bail!("--executor timed replays a table: give --curves FILE")
+        }
+        None => None,
+    };
+    let launcher: Arc<dyn Launcher> = Arc::new(ProcessLauncher::new(std::env::current_exe()?, executor));
+    let job = ProfileRun {
+        app: &spec,
+        gpu,
+        profiles: mig.to_vec(),
+        mps: mps.to_vec(),
+        batches: batch.to_vec(),
+        reps,
+        launcher,
+        curves: table.as_ref(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (now, skipped) = rt
+        .block_on(run(&job, out, |k, n, c, r| {
+            eprintln!(
+                "[{k}/{n}] {}/{} {} mps {} batch {}: p95 {:.3} ms, {:.1} items/s",
+                c.task, c.variant, c.mig_profile, c.mps, c.batch, r.p95_ms, r.throughput_rps
+            );
+        }))
+        .map_err(|e| anyhow!(e))?;
+    Ok(format!(
+        "{}: {now} configurations measured, {skipped} already present (executor {})\n",
+        out.display(),
+        executor.name()
+    ))
 }

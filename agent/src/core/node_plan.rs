@@ -11,7 +11,7 @@
 //!   or [`NodeCommand::ReportFailed`] with the first failed step, after which the epoch may be
 //!   pushed again (a retry); a newer push supersedes an epoch still being applied.
 
-use crate::gpu::diff::{plan_diff, DiffError, LiveSegment, Step};
+use crate::core::diff::{plan_diff, DiffError, LiveSegment, Step, StepFailed};
 use jigsaw_protocol::catalogue::GpuModel;
 use jigsaw_protocol::plan::InstancePlan;
 use std::collections::BTreeMap;
@@ -23,6 +23,17 @@ pub struct PlanPart {
     pub epoch: u64,
     /// Target per GPU UUID.
     pub gpus: BTreeMap<String, Vec<InstancePlan>>,
+}
+
+/// Why applying a plan part on one GPU failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuApplyError {
+    /// A step failed on the backend (the steps before it stay applied).
+    #[error(transparent)]
+    Step(#[from] Box<StepFailed>),
+    /// The GPU actor or its backend thread is gone (the GPU is out of service).
+    #[error("{0} unavailable")]
+    Unavailable(String),
 }
 
 /// What the shell must do.
@@ -149,8 +160,8 @@ impl NodePlanCore {
         Ok(cmds)
     }
 
-    /// The shell finished applying `epoch` on `gpu` (`Err` = first failed step, in words).
-    pub fn gpu_done(&mut self, epoch: u64, gpu: &str, result: Result<(), String>) -> Vec<NodeCommand> {
+    /// The shell finished applying `epoch` on `gpu` (`Err`: the first failed step).
+    pub fn gpu_done(&mut self, epoch: u64, gpu: &str, result: Result<(), GpuApplyError>) -> Vec<NodeCommand> {
         if epoch != self.accepted || epoch <= self.applied {
             return Vec::new(); // superseded by a newer push, or a duplicate completion
         }
@@ -160,7 +171,7 @@ impl NodePlanCore {
                 // Reopen the epoch: the coordinator may push it again (a retry after a
                 // transient failure). The applied epoch is unchanged, so it never decreases.
                 self.accepted = self.applied;
-                vec![NodeCommand::ReportFailed { epoch, gpu: gpu.to_string(), error }]
+                vec![NodeCommand::ReportFailed { epoch, gpu: gpu.to_string(), error: error.to_string() }]
             }
             Ok(()) => {
                 if let Some(done) = self.pending.get_mut(gpu) {
@@ -227,7 +238,7 @@ mod tests {
         c.push(&part(1), &BTreeMap::new()).expect("accepted");
         c.push(&part(2), &BTreeMap::new()).expect("newer accepted while 1 is applying");
         assert!(c.gpu_done(1, "GPU-0", Ok(())).is_empty(), "epoch 1 was superseded");
-        let out = c.gpu_done(2, "GPU-0", Err("step 0 failed".into()));
+        let out = c.gpu_done(2, "GPU-0", Err(GpuApplyError::Unavailable("GPU actor".into())));
         assert!(matches!(&out[..], [NodeCommand::ReportFailed { epoch: 2, .. }]));
         assert_eq!(c.applied_epoch(), 0, "a failed epoch is not applied");
     }

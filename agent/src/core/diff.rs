@@ -17,7 +17,7 @@
 //! So a backend is never asked for an overlapping or over-cap placement, nor to destroy an
 //! instance with workers attached.
 
-use super::{GpuBackend, GpuError, LiveInstance};
+use crate::gpu::{GpuBackend, GpuError, LiveInstance};
 use jigsaw_protocol::catalogue::{GpuSpec, Placement, PlacementError};
 use jigsaw_protocol::plan::InstancePlan;
 

@@ -9,12 +9,12 @@
 //!   with SIGKILL); the time until another node leads and answers a status request with the
 //!   latest plan epoch. The stopped node then restarts from its data dir before the next rep.
 
-use crate::actors::Backend;
-use crate::gpu::sim::SimGpu;
-use crate::node::{highs_planner, NodeHandle, NodeSpec, Timing};
-use crate::transport::net::{QuicTransport, Transport};
-use crate::transport::{tls, QuicNode};
 use anyhow::{bail, Context, Result};
+use jigsaw_agent::actors::Backend;
+use jigsaw_agent::gpu::sim::SimGpu;
+use jigsaw_agent::node::{highs_planner, NodeHandle, NodeSpec, Timing};
+use jigsaw_agent::transport::net::{QuicTransport, Transport};
+use jigsaw_agent::transport::{tls, QuicNode};
 use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::fnv64;
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, WireMessage};
@@ -74,7 +74,7 @@ impl Bench {
             seeds: all.iter().filter(|(n, _)| n != name).take(self.eligible).cloned().collect(),
             data_dir: self.dir.join(name),
             timing: Timing::default(),
-            planner: highs_planner(PlannerConfig::default()),
+            planner: highs_planner(PlannerConfig::default(), Some(1)),
             gpus,
             simulate_latency: true,
             launcher: None,
@@ -189,8 +189,8 @@ async fn bench_one(n: usize, reps: usize, gpus: u32) -> Result<String> {
             (st.alive_members().count() == n).then_some(l)
         })
         .await?;
-    let spec = include_str!("../../examples/apps/social.toml");
-    let csv = include_str!("../../examples/profiles/social-h100-80gb.csv");
+    let spec = include_str!("../../../examples/apps/social.toml");
+    let csv = include_str!("../../../examples/profiles/social-h100-80gb.csv");
     let mut dist = Vec::new();
     let mut commit = Vec::new();
     let mut leader = l;

@@ -1,26 +1,27 @@
-//! The `jigsaw` binary: parses the command line and dispatches to [`jigsaw_agent::cli`].
+//! The `jigsaw` binary: parses the command line and dispatches to the command modules of
+//! [`jigsaw_cli`].
 
 use clap::Parser;
-use jigsaw_agent::cli::{self, AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
-use jigsaw_agent::local;
+use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
+use jigsaw_cli::{bench, cluster, load, ops, planning, profile};
 use std::process::ExitCode;
 
 fn run(c: Cli) -> anyhow::Result<()> {
     let config = c.config.as_deref();
     let out = match &c.cmd {
-        Command::Plan(a) => cli::cmd_plan(a, config)?,
-        Command::Analyze(AnalyzeCmd::MaxDemand { inputs, svg }) => cli::cmd_max_demand(inputs, svg, config)?,
+        Command::Plan(a) => planning::cmd_plan(a, config)?,
+        Command::Analyze(AnalyzeCmd::MaxDemand { inputs, svg }) => planning::cmd_max_demand(inputs, svg, config)?,
         Command::Bench(BenchCmd::Planner { examples, gpus, reps }) => {
-            cli::cmd_bench_planner(examples, gpus, *reps, config)?
+            planning::cmd_bench_planner(examples, gpus, *reps, config)?
         }
         Command::Bench(BenchCmd::Mesh { nodes, reps, gpus_per_node }) => {
-            jigsaw_agent::bench_mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
+            bench::mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
         }
         Command::Bench(BenchCmd::Dataplane { requests, concurrency, batch }) => {
-            jigsaw_agent::bench_dataplane::cmd_bench_dataplane(*requests, *concurrency, *batch)?
+            bench::dataplane::cmd_bench_dataplane(*requests, *concurrency, *batch)?
         }
         Command::Profiles(ProfilesCmd::Synth { app, gpu, out }) => {
-            let csv = cli::cmd_synth(app, *gpu)?;
+            let csv = planning::cmd_synth(app, *gpu)?;
             match out {
                 Some(path) => {
                     std::fs::write(path, csv).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
@@ -29,20 +30,20 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 None => csv,
             }
         }
-        Command::Demo { examples } => cli::cmd_demo(examples, config)?,
-        Command::Ca(c) => cli::cmd_ca(c)?,
+        Command::Demo { examples } => planning::cmd_demo(examples, config)?,
+        Command::Ca(c) => ops::cmd_ca(c)?,
         Command::Config(ConfigCmd::Check) => {
             let path = config.ok_or_else(|| anyhow::anyhow!("`jigsaw config check` needs --config FILE"))?;
-            cli::cmd_config_check(path)?
+            ops::cmd_config_check(path)?
         }
         Command::Agent => {
             let path =
                 config.ok_or_else(|| anyhow::anyhow!("`jigsaw agent` needs --config FILE with a [node] section"))?;
-            local::cmd_agent(path)?;
+            cluster::cmd_agent(path)?;
             String::new()
         }
         Command::Profile { app, out, gpu, mig, mps, batch, reps, executor, curves } => {
-            local::cmd_profile(app, out, *gpu, mig, mps, batch, *reps, *executor, curves.as_deref())?
+            profile::cmd_profile(app, out, *gpu, mig, mps, batch, *reps, *executor, curves.as_deref())?
         }
         Command::Worker { spec_json } => {
             let spec: jigsaw_agent::dataplane::worker::WorkerSpec =
@@ -50,27 +51,27 @@ fn run(c: Cli) -> anyhow::Result<()> {
             jigsaw_agent::dataplane::worker::worker_main(&spec).map_err(|e| anyhow::anyhow!("worker: {e}"))?;
             String::new()
         }
-        Command::Load { args, dir } => local::cmd_load(args, &dir.clone().unwrap_or_else(local::default_dir))?,
+        Command::Load { args, dir } => load::cmd_load(args, &dir.clone().unwrap_or_else(cluster::default_dir))?,
         Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms, executor } => {
-            let o = local::UpOptions {
+            let o = cluster::UpOptions {
                 nodes: *nodes,
                 gpus_per_node: *gpus_per_node,
                 gpu: *gpu,
                 eligible: *eligible,
-                dir: dir.clone().unwrap_or_else(local::default_dir),
+                dir: dir.clone().unwrap_or_else(cluster::default_dir),
                 apps: !no_apps,
                 reconfig_ms: *reconfig_ms,
                 executor: *executor,
             };
-            local::cmd_up(&o, &std::env::current_exe()?)?
+            cluster::cmd_up(&o, &std::env::current_exe()?)?
         }
-        Command::Down { dir, keep } => local::cmd_down(&dir.clone().unwrap_or_else(local::default_dir), *keep)?,
-        Command::Status { dir, json } => local::cmd_status(&dir.clone().unwrap_or_else(local::default_dir), *json)?,
+        Command::Down { dir, keep } => cluster::cmd_down(&dir.clone().unwrap_or_else(cluster::default_dir), *keep)?,
+        Command::Status { dir, json } => cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json)?,
         Command::App(AppCmd::Register { spec, profiles, rps, dir }) => {
-            local::cmd_app_register(&dir.clone().unwrap_or_else(local::default_dir), spec, profiles, *rps)?
+            cluster::cmd_app_register(&dir.clone().unwrap_or_else(cluster::default_dir), spec, profiles, *rps)?
         }
-        Command::App(AppCmd::Remove { name, dir }) => local::operator_request(
-            &dir.clone().unwrap_or_else(local::default_dir),
+        Command::App(AppCmd::Remove { name, dir }) => cluster::operator_request(
+            &dir.clone().unwrap_or_else(cluster::default_dir),
             jigsaw_protocol::wire::ClientRequest::RemoveApp { name: name.clone() },
         )?,
     };

@@ -13,12 +13,12 @@
 //! The no-op worker runs in the agent's process (the in-process twin), so the figures are
 //! the routing, queueing, batching and transport cost, not a worker's.
 
-use crate::dataplane::plane::{stage_handler, Attachment, DataPlane, LocalPlane, PlaneConfig, Segments};
-use crate::dataplane::worker::{ExecutorKind, InProcessLauncher};
-use crate::dataplane::Inference;
-use crate::transport::net::{QuicTransport, Transport};
-use crate::transport::{tls, QuicNode};
 use anyhow::{bail, Result};
+use jigsaw_agent::dataplane::plane::{stage_handler, Attachment, DataPlane, LocalPlane, PlaneConfig, Segments};
+use jigsaw_agent::dataplane::worker::{ExecutorKind, InProcessLauncher};
+use jigsaw_agent::dataplane::Inference;
+use jigsaw_agent::transport::net::{QuicTransport, Transport};
+use jigsaw_agent::transport::{tls, QuicNode};
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::infer::{InferRequest, Tensor};
 use jigsaw_protocol::plan::InstancePlan;

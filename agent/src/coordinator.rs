@@ -1,0 +1,346 @@
+//! The coordinator actor: owns the leadership core ([`Leader`], and in it the pure
+//! [`jigsaw_coordinator::control::Control`] of the term this node leads) and executes the
+//! actions it returns.
+//!
+//! Every coordinator-eligible node runs one. On each [`CoordMsg::Tick`] (every `tick_ms`,
+//! and at once when a proposal commits or a solve finishes) it reads Raft's metrics: leading
+//! in a new term starts a fresh control state, losing the lead drops it. While leading it
+//! runs one control step on the committed state and executes the actions, each in a task of
+//! its own so the actor never waits on Raft, the planner or a peer:
+//! * `Propose`: `client_write` to Raft;
+//! * `Solve`: the planner on a blocking thread, then `CommitPlan` through Raft, then
+//!   [`CoordMsg::SolveDone`] with the term it was started in;
+//! * `Push`: the node's part of the plan over the transport, then [`CoordMsg::PushDone`]
+//!   with its term.
+//!
+//! A result from another term than the one led now is dropped (the core checks), so a slow
+//! solve or push of an earlier leadership never lands on a later one. The term led is
+//! published on a watch channel for the node's other tasks ([`CoordinatorHandle::leading`]).
+
+use crate::core::leader::{Leader, Transition};
+use crate::raft::store::StateMachine;
+use crate::raft::{node_id, Raft};
+use crate::transport::net::Transport;
+use jigsaw_coordinator::cluster_plan::LiveLayouts;
+use jigsaw_coordinator::control::{Action, ControlConfig};
+use jigsaw_protocol::cluster::{ClusterCommand, ClusterPlan, ClusterState};
+use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus, WireMessage};
+use jigsaw_protocol::ProfileRow;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Computes a cluster plan: `(state, epoch, live layouts, observed profiles) → plan`.
+pub type PlanFn = Arc<dyn Fn(&ClusterState, u64, &LiveLayouts, &[ProfileRow]) -> ClusterPlan + Send + Sync>;
+
+/// Members as the coordinator sees them, and the profile points observed at run time.
+pub type StatusView = (Vec<NodeStatus>, Vec<ProfileRow>);
+
+/// Messages of the coordinator actor.
+pub enum CoordMsg {
+    /// Follow Raft leadership and, while leading, run one control step.
+    Tick,
+    /// A node's heartbeat; the reply says whether this node accepted it as coordinator.
+    Heartbeat {
+        /// The heartbeat.
+        hb: Heartbeat,
+        /// `true`: accepted; `false`: not the coordinator.
+        reply: RpcReplyPort<bool>,
+    },
+    /// A solve started in `term` finished (committed or not).
+    SolveDone {
+        /// The term the solve was started in.
+        term: u64,
+        /// The inputs it planned for.
+        inputs: String,
+    },
+    /// A plan push started in `term` finished.
+    PushDone {
+        /// The term the push was started in.
+        term: u64,
+        /// The node pushed to.
+        node: String,
+        /// The epoch pushed.
+        epoch: u64,
+        /// Its report, or `None` when no valid answer came back.
+        outcome: Option<ApplyOutcome>,
+    },
+    /// Members and observed profiles, when this node coordinates (`None` otherwise).
+    Status {
+        /// The answer.
+        reply: RpcReplyPort<Option<StatusView>>,
+    },
+}
+
+/// What the coordinator actor needs.
+pub struct CoordinatorArgs<T: Transport> {
+    /// This node's id.
+    pub name: String,
+    /// Tick period, ms.
+    pub tick_ms: u64,
+    /// Shortest election timeout, ms: a leader whose last quorum ack is older stops
+    /// coordinating.
+    pub election_min_ms: u64,
+    /// Plan push timeout, ms.
+    pub push_timeout_ms: u64,
+    /// The planner.
+    pub planner: PlanFn,
+    /// Transport for plan pushes.
+    pub transport: Arc<T>,
+    /// This node's Raft.
+    pub raft: Raft,
+    /// The state machine (committed state).
+    pub sm: StateMachine,
+    /// Where the term led is published.
+    pub leading: watch::Sender<Option<u64>>,
+    /// Where the coordinator as Raft knows it (name, address) is published.
+    pub hint: Arc<watch::Sender<Option<(String, String)>>>,
+    /// The node's time origin (`now_ms` counts from it).
+    pub origin: tokio::time::Instant,
+}
+
+/// The actor's state.
+pub struct CoordinatorState<T: Transport> {
+    args: CoordinatorArgs<T>,
+    core: Leader,
+    /// Proposals, solves and pushes in flight; aborted when the actor stops.
+    tasks: JoinSet<()>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The coordinator actor (see the module docs).
+pub struct CoordinatorActor<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for CoordinatorActor<T> {
+    fn default() -> Self {
+        CoordinatorActor(PhantomData)
+    }
+}
+
+impl<T: Transport> CoordinatorState<T> {
+    fn now_ms(&self) -> u64 {
+        tokio::time::Instant::now().duration_since(self.args.origin).as_millis() as u64
+    }
+
+    fn spawn(&mut self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.tasks.try_join_next().is_some() {}
+        self.tasks.spawn(f);
+    }
+
+    /// Raft's view: the term this node leads (with a fresh quorum), and the leader's address.
+    fn observe(&mut self) {
+        let a = &self.args;
+        let m = a.raft.metrics().borrow().clone();
+        // openraft 0.9 does not step a leader down when it loses its quorum; a leader cut off
+        // from the other voters stops acting as coordinator once its last quorum ack is older
+        // than the shortest election timeout (a new leader may exist by then).
+        let quorum_fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms < a.election_min_ms);
+        let leads = m.current_leader == Some(node_id(&a.name)) && m.state.is_leader() && quorum_fresh;
+        let now = self.now_ms();
+        match self.core.observe(leads.then_some(m.current_term), now) {
+            Transition::Became { term } => tracing::info!(node = %self.args.name, term, "became coordinator"),
+            Transition::SteppedDown { term } => tracing::info!(node = %self.args.name, term, "no longer coordinator"),
+            Transition::None => {}
+        }
+        let term = self.core.term();
+        self.args.leading.send_if_modified(|t| std::mem::replace(t, term) != term);
+        if let Some(n) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) {
+            self.args.hint.send_replace(Some((n.name, n.addr)));
+        }
+    }
+
+    fn tick(&mut self, myself: &ActorRef<CoordMsg>) {
+        self.observe();
+        let state = self.args.sm.snapshot_state().state;
+        let now = self.now_ms();
+        if let Some((term, actions)) = self.core.tick(now, &state) {
+            self.execute(myself, term, actions, &state);
+        }
+    }
+
+    fn execute(&mut self, myself: &ActorRef<CoordMsg>, term: u64, actions: Vec<Action>, state: &ClusterState) {
+        for a in actions {
+            let me = myself.clone();
+            match a {
+                Action::Propose(cmd) => {
+                    let raft = self.args.raft.clone();
+                    self.spawn(async move {
+                        match raft.client_write(cmd).await {
+                            Ok(_) => {
+                                let _ = me.cast(CoordMsg::Tick);
+                            }
+                            Err(e) => tracing::debug!(%e, "proposal not committed"),
+                        }
+                    });
+                }
+                Action::Solve { inputs, epoch } => {
+                    let (live, observed) =
+                        self.core.control().map(|c| (c.live_layouts(), c.observed_profiles())).unwrap_or_default();
+                    let (raft, planner, name, state) =
+                        (self.args.raft.clone(), self.args.planner.clone(), self.args.name.clone(), state.clone());
+                    self.spawn(async move {
+                        // HiGHS runs for up to its time limit: keep it off the runtime's workers.
+                        let solved =
+                            tokio::task::spawn_blocking(move || planner(&state, epoch, &live, &observed)).await;
+                        match solved {
+                            Ok(plan) => {
+                                tracing::info!(node = %name, epoch, apps = ?plan.apps, "plan computed");
+                                match raft.client_write(ClusterCommand::CommitPlan(plan)).await {
+                                    Ok(o) => tracing::info!(node = %name, "{}", o.data.message),
+                                    Err(e) => tracing::debug!(%e, "plan not committed"),
+                                }
+                            }
+                            Err(e) => tracing::error!(node = %name, epoch, %e, "the planner failed"),
+                        }
+                        let _ = me.cast(CoordMsg::SolveDone { term, inputs });
+                    });
+                }
+                Action::Push { node, addr, epoch, gpus, routes } => {
+                    let (transport, name) = (self.args.transport.clone(), self.args.name.clone());
+                    let timeout = Duration::from_millis(self.args.push_timeout_ms);
+                    self.spawn(async move {
+                        let msg = WireMessage::PlanPush { epoch, coordinator: name, gpus, routes: (*routes).clone() };
+                        let outcome = match transport.request(&node, &addr, msg, timeout).await {
+                            Ok(WireMessage::PlanReport { outcome, .. }) => Some(outcome),
+                            Ok(other) => {
+                                tracing::warn!(%node, ?other, "unexpected reply to a plan push");
+                                None
+                            }
+                            Err(e) => {
+                                tracing::debug!(%node, %e, "plan push failed");
+                                None
+                            }
+                        };
+                        let _ = me.cast(CoordMsg::PushDone { term, node, epoch, outcome });
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl<T: Transport> Actor for CoordinatorActor<T> {
+    type Msg = CoordMsg;
+    type State = CoordinatorState<T>;
+    type Arguments = CoordinatorArgs<T>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CoordMsg>,
+        args: CoordinatorArgs<T>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cfg = ControlConfig { push_timeout_ms: args.push_timeout_ms, ..ControlConfig::default() };
+        let period = Duration::from_millis(args.tick_ms.max(1));
+        let me = myself.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if me.cast(CoordMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(CoordinatorState { args, core: Leader::new(cfg), tasks: JoinSet::new(), ticker: Some(ticker) })
+    }
+
+    async fn post_stop(&self, _: ActorRef<CoordMsg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        state.tasks.abort_all();
+        state.args.leading.send_replace(None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CoordMsg>,
+        msg: CoordMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CoordMsg::Tick => state.tick(&myself),
+            CoordMsg::Heartbeat { hb, reply } => {
+                let now = state.now_ms();
+                let _ = reply.send(state.core.heartbeat(now, hb));
+            }
+            CoordMsg::SolveDone { term, inputs } => {
+                if state.core.solve_done(term, &inputs) {
+                    state.tick(&myself); // push the new plan now, not at the next tick
+                } else {
+                    tracing::debug!(term, "dropped the solve result of another term");
+                }
+            }
+            CoordMsg::PushDone { term, node, epoch, outcome } => {
+                let now = state.now_ms();
+                if !state.core.push_done(term, now, &node, epoch, outcome) {
+                    tracing::debug!(term, %node, epoch, "dropped the push result of another term");
+                }
+            }
+            CoordMsg::Status { reply } => {
+                let now = state.now_ms();
+                let committed = state.args.sm.snapshot_state().state;
+                let _ = reply.send(state.core.status(now, &committed));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running coordinator actor.
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    actor: ActorRef<CoordMsg>,
+    leading: watch::Receiver<Option<u64>>,
+}
+
+/// Why the coordinator did not answer: it stopped (the node is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator actor is not running: {0}")]
+pub struct CoordinatorGone(String);
+
+impl CoordinatorHandle {
+    /// Start the actor.
+    pub async fn start<T: Transport>(
+        args: CoordinatorArgs<T>,
+        leading: watch::Receiver<Option<u64>>,
+    ) -> Result<CoordinatorHandle, ractor::SpawnErr> {
+        let (actor, _) = Actor::spawn(None, CoordinatorActor::<T>::default(), args).await?;
+        Ok(CoordinatorHandle { actor, leading })
+    }
+
+    /// The Raft term this node coordinates in, if it does.
+    pub fn leading(&self) -> Option<u64> {
+        *self.leading.borrow()
+    }
+
+    /// Offer a heartbeat; `true` when this node accepted it as coordinator.
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<bool, CoordinatorGone> {
+        ractor::call!(self.actor, |reply| CoordMsg::Heartbeat { hb, reply }).map_err(|e| CoordinatorGone(e.to_string()))
+    }
+
+    /// Members and observed profiles, when this node coordinates.
+    pub async fn status(&self) -> Result<Option<StatusView>, CoordinatorGone> {
+        ractor::call!(self.actor, |reply| CoordMsg::Status { reply }).map_err(|e| CoordinatorGone(e.to_string()))
+    }
+
+    /// Run a control step now.
+    pub fn kick(&self) {
+        let _ = self.actor.cast(CoordMsg::Tick);
+    }
+
+    /// Stop the actor (its in-flight tasks are aborted).
+    pub fn stop(&self) {
+        self.actor.stop(None);
+    }
+
+    /// The actor itself (tests send it results of other terms).
+    pub fn actor(&self) -> &ActorRef<CoordMsg> {
+        &self.actor
+    }
+}

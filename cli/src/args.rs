@@ -1,0 +1,308 @@
+//! The `jigsaw` command line: the clap argument types of every command. The commands
+//! themselves live in one module per group; `main.rs` only dispatches.
+
+use clap::{Args, Parser, Subcommand};
+use jigsaw_coordinator::SearchSpace;
+use jigsaw_protocol::catalogue::GpuModel;
+use std::path::PathBuf;
+
+/// jigsaw: serve compound inference systems on MIG/MPS-partitioned GPUs.
+#[derive(Debug, Parser)]
+#[command(name = "jigsaw", version, about)]
+pub struct Cli {
+    /// Operator config file (TOML, see `deploy/jigsaw.toml`).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Command.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan one application: variants, segments, batches, replicas and per-GPU layout.
+    Plan(PlanArgs),
+    /// Experiments over the planner.
+    #[command(subcommand)]
+    Analyze(AnalyzeCmd),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Profile tables.
+    #[command(subcommand)]
+    Profiles(ProfilesCmd),
+    /// The cluster certificate authority for mutual TLS between agents.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Run this node's agent (reads the `[node]` section of --config) until SIGTERM.
+    Agent,
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Start a local cluster of agent processes on loopback with simulated GPUs.
+    Up {
+        /// Agent processes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Simulated GPUs per node.
+        #[arg(long, default_value_t = 4)]
+        gpus_per_node: u32,
+        /// GPU model.
+        #[arg(long, default_value = "h100-80gb")]
+        gpu: GpuModel,
+        /// Coordinator-eligible nodes (Raft voters), the first ones.
+        #[arg(long, default_value_t = 3)]
+        eligible: usize,
+        /// Cluster directory (CA, configs, data, logs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Do not register the example apps.
+        #[arg(long)]
+        no_apps: bool,
+        /// Simulated MIG create/destroy latency, ms.
+        #[arg(long, default_value_t = 100)]
+        reconfig_ms: u64,
+        /// Executor of the agents' worker processes: `timed` sleeps each batch's profiled
+        /// latency (simulated GPU time), `cpu` runs scaled-down models on the CPU.
+        #[arg(long, default_value = "timed")]
+        executor: jigsaw_agent::dataplane::worker::ExecutorKind,
+    },
+    /// Measure a profile table by running the serving workers on each configuration
+    /// (resumable: rows already in --out are kept and skipped).
+    Profile {
+        /// Application spec.
+        #[arg(long)]
+        app: PathBuf,
+        /// Output CSV (appended to; an interrupted run resumes).
+        #[arg(long)]
+        out: PathBuf,
+        /// GPU model the rows are for.
+        #[arg(long, default_value = "h100-80gb")]
+        gpu: GpuModel,
+        /// MIG profiles.
+        #[arg(long, value_delimiter = ',', default_value = "1g.10gb,2g.20gb,3g.40gb,7g.80gb")]
+        mig: Vec<String>,
+        /// MPS levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        mps: Vec<u8>,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        batch: Vec<u32>,
+        /// Timed batches per worker and configuration.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Executor: `cpu` (scaled-down reference models on this CPU), `cuda` (the GPU the
+        /// worker sees), `timed` (replays --curves; tests the pipeline only).
+        #[arg(long, default_value = "cpu")]
+        executor: jigsaw_agent::dataplane::worker::ExecutorKind,
+        /// Profile CSV whose latencies the `timed` executor replays.
+        #[arg(long)]
+        curves: Option<PathBuf>,
+    },
+    /// One worker process of a segment instance (started and supervised by the agent).
+    Worker {
+        /// The worker's spec, JSON (written by the agent).
+        #[arg(long)]
+        spec_json: String,
+    },
+    /// Send open-loop load to an application through the inference API and report outcomes.
+    Load {
+        /// Load options.
+        #[command(flatten)]
+        args: crate::load::LoadArgs,
+        /// Local cluster directory whose agents are the targets when no --target is given.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Stop a local cluster and remove its directory.
+    Down {
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the directory (logs, data).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Members, coordinator, plan epoch and each GPU's MIG layout.
+    Status {
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Applications.
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Plan the shipped example applications on 4 simulated H100s (the default demo).
+    Demo {
+        /// Directory holding `apps/` and `profiles/`.
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+    },
+}
+
+/// `jigsaw config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate --config (planner and node sections) and print what it resolves to.
+    Check,
+}
+
+/// `jigsaw app ...`.
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// Register (or replace) an application; the coordinator re-plans.
+    Register {
+        /// App spec (TOML).
+        spec: PathBuf,
+        /// Profile CSV.
+        #[arg(long)]
+        profiles: PathBuf,
+        /// Demand to plan for, requests/s.
+        #[arg(long)]
+        rps: f64,
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Remove an application.
+    Remove {
+        /// App name.
+        name: String,
+        /// Cluster directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Inputs shared by the planner commands.
+#[derive(Debug, Args)]
+pub struct Inputs {
+    /// Application spec (TOML or JSON).
+    #[arg(long)]
+    pub app: PathBuf,
+    /// Profile CSV.
+    #[arg(long)]
+    pub profiles: PathBuf,
+    /// GPU model: a100-40gb, a100-80gb, h100-80gb, h200.
+    #[arg(long, default_value = "h100-80gb")]
+    pub gpu: GpuModel,
+    /// Number of GPUs available.
+    #[arg(long)]
+    pub gpus: usize,
+}
+
+/// `jigsaw plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Files and GPUs.
+    #[command(flatten)]
+    pub inputs: Inputs,
+    /// Root demand, requests/s.
+    #[arg(long)]
+    pub demand: f64,
+    /// Search space: Unopt, T, A, S, A+T, S+T, A+S, A+S+T.
+    #[arg(long, default_value = "A+S+T")]
+    pub space: SearchSpace,
+    /// Print the plan as JSON (docs/plan-json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jigsaw analyze ...`.
+#[derive(Debug, Subcommand)]
+pub enum AnalyzeCmd {
+    /// Maximum serviceable demand of each search space (paper Figure 3).
+    MaxDemand {
+        /// Files and GPUs.
+        #[command(flatten)]
+        inputs: Inputs,
+        /// Where to write the SVG bar chart.
+        #[arg(long, default_value = "max-demand.svg")]
+        svg: PathBuf,
+    },
+}
+
+/// `jigsaw bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Planner solve times for 4, 120 and 1000 GPUs on each example app.
+    Planner {
+        /// Directory holding `apps/` and `profiles/`.
+        #[arg(long, default_value = "examples")]
+        examples: PathBuf,
+        /// GPU counts.
+        #[arg(long, value_delimiter = ',', default_value = "4,120,1000")]
+        gpus: Vec<usize>,
+        /// Repetitions per case (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Failover and plan distribution times of in-process clusters over QUIC on loopback.
+    Mesh {
+        /// Cluster sizes (nodes).
+        #[arg(long, value_delimiter = ',', default_value = "4,32")]
+        nodes: Vec<usize>,
+        /// Repetitions of each measurement.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Simulated GPUs per node.
+        #[arg(long, default_value_t = 2)]
+        gpus_per_node: u32,
+    },
+    /// Data-plane overhead with a no-op model: per-hop latency over QUIC on loopback and
+    /// throughput through a 2-stage graph.
+    Dataplane {
+        /// Requests in the throughput run (and at most 5000 in the per-hop run).
+        #[arg(long, default_value_t = 50_000)]
+        requests: usize,
+        /// Requests in flight during the throughput run.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Largest batch of the no-op instances.
+        #[arg(long, default_value_t = 16)]
+        batch: u32,
+    },
+}
+
+/// `jigsaw ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// Create a cluster CA (`ca.pem`, `ca.key`, `ca.name`) in DIR; never overwrites one.
+    Init {
+        /// Directory for the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Cluster name (goes into the CA's subject).
+        #[arg(long, default_value = "jigsaw")]
+        cluster: String,
+    },
+    /// Issue NODE's certificate and key (`NODE.pem`, `NODE.key`) from the CA in DIR.
+    Issue {
+        /// Node id (the name peers dial it by).
+        node: String,
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// `jigsaw profiles ...`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCmd {
+    /// Generate SYNTHETIC profiles from the analytic model (docs/profiles.md).
+    Synth {
+        /// Application spec.
+        #[arg(long)]
+        app: PathBuf,
+        /// GPU model.
+        #[arg(long, default_value = "h100-80gb")]
+        gpu: GpuModel,
+        /// Output CSV (stdout if omitted).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,5 @@
+//! Benchmarks that print figures: `jigsaw bench mesh` and `jigsaw bench dataplane`
+//! (`jigsaw bench planner` lives with the planner commands in [`crate::planning`]).
+
+pub mod dataplane;
+pub mod mesh;

@@ -1,0 +1,24 @@
+//! # jigsaw-cli
+//!
+//! The `jigsaw` command-line tool: the binary operators and scripts run. It owns argument
+//! parsing (clap), error reporting (anyhow) and every subcommand, one module per group;
+//! the node runtime it starts (`jigsaw agent`, `jigsaw up`) is the `jigsaw-agent` library.
+//!
+//! * [`args`]: the clap types of every command.
+//! * [`cluster`]: `jigsaw agent` (one node from its config), `up` / `down` (a local cluster
+//!   of agent processes on loopback with simulated GPUs), `status`, `app register|remove`
+//!   (operator requests over QUIC with the admin certificate).
+//! * [`planning`]: `plan`, `analyze max-demand`, `bench planner`, `profiles synth`, `demo`.
+//! * [`load`]: `jigsaw load`, the open-loop load generator for the KServe v2 HTTP API, and
+//!   its pure core ([`load::schedule`]: arrival schedules and outcome accounting).
+//! * [`profile`]: `jigsaw profile`, measuring the profile table with real workers.
+//! * [`bench`]: `bench mesh` (failover and plan distribution) and `bench dataplane`.
+//! * [`ops`]: `config check` and `ca init|issue`.
+
+pub mod args;
+pub mod bench;
+pub mod cluster;
+pub mod load;
+pub mod ops;
+pub mod planning;
+pub mod profile;
