@@ -53,18 +53,7 @@ impl GpuBackend for Faulty {
 }
 
 fn inst(profile: &str, start: u8, task: &str) -> InstancePlan {
-    InstancePlan {
-        mig_profile: profile.into(),
-        start,
-        slices: 1,
-        mps: 2,
-        task: task.into(),
-        variant: "v".into(),
-        batch: 8,
-        p95_ms: 1.0,
-        throughput_rps: 1.0,
-        app: String::new(),
-    }
+    InstancePlan { mps: 2, ..jigsaw_protocol::testing::instance(task, profile, start) }
 }
 
 type Inventory = watch::Receiver<(u64, Vec<GpuInventory>)>;

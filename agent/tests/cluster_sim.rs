@@ -74,18 +74,7 @@ const DEFAULT: Scenario = Scenario {
 };
 
 fn inst(profile: &str, start: u8, slices: u8, task: &str, mps: u8) -> InstancePlan {
-    InstancePlan {
-        mig_profile: profile.into(),
-        start,
-        slices,
-        mps,
-        task: task.into(),
-        variant: "v".into(),
-        batch: 8,
-        p95_ms: 1.0,
-        throughput_rps: 1.0,
-        app: String::new(),
-    }
+    InstancePlan { slices, mps, ..jigsaw_protocol::testing::instance(task, profile, start) }
 }
 
 /// Deterministic toy planner: each alive GPU gets one of several layouts chosen by epoch.

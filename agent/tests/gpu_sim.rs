@@ -40,18 +40,7 @@ fn simulator_limits_mps_clients_and_reports_latency() {
 }
 
 fn inst(profile: &str, start: u8, task: &str, mps: u8) -> InstancePlan {
-    InstancePlan {
-        mig_profile: profile.into(),
-        start,
-        slices: 0,
-        mps,
-        task: task.into(),
-        variant: "v".into(),
-        batch: 8,
-        p95_ms: 1.0,
-        throughput_rps: 1.0,
-        app: String::new(),
-    }
+    InstancePlan { slices: 0, mps, ..jigsaw_protocol::testing::instance(task, profile, start) }
 }
 
 fn live_segments(gpu: &SimGpu, assignments: &[(u8, Assignment)]) -> Vec<LiveSegment> {

@@ -13,7 +13,7 @@ use jigsaw_protocol::app::{AppSpec, ModelDesc};
 use jigsaw_protocol::infer::{InferRequest, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, Target, TaskRoute};
-use jigsaw_protocol::{GpuModel, ProfileRow};
+use jigsaw_protocol::ProfileRow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,62 +118,34 @@ async fn pool_answers_hopeless_items_with_early_drop() {
     assert!(matches!(rx.await.expect("answered"), StageOutcome::Done { .. }));
 }
 
-const APP: &str = r#"
-name = "pipe"
-latency_slo_ms = 500.0
-accuracy_slo = 0.5
-
-[[tasks]]
-name = "detect"
-[[tasks.variants]]
-name = "det"
-accuracy = 0.9
-model = { family = "yolov5", gflops = 10.0, params_m = 7.0, activation_mb = 10.0 }
-fanout = { classify = 2.0 }
-
-[[tasks]]
-name = "classify"
-[[tasks.variants]]
-name = "cls"
-accuracy = 0.9
-model = { family = "resnet", gflops = 4.0, params_m = 25.0, activation_mb = 10.0 }
-
-[[edges]]
-from = "detect"
-to = "classify"
-"#;
+/// detect (fan-out 2) → classify.
+fn app_toml() -> String {
+    use jigsaw_protocol::testing::{variant, AppToml};
+    AppToml::new("pipe", 500.0, 0.5)
+        .task("detect", vec![variant("det", 0.9, "yolov5", 10.0).fanout("classify", 2.0)])
+        .task("classify", vec![variant("cls", 0.9, "resnet", 4.0)])
+        .edge("detect", "classify")
+        .build()
+}
 
 fn inst(task: &str, variant: &str, start: u8, p95: f64) -> InstancePlan {
     InstancePlan {
-        mig_profile: "1g.10gb".into(),
-        start,
-        slices: 1,
-        mps: 1,
-        task: task.into(),
         variant: variant.into(),
         batch: 2,
         p95_ms: p95,
         throughput_rps: 100.0,
         app: "pipe".into(),
+        ..jigsaw_protocol::testing::instance(task, "1g.10gb", start)
     }
 }
 
 fn row(task: &str, variant: &str, batch: u32, p95: f64) -> ProfileRow {
-    ProfileRow {
-        task: task.into(),
-        variant: variant.into(),
-        gpu: GpuModel::H100_80gb,
-        mig_profile: "1g.10gb".into(),
-        mps: 1,
-        batch,
-        p95_ms: p95,
-        throughput_rps: 100.0,
-    }
+    ProfileRow { variant: variant.into(), batch, throughput_rps: 100.0, ..jigsaw_protocol::testing::row(task, p95) }
 }
 
 /// detect on node `a` (local to the frontend), classify on node `b` (over the transport).
 fn table() -> RoutingTable {
-    let spec = AppSpec::parse(APP, "pipe.toml").expect("app parses");
+    let spec = AppSpec::parse(&app_toml(), "pipe.toml").expect("app parses");
     let det = inst("detect", "det", 0, 4.0);
     let cls = inst("classify", "cls", 0, 3.0);
     RoutingTable {

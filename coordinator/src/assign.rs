@@ -136,18 +136,7 @@ mod tests {
     use super::*;
 
     fn inst(profile: &str, start: u8, task: &str) -> InstancePlan {
-        InstancePlan {
-            mig_profile: profile.into(),
-            start,
-            slices: 1,
-            mps: 1,
-            task: task.into(),
-            variant: "v".into(),
-            batch: 8,
-            p95_ms: 1.0,
-            throughput_rps: 1.0,
-            app: String::new(),
-        }
+        jigsaw_protocol::testing::instance(task, profile, start)
     }
 
     fn phys(node: &str, live: Vec<InstancePlan>) -> PhysicalGpu {

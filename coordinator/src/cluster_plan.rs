@@ -147,16 +147,7 @@ mod tests {
 
     #[test]
     fn observations_replace_registered_rows_only() {
-        let row = |task: &str, p95: f64| ProfileRow {
-            task: task.into(),
-            variant: "v".into(),
-            gpu: GpuModel::H100_80gb,
-            mig_profile: "1g.10gb".into(),
-            mps: 1,
-            batch: 8,
-            p95_ms: p95,
-            throughput_rps: 10.0,
-        };
+        let row = jigsaw_protocol::testing::row;
         let mut t = ProfileTable::from_rows([row("a", 5.0)]);
         assert_eq!(merge_observed(&mut t, &[row("a", 9.0), row("unknown", 1.0)]), 1);
         assert_eq!(t.len(), 1, "no new configuration");

@@ -361,16 +361,7 @@ mod tests {
     #[test]
     fn observed_profiles_keep_the_latest_point_per_configuration() {
         let mut c = Control::new(ControlConfig::default(), 0);
-        let row = |p95: f64| ProfileRow {
-            task: "t".into(),
-            variant: "v".into(),
-            gpu: GpuModel::H100_80gb,
-            mig_profile: "1g.10gb".into(),
-            mps: 1,
-            batch: 8,
-            p95_ms: p95,
-            throughput_rps: 10.0,
-        };
+        let row = |p95: f64| jigsaw_protocol::testing::row("t", p95);
         c.heartbeat(0, Heartbeat { observed: vec![row(5.0)], ..hb("a", 0) });
         c.heartbeat(1, Heartbeat { observed: vec![row(7.0)], ..hb("b", 0) });
         c.heartbeat(2, hb("a", 0));

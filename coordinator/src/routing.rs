@@ -91,16 +91,12 @@ mod tests {
         let t = ProfileTable::parse_csv(CSV, "t").expect("csv");
         let r = t.get(task, variant, jigsaw_protocol::GpuModel::H100_80gb, "1g.10gb", 1, batch).expect("row");
         InstancePlan {
-            mig_profile: "1g.10gb".into(),
-            start,
-            slices: 1,
-            mps: 1,
-            task: task.into(),
             variant: variant.into(),
             batch,
             p95_ms: r.p95_ms,
             throughput_rps: r.throughput_rps,
             app: app.into(),
+            ..jigsaw_protocol::testing::instance(task, "1g.10gb", start)
         }
     }
 

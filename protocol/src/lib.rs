@@ -13,8 +13,12 @@
 //!   commands of the Raft log that change it.
 //! * [`infer`]: the inference API's bodies (KServe Open Inference Protocol v2) and their
 //!   validation.
+//! * [`route`]: the routing table pushed with every plan, and the data plane's stage
+//!   messages.
 //! * [`rng`]: the seeded splitmix64 generator shared by everything that replays a seed.
 //! * [`wire`]: the framed binary envelope (magic, version, size cap) used on the network.
+//! * [`worker`]: the agent ↔ worker-process pipe protocol (same envelope and caps).
+//! * `testing` (cargo feature `testing`): fixture builders for the workspace's tests.
 //!
 //! Errors are typed and name the field, line or byte offset that is wrong.
 
@@ -26,6 +30,8 @@ pub mod plan;
 pub mod profile;
 pub mod rng;
 pub mod route;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;
 pub mod worker;
 
