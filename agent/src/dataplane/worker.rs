@@ -400,10 +400,22 @@ impl Drop for ProcessWorker {
 impl ProcessWorker {
     /// Start `exe worker --spec-json …` for `spec` and supervise it.
     pub fn start(exe: PathBuf, spec: &WorkerSpec) -> ProcessWorker {
+        Self::start_after(exe, spec, None)
+    }
+
+    /// Start a worker whose supervisor first runs `prepare` on a blocking thread (the MPS
+    /// daemon start), so the caller (an actor, under no lock) never waits on it.
+    pub fn start_after(exe: PathBuf, spec: &WorkerSpec, prepare: Option<Box<dyn FnOnce() + Send>>) -> ProcessWorker {
         let (tx, rx) = mpsc::unbounded_channel();
         let restarts = Arc::new(AtomicU32::new(0));
         let pid = Arc::new(AtomicU32::new(0));
-        let supervisor = tokio::spawn(supervise(exe, spec.clone(), rx, restarts.clone(), pid.clone()));
+        let (spec, r, p) = (spec.clone(), restarts.clone(), pid.clone());
+        let supervisor = tokio::spawn(async move {
+            if let Some(f) = prepare {
+                let _ = tokio::task::spawn_blocking(f).await;
+            }
+            supervise(exe, spec, rx, r, p).await
+        });
         ProcessWorker { jobs: tx, restarts, pid, supervisor }
     }
 }
@@ -568,9 +580,10 @@ pub fn mps_env(device: &str, root: &std::path::Path) -> Vec<(String, String)> {
     ]
 }
 
-/// Launches [`ProcessWorker`]s running `exe worker`. For the `cuda` executor it first starts
-/// the MPS control daemon of the worker's MIG device (`nvidia-cuda-mps-control -d`, once
-/// per device) when that binary is installed; without it, replicas time-share the instance.
+/// Launches [`ProcessWorker`]s running `exe worker`. For the `cuda` executor each worker's
+/// supervisor first starts the MPS control daemon of the worker's MIG device
+/// (`nvidia-cuda-mps-control -d`, once per device, on a blocking thread) when that binary
+/// is installed; without it, replicas time-share the instance.
 #[derive(Debug, Clone)]
 pub struct ProcessLauncher {
     /// The `jigsaw` executable.
@@ -607,10 +620,14 @@ fn ensure_mps_daemon(started: &Mutex<Vec<String>>, device: &str) {
 
 impl Launcher for ProcessLauncher {
     fn launch(&self, spec: &WorkerSpec) -> Arc<dyn WorkerConn> {
-        if let (ExecutorKind::Cuda, Some(d)) = (spec.executor, &spec.device) {
-            ensure_mps_daemon(&self.mps_started, d);
-        }
-        Arc::new(ProcessWorker::start(self.exe.clone(), spec))
+        let prepare: Option<Box<dyn FnOnce() + Send>> = match (spec.executor, &spec.device) {
+            (ExecutorKind::Cuda, Some(d)) => {
+                let (started, device) = (self.mps_started.clone(), d.clone());
+                Some(Box::new(move || ensure_mps_daemon(&started, &device)))
+            }
+            _ => None,
+        };
+        Arc::new(ProcessWorker::start_after(self.exe.clone(), spec, prepare))
     }
     fn executor(&self) -> ExecutorKind {
         self.kind
