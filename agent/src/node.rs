@@ -27,11 +27,9 @@ use crate::raft::{node_id, raft_config, serve_rpc, Raft, RaftNet, RaftNode};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_coordinator::cluster_plan::plan_cluster;
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
-use jigsaw_protocol::app::AppError;
-use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory};
-use jigsaw_protocol::profile::ProfileError;
+use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory, InvalidApp, ParsedApp};
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
-use jigsaw_protocol::{AppSpec, ProfileRow, ProfileTable};
+use jigsaw_protocol::ProfileRow;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -146,79 +144,9 @@ pub enum StartError {
     Raft(String),
 }
 
-/// Why an app registration was refused (the message names the field at fault).
-#[derive(Debug, thiserror::Error)]
-pub enum InvalidApp {
-    /// The spec or the profiles exceed their size cap.
-    #[error("app `{name}` is too large: spec {spec} bytes (limit {max_spec}), profiles {profiles} bytes (limit {max_profiles})")]
-    TooLarge {
-        /// App name.
-        name: String,
-        /// Spec size.
-        spec: usize,
-        /// Its cap.
-        max_spec: usize,
-        /// Profiles size.
-        profiles: usize,
-        /// Their cap.
-        max_profiles: usize,
-    },
-    /// The spec does not parse or is inconsistent.
-    #[error(transparent)]
-    Spec(#[from] AppError),
-    /// The registration and the spec disagree on the name.
-    #[error("registration names app `{registered}` but the spec names `{spec}`")]
-    NameMismatch {
-        /// Name in the registration.
-        registered: String,
-        /// Name in the spec.
-        spec: String,
-    },
-    /// The demand is not a positive number.
-    #[error("demand must be a positive number of requests/s, got {0}")]
-    Demand(f64),
-    /// The profile CSV does not parse.
-    #[error(transparent)]
-    Profiles(#[from] ProfileError),
-    /// A task has no profile row.
-    #[error("the profiles have no row for task `{0}`")]
-    NoProfile(String),
-}
-
-/// An app registration that passed [`validate_app`], in parsed form.
-#[derive(Debug, Clone)]
-pub struct ValidApp {
-    /// The spec.
-    pub spec: AppSpec,
-    /// The profiles.
-    pub profiles: ProfileTable,
-}
-
-/// Check an app registration: the spec and profiles parse and agree on the name.
-pub fn validate_app(entry: &AppEntry) -> Result<ValidApp, InvalidApp> {
-    const MAX_SPEC: usize = 256 * 1024;
-    const MAX_PROFILES: usize = 4 * 1024 * 1024;
-    if entry.spec_toml.len() > MAX_SPEC || entry.profiles_csv.len() > MAX_PROFILES {
-        return Err(InvalidApp::TooLarge {
-            name: entry.name.clone(),
-            spec: entry.spec_toml.len(),
-            max_spec: MAX_SPEC,
-            profiles: entry.profiles_csv.len(),
-            max_profiles: MAX_PROFILES,
-        });
-    }
-    let spec = AppSpec::parse(&entry.spec_toml, &format!("app `{}`", entry.name))?;
-    if spec.name != entry.name {
-        return Err(InvalidApp::NameMismatch { registered: entry.name.clone(), spec: spec.name });
-    }
-    if !(entry.demand_rps.is_finite() && entry.demand_rps > 0.0) {
-        return Err(InvalidApp::Demand(entry.demand_rps));
-    }
-    let profiles = ProfileTable::parse_csv(&entry.profiles_csv, &format!("profiles of `{}`", entry.name))?;
-    if let Some(t) = spec.tasks.iter().find(|t| !profiles.rows().any(|r| r.task == t.name)) {
-        return Err(InvalidApp::NoProfile(t.name.clone()));
-    }
-    Ok(ValidApp { spec, profiles })
+/// Check an app registration at the edge (see [`AppEntry::parse`]).
+pub fn validate_app(entry: &AppEntry) -> Result<ParsedApp, InvalidApp> {
+    entry.parse()
 }
 
 /// The coordinator as this node knows it (name, address), shared by the tasks that learn it.

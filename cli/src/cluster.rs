@@ -479,11 +479,14 @@ pub fn cmd_status(dir: &Path, json: bool) -> Result<String> {
 /// `jigsaw app register`.
 pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> Result<String> {
     let spec_toml = std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let app = jigsaw_protocol::AppSpec::parse(&spec_toml, &spec.display().to_string())?;
     let profiles_csv = std::fs::read_to_string(profiles).with_context(|| format!("reading {}", profiles.display()))?;
-    jigsaw_protocol::ProfileTable::parse_csv(&profiles_csv, &profiles.display().to_string())?;
-    let entry = AppEntry { name: app.name.clone(), spec_toml, profiles_csv, demand_rps: rps };
-    jigsaw_agent::node::validate_app(&entry).map_err(|e| anyhow!("{e}"))?;
+    let (entry, _) = AppEntry::from_sources(
+        spec_toml,
+        &spec.display().to_string(),
+        profiles_csv,
+        &profiles.display().to_string(),
+        rps,
+    )?;
     operator_request(dir, ClientRequest::RegisterApp(entry))
 }
 

@@ -14,7 +14,7 @@ use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem};
 use crate::spaces::SearchSpace;
 use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState};
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::{AppSpec, GpuModel, ProfileRow, ProfileTable};
+use jigsaw_protocol::{GpuModel, ProfileRow, ProfileTable};
 use std::collections::BTreeMap;
 
 /// Live layouts by (node, GPU UUID), from the agents' latest reports.
@@ -70,11 +70,8 @@ pub fn plan_cluster(
             accuracy: 0.0,
             note: Some(note),
         };
-        let parsed = AppSpec::parse(&entry.spec_toml, &entry.name).map_err(|e| e.to_string()).and_then(|a| {
-            ProfileTable::parse_csv(&entry.profiles_csv, &entry.name).map(|p| (a, p)).map_err(|e| e.to_string())
-        });
-        let (app, mut profiles) = match parsed {
-            Ok(x) => x,
+        let (app, mut profiles) = match entry.parse() {
+            Ok(p) => (p.spec, p.profiles),
             Err(e) => {
                 apps.push(unplaced(format!("invalid registration: {e}")));
                 continue;

@@ -275,7 +275,103 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
     let app = pb.app;
     let spec = pb.gpu.spec();
     let nt = app.tasks.len();
-    // Options and their frontiers.
+    let opts = options(&pb, spec)?;
+    let min_l: Vec<f64> = (0..nt)
+        .map(|t| opts.iter().filter(|o| o.t == t).map(|o| o.frontier[0].l).fold(f64::INFINITY, f64::min))
+        .collect();
+    let paths = app.paths();
+    let half = app.latency_slo_ms / 2.0;
+    for p in &paths {
+        let s: f64 = p.iter().map(|&t| min_l[t]).sum();
+        if s > half + 1e-9 {
+            return Err(PlanError::LatencyInfeasible {
+                path: p.iter().map(|&t| app.tasks[t].name.as_str()).collect::<Vec<_>>().join(" -> "),
+                min_ms: s,
+                need: 2.0 * s,
+                slo_ms: app.latency_slo_ms,
+                short: 2.0 * s - app.latency_slo_ms,
+            });
+        }
+    }
+
+    // Accuracy constants.
+    let f = path_weights(app, &paths);
+    let amax_task: Vec<f64> = (0..nt).map(|t| app.tasks[t].variants[app.best_variant(t)].accuracy).collect();
+    let amax_path: Vec<f64> = paths.iter().map(|p| p.iter().map(|&t| amax_task[t]).product()).collect();
+    let a_max: f64 = f.iter().zip(&amax_path).map(|(a, b)| a * b).sum();
+    let order = app.topo_order().map_err(|e| PlanError::MissingProfiles {
+        task: e.to_string(),
+        gpu: pb.gpu,
+        space: pb.space,
+        need: "an acyclic graph".into(),
+    })?;
+    let (rho_min, fixed_rho) = demand_multipliers(app, pb.space, &order);
+    let kappa: Vec<Option<f64>> = (0..nt)
+        .map(|t| {
+            let w: f64 = paths
+                .iter()
+                .zip(&f)
+                .filter(|(p, _)| p.contains(&t))
+                .map(|(p, fp)| {
+                    fp * amax_task[t] * p.iter().filter(|&&u| u != t).map(|&u| amax_task[u]).product::<f64>()
+                })
+                .sum();
+            (rho_min[t] > 1e-12).then(|| w / (amax_task[t] * rho_min[t]))
+        })
+        .collect();
+
+    let classes = layout_classes(spec, pb.space);
+
+    // Latency levels.
+    let mut slice_budget = vec![None; nt];
+    let (levels, exact_levels) = if pb.space.t {
+        let mut exact = true;
+        let levels = (0..nt)
+            .map(|t| {
+                let (ls, exact_t) = latency_levels(t, &opts, &paths, &min_l, half, cfg.max_levels);
+                exact &= exact_t;
+                ls
+            })
+            .collect();
+        (levels, exact)
+    } else {
+        let (budgets, shares) = static_budgets(app, pb, spec, &opts, &paths);
+        let budgets_slices = slice_budgets(&shares, pb.gpus, pb.space.s);
+        for t in 0..nt {
+            if budgets[t] + 1e-9 < min_l[t] {
+                return Err(PlanError::StaticBudget {
+                    space: pb.space,
+                    task: app.tasks[t].name.clone(),
+                    budget_ms: budgets[t],
+                    min_ms: min_l[t],
+                });
+            }
+            slice_budget[t] = Some(budgets_slices[t]);
+        }
+        (budgets.into_iter().map(|b| vec![b]).collect(), true)
+    };
+
+    Ok(Prepared {
+        pb,
+        spec,
+        opts,
+        classes,
+        paths,
+        kappa,
+        amax_task,
+        a_max,
+        fixed_rho,
+        slice_budget,
+        levels,
+        exact_levels,
+    })
+}
+
+/// Every allowed (task, variant, MIG profile) option with its Pareto frontier of operating
+/// points, from one pass over the profile table; an error names a task left without any.
+fn options(pb: &Problem<'_>, spec: &GpuSpec) -> Result<Vec<Opt>, PlanError> {
+    let app = pb.app;
+    let nt = app.tasks.len();
     let mut opts = Vec::new();
     // One pass over the profile table: operating points grouped by (task, variant, profile).
     let mut points: BTreeMap<(usize, usize, usize), Vec<Point>> = BTreeMap::new();
@@ -319,39 +415,16 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
             });
         }
     }
-    let min_l: Vec<f64> = (0..nt)
-        .map(|t| opts.iter().filter(|o| o.t == t).map(|o| o.frontier[0].l).fold(f64::INFINITY, f64::min))
-        .collect();
-    let paths = app.paths();
-    let half = app.latency_slo_ms / 2.0;
-    for p in &paths {
-        let s: f64 = p.iter().map(|&t| min_l[t]).sum();
-        if s > half + 1e-9 {
-            return Err(PlanError::LatencyInfeasible {
-                path: p.iter().map(|&t| app.tasks[t].name.as_str()).collect::<Vec<_>>().join(" -> "),
-                min_ms: s,
-                need: 2.0 * s,
-                slo_ms: app.latency_slo_ms,
-                short: 2.0 * s - app.latency_slo_ms,
-            });
-        }
-    }
+    Ok(opts)
+}
 
-    // Accuracy constants.
-    let f = path_weights(app, &paths);
-    let amax_task: Vec<f64> = (0..nt).map(|t| app.tasks[t].variants[app.best_variant(t)].accuracy).collect();
-    let amax_path: Vec<f64> = paths.iter().map(|p| p.iter().map(|&t| amax_task[t]).product()).collect();
-    let a_max: f64 = f.iter().zip(&amax_path).map(|(a, b)| a * b).sum();
-    let order = app.topo_order().map_err(|e| PlanError::MissingProfiles {
-        task: e.to_string(),
-        gpu: pb.gpu,
-        space: pb.space,
-        need: "an acyclic graph".into(),
-    })?;
-    // ρ_min (least demand multiplier) and fixed ρ (when demand is a fixed multiple of R).
+/// ρ_min (the least demand multiplier of each task) and the fixed ρ of tasks whose demand is
+/// a fixed multiple of the root demand, in topological `order`.
+fn demand_multipliers(app: &AppSpec, space: SearchSpace, order: &[usize]) -> (Vec<f64>, Vec<Option<f64>>) {
+    let nt = app.tasks.len();
     let mut rho_min = vec![0.0; nt];
     let mut fixed_rho: Vec<Option<f64>> = vec![None; nt];
-    for &t in &order {
+    for &t in order {
         let parents = app.parents(t);
         if parents.is_empty() {
             rho_min[t] = 1.0;
@@ -360,7 +433,7 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
         }
         let mut fixed = Some(0.0);
         for &u in &parents {
-            let fs: Vec<f64> = allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
+            let fs: Vec<f64> = allowed_variants(app, space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
             let lo = fs.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = fs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             rho_min[t] += rho_min[u] * lo;
@@ -371,110 +444,70 @@ fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, Pla
         }
         fixed_rho[t] = fixed;
     }
-    let kappa: Vec<Option<f64>> = (0..nt)
-        .map(|t| {
-            let w: f64 = paths
-                .iter()
-                .zip(&f)
-                .filter(|(p, _)| p.contains(&t))
-                .map(|(p, fp)| {
-                    fp * amax_task[t] * p.iter().filter(|&&u| u != t).map(|&u| amax_task[u]).product::<f64>()
-                })
-                .sum();
-            (rho_min[t] > 1e-12).then(|| w / (amax_task[t] * rho_min[t]))
-        })
-        .collect();
+    (rho_min, fixed_rho)
+}
 
-    // Layout classes.
-    let allowed_prof =
-        |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (pb.space.s || p.compute_slices == 7);
+/// The layout classes the planner may use: plannable profiles (whole GPUs only without S),
+/// without classes another class covers (instances may leave slots of a layout empty).
+fn layout_classes(spec: &GpuSpec, space: SearchSpace) -> Vec<LayoutClass> {
+    let allowed_prof = |p: &jigsaw_protocol::catalogue::MigProfile| p.plannable() && (space.s || p.compute_slices == 7);
     // A class whose per-profile counts are covered by another class's is never needed:
     // instances may leave slots of a layout empty.
     let all = spec.layout_classes(allowed_prof);
     let covers = |a: &LayoutClass, b: &LayoutClass| a.counts.iter().zip(&b.counts).all(|(x, y)| x >= y);
-    let classes: Vec<LayoutClass> = all
-        .iter()
+    all.iter()
         .enumerate()
         .filter(|(i, c)| {
             !all.iter().enumerate().any(|(j, d)| j != *i && covers(d, c) && (d.counts != c.counts || j < *i))
         })
         .map(|(_, c)| c.clone())
+        .collect()
+}
+
+/// The latency levels (candidate p95 budgets, ms) of task `t` under T: every frontier
+/// latency that fits its tightest path, thinned to at most `max_levels` on a geometric grid
+/// (`false`: thinned, so the levels are no longer exact).
+fn latency_levels(
+    t: usize,
+    opts: &[Opt],
+    paths: &[Vec<usize>],
+    min_l: &[f64],
+    half: f64,
+    max_levels: usize,
+) -> (Vec<f64>, bool) {
+    // Most this task can get: half the SLO minus the fastest of the others on its tightest path.
+    let cap = paths
+        .iter()
+        .filter(|p| p.contains(&t))
+        .map(|p| half - p.iter().filter(|&&u| u != t).map(|&u| min_l[u]).sum::<f64>())
+        .fold(f64::INFINITY, f64::min);
+    let mut ls: Vec<f64> = opts
+        .iter()
+        .filter(|o| o.t == t)
+        .flat_map(|o| o.frontier.iter().map(|p| p.l))
+        .filter(|&l| l <= cap + 1e-9)
         .collect();
-
-    // Latency levels.
-    let mut slice_budget = vec![None; nt];
-    let (levels, exact_levels) = if pb.space.t {
-        let mut exact = true;
-        let levels = (0..nt)
-            .map(|t| {
-                // Most this task can get: half the SLO minus the fastest of the others on its tightest path.
-                let cap = paths
-                    .iter()
-                    .filter(|p| p.contains(&t))
-                    .map(|p| half - p.iter().filter(|&&u| u != t).map(|&u| min_l[u]).sum::<f64>())
-                    .fold(f64::INFINITY, f64::min);
-                let mut ls: Vec<f64> = opts
-                    .iter()
-                    .filter(|o| o.t == t)
-                    .flat_map(|o| o.frontier.iter().map(|p| p.l))
-                    .filter(|&l| l <= cap + 1e-9)
-                    .collect();
-                ls.sort_by(f64::total_cmp);
-                ls.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
-                // A task alone on all its paths needs only its largest level.
-                let alone = paths.iter().filter(|p| p.contains(&t)).all(|p| p.len() == 1);
-                if alone {
-                    return ls.last().copied().into_iter().collect();
-                }
-                if ls.len() <= cfg.max_levels {
-                    return ls;
-                }
-                exact = false;
-                let (lo, hi) = (ls[0], ls[ls.len() - 1]);
-                let k = cfg.max_levels.max(2);
-                let mut grid: Vec<f64> = (0..k)
-                    .map(|i| {
-                        let target = lo * (hi / lo).powf(i as f64 / (k - 1) as f64);
-                        let j = ls.partition_point(|&l| l <= target + 1e-9);
-                        ls[j.saturating_sub(1)]
-                    })
-                    .collect();
-                grid.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
-                grid
-            })
-            .collect();
-        (levels, exact)
-    } else {
-        let (budgets, shares) = static_budgets(app, pb, spec, &opts, &paths);
-        let budgets_slices = slice_budgets(&shares, pb.gpus, pb.space.s);
-        for t in 0..nt {
-            if budgets[t] + 1e-9 < min_l[t] {
-                return Err(PlanError::StaticBudget {
-                    space: pb.space,
-                    task: app.tasks[t].name.clone(),
-                    budget_ms: budgets[t],
-                    min_ms: min_l[t],
-                });
-            }
-            slice_budget[t] = Some(budgets_slices[t]);
-        }
-        (budgets.into_iter().map(|b| vec![b]).collect(), true)
-    };
-
-    Ok(Prepared {
-        pb,
-        spec,
-        opts,
-        classes,
-        paths,
-        kappa,
-        amax_task,
-        a_max,
-        fixed_rho,
-        slice_budget,
-        levels,
-        exact_levels,
-    })
+    ls.sort_by(f64::total_cmp);
+    ls.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
+    // A task alone on all its paths needs only its largest level.
+    let alone = paths.iter().filter(|p| p.contains(&t)).all(|p| p.len() == 1);
+    if alone {
+        return (ls.last().copied().into_iter().collect(), true);
+    }
+    if ls.len() <= max_levels {
+        return (ls, true);
+    }
+    let (lo, hi) = (ls[0], ls[ls.len() - 1]);
+    let k = max_levels.max(2);
+    let mut grid: Vec<f64> = (0..k)
+        .map(|i| {
+            let target = lo * (hi / lo).powf(i as f64 / (k - 1) as f64);
+            let j = ls.partition_point(|&l| l <= target + 1e-9);
+            ls[j.saturating_sub(1)]
+        })
+        .collect();
+    grid.dedup_by(|a, b| (*a - *b).abs() <= 1e-9);
+    (grid, false)
 }
 
 /// Appendix B's task-graph-uninformed budgets: per-task latency budget (ms of p95) and share

@@ -7,9 +7,8 @@
 //! `downstream_ms` is the fastest the rest of the graph can go (the longest path below the
 //! task of each task's fastest batch-of-one latency), which the queues use for early drops.
 
-use jigsaw_protocol::app::AppSpec;
-use jigsaw_protocol::cluster::{ClusterPlan, ClusterState};
-use jigsaw_protocol::profile::{ProfileRow, ProfileTable};
+use jigsaw_protocol::cluster::{ClusterPlan, ClusterState, ParsedApp};
+use jigsaw_protocol::profile::ProfileRow;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, Target, TaskRoute};
 
 /// Stale-drop threshold used when an app does not say otherwise, ms (paper §3.3).
@@ -21,8 +20,7 @@ pub fn routing_table(state: &ClusterState, plan: &ClusterPlan) -> RoutingTable {
     let addr = |node: &str| state.members.get(node).map(|m| m.addr.clone()).unwrap_or_default();
     let mut apps = Vec::new();
     for entry in state.apps.values() {
-        let Ok(spec) = AppSpec::parse(&entry.spec_toml, &entry.name) else { continue };
-        let Ok(table) = ProfileTable::parse_csv(&entry.profiles_csv, &entry.name) else { continue };
+        let Ok(ParsedApp { spec, profiles: table }) = entry.parse() else { continue };
         let mut targets: Vec<Vec<Target>> = vec![Vec::new(); spec.tasks.len()];
         let mut used: Vec<ProfileRow> = Vec::new();
         for (node, gpus) in &plan.nodes {
@@ -82,6 +80,7 @@ mod tests {
     use super::*;
     use jigsaw_protocol::cluster::{AppEntry, Member};
     use jigsaw_protocol::plan::InstancePlan;
+    use jigsaw_protocol::profile::ProfileTable;
     use std::collections::BTreeMap;
 
     const SPEC: &str = include_str!("../../examples/apps/traffic.toml");

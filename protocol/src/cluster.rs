@@ -14,8 +14,10 @@
 //! Application texts are stored as submitted (TOML spec and profile CSV) so the state is
 //! self-describing and every replica parses them the same way.
 
+use crate::app::{AppError, AppSpec};
 use crate::catalogue::GpuModel;
 use crate::plan::InstancePlan;
+use crate::profile::{ProfileError, ProfileTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -56,6 +58,103 @@ pub struct AppEntry {
     pub profiles_csv: String,
     /// Root demand to plan for, requests/s.
     pub demand_rps: f64,
+}
+
+/// Largest app spec a registration may carry, bytes.
+pub const MAX_APP_SPEC: usize = 256 * 1024;
+/// Largest profile table a registration may carry, bytes.
+pub const MAX_APP_PROFILES: usize = 4 * 1024 * 1024;
+
+/// Why an app registration is invalid (the message names the file, line or field at fault).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidApp {
+    /// The spec or the profiles exceed their size cap.
+    #[error("app `{name}` is too large: spec {spec} bytes (limit {MAX_APP_SPEC}), profiles {profiles} bytes (limit {MAX_APP_PROFILES})")]
+    TooLarge {
+        /// App name.
+        name: String,
+        /// Spec size.
+        spec: usize,
+        /// Profiles size.
+        profiles: usize,
+    },
+    /// The spec does not parse or is inconsistent.
+    #[error(transparent)]
+    Spec(#[from] AppError),
+    /// The registration and the spec disagree on the name.
+    #[error("registration names app `{registered}` but the spec names `{spec}`")]
+    NameMismatch {
+        /// Name in the registration.
+        registered: String,
+        /// Name in the spec.
+        spec: String,
+    },
+    /// The demand is not a positive number.
+    #[error("demand must be a positive number of requests/s, got {0}")]
+    Demand(f64),
+    /// The profile CSV does not parse.
+    #[error(transparent)]
+    Profiles(#[from] ProfileError),
+    /// A task has no profile row.
+    #[error("the profiles have no row for task `{0}`")]
+    NoProfile(String),
+}
+
+/// An app registration in parsed form.
+#[derive(Debug, Clone)]
+pub struct ParsedApp {
+    /// The spec.
+    pub spec: AppSpec,
+    /// The profiles.
+    pub profiles: ProfileTable,
+}
+
+impl AppEntry {
+    /// Build and check a registration from its two texts, parsing each once; errors name
+    /// `spec_origin` / `profiles_origin` (file paths, for a CLI).
+    pub fn from_sources(
+        spec_toml: String,
+        spec_origin: &str,
+        profiles_csv: String,
+        profiles_origin: &str,
+        demand_rps: f64,
+    ) -> Result<(AppEntry, ParsedApp), InvalidApp> {
+        let spec = AppSpec::parse(&spec_toml, spec_origin)?;
+        let entry = AppEntry { name: spec.name.clone(), spec_toml, profiles_csv, demand_rps };
+        let parsed = entry.check(spec, profiles_origin)?;
+        Ok((entry, parsed))
+    }
+
+    /// Parse and check the registration: sizes, spec, name, demand, and a profile row for
+    /// every task. The one place that says what a valid registration is.
+    pub fn parse(&self) -> Result<ParsedApp, InvalidApp> {
+        if self.spec_toml.len() > MAX_APP_SPEC || self.profiles_csv.len() > MAX_APP_PROFILES {
+            return Err(self.too_large());
+        }
+        let spec = AppSpec::parse(&self.spec_toml, &format!("app `{}`", self.name))?;
+        self.check(spec, &format!("profiles of `{}`", self.name))
+    }
+
+    fn too_large(&self) -> InvalidApp {
+        InvalidApp::TooLarge { name: self.name.clone(), spec: self.spec_toml.len(), profiles: self.profiles_csv.len() }
+    }
+
+    fn check(&self, spec: AppSpec, profiles_origin: &str) -> Result<ParsedApp, InvalidApp> {
+        if self.spec_toml.len() > MAX_APP_SPEC || self.profiles_csv.len() > MAX_APP_PROFILES {
+            return Err(self.too_large());
+        }
+        if spec.name != self.name {
+            return Err(InvalidApp::NameMismatch { registered: self.name.clone(), spec: spec.name });
+        }
+        if !(self.demand_rps.is_finite() && self.demand_rps > 0.0) {
+            return Err(InvalidApp::Demand(self.demand_rps));
+        }
+        let profiles = ProfileTable::parse_csv(&self.profiles_csv, profiles_origin)?;
+        if let Some(t) = spec.tasks.iter().find(|t| !profiles.rows().any(|r| r.task == t.name)) {
+            return Err(InvalidApp::NoProfile(t.name.clone()));
+        }
+        Ok(ParsedApp { spec, profiles })
+    }
 }
 
 /// How one application fared in a plan.
@@ -238,6 +337,27 @@ mod tests {
 
     fn plan(epoch: u64) -> ClusterPlan {
         ClusterPlan { epoch, inputs: String::new(), nodes: BTreeMap::new(), apps: vec![] }
+    }
+
+    #[test]
+    fn registrations_are_checked_in_one_place() {
+        let spec = include_str!("../../examples/apps/social.toml").to_string();
+        let csv = include_str!("../../examples/profiles/social-h100-80gb.csv").to_string();
+        let (entry, parsed) =
+            AppEntry::from_sources(spec.clone(), "social.toml", csv.clone(), "social.csv", 100.0).expect("valid");
+        assert_eq!(entry.name, parsed.spec.name);
+        assert!(entry.parse().is_ok(), "what from_sources builds, parse accepts");
+        let bad = |e: AppEntry| e.parse().expect_err("invalid");
+        assert!(matches!(bad(AppEntry { name: "other".into(), ..entry.clone() }), InvalidApp::NameMismatch { .. }));
+        for d in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(bad(AppEntry { demand_rps: d, ..entry.clone() }), InvalidApp::Demand(_)), "{d}");
+        }
+        let huge = AppEntry { spec_toml: "#".repeat(MAX_APP_SPEC + 1), ..entry.clone() };
+        assert!(matches!(bad(huge), InvalidApp::TooLarge { .. }));
+        let header_only = AppEntry { profiles_csv: format!("{}\n", crate::profile::HEADER), ..entry.clone() };
+        assert!(matches!(bad(header_only), InvalidApp::NoProfile(_)));
+        let e = AppEntry::from_sources("name = ".into(), "apps/x.toml", csv, "p.csv", 1.0).expect_err("bad toml");
+        assert!(e.to_string().contains("apps/x.toml"), "the error names the file: {e}");
     }
 
     #[test]

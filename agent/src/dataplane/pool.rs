@@ -107,32 +107,37 @@ fn bench(done: &mpsc::UnboundedSender<Finished>, instance: usize) {
     });
 }
 
-async fn drive(
-    cfg: QueueConfig,
+/// The state of one instance's driver task: the pure queue plus the waiting requests and
+/// the replies owed to them.
+struct Driver {
+    origin: Instant,
+    queue: TaskQueue,
     workers: Vec<Arc<dyn WorkerConn>>,
     variant: String,
-    mut rx: mpsc::UnboundedReceiver<Item>,
+    waiting: HashMap<u64, Waiting>,
+    next_id: u64,
+    done_tx: mpsc::UnboundedSender<Finished>,
     stats: Arc<PoolStats>,
-) {
-    let origin = Instant::now();
-    let now_us = || Instant::now().duration_since(origin).as_micros() as u64;
-    let mut queue = TaskQueue::new(cfg, workers.len().max(1));
-    let mut waiting: HashMap<u64, Waiting> = HashMap::new();
-    let mut next_id = 0u64;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let mut events: Vec<Event> = Vec::new();
-    loop {
-        for ev in events.drain(..) {
+}
+
+impl Driver {
+    fn now_us(&self) -> u64 {
+        Instant::now().duration_since(self.origin).as_micros() as u64
+    }
+
+    /// Execute what the queue decided: answer drops, start batches.
+    fn execute(&mut self, events: Vec<Event>) {
+        for ev in events {
             match ev {
                 Event::Drop { request, reason } => {
-                    if let Some(w) = waiting.remove(&request.id) {
+                    if let Some(w) = self.waiting.remove(&request.id) {
                         let outcome = match reason {
                             DropReason::Early => {
-                                stats.early.fetch_add(1, Ordering::Relaxed);
+                                self.stats.early.fetch_add(1, Ordering::Relaxed);
                                 StageOutcome::EarlyDrop
                             }
                             DropReason::Stale => {
-                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                                self.stats.stale.fetch_add(1, Ordering::Relaxed);
                                 StageOutcome::StaleDrop
                             }
                         };
@@ -142,9 +147,9 @@ async fn drive(
                 Event::Launch { instance, batch } => {
                     let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
                     let inputs: Vec<Vec<f32>> =
-                        ids.iter().filter_map(|id| waiting.get(id).map(|w| w.input.clone())).collect();
-                    let worker = workers[instance.min(workers.len().saturating_sub(1))].clone();
-                    let done = done_tx.clone();
+                        ids.iter().filter_map(|id| self.waiting.get(id).map(|w| w.input.clone())).collect();
+                    let worker = self.workers[instance.min(self.workers.len().saturating_sub(1))].clone();
+                    let done = self.done_tx.clone();
                     tokio::spawn(async move {
                         let t = Instant::now();
                         let result = worker.run(inputs.clone()).await;
@@ -154,88 +159,111 @@ async fn drive(
                 }
             }
         }
-        let wake = queue.next_wakeup().map(|us| origin + std::time::Duration::from_micros(us));
-        tokio::select! {
-            item = rx.recv() => {
-                let Some(item) = item else { break };
-                let now = now_us();
-                let id = next_id;
-                next_id += 1;
-                let r = Request { id, arrived_us: now, deadline_us: now + item.budget_us, weight: 1 };
-                waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), request: r, reply: item.reply });
-                events = queue.push(now, r);
-            }
-            Some(fin) = done_rx.recv() => {
-                let (instance, ids, inputs, result, exec_us) = match fin {
-                    Finished::Release(instance) => {
-                        events = queue.done(now_us(), instance);
-                        continue;
+    }
+
+    /// A request arrived.
+    fn arrive(&mut self, item: Item) -> Vec<Event> {
+        let now = self.now_us();
+        let id = self.next_id;
+        self.next_id += 1;
+        let r = Request { id, arrived_us: now, deadline_us: now + item.budget_us, weight: 1 };
+        self.waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), request: r, reply: item.reply });
+        self.queue.push(now, r)
+    }
+
+    /// A batch finished (or a benched replica came back).
+    fn finished(&mut self, fin: Finished) -> Vec<Event> {
+        let (instance, ids, inputs, result, exec_us) = match fin {
+            Finished::Release(instance) => return self.queue.done(self.now_us(), instance),
+            Finished::Batch { instance, ids, inputs, result, exec_us } => (instance, ids, inputs, result, exec_us),
+        };
+        let n = ids.len() as u32;
+        match result {
+            Ok(outputs) if outputs.len() == ids.len() => {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.items.fetch_add(u64::from(n), Ordering::Relaxed);
+                {
+                    let mut s = self.stats.samples.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.len() >= 256 {
+                        s.remove(0);
                     }
-                    Finished::Batch { instance, ids, inputs, result, exec_us } => (instance, ids, inputs, result, exec_us),
-                };
-                let n = ids.len() as u32;
-                match result {
-                    Ok(outputs) if outputs.len() == ids.len() => {
-                        stats.batches.fetch_add(1, Ordering::Relaxed);
-                        stats.items.fetch_add(u64::from(n), Ordering::Relaxed);
-                        {
-                            let mut s = stats.samples.lock().unwrap_or_else(|p| p.into_inner());
-                            if s.len() >= 256 {
-                                s.remove(0);
-                            }
-                            s.push((n, exec_us));
-                        }
-                        for (id, output) in ids.iter().zip(outputs) {
-                            if let Some(w) = waiting.remove(id) {
-                                let stage_us = w.arrived.elapsed().as_micros() as u64;
-                                let _ = w.reply.send(StageOutcome::Done { output, variant: variant.clone(), stage_us });
-                            }
-                        }
-                    }
-                    Err(WorkerError::Unavailable(why)) => {
-                        // The batch never ran: its items go back to the queue for the other
-                        // replicas, and this replica sits out while its worker restarts.
-                        tracing::debug!(%why, instance, "replica unavailable; requeueing its batch");
-                        let now = now_us();
-                        events = Vec::new();
-                        for (id, input) in ids.iter().zip(inputs) {
-                            if let Some(w) = waiting.get_mut(id) {
-                                w.input = input;
-                                let r = w.request;
-                                events.extend(queue.push(now, r));
-                            }
-                        }
-                        bench(&done_tx, instance);
-                        continue;
-                    }
-                    other => {
-                        let crashed = matches!(other, Err(WorkerError::Crashed(_)));
-                        let (message, retry) = match other {
-                            Ok(o) => (format!("worker returned {} outputs for {} inputs", o.len(), ids.len()), false),
-                            Err(e @ WorkerError::Exec(_)) => (e.to_string(), false),
-                            Err(e) => (e.to_string(), true),
-                        };
-                        stats.failed.fetch_add(u64::from(n), Ordering::Relaxed);
-                        for id in &ids {
-                            if let Some(w) = waiting.remove(id) {
-                                let _ = w.reply.send(StageOutcome::Failed { message: message.clone(), retry });
-                            }
-                        }
-                        if crashed {
-                            bench(&done_tx, instance);
-                            events = queue.poll(now_us());
-                            continue;
-                        }
+                    s.push((n, exec_us));
+                }
+                for (id, output) in ids.iter().zip(outputs) {
+                    if let Some(w) = self.waiting.remove(id) {
+                        let stage_us = w.arrived.elapsed().as_micros() as u64;
+                        let _ = w.reply.send(StageOutcome::Done { output, variant: self.variant.clone(), stage_us });
                     }
                 }
-                events = queue.done(now_us(), instance);
+                self.queue.done(self.now_us(), instance)
             }
-            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
-                events = queue.poll(now_us());
+            Err(WorkerError::Unavailable(why)) => {
+                // The batch never ran: its items go back to the queue for the other
+                // replicas, and this replica sits out while its worker restarts.
+                tracing::debug!(%why, instance, "replica unavailable; requeueing its batch");
+                let now = self.now_us();
+                let mut events = Vec::new();
+                for (id, input) in ids.iter().zip(inputs) {
+                    if let Some(w) = self.waiting.get_mut(id) {
+                        w.input = input;
+                        let r = w.request;
+                        events.extend(self.queue.push(now, r));
+                    }
+                }
+                bench(&self.done_tx, instance);
+                events
+            }
+            other => {
+                let crashed = matches!(other, Err(WorkerError::Crashed(_)));
+                let (message, retry) = match other {
+                    Ok(o) => (format!("worker returned {} outputs for {} inputs", o.len(), ids.len()), false),
+                    Err(e @ WorkerError::Exec(_)) => (e.to_string(), false),
+                    Err(e) => (e.to_string(), true),
+                };
+                self.stats.failed.fetch_add(u64::from(n), Ordering::Relaxed);
+                for id in &ids {
+                    if let Some(w) = self.waiting.remove(id) {
+                        let _ = w.reply.send(StageOutcome::Failed { message: message.clone(), retry });
+                    }
+                }
+                if crashed {
+                    bench(&self.done_tx, instance);
+                    self.queue.poll(self.now_us())
+                } else {
+                    self.queue.done(self.now_us(), instance)
+                }
             }
         }
     }
-    for (_, w) in waiting.drain() {
+}
+
+async fn drive(
+    cfg: QueueConfig,
+    workers: Vec<Arc<dyn WorkerConn>>,
+    variant: String,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    stats: Arc<PoolStats>,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let queue = TaskQueue::new(cfg, workers.len().max(1));
+    let mut d =
+        Driver { origin: Instant::now(), queue, workers, variant, waiting: HashMap::new(), next_id: 0, done_tx, stats };
+    let mut events: Vec<Event> = Vec::new();
+    loop {
+        d.execute(std::mem::take(&mut events));
+        let wake = d.queue.next_wakeup().map(|us| d.origin + std::time::Duration::from_micros(us));
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(item) = item else { break };
+                events = d.arrive(item);
+            }
+            Some(fin) = done_rx.recv() => events = d.finished(fin),
+            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                events = d.queue.poll(d.now_us());
+            }
+        }
+    }
+    for (_, w) in d.waiting.drain() {
         let _ = w.reply.send(StageOutcome::Failed { message: "instance stopped".into(), retry: true });
     }
 }
