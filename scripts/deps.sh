@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian/Ubuntu machine lacks to build jigsaw: cmake and libclang-dev
-# (HiGHS is compiled from C++ source and bound with bindgen) and ccache (rebuilds of HiGHS
-# in minutes instead of ~7). Needs root or sudo only when something is missing.
+# Installs what a fresh Debian/Ubuntu machine lacks to build jigsaw: cmake, a C++ compiler
+# and libclang-dev (HiGHS is compiled from C++ source and bound with bindgen), ccache
+# (rebuilds of HiGHS in minutes instead of ~7) and python3 (the scripts use it). Needs root
+# or sudo only when something is missing. `scripts/libclang.sh` decides about libclang (and
+# is tested against fake trees: tests/tests/scripts.rs).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v ccache >/dev/null 2>&1 || missing+=(ccache)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)          # HiGHS is C++
+command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the scripts read cargo metadata with it
 # bindgen needs libclang.so itself; libclang-cpp (often shipped alone) does not count.
 bash "$(dirname "$0")/libclang.sh" >/dev/null || missing+=(libclang-dev)
 if ((${#missing[@]})); then
