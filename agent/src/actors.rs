@@ -23,6 +23,7 @@ use crate::core::diff::{apply, Assignment, LiveSegment, Step, StepFailed};
 use crate::core::node_plan::{GpuApplyError, NodeCommand, NodePlanCore, PlanPart};
 use crate::dataplane::plane::{Attachment, Segments};
 use crate::gpu::GpuBackend;
+use crate::metrics::{labels, Metrics};
 use jigsaw_protocol::cluster::GpuInventory;
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::wire::ApplyOutcome;
@@ -205,6 +206,8 @@ pub struct GpuArgs {
     pub simulate_latency: bool,
     /// The node's data plane (segment actors attach their workers to it).
     pub segments: Option<Arc<dyn Segments>>,
+    /// The node's metrics.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// State of a [`GpuActor`].
@@ -214,6 +217,7 @@ pub struct GpuState {
     backend: Arc<std::sync::Mutex<Backend>>,
     simulate_latency: bool,
     plane: Option<Arc<dyn Segments>>,
+    metrics: Option<Arc<Metrics>>,
     work: BTreeMap<u8, InstancePlan>,
     segments: BTreeMap<u8, ActorRef<SegmentMsg>>,
 }
@@ -308,6 +312,7 @@ impl Actor for GpuActor {
             backend: Arc::new(std::sync::Mutex::new(args.backend)),
             simulate_latency: args.simulate_latency,
             plane: args.segments,
+            metrics: args.metrics,
             work: BTreeMap::new(),
             segments: BTreeMap::new(),
         })
@@ -355,6 +360,16 @@ impl Actor for GpuActor {
                         Err(GpuApplyError::Unavailable(format!("GPU backend thread: {e}"))),
                     ),
                 };
+                if let Some(m) = &st.metrics {
+                    let reconfig = |s: &Step| matches!(s, Step::Create { .. } | Step::Destroy { .. });
+                    let ok = done.iter().filter(|s| reconfig(s)).count() as u64;
+                    m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "ok")])).inc_by(ok);
+                    if let Err(GpuApplyError::Step(f)) = &result {
+                        if reconfig(&f.step) {
+                            m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "failed")])).inc();
+                        }
+                    }
+                }
                 // Segments whose workers started run their assignment, even when a later step failed.
                 for step in &done {
                     if let Step::StartWorkers { start, .. } = step {
@@ -422,6 +437,8 @@ pub struct NodeArgs {
     pub inventory: watch::Sender<(u64, Vec<GpuInventory>)>,
     /// The node's data plane (`None`: segments run no workers).
     pub segments: Option<Arc<dyn Segments>>,
+    /// The node's metrics (MIG reconfigurations are counted there).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// State of the [`NodeAgent`].
@@ -498,7 +515,7 @@ impl NodeState {
                     let res = match self.gpus.get(&gpu) {
                         Some(a) => match ractor::call!(a, |reply| GpuMsg::Apply { steps, target, reply }) {
                             Ok(r) => r,
-                            Err(e) => Err(GpuApplyError::Unavailable(format!("GPU actor: {e}"))),
+                            Err(e) => Err(GpuApplyError::Unavailable(format!("GPU actor unavailable: {e}"))),
                         },
                         None => Err(GpuApplyError::Unavailable("GPU actor gone".into())),
                     };
@@ -525,8 +542,12 @@ impl Actor for NodeAgent {
         let mut gpus = BTreeMap::new();
         for b in args.gpus {
             let (uuid, model) = (b.uuid().to_string(), b.model());
-            let gargs =
-                GpuArgs { backend: b, simulate_latency: args.simulate_latency, segments: args.segments.clone() };
+            let gargs = GpuArgs {
+                backend: b,
+                simulate_latency: args.simulate_latency,
+                segments: args.segments.clone(),
+                metrics: args.metrics.clone(),
+            };
             let (a, _) = Actor::spawn_linked(None, GpuActor, gargs, me.get_cell()).await?;
             models.insert(uuid.clone(), model);
             gpus.insert(uuid, a);

@@ -9,15 +9,17 @@
 //! its own so the actor never waits on Raft, the planner or a peer:
 //! * `Propose`: `client_write` to Raft;
 //! * `Solve`: the planner on a blocking thread, then `CommitPlan` through Raft, then
-//!   [`CoordMsg::SolveDone`] with the term it was started in;
+//!   [`CoordMsg::SolveDone`] with the leadership it was started under;
 //! * `Push`: the node's part of the plan over the transport, then [`CoordMsg::PushDone`]
-//!   with its term.
+//!   with its leadership.
 //!
-//! A result from another term than the one led now is dropped (the core checks), so a slow
-//! solve or push of an earlier leadership never lands on a later one. The term led is
+//! A result of another leadership than the one held now is dropped (the core checks, by
+//! [`LeadId`]: term and leadership count), so a slow solve or push of an earlier leadership
+//! never lands on a later one. The term led is
 //! published on a watch channel for the node's other tasks ([`CoordinatorHandle::leading`]).
 
-use crate::core::leader::{Leader, Transition};
+use crate::core::leader::{LeadId, Leader, Transition};
+use crate::metrics::{labels, Metrics};
 use crate::raft::store::StateMachine;
 use crate::raft::{node_id, Raft};
 use crate::transport::net::Transport;
@@ -50,17 +52,17 @@ pub enum CoordMsg {
         /// `true`: accepted; `false`: not the coordinator.
         reply: RpcReplyPort<bool>,
     },
-    /// A solve started in `term` finished (committed or not).
+    /// A solve started under `lead` finished (committed or not).
     SolveDone {
-        /// The term the solve was started in.
-        term: u64,
+        /// The leadership the solve was started under.
+        lead: LeadId,
         /// The inputs it planned for.
         inputs: String,
     },
-    /// A plan push started in `term` finished.
+    /// A plan push started under `lead` finished.
     PushDone {
-        /// The term the push was started in.
-        term: u64,
+        /// The leadership the push was started under.
+        lead: LeadId,
         /// The node pushed to.
         node: String,
         /// The epoch pushed.
@@ -100,6 +102,8 @@ pub struct CoordinatorArgs<T: Transport> {
     pub hint: Arc<watch::Sender<Option<(String, String)>>>,
     /// The node's time origin (`now_ms` counts from it).
     pub origin: tokio::time::Instant,
+    /// The node's metrics (term, coordinator flag, solve time, heartbeat ages).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The actor's state.
@@ -141,11 +145,18 @@ impl<T: Transport> CoordinatorState<T> {
         let leads = m.current_leader == Some(node_id(&a.name)) && m.state.is_leader() && quorum_fresh;
         let now = self.now_ms();
         match self.core.observe(leads.then_some(m.current_term), now) {
-            Transition::Became { term } => tracing::info!(node = %self.args.name, term, "became coordinator"),
-            Transition::SteppedDown { term } => tracing::info!(node = %self.args.name, term, "no longer coordinator"),
+            Transition::Became(l) => {
+                tracing::info!(node = %self.args.name, term = l.term, seq = l.seq, "became coordinator")
+            }
+            Transition::SteppedDown(l) => {
+                tracing::info!(node = %self.args.name, term = l.term, "no longer coordinator");
+                self.args.metrics.heartbeat_age.clear();
+            }
             Transition::None => {}
         }
         let term = self.core.term();
+        self.args.metrics.raft_term.set(m.current_term as i64);
+        self.args.metrics.is_coordinator.set(i64::from(term.is_some()));
         self.args.leading.send_if_modified(|t| std::mem::replace(t, term) != term);
         if let Some(n) = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned()) {
             self.args.hint.send_replace(Some((n.name, n.addr)));
@@ -156,12 +167,18 @@ impl<T: Transport> CoordinatorState<T> {
         self.observe();
         let state = self.args.sm.snapshot_state().state;
         let now = self.now_ms();
-        if let Some((term, actions)) = self.core.tick(now, &state) {
-            self.execute(myself, term, actions, &state);
+        if let Some((lead, actions)) = self.core.tick(now, &state) {
+            self.execute(myself, lead, actions, &state);
+        }
+        if let Some((members, _)) = self.core.status(now, &state) {
+            for n in members {
+                let age = n.last_seen_ms.map_or(f64::NAN, |ms| ms as f64 / 1e3);
+                self.args.metrics.heartbeat_age.get_or_create(&labels(&[("node", &n.node)])).set(age);
+            }
         }
     }
 
-    fn execute(&mut self, myself: &ActorRef<CoordMsg>, term: u64, actions: Vec<Action>, state: &ClusterState) {
+    fn execute(&mut self, myself: &ActorRef<CoordMsg>, lead: LeadId, actions: Vec<Action>, state: &ClusterState) {
         for a in actions {
             let me = myself.clone();
             match a {
@@ -181,10 +198,13 @@ impl<T: Transport> CoordinatorState<T> {
                         self.core.control().map(|c| (c.live_layouts(), c.observed_profiles())).unwrap_or_default();
                     let (raft, planner, name, state) =
                         (self.args.raft.clone(), self.args.planner.clone(), self.args.name.clone(), state.clone());
+                    let solve_seconds = self.args.metrics.plan_solve_seconds.clone();
                     self.spawn(async move {
                         // HiGHS runs for up to its time limit: keep it off the runtime's workers.
+                        let started = std::time::Instant::now();
                         let solved =
                             tokio::task::spawn_blocking(move || planner(&state, epoch, &live, &observed)).await;
+                        solve_seconds.set(started.elapsed().as_secs_f64());
                         match solved {
                             Ok(plan) => {
                                 tracing::info!(node = %name, epoch, apps = ?plan.apps, "plan computed");
@@ -195,7 +215,7 @@ impl<T: Transport> CoordinatorState<T> {
                             }
                             Err(e) => tracing::error!(node = %name, epoch, %e, "the planner failed"),
                         }
-                        let _ = me.cast(CoordMsg::SolveDone { term, inputs });
+                        let _ = me.cast(CoordMsg::SolveDone { lead, inputs });
                     });
                 }
                 Action::Push { node, addr, epoch, gpus, routes } => {
@@ -214,7 +234,7 @@ impl<T: Transport> CoordinatorState<T> {
                                 None
                             }
                         };
-                        let _ = me.cast(CoordMsg::PushDone { term, node, epoch, outcome });
+                        let _ = me.cast(CoordMsg::PushDone { lead, node, epoch, outcome });
                     });
                 }
             }
@@ -254,6 +274,7 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
         }
         state.tasks.abort_all();
         state.args.leading.send_replace(None);
+        state.args.metrics.is_coordinator.set(0);
         Ok(())
     }
 
@@ -269,17 +290,17 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
                 let now = state.now_ms();
                 let _ = reply.send(state.core.heartbeat(now, hb));
             }
-            CoordMsg::SolveDone { term, inputs } => {
-                if state.core.solve_done(term, &inputs) {
+            CoordMsg::SolveDone { lead, inputs } => {
+                if state.core.solve_done(lead, &inputs) {
                     state.tick(&myself); // push the new plan now, not at the next tick
                 } else {
-                    tracing::debug!(term, "dropped the solve result of another term");
+                    tracing::debug!(?lead, "dropped the solve result of another leadership");
                 }
             }
-            CoordMsg::PushDone { term, node, epoch, outcome } => {
+            CoordMsg::PushDone { lead, node, epoch, outcome } => {
                 let now = state.now_ms();
-                if !state.core.push_done(term, now, &node, epoch, outcome) {
-                    tracing::debug!(term, %node, epoch, "dropped the push result of another term");
+                if !state.core.push_done(lead, now, &node, epoch, outcome) {
+                    tracing::debug!(?lead, %node, epoch, "dropped the push result of another leadership");
                 }
             }
             CoordMsg::Status { reply } => {
@@ -314,8 +335,12 @@ impl CoordinatorHandle {
         Ok(CoordinatorHandle { actor, leading })
     }
 
-    /// The Raft term this node coordinates in, if it does.
+    /// The Raft term this node coordinates in, if it does (`None` as well once the actor
+    /// has stopped or failed, whatever it last published).
     pub fn leading(&self) -> Option<u64> {
+        if self.actor.get_status() != ractor::ActorStatus::Running {
+            return None;
+        }
         *self.leading.borrow()
     }
 
@@ -334,9 +359,9 @@ impl CoordinatorHandle {
         let _ = self.actor.cast(CoordMsg::Tick);
     }
 
-    /// Stop the actor (its in-flight tasks are aborted).
-    pub fn stop(&self) {
-        self.actor.stop(None);
+    /// Stop the actor and wait until it has (its in-flight tasks are aborted by then).
+    pub async fn stop(&self) {
+        let _ = self.actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
     }
 
     /// The actor itself (tests send it results of other terms).

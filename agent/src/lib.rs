@@ -14,6 +14,7 @@
 //! * [`gpu`]: the GPU backend trait, the MIG/MPS simulator, the NVML backend.
 //! * [`dataplane`]: the frontend, instance queues, workers and the KServe v2 HTTP API.
 //! * [`config`]: the operator's node config.
+//! * [`metrics`]: the node's Prometheus metrics (`GET /metrics`, `docs/metrics.md`).
 //! * [`core`]: the pure cores (batching, epoch fencing, plan diff, network model,
 //!   leadership), kept free of clocks, sockets and spawns by clippy.
 //!
@@ -52,6 +53,8 @@ pub mod core;
 pub mod dataplane;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod gpu;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub mod metrics;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod node;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

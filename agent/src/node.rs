@@ -10,7 +10,7 @@
 //!   and observed profile points to the coordinator it knows (learnt from Raft on eligible
 //!   nodes, from heartbeat replies elsewhere), falling back to its seed peers in turn; it
 //!   owns the observed points ([`NodeHandle::report_observed`] sends it more);
-//! * the **inbound router** ([`Router`]): each request from a peer goes to its service:
+//! * the **inbound router**: each request from a peer goes to its service:
 //!   Raft RPCs to openraft, heartbeats to the coordinator actor (or a redirect), plan pushes
 //!   to the node agent, data-plane stages straight to the local plane, operator requests to
 //!   the operator service.
@@ -57,7 +57,9 @@ impl Default for Timing {
     }
 }
 
-/// The real planner (HiGHS, wall-clock time limit, `threads` from `[planner].threads`).
+/// The real planner (HiGHS, wall-clock time limit). `threads` comes from
+/// `[planner].threads`; callers default it to 1 so a solve leaves the node's other cores to
+/// the runtime (HiGHS's own default takes every core).
 pub fn highs_planner(cfg: PlannerConfig, threads: Option<u32>) -> PlanFn {
     Arc::new(move |state, epoch, live, observed| {
         let clock = WallClock::new();
@@ -217,6 +219,8 @@ impl Operator {
 /// Routes each inbound request to the service that owns it.
 struct Router {
     name: String,
+    /// This node's address, as peers dial it (the hint in an accepted heartbeat's reply).
+    addr: String,
     /// Voter names: only they may send Raft RPCs or push plans.
     voters: Vec<String>,
     raft: Option<Raft>,
@@ -253,13 +257,7 @@ impl Router {
                     None => false,
                 };
                 let coordinator = if accepted {
-                    self.raft.as_ref().and_then(|r| {
-                        let m = r.metrics().borrow().clone();
-                        m.membership_config
-                            .membership()
-                            .get_node(&node_id(&self.name))
-                            .map(|n| (n.name.clone(), n.addr.clone()))
-                    })
+                    Some((self.name.clone(), self.addr.clone()))
                 } else {
                     self.operator.hint.borrow().clone()
                 };
@@ -315,6 +313,7 @@ impl<T: Transport> Heartbeats<T> {
 
     fn heartbeat(&mut self) -> Heartbeat {
         let (applied_epoch, gpus) = self.inventory.borrow().clone();
+        self.plane.metrics().plan_epoch.set(applied_epoch as i64);
         while let Ok(rows) = self.reported.try_recv() {
             self.record(rows);
         }
@@ -405,6 +404,7 @@ impl<T: Transport> NodeHandle<T> {
             state_file: Some(spec.data_dir.join("applied-plan.json")),
             inventory: inv_tx,
             segments: Some(local.clone() as Arc<dyn Segments>),
+            metrics: Some(local.metrics().clone()),
         };
         let (agent, _) = Actor::spawn(None, NodeAgent, args).await?;
         let hint: Hint = Arc::new(watch::channel(None).0);
@@ -436,6 +436,7 @@ impl<T: Transport> NodeHandle<T> {
                 leading: leading_tx,
                 hint: hint.clone(),
                 origin,
+                metrics: local.metrics().clone(),
             };
             let coordinator = CoordinatorHandle::start(cargs, leading_rx).await?;
             (Some(raft), Some(sm), Some(coordinator))
@@ -451,6 +452,7 @@ impl<T: Transport> NodeHandle<T> {
         };
         let router = Arc::new(Router {
             name: spec.name.clone(),
+            addr: spec.addr.clone(),
             voters: spec.voters.iter().map(|(n, _)| n.clone()).collect(),
             raft: raft.clone(),
             agent: agent.clone(),
@@ -532,7 +534,7 @@ impl<T: Transport> NodeHandle<T> {
             t.abort();
         }
         if let Some(c) = &self.coordinator {
-            c.stop();
+            c.stop().await;
         }
         if let Some(r) = &self.raft {
             let _ = r.shutdown().await;

@@ -66,6 +66,7 @@ async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<Nod
         state_file: Some(state_file.to_path_buf()),
         inventory: tx,
         segments: None,
+        metrics: None,
     };
     let (a, _) = Actor::spawn(None, NodeAgent, args).await.expect("spawn node agent");
     (a, rx)

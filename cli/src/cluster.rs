@@ -516,7 +516,8 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
     let section = cfg.node.as_ref().ok_or_else(|| anyhow!("{path}: no [node] section; see deploy/jigsaw.toml"))?;
     let node: NodeConfig = section.validate(&path)?;
     let planner = cfg.planner_config(&path)?;
-    let threads = cfg.planner.threads;
+    // One HiGHS thread unless the config says otherwise: the agent shares its cores.
+    let threads = cfg.planner.threads.or(Some(1));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).try_init();

@@ -12,7 +12,7 @@
 //! * [`load`]: `jigsaw load`, the open-loop load generator for the KServe v2 HTTP API, and
 //!   its pure core ([`load::schedule`]: arrival schedules and outcome accounting).
 //! * [`profile`]: `jigsaw profile`, measuring the profile table with real workers.
-//! * [`bench`]: `bench mesh` (failover and plan distribution) and `bench dataplane`.
+//! * [`bench`](mod@bench): `bench mesh` (failover and plan distribution) and `bench dataplane`.
 //! * [`ops`]: `config check` and `ca init|issue`.
 
 pub mod args;

@@ -69,9 +69,9 @@ pub const MAX_APP_PROFILES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvalidApp {
     /// The spec or the profiles exceed their size cap.
-    #[error("app `{name}` is too large: spec {spec} bytes (limit {MAX_APP_SPEC}), profiles {profiles} bytes (limit {MAX_APP_PROFILES})")]
+    #[error("{name} is too large: spec {spec} bytes (limit {MAX_APP_SPEC}), profiles {profiles} bytes (limit {MAX_APP_PROFILES})")]
     TooLarge {
-        /// App name.
+        /// What was too large (`app `x``, or the spec's file).
         name: String,
         /// Spec size.
         spec: usize,
@@ -119,6 +119,10 @@ impl AppEntry {
         profiles_origin: &str,
         demand_rps: f64,
     ) -> Result<(AppEntry, ParsedApp), InvalidApp> {
+        if spec_toml.len() > MAX_APP_SPEC || profiles_csv.len() > MAX_APP_PROFILES {
+            let name = spec_origin.to_string();
+            return Err(InvalidApp::TooLarge { name, spec: spec_toml.len(), profiles: profiles_csv.len() });
+        }
         let spec = AppSpec::parse(&spec_toml, spec_origin)?;
         let entry = AppEntry { name: spec.name.clone(), spec_toml, profiles_csv, demand_rps };
         let parsed = entry.check(spec, profiles_origin)?;
@@ -136,13 +140,12 @@ impl AppEntry {
     }
 
     fn too_large(&self) -> InvalidApp {
-        InvalidApp::TooLarge { name: self.name.clone(), spec: self.spec_toml.len(), profiles: self.profiles_csv.len() }
+        let name = format!("app `{}`", self.name);
+        InvalidApp::TooLarge { name, spec: self.spec_toml.len(), profiles: self.profiles_csv.len() }
     }
 
+    /// The checks after the spec parsed (sizes are checked before parsing).
     fn check(&self, spec: AppSpec, profiles_origin: &str) -> Result<ParsedApp, InvalidApp> {
-        if self.spec_toml.len() > MAX_APP_SPEC || self.profiles_csv.len() > MAX_APP_PROFILES {
-            return Err(self.too_large());
-        }
         if spec.name != self.name {
             return Err(InvalidApp::NameMismatch { registered: self.name.clone(), spec: spec.name });
         }

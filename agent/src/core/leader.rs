@@ -2,65 +2,78 @@
 //! state of that term only.
 //!
 //! A node becomes coordinator when Raft makes it leader and loses the role when Raft does
-//! (or its quorum goes stale). Each leadership gets a fresh [`Control`], and every result
-//! that the shell computes asynchronously (a solve, a plan push) carries the term it was
-//! started in: a result from another term is dropped, so a slow solve or push of an
-//! earlier leadership never lands on a later one's state. Plain data, no clocks: time is
-//! passed in.
+//! (or its quorum goes stale). Each leadership gets a fresh [`Control`] and a [`LeadId`]:
+//! its Raft term and a sequence number that grows with every leadership of this node (a
+//! leader whose quorum went stale and came back leads the same term again, as a new
+//! leadership). Every result the shell computes asynchronously (a solve, a plan push)
+//! carries the `LeadId` it was started under; a result of another leadership is dropped, so
+//! a slow solve or push of an earlier one never lands on a later one's state. Plain data,
+//! no clocks: time is passed in.
 
 use jigsaw_coordinator::control::{Action, Control, ControlConfig};
 use jigsaw_protocol::cluster::ClusterState;
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
 use jigsaw_protocol::ProfileRow;
 
+/// One leadership of this node: the Raft term and this node's leadership count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeadId {
+    /// The Raft term led.
+    pub term: u64,
+    /// Leaderships of this node before this one.
+    pub seq: u64,
+}
+
 /// What an observation of Raft changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     /// Nothing.
     None,
-    /// This node now leads `term`.
-    Became {
-        /// The term led.
-        term: u64,
-    },
-    /// This node no longer leads `term`.
-    SteppedDown {
-        /// The term that was led.
-        term: u64,
-    },
+    /// This node now leads.
+    Became(LeadId),
+    /// This node no longer leads.
+    SteppedDown(LeadId),
 }
 
-/// Leadership and the term-fenced control state.
+/// Leadership and the fenced control state.
 #[derive(Debug, Clone)]
 pub struct Leader {
     cfg: ControlConfig,
-    lead: Option<(u64, Control)>,
+    seq: u64,
+    lead: Option<(LeadId, Control)>,
 }
 
 impl Leader {
     /// Not leading.
     pub fn new(cfg: ControlConfig) -> Leader {
-        Leader { cfg, lead: None }
+        Leader { cfg, seq: 0, lead: None }
+    }
+
+    /// The leadership this node holds now.
+    pub fn lead(&self) -> Option<LeadId> {
+        self.lead.as_ref().map(|l| l.0)
     }
 
     /// The term this node leads now.
     pub fn term(&self) -> Option<u64> {
-        self.lead.as_ref().map(|l| l.0)
+        self.lead().map(|l| l.term)
     }
 
     /// Raft says this node leads `leading` (a term) or nothing. A new term, even right
-    /// after another, starts from a fresh control state.
+    /// after another, starts a new leadership with a fresh control state.
     pub fn observe(&mut self, leading: Option<u64>, now_ms: u64) -> Transition {
-        match (self.term(), leading) {
-            (Some(a), Some(b)) if a == b => Transition::None,
+        match (self.lead(), leading) {
+            (Some(a), Some(b)) if a.term == b => Transition::None,
             (None, None) => Transition::None,
             (_, Some(term)) => {
-                self.lead = Some((term, Control::new(self.cfg, now_ms)));
-                Transition::Became { term }
+                let id = LeadId { term, seq: self.seq };
+                self.seq += 1;
+                self.lead = Some((id, Control::new(self.cfg, now_ms)));
+                Transition::Became(id)
             }
-            (Some(term), None) => {
+            (Some(id), None) => {
                 self.lead = None;
-                Transition::SteppedDown { term }
+                Transition::SteppedDown(id)
             }
         }
     }
@@ -77,16 +90,16 @@ impl Leader {
         }
     }
 
-    /// One control step; the actions are tagged with the term they belong to.
-    pub fn tick(&mut self, now_ms: u64, state: &ClusterState) -> Option<(u64, Vec<Action>)> {
-        let (term, c) = self.lead.as_mut()?;
-        Some((*term, c.tick(now_ms, state)))
+    /// One control step; the actions are tagged with the leadership they belong to.
+    pub fn tick(&mut self, now_ms: u64, state: &ClusterState) -> Option<(LeadId, Vec<Action>)> {
+        let (id, c) = self.lead.as_mut()?;
+        Some((*id, c.tick(now_ms, state)))
     }
 
-    /// A solve started in `term` finished; `false` when it was dropped as stale.
-    pub fn solve_done(&mut self, term: u64, inputs: &str) -> bool {
+    /// A solve started under `lead` finished; `false` when it was dropped as stale.
+    pub fn solve_done(&mut self, lead: LeadId, inputs: &str) -> bool {
         match &mut self.lead {
-            Some((t, c)) if *t == term => {
+            Some((t, c)) if *t == lead => {
                 c.solve_done(inputs);
                 true
             }
@@ -94,10 +107,17 @@ impl Leader {
         }
     }
 
-    /// A push started in `term` finished; `false` when it was dropped as stale.
-    pub fn push_done(&mut self, term: u64, now_ms: u64, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) -> bool {
+    /// A push started under `lead` finished; `false` when it was dropped as stale.
+    pub fn push_done(
+        &mut self,
+        lead: LeadId,
+        now_ms: u64,
+        node: &str,
+        epoch: u64,
+        outcome: Option<ApplyOutcome>,
+    ) -> bool {
         match &mut self.lead {
-            Some((t, c)) if *t == term => {
+            Some((t, c)) if *t == lead => {
                 c.push_done(now_ms, node, epoch, outcome);
                 true
             }
@@ -119,14 +139,15 @@ impl Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jigsaw_protocol::cluster::{AppEntry, ClusterCommand};
+    use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, GpuInventory};
+    use jigsaw_protocol::GpuModel;
 
     fn hb(node: &str) -> Heartbeat {
         Heartbeat {
             node: node.into(),
             addr: format!("{node}:1"),
             eligible: true,
-            gpus: Vec::new(),
+            gpus: vec![GpuInventory { uuid: format!("GPU-{node}"), model: GpuModel::H100_80gb, live: Vec::new() }],
             applied_epoch: 0,
             observed: Vec::new(),
         }
@@ -140,12 +161,12 @@ mod tests {
     }
 
     /// Tick until the control state asks for a solve, committing its proposals to `state`.
-    fn until_solve(l: &mut Leader, state: &mut ClusterState, now: &mut u64) -> (u64, String) {
+    fn until_solve(l: &mut Leader, state: &mut ClusterState, now: &mut u64) -> (LeadId, String) {
         for _ in 0..100 {
             *now += 100;
-            let (term, actions) = l.tick(*now, state).expect("leading");
+            let (lead, actions) = l.tick(*now, state).expect("leading");
             if let Some(i) = solve_of(&actions) {
-                return (term, i);
+                return (lead, i);
             }
             for a in &actions {
                 if let Action::Propose(cmd) = a {
@@ -161,19 +182,22 @@ mod tests {
         let mut l = Leader::new(ControlConfig::default());
         assert_eq!(l.observe(None, 0), Transition::None);
         assert!(!l.heartbeat(0, hb("n1")));
-        assert_eq!(l.observe(Some(3), 0), Transition::Became { term: 3 });
+        assert_eq!(l.observe(Some(3), 0), Transition::Became(LeadId { term: 3, seq: 0 }));
         assert_eq!(l.observe(Some(3), 10), Transition::None);
         assert!(l.heartbeat(10, hb("n1")));
-        assert_eq!(l.control().map(|c| c.live_layouts().len()), Some(0));
+        assert_eq!(l.control().map(|c| c.live_layouts().len()), Some(1));
         // Re-elected in a later term without an observed gap: fresh state, new term.
-        assert_eq!(l.observe(Some(5), 20), Transition::Became { term: 5 });
+        assert_eq!(l.observe(Some(5), 20), Transition::Became(LeadId { term: 5, seq: 1 }));
+        assert_eq!(l.control().map(|c| c.live_layouts().len()), Some(0), "fresh control state");
         assert_eq!(l.term(), Some(5));
-        assert_eq!(l.observe(None, 30), Transition::SteppedDown { term: 5 });
+        assert_eq!(l.observe(None, 30), Transition::SteppedDown(LeadId { term: 5, seq: 1 }));
         assert!(l.tick(30, &ClusterState::default()).is_none());
+        // Back in the same term (a stale quorum recovered): a new leadership all the same.
+        assert_eq!(l.observe(Some(5), 40), Transition::Became(LeadId { term: 5, seq: 2 }));
     }
 
     #[test]
-    fn results_of_another_term_are_dropped() {
+    fn results_of_another_leadership_are_dropped() {
         let mut state = ClusterState::default();
         state.apply(&ClusterCommand::PutApp(AppEntry {
             name: "a".into(),
@@ -185,22 +209,26 @@ mod tests {
         let mut now = 0;
         l.observe(Some(1), now);
         l.heartbeat(now, hb("n1"));
-        let (term, inputs) = until_solve(&mut l, &mut state, &mut now);
-        assert_eq!(term, 1);
-        // Leadership moves to term 2 while the solve of term 1 is still running.
-        l.observe(Some(2), now);
-        l.heartbeat(now, hb("n1"));
-        let (term, again) = until_solve(&mut l, &mut state, &mut now);
-        assert_eq!((term, &again), (2, &inputs), "the new term solves for itself");
-        // Term 1's results arrive late: dropped, so term 2 still waits for its own solve
-        // (it neither asks again nor takes term 1's answer for its own).
-        assert!(!l.solve_done(1, &inputs));
-        assert!(!l.push_done(1, now, "n1", 1, None));
-        let (_, actions) = l.tick(now + 100, &state).expect("leading");
-        assert_eq!(solve_of(&actions), None, "term 2's own solve is still outstanding");
-        // Term 2's result lands; with the inputs still unplanned the next tick asks again.
-        assert!(l.solve_done(2, &again));
-        let (_, actions) = l.tick(now + 200, &state).expect("leading");
-        assert_eq!(solve_of(&actions), Some(inputs));
+        let (first, inputs) = until_solve(&mut l, &mut state, &mut now);
+        assert_eq!(first.term, 1);
+        for next_term in [2, 2] {
+            // Leadership moves on (a new term, then the same term after a stale quorum)
+            // while the earlier leadership's solve is still running.
+            l.observe(None, now);
+            l.observe(Some(next_term), now);
+            l.heartbeat(now, hb("n1"));
+            let (lead, again) = until_solve(&mut l, &mut state, &mut now);
+            assert_eq!((lead.term, &again), (next_term, &inputs), "the new leadership solves for itself");
+            // The earlier leadership's results arrive late: dropped, so this one still waits
+            // for its own solve (it neither asks again nor takes the old answer for its own).
+            assert!(!l.solve_done(first, &inputs));
+            assert!(!l.push_done(first, now, "n1", 1, None));
+            let (_, actions) = l.tick(now + 100, &state).expect("leading");
+            assert_eq!(solve_of(&actions), None, "this leadership's own solve is still outstanding");
+            // Its own result lands; with the inputs still unplanned the next tick asks again.
+            assert!(l.solve_done(lead, &again));
+            let (_, actions) = l.tick(now + 200, &state).expect("leading");
+            assert_eq!(solve_of(&actions).as_ref(), Some(&inputs));
+        }
     }
 }

@@ -32,7 +32,7 @@ pub enum GpuApplyError {
     #[error(transparent)]
     Step(#[from] Box<StepFailed>),
     /// The GPU actor or its backend thread is gone (the GPU is out of service).
-    #[error("{0} unavailable")]
+    #[error("{0}")]
     Unavailable(String),
 }
 

@@ -11,6 +11,7 @@
 //! | GET | `/v2/models/{app}[/versions/{v}]` | 200 model metadata ([`AppMeta`]), 404 if unknown |
 //! | GET | `/v2/models/{app}[/versions/{v}]/ready` | 200, 404 if unknown, 503 if the node cannot route |
 //! | POST | `/v2/models/{app}[/versions/{v}]/infer` | 200 [`InferResponse`], or an error below |
+//! | GET | `/metrics` | 200 the node's Prometheus metrics (OpenMetrics text, `docs/metrics.md`); 404 if the service exports none |
 //!
 //! The version segment is accepted and ignored: the version is the plan epoch, which changes
 //! whenever the coordinator re-plans, and a client should not fail across a re-plan.
@@ -146,6 +147,7 @@ pub fn router(svc: Arc<dyn Inference>, limits: HttpLimits) -> Router {
         .route("/v2/models/{app}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{app}/infer", post(infer))
         .route("/v2/models/{app}/versions/{version}/infer", post(infer_version))
+        .route("/metrics", get(metrics))
         // After the routes: it applies to the routes present.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -161,6 +163,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(svc, limits)).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics(State(api): St) -> Response {
+    match api.svc.metrics() {
+        Some(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service exports no metrics").into_response(),
+    }
 }
 
 async fn live() -> Json<serde_json::Value> {

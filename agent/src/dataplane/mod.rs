@@ -137,4 +137,9 @@ pub trait Inference: Send + Sync + 'static {
         req: InferRequest,
         deadline: Option<Duration>,
     ) -> BoxFuture<Result<InferResponse, ServeError>>;
+    /// The node's metrics as OpenMetrics text for `GET /metrics` (`None`: this service
+    /// exports none, the route answers 404).
+    fn metrics(&self) -> Option<String> {
+        None
+    }
 }

@@ -20,6 +20,7 @@ use super::pool::{Item, Pool};
 use super::worker::{Launcher, WorkerSpec};
 use super::{AppMeta, Inference, ServeError, TensorMeta};
 use crate::core::batch::{DropReason, QueueConfig};
+use crate::metrics::{labels, Metrics};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor};
 use jigsaw_protocol::plan::InstancePlan;
@@ -101,6 +102,7 @@ pub struct LocalPlane {
     local: Mutex<BTreeMap<(String, u8), Local>>,
     generation: AtomicU64,
     me: Weak<LocalPlane>,
+    metrics: Arc<Metrics>,
 }
 
 impl LocalPlane {
@@ -120,7 +122,27 @@ impl LocalPlane {
             local: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
             me: me.clone(),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The node's metrics (this plane's and, through the node, every other part's).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Fill the gauges owned by the local instances (queue depth, busy ratio) from their pools.
+    fn refresh_instance_gauges(&self) {
+        let m = &self.metrics;
+        for ((gpu, start), l) in lock(&self.local).iter() {
+            let Some(pool) = &l.pool else { continue };
+            let mig = format!("{gpu}/{start}");
+            let st = &pool.stats;
+            let q = labels(&[("app", &l.plan.app), ("task", &l.plan.task), ("mig_instance", &mig)]);
+            m.queue_depth.get_or_create(&q).set(st.depth.load(Ordering::Relaxed) as i64);
+            let b = labels(&[("gpu", gpu), ("mig_instance", &mig)]);
+            m.busy_ratio.get_or_create(&b).set(st.busy_ppm.load(Ordering::Relaxed) as f64 / 1e6);
+        }
     }
 
     /// The routing table in use.
@@ -205,7 +227,9 @@ impl LocalPlane {
                 spec.device = Some(if l.device.is_empty() { gpu.to_string() } else { l.device.clone() });
             }
             let workers = (0..l.plan.mps.max(1)).map(|_| self.launcher.launch(&spec)).collect();
-            Arc::new(Pool::start(*q, workers, l.plan.variant.clone()))
+            let batches =
+                self.metrics.batch_size.get_or_create(&labels(&[("app", &l.plan.app), ("task", &l.plan.task)]));
+            Arc::new(Pool::start_with(*q, workers, l.plan.variant.clone(), Some(batches.clone())))
         });
         l.built = want;
     }
@@ -337,7 +361,15 @@ pub struct DataPlane<T: Transport> {
     next_id: AtomicU64,
     weak: Weak<DataPlane<T>>,
     answered: Mutex<BTreeMap<&'static str, u64>>,
+    /// Stages served, by (app, task index, variant index): what the served accuracy is
+    /// computed from.
+    served: Mutex<BTreeMap<(String, usize, usize), u64>>,
+    /// Arrivals per app: (window start, arrivals in it, rate of the last closed window).
+    arrivals: Mutex<BTreeMap<String, (Instant, u64, f64)>>,
 }
+
+/// Window of `jigsaw_demand_rps`.
+const DEMAND_WINDOW: Duration = Duration::from_secs(10);
 
 impl<T: Transport> DataPlane<T> {
     /// The frontend of node `me`.
@@ -351,7 +383,39 @@ impl<T: Transport> DataPlane<T> {
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(seed),
             answered: Mutex::new(BTreeMap::new()),
+            served: Mutex::new(BTreeMap::new()),
+            arrivals: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    fn arrived(&self, app: &str) {
+        let now = Instant::now();
+        let mut a = lock(&self.arrivals);
+        let e = a.entry(app.to_string()).or_insert((now, 0, 0.0));
+        roll_demand(e, now);
+        e.1 += 1;
+    }
+
+    /// The node's metrics in OpenMetrics text, derived gauges refreshed first.
+    pub fn render_metrics(&self) -> String {
+        let m = self.local.metrics();
+        self.local.refresh_instance_gauges();
+        let now = Instant::now();
+        for (app, e) in lock(&self.arrivals).iter_mut() {
+            roll_demand(e, now);
+            m.demand_rps.get_or_create(&labels(&[("app", app)])).set(e.2);
+        }
+        let routes = self.local.routes();
+        let served = lock(&self.served).clone();
+        for r in &routes.apps {
+            let spec = &r.spec;
+            let l = labels(&[("app", &spec.name)]);
+            m.accuracy_slo.get_or_create(&l).set(spec.accuracy_slo);
+            if let Some(acc) = served_accuracy(spec, |t, v| served.get(&(spec.name.clone(), t, v)).copied()) {
+                m.served_accuracy.get_or_create(&l).set(acc);
+            }
+        }
+        m.render()
     }
 
     /// The local half.
@@ -452,6 +516,7 @@ impl<T: Transport> DataPlane<T> {
             match outcome {
                 StageOutcome::Done { output, variant, .. } => {
                     let v = spec.tasks[task].variants.iter().position(|x| x.name == variant).unwrap_or(0);
+                    *lock(&self.served).entry((spec.name.clone(), task, v)).or_default() += 1;
                     for c in spec.children(task) {
                         let mean = spec.fanout(task, v, c);
                         let mut rng = SplitMix64::new(id ^ (u64::from(item) << 32) ^ c as u64);
@@ -513,6 +578,43 @@ impl<T: Transport> DataPlane<T> {
     fn count(&self, outcome: &'static str) {
         *lock(&self.answered).entry(outcome).or_default() += 1;
     }
+}
+
+/// Close the demand window `e` (start, count, last rate) when it is over.
+fn roll_demand(e: &mut (Instant, u64, f64), now: Instant) {
+    let elapsed = now.duration_since(e.0);
+    if elapsed >= DEMAND_WINDOW {
+        e.2 = e.1 as f64 / elapsed.as_secs_f64();
+        *e = (now, 0, e.2);
+    }
+}
+
+/// The accuracy an app was served with: per task the average accuracy of the variants that
+/// ran its stages (`served(task, variant)` counts them), multiplied along each path, paths
+/// weighted as the planner weights them (the paper's product-of-averages model). `None`
+/// until every task has served a stage.
+pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, usize) -> Option<u64>) -> Option<f64> {
+    let mut avg = Vec::with_capacity(spec.tasks.len());
+    for (t, task) in spec.tasks.iter().enumerate() {
+        let (mut n, mut sum) = (0u64, 0.0);
+        for (v, var) in task.variants.iter().enumerate() {
+            let k = served(t, v).unwrap_or(0);
+            n += k;
+            sum += k as f64 * var.accuracy;
+        }
+        if n == 0 {
+            return None;
+        }
+        avg.push(sum / n as f64);
+    }
+    let paths = spec.paths();
+    let weights = jigsaw_coordinator::planner::path_weights(spec, &paths);
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let acc: f64 = paths.iter().zip(&weights).map(|(p, w)| w * p.iter().map(|&t| avg[t]).product::<f64>()).sum();
+    Some(acc / total)
 }
 
 /// Weighted choice among targets not yet tried.
@@ -589,6 +691,10 @@ impl<T: Transport> Inference for DataPlane<T> {
         })
     }
 
+    fn metrics(&self) -> Option<String> {
+        Some(self.render_metrics())
+    }
+
     fn infer(
         &self,
         app: &str,
@@ -618,13 +724,20 @@ impl<T: Transport> Inference for DataPlane<T> {
         let Some(me) = self.weak.upgrade() else {
             return Box::pin(std::future::ready(Err(ServeError::Unavailable("node is stopping".into()))));
         };
+        me.arrived(app);
+        let app = app.to_string();
+        let started = Instant::now();
         Box::pin(async move {
             let _guard = guard;
             let r = me.clone().run(Arc::new(route), id, input, deadline).await;
-            me.count(match &r {
+            let outcome = match &r {
                 Ok(_) => "ok",
                 Err(e) => e.outcome(),
-            });
+            };
+            me.count(outcome);
+            let m = me.local.metrics();
+            m.requests.get_or_create(&labels(&[("app", &app), ("outcome", outcome)])).inc();
+            m.request_duration.get_or_create(&labels(&[("app", &app)])).observe(started.elapsed().as_secs_f64());
             r.map(|mut resp| {
                 resp.id = req_id;
                 resp

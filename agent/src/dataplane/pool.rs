@@ -40,6 +40,10 @@ pub struct PoolStats {
     pub failed: AtomicU64,
     /// Observed batch latencies at the largest batch size seen, µs (latest 256).
     pub samples: std::sync::Mutex<Vec<(u32, u64)>>,
+    /// Requests waiting in the queue now.
+    pub depth: AtomicU64,
+    /// Share of the last full window (parts per million) the replicas spent running batches.
+    pub busy_ppm: AtomicU64,
 }
 
 /// A running pool; dropping it stops the driver and answers queued items with an error.
@@ -61,9 +65,20 @@ impl Drop for Pool {
 impl Pool {
     /// Start a pool over `workers` with queue settings `cfg`; `variant` names the outputs.
     pub fn start(cfg: QueueConfig, workers: Vec<Arc<dyn WorkerConn>>, variant: String) -> Pool {
+        Self::start_with(cfg, workers, variant, None)
+    }
+
+    /// [`Pool::start`], recording every batch's size in `batches` (the node's
+    /// `jigsaw_batch_size` histogram of the instance's app and task).
+    pub fn start_with(
+        cfg: QueueConfig,
+        workers: Vec<Arc<dyn WorkerConn>>,
+        variant: String,
+        batches: Option<prometheus_client::metrics::histogram::Histogram>,
+    ) -> Pool {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(PoolStats::default());
-        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, stats.clone()));
+        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, stats.clone(), batches));
         Pool { tx, driver, stats, workers }
     }
 
@@ -118,9 +133,29 @@ struct Driver {
     next_id: u64,
     done_tx: mpsc::UnboundedSender<Finished>,
     stats: Arc<PoolStats>,
+    batches: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Busy time of the replicas in the current window, µs, and when the window began.
+    busy_us: u64,
+    window_from: Instant,
 }
 
+/// Window of the busy ratio.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Driver {
+    /// Close the busy window when it is over (called at least once a second).
+    fn roll_window(&mut self) {
+        let elapsed = self.window_from.elapsed();
+        if elapsed < BUSY_WINDOW {
+            return;
+        }
+        let capacity = elapsed.as_micros() as f64 * self.workers.len().max(1) as f64;
+        let ppm = (self.busy_us as f64 / capacity * 1e6).clamp(0.0, 1e6) as u64;
+        self.stats.busy_ppm.store(ppm, Ordering::Relaxed);
+        self.busy_us = 0;
+        self.window_from = Instant::now();
+    }
+
     fn now_us(&self) -> u64 {
         Instant::now().duration_since(self.origin).as_micros() as u64
     }
@@ -178,8 +213,12 @@ impl Driver {
             Finished::Batch { instance, ids, inputs, result, exec_us } => (instance, ids, inputs, result, exec_us),
         };
         let n = ids.len() as u32;
+        self.busy_us += exec_us;
         match result {
             Ok(outputs) if outputs.len() == ids.len() => {
+                if let Some(h) = &self.batches {
+                    h.observe(f64::from(n));
+                }
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.items.fetch_add(u64::from(n), Ordering::Relaxed);
                 {
@@ -243,16 +282,34 @@ async fn drive(
     variant: String,
     mut rx: mpsc::UnboundedReceiver<Item>,
     stats: Arc<PoolStats>,
+    batches: Option<prometheus_client::metrics::histogram::Histogram>,
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let queue = TaskQueue::new(cfg, workers.len().max(1));
-    let mut d =
-        Driver { origin: Instant::now(), queue, workers, variant, waiting: HashMap::new(), next_id: 0, done_tx, stats };
+    let now = Instant::now();
+    let mut d = Driver {
+        origin: now,
+        queue,
+        workers,
+        variant,
+        waiting: HashMap::new(),
+        next_id: 0,
+        done_tx,
+        stats,
+        batches,
+        busy_us: 0,
+        window_from: now,
+    };
     let mut events: Vec<Event> = Vec::new();
+    let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         d.execute(std::mem::take(&mut events));
+        d.stats.depth.store(d.queue.waiting() as u64, Ordering::Relaxed);
+        d.roll_window();
         let wake = d.queue.next_wakeup().map(|us| d.origin + std::time::Duration::from_micros(us));
         tokio::select! {
+            _ = second.tick() => {}
             item = rx.recv() => {
                 let Some(item) = item else { break };
                 events = d.arrive(item);

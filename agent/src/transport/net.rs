@@ -307,13 +307,16 @@ impl SimHub {
                             Ok((msg, _)) => handler(Peer::Sim(from.clone()), msg).await,
                             Err(e) => WireMessage::Error { message: format!("bad frame: {e}"), retry: false },
                         };
-                        let frame = match wire::encode_frame(&reply) {
-                            Ok(f) => f,
-                            Err(e) => {
-                                tracing::warn!(%e, node = %to_name, "reply does not fit in a frame");
-                                return;
-                            }
-                        };
+                        // A reply that does not fit a frame fails the request at once, as a
+                        // reset QUIC stream does.
+                        let frame = wire::encode_frame(&reply).or_else(|e| {
+                            let why = WireMessage::Error {
+                                message: format!("reply does not fit in a frame: {e}"),
+                                retry: false,
+                            };
+                            wire::encode_frame(&why)
+                        });
+                        let Ok(frame) = frame else { return };
                         // The node may have crashed while handling: then no reply.
                         if hub.with(|i| i.handlers.contains_key(&to_name)) {
                             hub.send(&to_name, &from, Envelope::Reply { id, frame });
