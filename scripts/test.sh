@@ -2,7 +2,7 @@
 # The test command: formatting, lints (warnings are errors), docs, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+bash scripts/deps.sh --test
 source scripts/env.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -128,7 +128,8 @@ fn failover_agent_loss_and_full_restart() {
 
 /// The acceptance path at test scale: `jigsaw up` (agents with `jigsaw worker` processes),
 /// then `jigsaw load` through every agent's HTTP API while one worker process is killed.
-/// Every request is accounted for; most succeed; the killed worker is restarted.
+/// Every request is accounted for; most succeed; the killed worker is restarted; every
+/// agent's `/metrics` parses and its counters match the load generator's report.
 #[test]
 fn load_through_the_cluster_survives_a_worker_kill() {
     let dir = std::env::temp_dir().join(format!("jigsaw-proc-load-{}", std::process::id()));
@@ -181,6 +182,77 @@ fn load_through_the_cluster_survives_a_worker_kill() {
         assert!(t.elapsed() < Duration::from_secs(30), "worker not restarted: {before:?} -> {now:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every agent's /metrics parses with the reference OpenMetrics parser and agrees with
+    // what the load generator saw.
+    let nodes = LocalCluster::load(&dir).expect("cluster.json").nodes;
+    let mut served_ok = 0.0;
+    let mut coordinators = 0.0;
+    for n in &nodes {
+        let url = n.http.as_deref().expect("every local agent serves HTTP");
+        let samples = scrape(url);
+        let get = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+            samples
+                .iter()
+                .find(|s| s.0 == name && labels.iter().all(|(k, v)| s.1.get(*k).map(String::as_str) == Some(*v)))
+                .map(|s| s.2)
+        };
+        served_ok += get("jigsaw_requests_total", &[("app", "traffic"), ("outcome", "ok")]).unwrap_or(0.0);
+        coordinators += get("jigsaw_is_coordinator", &[]).expect("jigsaw_is_coordinator on every node");
+        assert!(get("jigsaw_plan_epoch", &[]).expect("jigsaw_plan_epoch") >= 1.0, "{}: plan applied", n.name);
+        if let Some(acc) = get("jigsaw_served_accuracy", &[("app", "traffic")]) {
+            let slo = get("jigsaw_accuracy_slo", &[("app", "traffic")]).expect("the SLO next to the accuracy");
+            assert!(acc > 0.0 && acc <= 1.0 && slo > 0.0, "{}: accuracy {acc}, SLO {slo}", n.name);
+        }
+    }
+    assert_eq!(coordinators, 1.0, "exactly one coordinator reports itself");
+    // A request the frontend answered in time can still reach the client after its deadline.
+    let ok = r["outcomes"]["ok"].as_f64().expect("ok");
+    let late = r["outcomes"]["deadline_miss"].as_f64().expect("deadline_miss");
+    assert!(
+        served_ok >= ok && served_ok <= ok + late,
+        "the frontends' ok counters ({served_ok}) match the load generator's: {r}"
+    );
     let (ok, out) = jigsaw(&["down", "--dir", d]);
     assert!(ok, "{out}");
+}
+
+/// GET `url`/metrics and parse it with the Python reference client's OpenMetrics parser
+/// (Debian `python3-prometheus-client`, installed by `scripts/deps.sh --test`): the
+/// samples as (name, labels, value).
+fn scrape(url: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    use std::io::{Read, Write};
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(hostport).expect("connect to the agent's HTTP port");
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    let parser = "import json,sys\n\
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+out=[[s.name,s.labels,s.value] for f in parse(sys.stdin.read()) for s in f.samples]\n\
+print(json.dumps(out))";
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", "import prometheus_client"]).output().is_ok_and(|o| o.status.success()))
+        .expect("a python3 with prometheus_client: run scripts/deps.sh --test (installs python3-prometheus-client)");
+    let mut child = Command::new(python)
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the parser");
+    child.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("feed the parser");
+    let out = child.wait_with_output().expect("parser finishes");
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected /metrics: {}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).expect("parser output");
+    assert!(!parsed.is_empty(), "no samples in {body}");
+    parsed
 }

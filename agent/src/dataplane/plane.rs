@@ -364,8 +364,8 @@ pub struct DataPlane<T: Transport> {
     /// Stages served, by (app, task index, variant index): what the served accuracy is
     /// computed from.
     served: Mutex<BTreeMap<(String, usize, usize), u64>>,
-    /// Arrivals per app: (window start, arrivals in it, rate of the last closed window).
-    arrivals: Mutex<BTreeMap<String, (Instant, u64, f64)>>,
+    /// Arrivals per app in the current and the previous demand window.
+    arrivals: Mutex<BTreeMap<String, Demand>>,
 }
 
 /// Window of `jigsaw_demand_rps`.
@@ -391,9 +391,9 @@ impl<T: Transport> DataPlane<T> {
     fn arrived(&self, app: &str) {
         let now = Instant::now();
         let mut a = lock(&self.arrivals);
-        let e = a.entry(app.to_string()).or_insert((now, 0, 0.0));
-        roll_demand(e, now);
-        e.1 += 1;
+        let e = a.entry(app.to_string()).or_insert(Demand { since: now, count: 0, previous: None });
+        e.roll(now);
+        e.count += 1;
     }
 
     /// The node's metrics in OpenMetrics text, derived gauges refreshed first.
@@ -402,8 +402,8 @@ impl<T: Transport> DataPlane<T> {
         self.local.refresh_instance_gauges();
         let now = Instant::now();
         for (app, e) in lock(&self.arrivals).iter_mut() {
-            roll_demand(e, now);
-            m.demand_rps.get_or_create(&labels(&[("app", app)])).set(e.2);
+            e.roll(now);
+            m.demand_rps.get_or_create(&labels(&[("app", app)])).set(e.rate(now));
         }
         let routes = self.local.routes();
         let served = lock(&self.served).clone();
@@ -580,21 +580,45 @@ impl<T: Transport> DataPlane<T> {
     }
 }
 
-/// Close the demand window `e` (start, count, last rate) when it is over.
-fn roll_demand(e: &mut (Instant, u64, f64), now: Instant) {
-    let elapsed = now.duration_since(e.0);
-    if elapsed >= DEMAND_WINDOW {
-        e.2 = e.1 as f64 / elapsed.as_secs_f64();
-        *e = (now, 0, e.2);
+/// Arrivals of one app at this frontend: the current window and the one before it.
+struct Demand {
+    since: Instant,
+    count: u64,
+    /// (arrivals, length) of the previous window.
+    previous: Option<(u64, Duration)>,
+}
+
+impl Demand {
+    /// Start a new window when the current one is over.
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.since);
+        if elapsed >= DEMAND_WINDOW {
+            self.previous = Some((self.count, elapsed));
+            self.since = now;
+            self.count = 0;
+        }
+    }
+
+    /// Requests per second over the previous and the current window together.
+    fn rate(&self, now: Instant) -> f64 {
+        let (n0, d0) = self.previous.unwrap_or((0, Duration::ZERO));
+        let span = (d0 + now.duration_since(self.since)).as_secs_f64();
+        if span < 0.5 {
+            return 0.0;
+        }
+        (n0 + self.count) as f64 / span
     }
 }
 
-/// The accuracy an app was served with: per task the average accuracy of the variants that
-/// ran its stages (`served(task, variant)` counts them), multiplied along each path, paths
-/// weighted as the planner weights them (the paper's product-of-averages model). `None`
-/// until every task has served a stage.
+/// The accuracy an app was served with, on the planner's scale: per task the average
+/// accuracy of the variants that ran its stages (`served(task, variant)` counts them),
+/// multiplied along each path, paths weighted as the planner weights them (the paper's
+/// product-of-averages model), relative to the same with every task on its most accurate
+/// variant (so it compares with the accuracy SLO and the plan's accuracy). `None` until
+/// every task has served a stage.
 pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, usize) -> Option<u64>) -> Option<f64> {
     let mut avg = Vec::with_capacity(spec.tasks.len());
+    let mut best = Vec::with_capacity(spec.tasks.len());
     for (t, task) in spec.tasks.iter().enumerate() {
         let (mut n, mut sum) = (0u64, 0.0);
         for (v, var) in task.variants.iter().enumerate() {
@@ -606,15 +630,15 @@ pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, u
             return None;
         }
         avg.push(sum / n as f64);
+        best.push(task.variants.iter().map(|v| v.accuracy).fold(0.0, f64::max));
     }
     let paths = spec.paths();
     let weights = jigsaw_coordinator::planner::path_weights(spec, &paths);
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 {
-        return None;
-    }
-    let acc: f64 = paths.iter().zip(&weights).map(|(p, w)| w * p.iter().map(|&t| avg[t]).product::<f64>()).sum();
-    Some(acc / total)
+    let over = |acc: &[f64]| -> f64 {
+        paths.iter().zip(&weights).map(|(p, w)| w * p.iter().map(|&t| acc[t]).product::<f64>()).sum()
+    };
+    let a_max = over(&best);
+    (a_max > 0.0).then(|| over(&avg) / a_max)
 }
 
 /// Weighted choice among targets not yet tried.
@@ -743,5 +767,40 @@ impl<T: Transport> Inference for DataPlane<T> {
                 resp
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jigsaw_protocol::testing::{variant, AppToml};
+
+    #[test]
+    fn served_accuracy_is_relative_to_the_best_variants() {
+        let toml = AppToml::new("chain", 100.0, 0.8)
+            .task("a", vec![variant("a-big", 0.8, "resnet", 4.0), variant("a-small", 0.4, "resnet", 1.0)])
+            .task("b", vec![variant("b", 0.5, "resnet", 1.0)])
+            .edge("a", "b")
+            .build();
+        let spec = jigsaw_protocol::AppSpec::parse(&toml, "chain").expect("parses");
+        assert_eq!(served_accuracy(&spec, |_, _| None), None, "nothing served yet");
+        let best = served_accuracy(&spec, |t, v| Some(u64::from(v == 0) * (t as u64 + 1)));
+        assert!((best.expect("served") - 1.0).abs() < 1e-12, "{best:?}");
+        // Half of task a's stages on the small variant: average 0.6 of a best 0.8.
+        let half = served_accuracy(&spec, |_, _| Some(5)).expect("served");
+        assert!((half - 0.75).abs() < 1e-12, "{half}");
+    }
+
+    #[test]
+    fn demand_counts_both_windows() {
+        let t0 = Instant::now();
+        let mut d = Demand { since: t0, count: 0, previous: None };
+        assert_eq!(d.rate(t0), 0.0);
+        d.count = 30;
+        assert!((d.rate(t0 + Duration::from_secs(3)) - 10.0).abs() < 1e-9);
+        d.roll(t0 + DEMAND_WINDOW);
+        d.count = 5;
+        let r = d.rate(t0 + DEMAND_WINDOW + Duration::from_secs(1));
+        assert!((r - 35.0 / 11.0).abs() < 1e-9, "{r}");
     }
 }
