@@ -4,17 +4,20 @@
 # (rebuilds of HiGHS in minutes instead of ~7) and python3 (the scripts use it). Needs root
 # or sudo only when something is missing. `scripts/libclang.sh` decides about libclang (and
 # is tested against fake trees: tests/tests/scripts.rs). `--test` also installs what the
-# tests need (python3-prometheus-client, whose OpenMetrics parser checks /metrics).
+# tests need (python3-prometheus-client, whose OpenMetrics parser checks /metrics; systemd,
+# whose systemd-analyze verifies the unit).
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v ccache >/dev/null 2>&1 || missing+=(ccache)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)          # HiGHS is C++
 command -v python3 >/dev/null 2>&1 || missing+=(python3)  # the scripts read cargo metadata with it
-# The tests parse /metrics with the reference Python client's OpenMetrics parser.
+# The tests parse /metrics with the reference Python client's OpenMetrics parser and verify
+# the systemd unit with systemd-analyze.
 if [ "${1:-}" = "--test" ]; then
   python3 -c 'import prometheus_client' >/dev/null 2>&1 ||
     /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || missing+=(python3-prometheus-client)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies deploy/jigsaw-agent.service
 fi
 # bindgen needs libclang.so itself; libclang-cpp (often shipped alone) does not count.
 bash "$(dirname "$0")/libclang.sh" >/dev/null || missing+=(libclang-dev)

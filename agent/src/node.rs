@@ -288,6 +288,30 @@ impl Router {
     }
 }
 
+/// What the heartbeat task last learnt about this node's standing in the cluster; a new
+/// value is published after every heartbeat (so its arrival also proves the task alive,
+/// which is what a service manager's watchdog should see).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Heartbeats sent so far.
+    pub beats: u64,
+    /// The coordinator accepted this node's latest heartbeat (this node is a member).
+    pub joined: bool,
+    /// The coordinator that accepted it (this node's own name when it coordinates).
+    pub coordinator: Option<String>,
+    /// The plan epoch this node has applied.
+    pub applied_epoch: u64,
+    /// The committed plan epoch, as the coordinator said.
+    pub committed_epoch: u64,
+}
+
+impl Health {
+    /// Joined, with a coordinator, and the current plan applied: ready to serve.
+    pub fn ready(&self) -> bool {
+        self.joined && self.coordinator.is_some() && self.applied_epoch >= self.committed_epoch
+    }
+}
+
 /// The heartbeat task: owns the observed profile points and the seed rotation.
 struct Heartbeats<T: Transport> {
     name: String,
@@ -302,6 +326,8 @@ struct Heartbeats<T: Transport> {
     hint: Hint,
     reported: mpsc::UnboundedReceiver<Vec<ProfileRow>>,
     observed: BTreeMap<ObservedKey, ProfileRow>,
+    sm: Option<StateMachine>,
+    health: watch::Sender<Health>,
 }
 
 impl<T: Transport> Heartbeats<T> {
@@ -334,34 +360,50 @@ impl<T: Transport> Heartbeats<T> {
         let mut every = tokio::time::interval(Duration::from_millis(self.heartbeat_ms));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_seed = 0usize;
+        let mut beats = 0u64;
         loop {
             every.tick().await;
             let hb = self.heartbeat();
-            if let Some(c) = &self.coordinator {
-                if c.leading().is_some() && c.heartbeat(hb.clone()).await.unwrap_or(false) {
-                    continue;
-                }
-            }
-            let hinted = self.hint.borrow().clone();
-            let target = match hinted {
-                Some(t) if t.0 != self.name => t,
-                _ if self.seeds.is_empty() => continue,
-                _ => {
-                    next_seed = (next_seed + 1) % self.seeds.len();
-                    self.seeds[next_seed].clone()
-                }
-            };
-            let timeout = Duration::from_millis(self.heartbeat_ms * 3);
-            let hint = match self.transport.request(&target.0, &target.1, WireMessage::Heartbeat(hb), timeout).await {
-                // Accepted: keep it; redirected: follow it; no hint: try the next seed.
-                Ok(WireMessage::HeartbeatReply { accepted: true, .. }) => Some(target),
-                Ok(WireMessage::HeartbeatReply { coordinator, .. }) => {
-                    coordinator.filter(|c| c.0 != self.name && c.0 != target.0)
-                }
-                Ok(_) | Err(_) => None,
-            };
-            self.hint.send_replace(hint);
+            let applied_epoch = hb.applied_epoch;
+            beats += 1;
+            let (joined, coordinator, committed_epoch) = self.beat(hb, &mut next_seed).await;
+            self.health.send_replace(Health { beats, joined, coordinator, applied_epoch, committed_epoch });
         }
+    }
+
+    /// Send one heartbeat: to the local coordinator actor when this node leads, else to the
+    /// coordinator it knows or the next seed. Returns (accepted, by whom, committed epoch).
+    async fn beat(&mut self, hb: Heartbeat, next_seed: &mut usize) -> (bool, Option<String>, u64) {
+        if let Some(c) = &self.coordinator {
+            if c.leading().is_some() && c.heartbeat(hb.clone()).await.unwrap_or(false) {
+                let committed = self.sm.as_ref().map_or(0, |s| s.snapshot_state().state.epoch);
+                return (true, Some(self.name.clone()), committed);
+            }
+        }
+        let hinted = self.hint.borrow().clone();
+        let target = match hinted {
+            Some(t) if t.0 != self.name => t,
+            _ if self.seeds.is_empty() => return (false, None, 0),
+            _ => {
+                *next_seed = (*next_seed + 1) % self.seeds.len();
+                self.seeds[*next_seed].clone()
+            }
+        };
+        let timeout = Duration::from_millis(self.heartbeat_ms * 3);
+        let (hint, outcome) =
+            match self.transport.request(&target.0, &target.1, WireMessage::Heartbeat(hb), timeout).await {
+                // Accepted: keep it; redirected: follow it; no hint: try the next seed.
+                Ok(WireMessage::HeartbeatReply { accepted: true, epoch, .. }) => {
+                    let name = target.0.clone();
+                    (Some(target), (true, Some(name), epoch))
+                }
+                Ok(WireMessage::HeartbeatReply { coordinator, epoch, .. }) => {
+                    (coordinator.filter(|c| c.0 != self.name && c.0 != target.0), (false, None, epoch))
+                }
+                Ok(_) | Err(_) => (None, (false, None, 0)),
+            };
+        self.hint.send_replace(hint);
+        outcome
     }
 }
 
@@ -375,6 +417,7 @@ pub struct NodeHandle<T: Transport> {
     inventory: watch::Receiver<(u64, Vec<GpuInventory>)>,
     report: mpsc::UnboundedSender<Vec<ProfileRow>>,
     plane: Arc<DataPlane<T>>,
+    health: watch::Receiver<Health>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -467,6 +510,7 @@ impl<T: Transport> NodeHandle<T> {
             tasks.push(t);
         }
         let (report, reported) = mpsc::unbounded_channel();
+        let (health_tx, health) = watch::channel(Health::default());
         let heartbeats = Heartbeats {
             name: spec.name.clone(),
             addr: spec.addr,
@@ -480,9 +524,22 @@ impl<T: Transport> NodeHandle<T> {
             hint,
             reported,
             observed: BTreeMap::new(),
+            sm: sm.clone(),
+            health: health_tx,
         };
         tasks.push(tokio::spawn(heartbeats.run()));
-        Ok(NodeHandle { name: spec.name, raft, sm, agent, coordinator, inventory: inv_rx, report, plane, tasks })
+        Ok(NodeHandle {
+            name: spec.name,
+            raft,
+            sm,
+            agent,
+            coordinator,
+            inventory: inv_rx,
+            report,
+            plane,
+            health,
+            tasks,
+        })
     }
 
     /// Record profile points measured on this node (the data plane's run-time latencies);
@@ -494,6 +551,11 @@ impl<T: Transport> NodeHandle<T> {
     /// The node's data plane (its inference frontend).
     pub fn plane(&self) -> Arc<DataPlane<T>> {
         self.plane.clone()
+    }
+
+    /// The node's health as its heartbeat task last saw it; changes after every heartbeat.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
     }
 
     /// Node id.

@@ -572,12 +572,17 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             }
             None => None,
         };
+        let notifier = tokio::spawn(notify_systemd(handle.health(), node.id.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!(node = %node.id, "stopping");
+        notifier.abort();
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+            tracing::warn!(%e, "sd_notify STOPPING");
+        }
         let _ = stop_tx.send(true);
         if let Some(h) = http {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
@@ -586,6 +591,43 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         transport.close();
         Ok(())
     })
+}
+
+/// Tell systemd (when it started us with `Type=notify`; a no-op otherwise) how the node
+/// stands: `READY=1` once it has joined, has a coordinator and has applied the current plan;
+/// `WATCHDOG=1` after every heartbeat the node's heartbeat loop completes (so a wedged node
+/// stops pinging and `WatchdogSec=` restarts it); `STATUS=` whenever the standing changes.
+async fn notify_systemd(mut health: tokio::sync::watch::Receiver<jigsaw_agent::node::Health>, node: String) {
+    use sd_notify::NotifyState;
+    let watchdog = sd_notify::watchdog_enabled().is_some();
+    let mut ready = false;
+    let mut last_status = String::new();
+    while health.changed().await.is_ok() {
+        let h = health.borrow_and_update().clone();
+        let status = match (&h.coordinator, h.ready()) {
+            (Some(c), true) => format!("serving: coordinator {c}, plan epoch {}", h.applied_epoch),
+            (Some(c), false) => format!("applying plan epoch {} (coordinator {c})", h.committed_epoch),
+            (None, _) => "waiting for a coordinator".to_string(),
+        };
+        let mut states = Vec::new();
+        if h.ready() && !ready {
+            ready = true;
+            tracing::info!(%node, "ready: joined, coordinator known, plan applied");
+            states.push(NotifyState::Ready);
+        }
+        if status != last_status {
+            states.push(NotifyState::Status(&status));
+        }
+        if watchdog {
+            states.push(NotifyState::Watchdog);
+        }
+        if !states.is_empty() {
+            if let Err(e) = sd_notify::notify(&states) {
+                tracing::warn!(%e, "sd_notify");
+            }
+        }
+        last_status = status.clone();
+    }
 }
 
 fn nvml_gpus() -> Result<Vec<Backend>> {

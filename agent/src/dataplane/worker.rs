@@ -563,10 +563,44 @@ async fn run_child(
     why
 }
 
-/// Where the per-device MPS pipe and log directories live (`$JIGSAW_MPS_DIR`, default
-/// `/tmp/jigsaw-mps`).
+/// Where the per-device MPS pipe and log directories live: `JIGSAW_MPS_DIR`, else
+/// `$RUNTIME_DIRECTORY/mps` (systemd's `RuntimeDirectory=`, private to the service), else
+/// `jigsaw-mps-<uid>` under the temp dir (created 0700; `ensure_mps_daemon` refuses one it
+/// does not own, so another local user cannot pre-create it).
 pub fn mps_root() -> PathBuf {
-    std::env::var_os("JIGSAW_MPS_DIR").map_or_else(|| PathBuf::from("/tmp/jigsaw-mps"), PathBuf::from)
+    if let Some(d) = std::env::var_os("JIGSAW_MPS_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several, separated by ':'; the first is this service's.
+        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+        return PathBuf::from(first).join("mps");
+    }
+    std::env::temp_dir().join(format!("jigsaw-mps-{}", current_uid()))
+}
+
+/// The real user id of this process (from `/proc/self/status`; 0 if unreadable).
+fn current_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Create `dir` private to this user, or check that an existing one is ours and private.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != current_uid() || m.permissions().mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a private directory of uid {}", dir.display(), current_uid()),
+        ));
+    }
+    Ok(())
 }
 
 /// The environment that binds a process to MIG device `device` and to that device's own MPS
@@ -606,7 +640,13 @@ fn ensure_mps_daemon(started: &Mutex<Vec<String>>, device: &str) {
     if started.iter().any(|d| d == device) {
         return;
     }
-    let env = mps_env(device, &mps_root());
+    let root = mps_root();
+    if let Err(e) = private_dir(&root) {
+        tracing::warn!(%device, %e, "not starting an MPS daemon; replicas will time-share the instance");
+        started.push(device.to_string());
+        return;
+    }
+    let env = mps_env(device, &root);
     for (_, dir) in env.iter().skip(1) {
         let _ = std::fs::create_dir_all(dir);
     }
