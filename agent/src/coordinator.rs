@@ -52,6 +52,14 @@ pub enum CoordMsg {
         /// `true`: accepted; `false`: not the coordinator.
         reply: RpcReplyPort<bool>,
     },
+    /// A node announced it is leaving; the reply says whether this node recorded it as
+    /// coordinator.
+    Leave {
+        /// The leaving node.
+        node: String,
+        /// `true`: recorded (the node is marked down at once).
+        reply: RpcReplyPort<bool>,
+    },
     /// A solve started under `lead` finished (committed or not).
     SolveDone {
         /// The leadership the solve was started under.
@@ -290,6 +298,15 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
                 let now = state.now_ms();
                 let _ = reply.send(state.core.heartbeat(now, hb));
             }
+            CoordMsg::Leave { node, reply } => {
+                let now = state.now_ms();
+                let recorded = state.core.leave(now, &node);
+                let _ = reply.send(recorded);
+                if recorded {
+                    tracing::info!(%node, "node is leaving; marking it down now");
+                    state.tick(&myself);
+                }
+            }
             CoordMsg::SolveDone { lead, inputs } => {
                 if state.core.solve_done(lead, &inputs) {
                     state.tick(&myself); // push the new plan now, not at the next tick
@@ -347,6 +364,12 @@ impl CoordinatorHandle {
     /// Offer a heartbeat; `true` when this node accepted it as coordinator.
     pub async fn heartbeat(&self, hb: Heartbeat) -> Result<bool, CoordinatorGone> {
         ractor::call!(self.actor, |reply| CoordMsg::Heartbeat { hb, reply }).map_err(|e| CoordinatorGone(e.to_string()))
+    }
+
+    /// `node` is leaving; `true` when this node recorded it as coordinator.
+    pub async fn leave(&self, node: &str) -> Result<bool, CoordinatorGone> {
+        let node = node.to_string();
+        ractor::call!(self.actor, |reply| CoordMsg::Leave { node, reply }).map_err(|e| CoordinatorGone(e.to_string()))
     }
 
     /// Members and observed profiles, when this node coordinates.

@@ -264,6 +264,24 @@ impl Router {
                 WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
             }
             msg @ WireMessage::Stage(_) => (self.stage)(peer, msg).await,
+            WireMessage::Leave { node } => {
+                if !peer.is(&node) {
+                    return WireMessage::Error {
+                        message: format!("leave names node `{node}` but the certificate says otherwise"),
+                        retry: false,
+                    };
+                }
+                let accepted = match &self.operator.coordinator {
+                    Some(c) if c.leading().is_some() => c.leave(&node).await.unwrap_or(false),
+                    _ => false,
+                };
+                let coordinator = if accepted {
+                    Some((self.name.clone(), self.addr.clone()))
+                } else {
+                    self.operator.hint.borrow().clone()
+                };
+                WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
+            }
             WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
                     return WireMessage::Error {
@@ -419,7 +437,34 @@ pub struct NodeHandle<T: Transport> {
     plane: Arc<DataPlane<T>>,
     health: watch::Receiver<Health>,
     tasks: Vec<JoinHandle<()>>,
+    heartbeat_task: Option<JoinHandle<()>>,
+    transport: Arc<T>,
+    hint: Hint,
+    seeds: Vec<(String, String)>,
+    timing: Timing,
 }
+
+/// What [`NodeHandle::drain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// The coordinator recorded the leave (else the node is marked down only when its
+    /// heartbeats time out).
+    pub announced: bool,
+    /// A plan committed after the leave (the one without this node) was seen.
+    pub replanned: bool,
+    /// Requests still unanswered when the wait ended (0 unless `max_wait` ran out).
+    pub unanswered: u64,
+    /// How long the drain took.
+    pub waited: Duration,
+}
+
+/// A draining node waits until no stage request arrived for this long (other frontends have
+/// switched to the routes without it).
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// How long a draining node waits for the re-plan without it before it goes by local
+/// quiescence alone.
+const DRAIN_REPLAN_WAIT: Duration = Duration::from_secs(5);
 
 impl<T: Transport> NodeHandle<T> {
     /// Start a node. `attach` registers the inbound handler with the transport (the QUIC
@@ -511,6 +556,7 @@ impl<T: Transport> NodeHandle<T> {
         }
         let (report, reported) = mpsc::unbounded_channel();
         let (health_tx, health) = watch::channel(Health::default());
+        let (router_transport, router_hint, router_seeds) = (transport.clone(), hint.clone(), spec.seeds.clone());
         let heartbeats = Heartbeats {
             name: spec.name.clone(),
             addr: spec.addr,
@@ -527,7 +573,7 @@ impl<T: Transport> NodeHandle<T> {
             sm: sm.clone(),
             health: health_tx,
         };
-        tasks.push(tokio::spawn(heartbeats.run()));
+        let heartbeat_task = Some(tokio::spawn(heartbeats.run()));
         Ok(NodeHandle {
             name: spec.name,
             raft,
@@ -539,6 +585,11 @@ impl<T: Transport> NodeHandle<T> {
             plane,
             health,
             tasks,
+            heartbeat_task,
+            transport: router_transport,
+            hint: router_hint,
+            seeds: router_seeds,
+            timing: spec.timing,
         })
     }
 
@@ -590,8 +641,81 @@ impl<T: Transport> NodeHandle<T> {
         self.inventory.borrow().clone()
     }
 
+    /// Leave the cluster gracefully, before [`NodeHandle::stop`]: stop admitting requests
+    /// (503 `unavailable`), stop heartbeating, tell the coordinator (which marks this node
+    /// down at once and re-plans without it, so routes move away), then wait until every
+    /// admitted request is answered and stage requests from other frontends have stopped
+    /// arriving, for at most `max_wait`.
+    pub async fn drain(&mut self, max_wait: Duration) -> DrainReport {
+        let started = tokio::time::Instant::now();
+        self.plane.start_draining();
+        if let Some(h) = self.heartbeat_task.take() {
+            h.abort();
+        }
+        let first = self.announce_leave().await;
+        let announced = first.is_some();
+        let mut replanned = false;
+        let mut last_stages = self.plane.local().stages_taken();
+        let mut quiet_since = tokio::time::Instant::now();
+        let mut next_ask = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if let (Some(e0), false) = (first, replanned) {
+                if now >= next_ask {
+                    next_ask = now + Duration::from_millis(200);
+                    replanned = self.announce_leave().await.is_some_and(|e| e > e0);
+                }
+            }
+            let stages = self.plane.local().stages_taken();
+            if stages != last_stages {
+                last_stages = stages;
+                quiet_since = now;
+            }
+            let unanswered = self.plane.in_flight() as u64 + self.plane.local().pending();
+            // Without a re-plan in sight (the coordinator itself stopping, say), local
+            // quiescence alone decides after a while.
+            let replan_done = replanned || !announced || now.duration_since(started) >= DRAIN_REPLAN_WAIT;
+            let settled = replan_done && now.duration_since(quiet_since) >= DRAIN_QUIET;
+            if (unanswered == 0 && settled) || now.duration_since(started) >= max_wait {
+                return DrainReport { announced, replanned, unanswered, waited: now.duration_since(started) };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Tell the coordinator this node leaves; the committed epoch it reported, if it
+    /// recorded the leave.
+    async fn announce_leave(&self) -> Option<u64> {
+        if let Some(c) = self.coordinator.as_ref().filter(|c| c.leading().is_some()) {
+            return c.leave(&self.name).await.unwrap_or(false).then(|| self.committed().epoch);
+        }
+        let hinted = self.hint.borrow().clone();
+        let mut targets: Vec<(String, String)> = hinted.into_iter().collect();
+        targets.extend(self.seeds.iter().cloned());
+        let timeout = Duration::from_millis(self.timing.heartbeat_ms * 3);
+        for (name, addr) in targets.iter().filter(|t| t.0 != self.name) {
+            let msg = WireMessage::Leave { node: self.name.clone() };
+            match self.transport.request(name, addr, msg, timeout).await {
+                Ok(WireMessage::HeartbeatReply { accepted: true, epoch, .. }) => return Some(epoch),
+                Ok(WireMessage::HeartbeatReply { coordinator: Some((n, a)), .. }) if n != self.name => {
+                    let msg = WireMessage::Leave { node: self.name.clone() };
+                    if let Ok(WireMessage::HeartbeatReply { accepted: true, epoch, .. }) =
+                        self.transport.request(&n, &a, msg, timeout).await
+                    {
+                        return Some(epoch);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Stop everything (the in-process equivalent of the process exiting).
     pub async fn stop(self) {
+        if let Some(h) = &self.heartbeat_task {
+            h.abort();
+        }
         for t in &self.tasks {
             t.abort();
         }

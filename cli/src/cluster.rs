@@ -377,7 +377,7 @@ pub fn signal(pid: u32, signal: &str) -> Result<()> {
     Ok(())
 }
 
-/// Stop every agent of a local cluster (TERM, then KILL after 10 s) and remove its directory.
+/// Stop every agent of a local cluster (TERM, then KILL after 20 s: agents drain first) and remove its directory.
 pub fn cmd_down(dir: &Path, keep: bool) -> Result<String> {
     let c = LocalCluster::load(dir)?;
     if !c.local {
@@ -394,12 +394,12 @@ pub fn cmd_down(dir: &Path, keep: bool) -> Result<String> {
     }
     let t0 = Instant::now();
     for n in &c.nodes {
-        while alive(n.pid) && is_agent(n.pid) && t0.elapsed() < Duration::from_secs(10) {
+        while alive(n.pid) && is_agent(n.pid) && t0.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(50));
         }
         if alive(n.pid) && is_agent(n.pid) {
             signal(n.pid, "KILL")?;
-            writeln!(out, "{}: killed (did not stop within 10 s)", n.name)?;
+            writeln!(out, "{}: killed (did not stop within 20 s)", n.name)?;
         } else {
             writeln!(out, "{}: stopped", n.name)?;
         }
@@ -509,7 +509,12 @@ fn sim_gpus(node: &str, model: GpuModel, count: u32, reconfig: Duration) -> Vec<
         .collect()
 }
 
-/// `jigsaw agent --config FILE`: run this node until SIGTERM or SIGINT.
+/// Longest a stopping agent drains before it leaves anyway (the unit's `TimeoutStopSec` is
+/// longer).
+const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `jigsaw agent --config FILE`: run this node until SIGTERM or SIGINT, then drain (stop
+/// admitting, tell the coordinator, answer what was admitted) and leave.
 pub fn cmd_agent(config_path: &Path) -> Result<()> {
     let path = config_path.display().to_string();
     let cfg = Config::load(&path)?;
@@ -578,12 +583,23 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        tracing::info!(node = %node.id, "stopping");
+        tracing::info!(node = %node.id, "stopping: draining first");
         notifier.abort();
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
             tracing::warn!(%e, "sd_notify STOPPING");
         }
+        // No new connections (clients go to another agent); admitted requests run on.
         let _ = stop_tx.send(true);
+        let mut handle = handle;
+        let report = handle.drain(DRAIN_MAX).await;
+        tracing::info!(
+            node = %node.id,
+            announced = report.announced,
+            replanned = report.replanned,
+            unanswered = report.unanswered,
+            waited_ms = report.waited.as_millis() as u64,
+            "drained"
+        );
         if let Some(h) = http {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
         }

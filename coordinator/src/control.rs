@@ -101,7 +101,13 @@ pub struct Control {
     solving: Option<(String, u64)>,
     observed: BTreeMap<(String, String, GpuModel, String, u8, u32), ProfileRow>,
     routes: Option<std::sync::Arc<RoutingTable>>,
+    /// Nodes that announced they are leaving, with when.
+    leaving: BTreeMap<String, u64>,
 }
+
+/// Heartbeats from a node this soon after it announced it is leaving are stale (sent before
+/// the announcement); a later one means it came back.
+pub const LEAVE_QUIET_MS: u64 = 2_000;
 
 impl Control {
     /// A fresh control state for a node that became leader at `now_ms`.
@@ -118,11 +124,27 @@ impl Control {
             solving: None,
             observed: BTreeMap::new(),
             routes: None,
+            leaving: BTreeMap::new(),
         }
+    }
+
+    /// `node` announced at `now_ms` that it is shutting down: it is marked down at the next
+    /// tick instead of after `dead_after_ms` of silence, so the re-plan moves its work away
+    /// while it drains.
+    pub fn leave(&mut self, now_ms: u64, node: &str) {
+        self.leaving.insert(node.to_string(), now_ms);
+        self.seen.remove(node);
+        self.in_flight.remove(node);
     }
 
     /// A heartbeat arrived.
     pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) {
+        if let Some(&at) = self.leaving.get(&hb.node) {
+            if now_ms.saturating_sub(at) < LEAVE_QUIET_MS {
+                return; // sent before the node announced it was leaving
+            }
+            self.leaving.remove(&hb.node); // it came back
+        }
         for r in &hb.observed {
             let key = (r.task.clone(), r.variant.clone(), r.gpu, r.mig_profile.clone(), r.mps, r.batch);
             self.observed.insert(key, r.clone());
@@ -219,7 +241,7 @@ impl Control {
         // Failure detection.
         for m in state.alive_members() {
             let last = self.seen.get(&m.node).map_or(0, |s| s.at_ms).max(self.since_ms);
-            if now_ms.saturating_sub(last) >= dead_after {
+            if self.leaving.contains_key(&m.node) || now_ms.saturating_sub(last) >= dead_after {
                 let cmd = ClusterCommand::MarkDown { node: m.node.clone() };
                 self.propose(now_ms, format!("member/{}", m.node), cmd, &mut out);
             }
@@ -356,6 +378,34 @@ mod tests {
         let acts = c.tick(10_100, &st);
         assert!(!acts.iter().any(|a| matches!(a, Action::Propose(_))), "MarkDown(a) is debounced: {acts:?}");
         assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
+    }
+
+    #[test]
+    fn a_leaving_node_is_marked_down_at_once_and_rejoins_when_it_returns() {
+        let mut st = ClusterState::default();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        c.heartbeat(10, hb("a", 0));
+        c.heartbeat(10, hb("b", 0));
+        let acts = c.tick(10, &st);
+        apply_all(&mut st, &acts);
+        assert_eq!(st.alive_members().count(), 2);
+        c.leave(100, "b");
+        let acts = c.tick(110, &st);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Propose(ClusterCommand::MarkDown { node }) if node == "b")),
+            "marked down at once, not after the heartbeat timeout: {acts:?}"
+        );
+        apply_all(&mut st, &acts);
+        // A heartbeat it sent before leaving arrives late: ignored.
+        c.heartbeat(150, hb("b", 0));
+        assert!(c.tick(200, &st).iter().all(|a| !matches!(a, Action::Propose(ClusterCommand::PutMember(_)))));
+        // Restarted and heartbeating again: it rejoins.
+        c.heartbeat(100 + LEAVE_QUIET_MS + 1, hb("b", 0));
+        let acts = c.tick(100 + LEAVE_QUIET_MS + 2, &st);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(m)) if m.node == "b" && m.alive)),
+            "{acts:?}"
+        );
     }
 
     #[test]

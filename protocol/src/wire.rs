@@ -104,6 +104,15 @@ pub enum WireMessage {
     Stage(StageRequest),
     /// Reply to [`WireMessage::Stage`].
     StageReply(StageReply),
+    /// A node is shutting down: mark it down now (not after the heartbeat timeout) and move
+    /// its instances and routes elsewhere. Reply: [`WireMessage::HeartbeatReply`]
+    /// (`accepted`: the receiver coordinates and recorded it; `epoch`: its committed plan
+    /// epoch, which grows once the re-plan without the node is committed). Added after
+    /// version 3 shipped, at the end of the enum: older peers answer it with an error.
+    Leave {
+        /// The leaving node (must match the sender's certificate).
+        node: String,
+    },
 }
 
 /// The Raft RPCs.
@@ -537,6 +546,7 @@ mod fuzz_seeds {
                 },
             ),
             ("v3-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            ("v3-leave", WireMessage::Leave { node: "n4".into() }),
         ]
     }
 

@@ -90,6 +90,17 @@ impl Leader {
         }
     }
 
+    /// `node` announced it is leaving; `false` when this node does not lead.
+    pub fn leave(&mut self, now_ms: u64, node: &str) -> bool {
+        match &mut self.lead {
+            Some((_, c)) => {
+                c.leave(now_ms, node);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// One control step; the actions are tagged with the leadership they belong to.
     pub fn tick(&mut self, now_ms: u64, state: &ClusterState) -> Option<(LeadId, Vec<Action>)> {
         let (id, c) = self.lead.as_mut()?;

@@ -103,6 +103,8 @@ pub struct LocalPlane {
     generation: AtomicU64,
     me: Weak<LocalPlane>,
     metrics: Arc<Metrics>,
+    /// Stage requests taken so far (a draining node waits until they stop arriving).
+    stages: AtomicU64,
 }
 
 impl LocalPlane {
@@ -123,7 +125,22 @@ impl LocalPlane {
             generation: AtomicU64::new(1),
             me: me.clone(),
             metrics: Arc::new(Metrics::new()),
+            stages: AtomicU64::new(0),
         })
+    }
+
+    /// Stage requests this plane has taken so far (local and from other frontends).
+    pub fn stages_taken(&self) -> u64 {
+        self.stages.load(Ordering::Relaxed)
+    }
+
+    /// Requests the local instances hold and have not answered yet.
+    pub fn pending(&self) -> u64 {
+        lock(&self.local)
+            .values()
+            .filter_map(|l| l.pool.as_ref())
+            .map(|p| p.stats.pending.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The node's metrics (this plane's and, through the node, every other part's).
@@ -292,6 +309,7 @@ impl LocalPlane {
 
     /// Run one item on a local instance.
     pub async fn serve_stage(&self, req: StageRequest) -> StageOutcome {
+        self.stages.fetch_add(1, Ordering::Relaxed);
         let pool = {
             let local = lock(&self.local);
             match local.get(&(req.gpu.clone(), req.start)) {
@@ -361,6 +379,8 @@ pub struct DataPlane<T: Transport> {
     next_id: AtomicU64,
     weak: Weak<DataPlane<T>>,
     answered: Mutex<BTreeMap<&'static str, u64>>,
+    /// Set when the node drains: new requests get 503 (`unavailable`).
+    draining: std::sync::atomic::AtomicBool,
     /// Stages served, by (app, task index, variant index): what the served accuracy is
     /// computed from.
     served: Mutex<BTreeMap<(String, usize, usize), u64>>,
@@ -383,6 +403,7 @@ impl<T: Transport> DataPlane<T> {
             in_flight: Arc::new(AtomicUsize::new(0)),
             next_id: AtomicU64::new(seed),
             answered: Mutex::new(BTreeMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             served: Mutex::new(BTreeMap::new()),
             arrivals: Mutex::new(BTreeMap::new()),
         })
@@ -416,6 +437,17 @@ impl<T: Transport> DataPlane<T> {
             }
         }
         m.render()
+    }
+
+    /// Stop admitting requests (they get 503 `unavailable`, so a client retries elsewhere);
+    /// those already admitted run to the end.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests this frontend has admitted and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// The local half.
@@ -733,6 +765,11 @@ impl<T: Transport> Inference for DataPlane<T> {
             Ok(i) => i,
             Err(e) => return Box::pin(std::future::ready(Err(ServeError::BadInput(e)))),
         };
+        if self.draining.load(Ordering::SeqCst) {
+            self.count("unavailable");
+            let msg = format!("{} is shutting down; retry on another agent", self.me);
+            return Box::pin(std::future::ready(Err(ServeError::Unavailable(msg))));
+        }
         let max = self.local.cfg.max_in_flight;
         let admitted = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         if let Err(n) = admitted {

@@ -42,6 +42,8 @@ pub struct PoolStats {
     pub samples: std::sync::Mutex<Vec<(u32, u64)>>,
     /// Requests waiting in the queue now.
     pub depth: AtomicU64,
+    /// Requests taken and not yet answered (queued or in a running batch).
+    pub pending: AtomicU64,
     /// Share of the last full window (parts per million) the replicas spent running batches.
     pub busy_ppm: AtomicU64,
 }
@@ -306,6 +308,7 @@ async fn drive(
     loop {
         d.execute(std::mem::take(&mut events));
         d.stats.depth.store(d.queue.waiting() as u64, Ordering::Relaxed);
+        d.stats.pending.store(d.waiting.len() as u64, Ordering::Relaxed);
         d.roll_window();
         let wake = d.queue.next_wakeup().map(|us| d.origin + std::time::Duration::from_micros(us));
         tokio::select! {

@@ -40,6 +40,7 @@ use schedule::{parse_trace, poisson_arrivals, Outcome, Tally};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jigsaw_agent::dataplane::http::{DEADLINE_HEADER, MAX_DEADLINE_MS};
@@ -198,6 +199,10 @@ pub struct LoadReport {
     pub first_transport_error: Option<String>,
     /// Longest delay between a request's scheduled arrival and its start, ms.
     pub max_schedule_lag_ms: f64,
+    /// Requests whose frontend refused the connection or closed it before any answer (an
+    /// agent that is down or stopping) and that were sent again to the next target, as a
+    /// client behind a load balancer would be; each is counted once, by how it finally ended.
+    pub connect_retries: u64,
 }
 
 impl LoadReport {
@@ -260,6 +265,13 @@ impl fmt::Display for LoadReport {
             for (cause, n) in &self.causes {
                 writeln!(f, "  {cause:<24} {n:>8}")?;
             }
+        }
+        if self.connect_retries > 0 {
+            writeln!(
+                f,
+                "no answer from a frontend (refused or closed), sent to the next agent: {}",
+                self.connect_retries
+            )?;
         }
         if let Some(e) = &self.first_transport_error {
             writeln!(f, "first transport error: {e}")?;
@@ -334,11 +346,43 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Why an exchange failed: `connect` when the frontend never answered: the connection was
+/// refused, or it closed before any byte of a response (a frontend that is stopping). Such
+/// a request is sent to the next target, as a load balancer would (inference requests have
+/// no side effects, so a repeat is safe).
+struct ExchangeError {
+    message: String,
+    connect: bool,
+}
+
+/// Whether `e` means the frontend gave no answer at all (refused, or closed first).
+fn never_answered(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Send one request and read the whole answer.
-async fn exchange(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
-    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+async fn exchange(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| ExchangeError { message: error_chain(&e), connect: never_answered(&e) })?;
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| error_chain(&e))?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ExchangeError { message: error_chain(&e), connect: false })?
+        .to_bytes();
     Ok((status, body))
 }
 
@@ -355,7 +399,7 @@ async fn fetch_meta(client: &HttpClient, target: &Target, app: &str) -> anyhow::
     let req = Request::builder().method(Method::GET).uri(uri.clone()).body(Full::new(Bytes::new()))?;
     let (status, body) = match tokio::time::timeout(Duration::from_secs(10), exchange(client, req)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => bail!("cannot reach {}: {e}", target.base),
+        Ok(Err(e)) => bail!("cannot reach {}: {}", target.base, e.message),
         Err(_) => bail!("{uri} did not answer within 10 s"),
     };
     if status == StatusCode::NOT_FOUND {
@@ -408,6 +452,8 @@ struct Ended {
     answered: bool,
     cause: Option<String>,
     transport_error: Option<String>,
+    /// Sent again to another target after a refused connection.
+    retried: bool,
 }
 
 /// Classify an answer (status + body) received `latency` after the scheduled arrival.
@@ -435,12 +481,27 @@ fn classify(status: StatusCode, body: &Bytes, latency: Duration, deadline: Durat
 
 async fn one_request(
     client: HttpClient,
-    req: Request<Full<Bytes>>,
+    make: Arc<dyn Fn(usize) -> Option<Request<Full<Bytes>>> + Send + Sync>,
+    (first, targets): (usize, usize),
     arrival: Instant,
     deadline: Duration,
     client_timeout: Duration,
 ) -> Ended {
-    let result = tokio::time::timeout(client_timeout, exchange(&client, req)).await;
+    let give_up = arrival + client_timeout;
+    let mut attempt = 0;
+    let result = loop {
+        let Some(req) = make(first + attempt) else {
+            break Ok(Err(ExchangeError { message: "request could not be built".into(), connect: false }));
+        };
+        let left = give_up.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, exchange(&client, req)).await {
+            // Refused, or closed before any answer: this frontend is down or stopping; the
+            // next target gets the request.
+            Ok(Err(e)) if e.connect && attempt + 1 < targets => attempt += 1,
+            other => break other,
+        }
+    };
+    let retried = attempt > 0;
     let latency = arrival.elapsed();
     let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     let fail = |cause: &str, transport_error: Option<String>| Ended {
@@ -450,10 +511,12 @@ async fn one_request(
         answered: false,
         cause: Some(cause.into()),
         transport_error,
+        retried,
     };
     match result {
         Err(_) => fail("client timeout", None),
-        Ok(Err(e)) => fail("transport error", Some(e)),
+        Ok(Err(e)) if e.connect => fail("no frontend answered (every target)", Some(e.message)),
+        Ok(Err(e)) => fail("transport error", Some(e.message)),
         Ok(Ok((status, body))) => {
             let (outcome, weight, cause) = classify(status, &body, latency, deadline);
             Ended {
@@ -463,6 +526,7 @@ async fn one_request(
                 answered: status == StatusCode::OK,
                 cause: (outcome != Outcome::Ok).then_some(cause),
                 transport_error: None,
+                retried,
             }
         }
     }
@@ -476,10 +540,12 @@ struct Acc {
     answered_us: Vec<u64>,
     causes: BTreeMap<String, u64>,
     first_transport_error: Option<String>,
+    connect_retries: u64,
 }
 
 impl Acc {
     fn record(&mut self, e: Ended) {
+        self.connect_retries += u64::from(e.retried);
         self.tally.record(e.outcome, e.latency_us, e.weight);
         *self.weighted.slot(e.outcome) += u64::from(e.weight.max(1));
         if e.answered {
@@ -503,6 +569,7 @@ impl Acc {
                 answered: false,
                 cause: Some("request task failed".into()),
                 transport_error: Some(e.to_string()),
+                retried: false,
             }),
         }
     }
@@ -526,7 +593,15 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     }
     let client: HttpClient =
         Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build_http::<Full<Bytes>>();
-    let meta = fetch_meta(&client, &targets[0], &args.app).await?;
+    // The first target that answers describes the app (one may be down).
+    let mut meta = Err(anyhow::anyhow!("no target"));
+    for t in &targets {
+        meta = fetch_meta(&client, t, &args.app).await;
+        if meta.is_ok() {
+            break;
+        }
+    }
+    let meta = meta?;
     let body = Bytes::from(request_body(&meta, args.seed)?);
 
     let (arrivals, duration_s, schedule) = match &args.trace {
@@ -569,17 +644,18 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let client_timeout = deadline * 2 + Duration::from_secs(5);
     let uris: Vec<axum::http::Uri> =
         targets.iter().map(|t| t.model_uri(&args.app, "/infer")).collect::<anyhow::Result<_>>()?;
-    let make_req = |i: usize| -> anyhow::Result<Request<Full<Bytes>>> {
+    let deadline_header = args.deadline_ms;
+    let make_req: Arc<dyn Fn(usize) -> Option<Request<Full<Bytes>>> + Send + Sync> = Arc::new(move |i: usize| {
         let mut b = Request::builder()
             .method(Method::POST)
             .uri(uris[i % uris.len()].clone())
             .header(header::CONTENT_TYPE, "application/json");
-        if let Some(ms) = args.deadline_ms {
+        if let Some(ms) = deadline_header {
             b = b.header(DEADLINE_HEADER, ms.to_string());
         }
-        Ok(b.body(Full::new(body.clone()))?)
-    };
-
+        b.body(Full::new(body.clone())).ok()
+    });
+    let n_targets = targets.len();
     let mut acc = Acc::default();
     let mut set = tokio::task::JoinSet::new();
     let mut max_lag = Duration::ZERO;
@@ -588,9 +664,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         let at = start + Duration::from_micros(offset);
         tokio::time::sleep_until(at.into()).await;
         max_lag = max_lag.max(at.elapsed());
-        let req = make_req(i)?;
         acc.tally.sent();
-        set.spawn(one_request(client.clone(), req, at, deadline, client_timeout));
+        set.spawn(one_request(client.clone(), make_req.clone(), (i, n_targets), at, deadline, client_timeout));
         while let Some(r) = set.try_join_next() {
             acc.joined(r);
         }
@@ -632,6 +707,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         causes: std::mem::take(&mut acc.causes),
         first_transport_error: acc.first_transport_error.take(),
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1e3,
+        connect_retries: acc.connect_retries,
     })
 }
 
