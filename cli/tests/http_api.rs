@@ -271,7 +271,9 @@ async fn health_metadata_and_unknown_paths() {
     let server = get(&c, &format!("{b}/v2")).await;
     assert_eq!(server.status, StatusCode::OK);
     assert_eq!(server.json["name"], "jigsaw");
-    assert!(server.json["version"].is_string() && server.json["extensions"] == serde_json::json!([]));
+    assert!(
+        server.json["version"].is_string() && server.json["extensions"] == serde_json::json!(["binary_tensor_data"])
+    );
 
     for url in [format!("{b}/v2/models/det"), format!("{b}/v2/models/det/versions/7")] {
         let m = get(&c, &url).await;

@@ -7,10 +7,10 @@
 //! |---|---|---|
 //! | GET | `/v2/health/live` | 200 always |
 //! | GET | `/v2/health/ready` | 200 if the node can route ([`Inference::ready`]), else 503 |
-//! | GET | `/v2` | 200 server metadata: `{"name": "jigsaw", "version", "extensions": []}` |
+//! | GET | `/v2` | 200 server metadata: `{"name": "jigsaw", "version", "extensions": ["binary_tensor_data"]}` |
 //! | GET | `/v2/models/{app}[/versions/{v}]` | 200 model metadata ([`AppMeta`]), 404 if unknown |
 //! | GET | `/v2/models/{app}[/versions/{v}]/ready` | 200, 404 if unknown, 503 if the node cannot route |
-//! | POST | `/v2/models/{app}[/versions/{v}]/infer` | 200 [`InferResponse`], or an error below |
+//! | POST | `/v2/models/{app}[/versions/{v}]/infer` | 200 [`InferResponse`] (JSON, or with the binary data extension: a JSON header of `Inference-Header-Content-Length` bytes and then the raw outputs), or an error below |
 //! | GET | `/metrics` | 200 the node's Prometheus metrics (OpenMetrics text, `docs/metrics.md`); 404 if the service exports none |
 //!
 //! The version segment is accepted and ignored: the version is the plan epoch, which changes
@@ -48,7 +48,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use jigsaw_protocol::infer::{parse_infer_request, InferError, InferResponse};
+use jigsaw_protocol::infer::{
+    encode_infer_response, parse_infer_request_binary, BinaryOutputs, InferError, InferResponse, BINARY_HEADER,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,7 +187,9 @@ async fn ready(State(api): St) -> Response {
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "name": "jigsaw", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+    Json(
+        serde_json::json!({ "name": "jigsaw", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"] }),
+    )
 }
 
 fn path_error(e: PathRejection) -> ApiError {
@@ -284,13 +288,36 @@ fn too_large(max: usize) -> ApiError {
 
 async fn run_infer(api: Arc<Api>, app: String, headers: &HeaderMap, body: Body) -> Response {
     match try_infer(api, app, headers, body).await {
-        Ok(resp) => Json(resp).into_response(),
+        Ok((resp, bin)) => match encode_infer_response(&resp, &bin) {
+            (json, None) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+            (bytes, Some(n)) => {
+                let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+                r.headers_mut().insert(BINARY_HEADER, HeaderValue::from(n));
+                r
+            }
+        },
         Err(e) => e.into_response(),
     }
 }
 
-async fn try_infer(api: Arc<Api>, app: String, headers: &HeaderMap, body: Body) -> Result<InferResponse, ApiError> {
+/// The binary data extension's JSON length header, if present.
+fn parse_binary_header(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(v) = headers.get(BINARY_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).map(Some).ok_or_else(|| {
+        bad_input(BINARY_HEADER, format!("`{}` is not a byte count", String::from_utf8_lossy(v.as_bytes())))
+    })
+}
+
+async fn try_infer(
+    api: Arc<Api>,
+    app: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(InferResponse, BinaryOutputs), ApiError> {
     let deadline = parse_deadline(headers)?;
+    let json_len = parse_binary_header(headers)?;
     let meta = api.svc.app(&app).ok_or_else(|| unknown_app(&app))?;
     let max = api.limits.max_body_bytes;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -311,8 +338,10 @@ async fn try_infer(api: Arc<Api>, app: String, headers: &HeaderMap, body: Body) 
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(max)),
             Err(e) => return Err(bad_input("body", format!("could not be read: {e}"))),
         };
-        let req = parse_infer_request(&bytes).map_err(|e| ApiError::from(ServeError::BadInput(e)))?;
-        api.svc.infer(&app, req, deadline).await.map_err(ApiError::from)
+        let (req, bin) =
+            parse_infer_request_binary(&bytes, json_len).map_err(|e| ApiError::from(ServeError::BadInput(e)))?;
+        let resp = api.svc.infer(&app, req, deadline).await.map_err(ApiError::from)?;
+        Ok((resp, bin))
     };
     match tokio::time::timeout(bound, work).await {
         Ok(r) => r,
