@@ -5,7 +5,7 @@
 # or sudo only when something is missing. `scripts/libclang.sh` decides about libclang (and
 # is tested against fake trees: tests/tests/scripts.rs). `--test` also installs what the
 # tests need (python3-prometheus-client, whose OpenMetrics parser checks /metrics; systemd,
-# whose systemd-analyze verifies the unit; tritonclient from PyPI in $JIGSAW_VENV, default
+# whose systemd-analyze verifies the unit; chromium, which renders the status page; tritonclient from PyPI in $JIGSAW_VENV, default
 # ~/.cache/jigsaw/venv, as a real KServe v2 client).
 set -euo pipefail
 missing=()
@@ -19,6 +19,7 @@ if [ "${1:-}" = "--test" ]; then
   python3 -c 'import prometheus_client' >/dev/null 2>&1 ||
     /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || missing+=(python3-prometheus-client)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies deploy/jigsaw-agent.service
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)          # renders the status page
   # A real KServe client (NVIDIA's tritonclient, PyPI) in a venv of its own.
   venv="${JIGSAW_VENV:-$HOME/.cache/jigsaw/venv}"
   if ! "$venv/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then

@@ -15,6 +15,7 @@
 //! * [`dataplane`]: the frontend, instance queues, workers and the KServe v2 HTTP API.
 //! * [`config`]: the operator's node config.
 //! * [`metrics`]: the node's Prometheus metrics (`GET /metrics`, `docs/metrics.md`).
+//! * [`status_page`]: the cluster status page (`GET /status`, `jigsaw status --html`).
 //! * [`core`]: the pure cores (batching, epoch fencing, plan diff, network model,
 //!   leadership), kept free of clocks, sockets and spawns by clippy.
 //!
@@ -59,5 +60,6 @@ pub mod metrics;
 pub mod node;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod raft;
+pub mod status_page;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod transport;

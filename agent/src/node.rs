@@ -216,6 +216,31 @@ impl Operator {
     }
 }
 
+/// The status page's source: the local coordinator's answer, or the coordinator's over the
+/// transport.
+fn status_source<T: Transport>(
+    operator: Arc<Operator>,
+    transport: Arc<T>,
+    hint: Hint,
+    timing: Timing,
+) -> crate::dataplane::plane::StatusSource {
+    Arc::new(move || {
+        let (operator, transport, hint) = (operator.clone(), transport.clone(), hint.clone());
+        Box::pin(async move {
+            let target = match operator.serve(ClientRequest::Status).await {
+                ClientReply::Status(s) => return Some(*s),
+                ClientReply::NotCoordinator { coordinator } => coordinator.or_else(|| hint.borrow().clone())?,
+                _ => return None,
+            };
+            let timeout = Duration::from_millis(timing.heartbeat_ms * 3);
+            match transport.request(&target.0, &target.1, WireMessage::Client(ClientRequest::Status), timeout).await {
+                Ok(WireMessage::ClientReply(ClientReply::Status(s))) => Some(*s),
+                _ => None,
+            }
+        })
+    })
+}
+
 /// Routes each inbound request to the service that owns it.
 struct Router {
     name: String,
@@ -227,7 +252,7 @@ struct Router {
     agent: ActorRef<NodeMsg>,
     plane: Arc<LocalPlane>,
     stage: Handler,
-    operator: Operator,
+    operator: Arc<Operator>,
 }
 
 impl Router {
@@ -538,6 +563,8 @@ impl<T: Transport> NodeHandle<T> {
             coordinator: coordinator.clone(),
             hint: hint.clone(),
         };
+        let operator = Arc::new(operator);
+        plane.set_status_source(status_source(operator.clone(), transport.clone(), hint.clone(), spec.timing));
         let router = Arc::new(Router {
             name: spec.name.clone(),
             addr: spec.addr.clone(),

@@ -132,6 +132,9 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Write the status page (the HTML every agent serves at /status) to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Applications.
     #[command(subcommand)]

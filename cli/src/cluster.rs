@@ -470,9 +470,17 @@ pub fn render_status(s: &ClusterStatus) -> String {
 }
 
 /// `jigsaw status`.
-pub fn cmd_status(dir: &Path, json: bool) -> Result<String> {
+/// `jigsaw status`: text, JSON, or the HTML status page (without the per-frontend request
+/// figures an agent's `/status` adds: the operator client has no frontend).
+pub fn cmd_status(dir: &Path, json: bool, html: Option<&Path>) -> Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let s = rt.block_on(async { Operator::for_dir(dir)?.status().await })?;
+    if let Some(path) = html {
+        let figures = jigsaw_agent::status_page::FrontendFigures { node: "the operator client".into(), apps: vec![] };
+        std::fs::write(path, jigsaw_agent::status_page::render(&s, &figures))
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(format!("wrote {}\n", path.display()));
+    }
     Ok(if json { serde_json::to_string_pretty(&s)? + "\n" } else { render_status(&s) })
 }
 

@@ -66,7 +66,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
             cluster::cmd_up(&o, &std::env::current_exe()?)?
         }
         Command::Down { dir, keep } => cluster::cmd_down(&dir.clone().unwrap_or_else(cluster::default_dir), *keep)?,
-        Command::Status { dir, json } => cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json)?,
+        Command::Status { dir, json, html } => {
+            cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json, html.as_deref())?
+        }
         Command::App(AppCmd::Register { spec, profiles, rps, dir }) => {
             cluster::cmd_app_register(&dir.clone().unwrap_or_else(cluster::default_dir), spec, profiles, *rps)?
         }

@@ -11,6 +11,7 @@
 //! | GET | `/v2/models/{app}[/versions/{v}]` | 200 model metadata ([`AppMeta`]), 404 if unknown |
 //! | GET | `/v2/models/{app}[/versions/{v}]/ready` | 200, 404 if unknown, 503 if the node cannot route |
 //! | POST | `/v2/models/{app}[/versions/{v}]/infer` | 200 [`InferResponse`] (JSON, or with the binary data extension: a JSON header of `Inference-Header-Content-Length` bytes and then the raw outputs), or an error below |
+//! | GET | `/status` | 200 the cluster status page (HTML with an SVG map of every GPU's MIG slots, [`crate::status_page`]); 503 when no coordinator is reachable |
 //! | GET | `/metrics` | 200 the node's Prometheus metrics (OpenMetrics text, `docs/metrics.md`); 404 if the service exports none |
 //!
 //! The version segment is accepted and ignored: the version is the plan epoch, which changes
@@ -150,6 +151,7 @@ pub fn router(svc: Arc<dyn Inference>, limits: HttpLimits) -> Router {
         .route("/v2/models/{app}/infer", post(infer))
         .route("/v2/models/{app}/versions/{version}/infer", post(infer_version))
         .route("/metrics", get(metrics))
+        .route("/status", get(status_page))
         // After the routes: it applies to the routes present.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -171,6 +173,22 @@ async fn metrics(State(api): St) -> Response {
     match api.svc.metrics() {
         Some(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
         None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "this service exports no metrics").into_response(),
+    }
+}
+
+async fn status_page(State(api): St) -> Response {
+    match tokio::time::timeout(Duration::from_secs(5), api.svc.status_page()).await {
+        Ok(Some(html)) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        _ => {
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "no cluster status: no coordinator reachable now",
+            )
+            .into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 

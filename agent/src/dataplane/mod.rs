@@ -142,4 +142,9 @@ pub trait Inference: Send + Sync + 'static {
     fn metrics(&self) -> Option<String> {
         None
     }
+    /// The cluster status page for `GET /status` (`None`: no status known now, e.g. no
+    /// coordinator reachable; the route answers 503).
+    fn status_page(&self) -> BoxFuture<Option<String>> {
+        Box::pin(std::future::ready(None))
+    }
 }

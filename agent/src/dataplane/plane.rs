@@ -386,7 +386,25 @@ pub struct DataPlane<T: Transport> {
     served: Mutex<BTreeMap<(String, usize, usize), u64>>,
     /// Arrivals per app in the current and the previous demand window.
     arrivals: Mutex<BTreeMap<String, Demand>>,
+    /// Where the status page gets the cluster's status (set by the node).
+    status_source: std::sync::OnceLock<StatusSource>,
 }
+
+/// Fetches the cluster status (from the local coordinator or over the transport).
+pub type StatusSource = Arc<dyn Fn() -> BoxFuture<Option<jigsaw_protocol::wire::ClusterStatus>> + Send + Sync>;
+
+/// Outcomes a frontend counts (`ok` and every [`ServeError::outcome`]).
+const OUTCOMES: [&str; 9] = [
+    "ok",
+    "early_drop",
+    "stale_drop",
+    "deadline_miss",
+    "overloaded",
+    "unavailable",
+    "bad_request",
+    "unknown_app",
+    "error",
+];
 
 /// Window of `jigsaw_demand_rps`.
 const DEMAND_WINDOW: Duration = Duration::from_secs(10);
@@ -406,7 +424,40 @@ impl<T: Transport> DataPlane<T> {
             draining: std::sync::atomic::AtomicBool::new(false),
             served: Mutex::new(BTreeMap::new()),
             arrivals: Mutex::new(BTreeMap::new()),
+            status_source: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where `GET /status` gets the cluster's status (set once, by the node).
+    pub fn set_status_source(&self, source: StatusSource) {
+        let _ = self.status_source.set(source);
+    }
+
+    /// This frontend's figures per app, from its metrics (refreshed first).
+    pub fn frontend_figures(&self) -> crate::status_page::FrontendFigures {
+        let _ = self.render_metrics();
+        let m = self.local.metrics();
+        let routes = self.local.routes();
+        let apps = routes
+            .apps
+            .iter()
+            .map(|r| {
+                let app = r.spec.name.as_str();
+                let count = |o: &str| m.requests.get_or_create(&labels(&[("app", app), ("outcome", o)])).get();
+                let l = labels(&[("app", app)]);
+                crate::status_page::AppFigures {
+                    app: app.to_string(),
+                    demand_rps: m.demand_rps.get_or_create(&l).get(),
+                    ok: count("ok"),
+                    not_ok: OUTCOMES[1..].iter().map(|o| count(o)).sum(),
+                    served_accuracy: served_accuracy(&r.spec, |t, v| {
+                        lock(&self.served).get(&(app.to_string(), t, v)).copied()
+                    }),
+                    accuracy_slo: r.spec.accuracy_slo,
+                }
+            })
+            .collect();
+        crate::status_page::FrontendFigures { node: self.me.clone(), apps }
     }
 
     fn arrived(&self, app: &str) {
@@ -749,6 +800,12 @@ impl<T: Transport> Inference for DataPlane<T> {
 
     fn metrics(&self) -> Option<String> {
         Some(self.render_metrics())
+    }
+
+    fn status_page(&self) -> BoxFuture<Option<String>> {
+        let Some(source) = self.status_source.get().cloned() else { return Box::pin(std::future::ready(None)) };
+        let figures = self.frontend_figures();
+        Box::pin(async move { source().await.map(|s| crate::status_page::render(&s, &figures)) })
     }
 
     fn infer(
