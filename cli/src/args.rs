@@ -115,6 +115,8 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A bounded chaos run under load: kill and restart random agents, report every window.
+    Chaos(crate::chaos::ChaosArgs),
     /// Stop a local cluster and remove its directory.
     Down {
         /// Cluster directory.

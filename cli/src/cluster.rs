@@ -77,7 +77,8 @@ impl LocalCluster {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
+    /// Write `DIR/cluster.json`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
         let p = dir.join("cluster.json");
         std::fs::write(&p, serde_json::to_string_pretty(self)?).with_context(|| format!("writing {}", p.display()))
     }

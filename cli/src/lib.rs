@@ -14,9 +14,11 @@
 //! * [`profile`]: `jigsaw profile`, measuring the profile table with real workers.
 //! * [`bench`](mod@bench): `bench mesh` (failover and plan distribution) and `bench dataplane`.
 //! * [`ops`]: `config check` and `ca init|issue`.
+//! * [`chaos`]: `jigsaw chaos`, kills and restarts agents under load and reports every window.
 
 pub mod args;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod load;
 pub mod ops;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
-use jigsaw_cli::{bench, cluster, load, ops, planning, profile};
+use jigsaw_cli::{bench, chaos, cluster, load, ops, planning, profile};
 use std::process::ExitCode;
 
 fn run(c: Cli) -> anyhow::Result<()> {
@@ -65,6 +65,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             };
             cluster::cmd_up(&o, &std::env::current_exe()?)?
         }
+        Command::Chaos(a) => chaos::cmd_chaos(a, &std::env::current_exe()?)?,
         Command::Down { dir, keep } => cluster::cmd_down(&dir.clone().unwrap_or_else(cluster::default_dir), *keep)?,
         Command::Status { dir, json, html } => {
             cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json, html.as_deref())?

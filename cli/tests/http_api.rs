@@ -491,6 +491,7 @@ fn load_args(app: &str, targets: Vec<String>) -> LoadArgs {
         targets,
         deadline_ms: None,
         json: false,
+        window: Some(Duration::from_millis(500)),
     }
 }
 
@@ -543,6 +544,16 @@ async fn load_accounts_for_every_request_across_two_frontends() {
     assert_eq!(report.slo_violations_weighted, report.total_weighted - o.ok);
     assert!(report.latency_ok_ms.p99.is_some_and(|p| p <= 300.0), "{report}");
     assert!(report.latency_answered_ms.p99.is_some_and(|p| p >= 500.0), "{report}");
+
+    // The windows (500 ms, 1 s run) add up to the whole, outcome by outcome.
+    assert!(report.windows.len() >= 2, "{report}");
+    let w = |f: fn(&jigsaw_cli::load::Window) -> u64| report.windows.iter().map(f).sum::<u64>();
+    assert_eq!(w(|w| w.sent), report.sent);
+    assert_eq!(w(|w| w.ok), o.ok);
+    assert_eq!(w(|w| w.deadline_miss), o.deadline_miss);
+    assert_eq!(w(|w| w.dropped), o.early_drop + o.stale_drop);
+    assert_eq!(w(|w| w.error_status), o.error, "every error here is an answered 500");
+    assert_eq!(w(|w| w.unanswered), 0);
 
     // Round robin: the two frontends got the requests in turn.
     let (ha, hb) = (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst));

@@ -74,6 +74,28 @@ pub struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also report each window of this length (by scheduled arrival): `10s`.
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
+}
+
+/// One window of a run, by scheduled arrival.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Window {
+    /// Start of the window, seconds from the first arrival.
+    pub start_s: f64,
+    /// Requests scheduled in it.
+    pub sent: u64,
+    /// Answered 200 within the deadline.
+    pub ok: u64,
+    /// Answered 200 late, or 504.
+    pub deadline_miss: u64,
+    /// Answered 503 early / stale drop.
+    pub dropped: u64,
+    /// Answered with another error status (503 unavailable, 429, 500, ...).
+    pub error_status: u64,
+    /// Never answered: reset or closed connections no agent answered, client timeouts.
+    pub unanswered: u64,
 }
 
 /// Parse a duration: a non-negative number followed by `ms`, `s`, `m` or `h` (`500ms`,
@@ -203,6 +225,8 @@ pub struct LoadReport {
     /// agent that is down or stopping) and that were sent again to the next target, as a
     /// client behind a load balancer would be; each is counted once, by how it finally ended.
     pub connect_retries: u64,
+    /// Per-window counts (with `--window`).
+    pub windows: Vec<Window>,
 }
 
 impl LoadReport {
@@ -264,6 +288,19 @@ impl fmt::Display for LoadReport {
             writeln!(f, "not ok, by cause:")?;
             for (cause, n) in &self.causes {
                 writeln!(f, "  {cause:<24} {n:>8}")?;
+            }
+        }
+        if !self.windows.is_empty() {
+            writeln!(
+                f,
+                "per window (by scheduled arrival): start_s sent ok deadline_miss dropped error_status unanswered"
+            )?;
+            for w in &self.windows {
+                writeln!(
+                    f,
+                    "  {:>7.1} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
+                    w.start_s, w.sent, w.ok, w.deadline_miss, w.dropped, w.error_status, w.unanswered
+                )?;
             }
         }
         if self.connect_retries > 0 {
@@ -454,6 +491,8 @@ struct Ended {
     transport_error: Option<String>,
     /// Sent again to another target after a refused connection.
     retried: bool,
+    /// Scheduled arrival, µs from the first.
+    at_us: u64,
 }
 
 /// Classify an answer (status + body) received `latency` after the scheduled arrival.
@@ -482,7 +521,7 @@ fn classify(status: StatusCode, body: &Bytes, latency: Duration, deadline: Durat
 async fn one_request(
     client: HttpClient,
     make: Arc<dyn Fn(usize) -> Option<Request<Full<Bytes>>> + Send + Sync>,
-    (first, targets): (usize, usize),
+    (first, targets, at_us): (usize, usize, u64),
     arrival: Instant,
     deadline: Duration,
     client_timeout: Duration,
@@ -512,6 +551,7 @@ async fn one_request(
         cause: Some(cause.into()),
         transport_error,
         retried,
+        at_us,
     };
     match result {
         Err(_) => fail("client timeout", None),
@@ -527,6 +567,7 @@ async fn one_request(
                 cause: (outcome != Outcome::Ok).then_some(cause),
                 transport_error: None,
                 retried,
+                at_us,
             }
         }
     }
@@ -541,11 +582,27 @@ struct Acc {
     causes: BTreeMap<String, u64>,
     first_transport_error: Option<String>,
     connect_retries: u64,
+    window_us: Option<u64>,
+    windows: BTreeMap<u64, Window>,
 }
 
 impl Acc {
     fn record(&mut self, e: Ended) {
         self.connect_retries += u64::from(e.retried);
+        if let Some(w) = self.window_us.filter(|w| *w > 0) {
+            let k = e.at_us / w;
+            let win = self.windows.entry(k).or_insert(Window { start_s: (k * w) as f64 / 1e6, ..Window::default() });
+            win.sent += 1;
+            match e.outcome {
+                Outcome::Ok => win.ok += 1,
+                Outcome::DeadlineMiss => win.deadline_miss += 1,
+                Outcome::EarlyDrop | Outcome::StaleDrop => win.dropped += 1,
+                Outcome::Error if e.cause.as_deref().is_some_and(|c| c.starts_with(|ch: char| ch.is_ascii_digit())) => {
+                    win.error_status += 1
+                }
+                Outcome::Error => win.unanswered += 1,
+            }
+        }
         self.tally.record(e.outcome, e.latency_us, e.weight);
         *self.weighted.slot(e.outcome) += u64::from(e.weight.max(1));
         if e.answered {
@@ -570,6 +627,7 @@ impl Acc {
                 cause: Some("request task failed".into()),
                 transport_error: Some(e.to_string()),
                 retried: false,
+                at_us: 0,
             }),
         }
     }
@@ -656,7 +714,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         b.body(Full::new(body.clone())).ok()
     });
     let n_targets = targets.len();
-    let mut acc = Acc::default();
+    let mut acc =
+        Acc { window_us: args.window.map(|w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX)), ..Acc::default() };
     let mut set = tokio::task::JoinSet::new();
     let mut max_lag = Duration::ZERO;
     let start = Instant::now();
@@ -665,7 +724,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         tokio::time::sleep_until(at.into()).await;
         max_lag = max_lag.max(at.elapsed());
         acc.tally.sent();
-        set.spawn(one_request(client.clone(), make_req.clone(), (i, n_targets), at, deadline, client_timeout));
+        set.spawn(one_request(client.clone(), make_req.clone(), (i, n_targets, offset), at, deadline, client_timeout));
         while let Some(r) = set.try_join_next() {
             acc.joined(r);
         }
@@ -708,6 +767,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         first_transport_error: acc.first_transport_error.take(),
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1e3,
         connect_retries: acc.connect_retries,
+        windows: std::mem::take(&mut acc.windows).into_values().collect(),
     })
 }
 
