@@ -55,7 +55,7 @@ voters = [$voter_list]
 data_dir = "/var/lib/jigsaw"
 tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/$n.pem", key = "/etc/jigsaw/ca/$n.key" }
 gpu = { backend = "nvml" }
-serve = { http = "0.0.0.0:${HTTP_PORT:-8000}" }   # KServe v2 inference API; executor cuda
+serve = { http = "0.0.0.0:${HTTP_PORT:-8000}", grpc = "0.0.0.0:${GRPC_PORT:-8001}" }   # KServe v2 inference API (HTTP and gRPC); executor cuda
 CONF
   if ! "$jigsaw" --config "$out/$n/jigsaw.toml" config check >/dev/null; then
     echo "generated config for $n is invalid" >&2; exit 1
@@ -66,7 +66,7 @@ done
   echo '{ "local": false, "ca_dir": "'"$(cd "$ca" && pwd)"'", "nodes": ['
   for i in "${!names[@]}"; do
     sep=","; [ "$i" -eq $(( ${#names[@]} - 1 )) ] && sep=""
-    echo '  { "name": "'"${names[$i]}"'", "addr": "'"${addrs[$i]}"'", "eligible": '"$([ "$i" -lt "$voters" ] && echo true || echo false)"', "config": "'"$out/${names[$i]}/jigsaw.toml"'", "log": "", "pid": 0, "http": "http://'"${addrs[$i]%:*}:${HTTP_PORT:-8000}"'" }'"$sep"
+    echo '  { "name": "'"${names[$i]}"'", "addr": "'"${addrs[$i]}"'", "eligible": '"$([ "$i" -lt "$voters" ] && echo true || echo false)"', "config": "'"$out/${names[$i]}/jigsaw.toml"'", "log": "", "pid": 0, "http": "http://'"${addrs[$i]%:*}:${HTTP_PORT:-8000}"'", "grpc": "'"${addrs[$i]%:*}:${GRPC_PORT:-8001}"'" }'"$sep"
   done
   echo '] }'
 } > "$out/cluster.json"

@@ -22,7 +22,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)          # renders the status page
   # A real KServe client (NVIDIA's tritonclient, PyPI) in a venv of its own.
   venv="${JIGSAW_VENV:-$HOME/.cache/jigsaw/venv}"
-  if ! "$venv/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c 'import tritonclient.http, tritonclient.grpc' >/dev/null 2>&1; then
     need_venv=1
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   fi
@@ -37,8 +37,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ -n "${need_venv:-}" ]; then
-  echo "installing tritonclient[http] into $venv" >&2
+  echo "installing tritonclient[http,grpc] into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[http]==2.73.0'
+  "$venv/bin/pip" install -q --disable-pip-version-check 'tritonclient[http,grpc]==2.73.0'
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }

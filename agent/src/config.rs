@@ -74,6 +74,8 @@ pub struct NodeSection {
 pub struct ServeSection {
     /// HTTP listen address of the KServe v2 inference API (absent: no HTTP API).
     pub http: Option<String>,
+    /// gRPC listen address of the KServe v2 inference API (absent: no gRPC API).
+    pub grpc: Option<String>,
     /// Worker executor: `timed` (default with simulated GPUs), `cpu`, `noop`, `cuda`
     /// (default with NVML).
     pub executor: Option<String>,
@@ -137,6 +139,8 @@ pub struct NodeConfig {
     pub gpu: GpuBackendConfig,
     /// HTTP inference API address.
     pub http: Option<std::net::SocketAddr>,
+    /// gRPC inference API address.
+    pub grpc: Option<std::net::SocketAddr>,
     /// Worker executor.
     pub executor: crate::dataplane::worker::ExecutorKind,
     /// Frontend admission limit.
@@ -249,6 +253,12 @@ impl NodeSection {
             }
             None => None,
         };
+        let grpc = match &self.serve.grpc {
+            Some(a) => {
+                Some(a.parse().map_err(|_| bad("serve.grpc", format!("`{a}` is not an address like 0.0.0.0:8001")))?)
+            }
+            None => None,
+        };
         use crate::dataplane::worker::ExecutorKind;
         let executor = match (self.serve.executor.as_deref(), &gpu) {
             (None, GpuBackendConfig::Nvml) => ExecutorKind::Cuda,
@@ -261,6 +271,7 @@ impl NodeSection {
         }
         Ok(NodeConfig {
             http,
+            grpc,
             executor,
             max_in_flight,
             in_process_workers: self.serve.in_process_workers,

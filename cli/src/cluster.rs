@@ -43,6 +43,9 @@ pub struct LocalNode {
     /// Base URL of the node's inference API (`http://ip:port`), if it serves one.
     #[serde(default)]
     pub http: Option<String>,
+    /// Address of the node's gRPC inference API (`ip:port`), if it serves one.
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 /// `cluster.json`: how the operator CLI reaches a cluster. `jigsaw up` writes one for a local
@@ -229,12 +232,13 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         let data = o.dir.join(name);
         let config = o.dir.join(format!("{name}.toml"));
         let http = format!("127.0.0.1:{}", free_tcp_port()?);
+        let grpc = format!("127.0.0.1:{}", free_tcp_port()?);
         let text = format!(
             "# Written by `jigsaw up`.\n[node]\nid = \"{name}\"\nlisten = \"{addr}\"\npeers = [{}]\n\
              coordinator_eligible = {}\nvoters = [{}]\ndata_dir = \"{}\"\n\
              tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n\
              gpu = {{ backend = \"sim\", model = \"{}\", count = {}, reconfig_ms = {} }}\n\
-             serve = {{ http = \"{http}\", executor = \"{}\" }}\n",
+             serve = {{ http = \"{http}\", grpc = \"{grpc}\", executor = \"{}\" }}\n",
             peers.join(", "),
             i < eligible,
             voters.join(", "),
@@ -258,6 +262,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             log,
             pid,
             http: Some(format!("http://{http}")),
+            grpc: Some(grpc),
         });
     }
     let cluster = LocalCluster { nodes: local, ca_dir, local: true };
@@ -587,6 +592,21 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             None => None,
         };
         let notifier = tokio::spawn(notify_systemd(handle.health(), node.id.clone()));
+        let grpc = match node.grpc {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow!("binding the gRPC inference API to {addr}: {e}"))?;
+                tracing::info!(node = %node.id, %addr, "gRPC inference API listening");
+                let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
+                let mut stop = stop_rx.clone();
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                Some(tokio::spawn(jigsaw_agent::dataplane::grpc::serve(listener, svc, shutdown)))
+            }
+            None => None,
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
@@ -611,6 +631,9 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         );
         if let Some(h) = http {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h).await;
+        }
+        if let Some(g) = grpc {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), g).await;
         }
         handle.stop().await;
         transport.close();

@@ -8,6 +8,7 @@
 //! * [`Inference`]: what the HTTP inference API asks of a node's data plane. The HTTP layer
 //!   maps [`ServeError`] to status codes; the data plane never sees HTTP.
 
+pub mod grpc;
 pub mod http;
 pub mod plane;
 pub mod pool;

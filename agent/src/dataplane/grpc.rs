@@ -1,0 +1,259 @@
+//! The inference API over gRPC: KServe v2's `inference.GRPCInferenceService` (tonic), on
+//! its own port (`[node.serve] grpc`), in front of the same [`Inference`] service as the
+//! HTTP API.
+//!
+//! Served: `ServerLive`, `ServerReady`, `ModelReady`, `ServerMetadata`, `ModelMetadata`,
+//! `ModelInfer`. Input tensors come in `contents` or in `raw_input_contents` (little-endian,
+//! as tritonclient sends them); outputs go back in `raw_output_contents` (FP32 little-endian),
+//! which is what Triton does and what v2 clients read. A request's deadline is the
+//! `x-jigsaw-deadline-ms` metadata entry, else the app's latency SLO. Errors map to gRPC
+//! codes: bad input → `INVALID_ARGUMENT` (the message names the field), unknown app →
+//! `NOT_FOUND`, overloaded → `RESOURCE_EXHAUSTED`, drops and no instance → `UNAVAILABLE`,
+//! deadline → `DEADLINE_EXCEEDED`, anything else → `INTERNAL`; the message starts with the
+//! outcome (`early_drop: …`).
+
+use super::{Inference, ServeError};
+use jigsaw_protocol::infer::{InferError, InferRequest, Tensor, MAX_ELEMENTS};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// The generated protocol types (`proto/kserve_v2.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// Largest gRPC message accepted, bytes (the HTTP API's body cap).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The gRPC face of an [`Inference`] service.
+pub struct GrpcApi {
+    svc: Arc<dyn Inference>,
+}
+
+fn status_of(e: &ServeError) -> Status {
+    use tonic::Code;
+    let code = match e {
+        ServeError::BadInput(_) => Code::InvalidArgument,
+        ServeError::UnknownApp(_) => Code::NotFound,
+        ServeError::Overloaded(_) => Code::ResourceExhausted,
+        ServeError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        ServeError::Failed(_) => Code::Internal,
+        _ => Code::Unavailable,
+    };
+    Status::new(code, format!("{}: {e}", e.outcome()))
+}
+
+fn bad(field: String, message: impl Into<String>) -> Status {
+    status_of(&ServeError::BadInput(InferError { field, message: message.into() }))
+}
+
+/// The elements of input `i`, from its `contents` or its raw bytes.
+fn input_data(
+    i: usize,
+    t: &pb::model_infer_request::InferInputTensor,
+    raw: Option<&Vec<u8>>,
+    n: u64,
+) -> Result<Vec<Value>, Status> {
+    let field = |k: &str| format!("inputs[{i}].{k}");
+    if let Some(raw) = raw {
+        let size = match t.datatype.as_str() {
+            "BOOL" | "UINT8" | "INT8" => 1,
+            "UINT16" | "INT16" | "FP16" => 2,
+            "UINT32" | "INT32" | "FP32" => 4,
+            "UINT64" | "INT64" | "FP64" => 8,
+            other => return Err(bad(field("datatype"), format!("raw contents of `{other}` are not supported"))),
+        };
+        if raw.len() as u64 != n * size as u64 {
+            return Err(bad(
+                field("raw_input_contents"),
+                format!("{} bytes do not hold {n} {} elements", raw.len(), t.datatype),
+            ));
+        }
+        return Ok(raw
+            .chunks_exact(size)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b[..size].copy_from_slice(c);
+                match t.datatype.as_str() {
+                    "BOOL" => Value::from(c[0] != 0),
+                    "FP32" => Value::from(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                    "FP64" => Value::from(f64::from_le_bytes(b)),
+                    "INT8" => Value::from(i64::from(c[0] as i8)),
+                    "INT16" => Value::from(i64::from(i16::from_le_bytes([c[0], c[1]]))),
+                    "INT32" => Value::from(i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                    "INT64" => Value::from(i64::from_le_bytes(b)),
+                    "FP16" => Value::from(0.0),
+                    _ => Value::from(u64::from_le_bytes(b)),
+                }
+            })
+            .collect());
+    }
+    let c = t.contents.as_ref().ok_or_else(|| bad(field("contents"), "is required (or raw_input_contents)"))?;
+    let v: Vec<Value> = match t.datatype.as_str() {
+        "BOOL" => c.bool_contents.iter().map(|x| Value::from(*x)).collect(),
+        "INT8" | "INT16" | "INT32" => c.int_contents.iter().map(|x| Value::from(*x)).collect(),
+        "INT64" => c.int64_contents.iter().map(|x| Value::from(*x)).collect(),
+        "UINT8" | "UINT16" | "UINT32" => c.uint_contents.iter().map(|x| Value::from(*x)).collect(),
+        "UINT64" => c.uint64_contents.iter().map(|x| Value::from(*x)).collect(),
+        "FP32" => c.fp32_contents.iter().map(|x| Value::from(f64::from(*x))).collect(),
+        "FP64" => c.fp64_contents.iter().map(|x| Value::from(*x)).collect(),
+        "BYTES" => c.bytes_contents.iter().map(|x| Value::from(String::from_utf8_lossy(x).into_owned())).collect(),
+        other => return Err(bad(field("datatype"), format!("`{other}` is not supported"))),
+    };
+    if v.len() as u64 != n {
+        return Err(bad(field("contents"), format!("has {} elements but the shape needs {n}", v.len())));
+    }
+    Ok(v)
+}
+
+/// The v2 request of a gRPC `ModelInfer`.
+fn to_request(r: &pb::ModelInferRequest) -> Result<InferRequest, Status> {
+    if r.inputs.is_empty() {
+        return Err(bad("inputs".into(), "needs at least one tensor"));
+    }
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(bad(
+            "raw_input_contents".into(),
+            format!("{} entries for {} inputs", r.raw_input_contents.len(), r.inputs.len()),
+        ));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, t) in r.inputs.iter().enumerate() {
+        let shape: Vec<u64> = t
+            .shape
+            .iter()
+            .map(|&d| {
+                u64::try_from(d).map_err(|_| bad(format!("inputs[{i}].shape"), format!("dimension {d} is negative")))
+            })
+            .collect::<Result<_, _>>()?;
+        let n = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|n| *n <= MAX_ELEMENTS)
+            .ok_or_else(|| bad(format!("inputs[{i}].shape"), format!("more than {MAX_ELEMENTS} elements")))?;
+        let data = input_data(i, t, r.raw_input_contents.get(i), n)?;
+        inputs.push(Tensor { name: t.name.clone(), shape, datatype: t.datatype.clone(), data });
+    }
+    let id = (!r.id.is_empty()).then(|| r.id.clone());
+    Ok(InferRequest { id, inputs, outputs: r.outputs.iter().map(|o| o.name.clone()).collect() })
+}
+
+fn deadline<T>(req: &Request<T>) -> Result<Option<Duration>, Status> {
+    let Some(v) = req.metadata().get(super::http::DEADLINE_HEADER) else { return Ok(None) };
+    let ms = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+    match ms {
+        Some(ms) if (1..=super::http::MAX_DEADLINE_MS).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(bad(
+            super::http::DEADLINE_HEADER.into(),
+            format!("not a whole number of milliseconds in 1..={}", super::http::MAX_DEADLINE_MS),
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcApi {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.svc.ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let name = &r.get_ref().name;
+        if self.svc.app(name).is_none() {
+            return Err(status_of(&ServeError::UnknownApp(name.clone())));
+        }
+        Ok(Response::new(pb::ModelReadyResponse { ready: self.svc.ready() }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "jigsaw".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let name = &r.get_ref().name;
+        let meta = self.svc.app(name).ok_or_else(|| status_of(&ServeError::UnknownApp(name.clone())))?;
+        let t = |m: &super::TensorMeta| pb::model_metadata_response::TensorMetadata {
+            name: m.name.clone(),
+            datatype: m.datatype.clone(),
+            shape: m.shape.clone(),
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: meta.name.clone(),
+            versions: meta.versions.clone(),
+            platform: "jigsaw".into(),
+            inputs: meta.inputs.iter().map(t).collect(),
+            outputs: meta.outputs.iter().map(t).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let deadline = deadline(&r)?;
+        let m = r.into_inner();
+        let req = to_request(&m)?;
+        let resp = self.svc.infer(&m.model_name, req, deadline).await.map_err(|e| status_of(&e))?;
+        let mut raw = Vec::with_capacity(resp.outputs.len());
+        let outputs = resp
+            .outputs
+            .iter()
+            .map(|t| {
+                let mut bytes = Vec::with_capacity(t.data.len() * 4);
+                for x in &t.data {
+                    bytes.extend_from_slice(&(x.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+                }
+                raw.push(bytes);
+                pb::model_infer_response::InferOutputTensor {
+                    name: t.name.clone(),
+                    datatype: "FP32".into(),
+                    shape: t.shape.iter().map(|&d| d as i64).collect(),
+                    parameters: Default::default(),
+                    contents: None,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: resp.model_name,
+            model_version: m.model_version,
+            id: resp.id.unwrap_or_default(),
+            parameters: Default::default(),
+            outputs,
+            raw_output_contents: raw,
+        }))
+    }
+}
+
+/// Serve the v2 gRPC API on `listener` until `shutdown` completes (requests in flight are
+/// drained).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    svc: Arc<dyn Inference>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let api = GrpcInferenceServiceServer::new(GrpcApi { svc })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(api)
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+}
