@@ -256,6 +256,13 @@ struct Router {
 }
 
 impl Router {
+    /// The answer to a heartbeat or a leave: whether it was recorded, and who coordinates.
+    fn reply_to_member(&self, accepted: bool) -> WireMessage {
+        let coordinator =
+            if accepted { Some((self.name.clone(), self.addr.clone())) } else { self.operator.hint.borrow().clone() };
+        WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
+    }
+
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
         match msg {
             WireMessage::Raft { .. } | WireMessage::PlanPush { .. } if !self.voters.iter().any(|v| peer.is(v)) => {
@@ -281,12 +288,7 @@ impl Router {
                     Some(c) => c.heartbeat(hb).await.unwrap_or(false),
                     None => false,
                 };
-                let coordinator = if accepted {
-                    Some((self.name.clone(), self.addr.clone()))
-                } else {
-                    self.operator.hint.borrow().clone()
-                };
-                WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
+                self.reply_to_member(accepted)
             }
             msg @ WireMessage::Stage(_) => (self.stage)(peer, msg).await,
             WireMessage::Leave { node } => {
@@ -300,12 +302,7 @@ impl Router {
                     Some(c) if c.leading().is_some() => c.leave(&node).await.unwrap_or(false),
                     _ => false,
                 };
-                let coordinator = if accepted {
-                    Some((self.name.clone(), self.addr.clone()))
-                } else {
-                    self.operator.hint.borrow().clone()
-                };
-                WireMessage::HeartbeatReply { accepted, coordinator, epoch: self.operator.state().epoch }
+                self.reply_to_member(accepted)
             }
             WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {

@@ -19,6 +19,8 @@ pub struct AppFigures {
     pub app: String,
     /// Requests per second arriving at this frontend (`jigsaw_demand_rps`).
     pub demand_rps: f64,
+    /// Requests per second answered ok, over the same window.
+    pub goodput_rps: f64,
     /// Requests answered ok (`jigsaw_requests_total{outcome="ok"}`).
     pub ok: u64,
     /// Requests answered with any other outcome.
@@ -156,7 +158,7 @@ pub fn render(s: &ClusterStatus, local: &FrontendFigures) -> String {
     }
     let _ = write!(
         o,
-        "<h2>Requests through {}'s frontend</h2><table id=\"traffic\"><tr><th>app</th><th>demand req/s</th><th>ok</th><th>not ok</th><th>violations</th><th>served accuracy</th><th>accuracy SLO</th></tr>",
+        "<h2>Requests through {}'s frontend</h2><table id=\"traffic\"><tr><th>app</th><th>demand req/s</th><th>goodput req/s</th><th>ok</th><th>not ok</th><th>violations</th><th>served accuracy</th><th>accuracy SLO</th></tr>",
         esc(&local.node)
     );
     for a in &local.apps {
@@ -165,9 +167,10 @@ pub fn render(s: &ClusterStatus, local: &FrontendFigures) -> String {
         let acc = a.served_accuracy.map_or("-".to_string(), |x| format!("{x:.4}"));
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{viol:.2} %</td><td>{acc}</td><td>{:.2}</td></tr>",
+            "<tr><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{viol:.2} %</td><td>{acc}</td><td>{:.2}</td></tr>",
             esc(&a.app),
             a.demand_rps,
+            a.goodput_rps,
             a.ok,
             a.not_ok,
             a.accuracy_slo

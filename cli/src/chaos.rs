@@ -79,7 +79,7 @@ pub struct ChaosReport {
 impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "chaos run, seed {} (rerun with --seed {}):", self.seed, self.seed)?;
-        writeln!(f, "window    sent     ok  late  drop  error unanswered  epoch  kills")?;
+        writeln!(f, "window    sent     ok  late  drop  error unanswered  epoch  kills; not ok by cause")?;
         for (i, w) in self.load.windows.iter().enumerate() {
             let end = w.start_s + 10.0;
             let kills: Vec<String> = self
@@ -89,9 +89,10 @@ impl std::fmt::Display for ChaosReport {
                 .map(|k| format!("{}{}", k.node, if k.coordinator { " (coordinator)" } else { "" }))
                 .collect();
             let epoch = self.epochs.get(i).copied().flatten().map_or("-".to_string(), |e| e.to_string());
+            let causes: Vec<String> = w.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
             writeln!(
                 f,
-                "{:>5.0}s {:>7} {:>6} {:>5} {:>5} {:>6} {:>10} {:>6}  {}",
+                "{:>5.0}s {:>7} {:>6} {:>5} {:>5} {:>6} {:>10} {:>6}  {}{}{}",
                 w.start_s,
                 w.sent,
                 w.ok,
@@ -100,7 +101,9 @@ impl std::fmt::Display for ChaosReport {
                 w.error_status,
                 w.unanswered,
                 epoch,
-                kills.join(", ")
+                kills.join(", "),
+                if causes.is_empty() { "" } else { "; " },
+                causes.join(", ")
             )?;
         }
         writeln!(f, "{}", self.load.accounted())?;

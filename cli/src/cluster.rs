@@ -87,6 +87,9 @@ impl LocalCluster {
     }
 }
 
+/// How long an operator request waits for a coordinator to exist (elections take ~1 s).
+pub const OPERATOR_PATIENCE: Duration = Duration::from_secs(5);
+
 /// An operator's connection to a cluster.
 pub struct Operator {
     transport: Arc<QuicTransport>,
@@ -107,8 +110,22 @@ impl Operator {
         })
     }
 
-    /// Send a request to the coordinator (following redirects from any node).
+    /// Send a request to the coordinator (following redirects from any node). While no
+    /// node is coordinator (an election takes about a second) it asks again, for up to
+    /// [`OPERATOR_PATIENCE`].
     pub async fn request(&self, req: ClientRequest) -> Result<ClientReply> {
+        let give_up = Instant::now() + OPERATOR_PATIENCE;
+        loop {
+            match self.request_once(&req).await {
+                Ok(r) => return Ok(r),
+                Err(e) if Instant::now() >= give_up => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// One round: every node once, plus the coordinators they point to (each at most once).
+    async fn request_once(&self, req: &ClientRequest) -> Result<ClientReply> {
         let mut tried = Vec::new();
         let mut queue: Vec<(String, String)> = self.nodes.clone();
         queue.reverse();
@@ -121,8 +138,7 @@ impl Operator {
             let msg = WireMessage::Client(req.clone());
             match self.transport.request(&name, &addr, msg, Duration::from_secs(10)).await {
                 Ok(WireMessage::ClientReply(ClientReply::NotCoordinator { coordinator })) => {
-                    if let Some(c) = coordinator {
-                        tried.retain(|t| *t != c.0);
+                    if let Some(c) = coordinator.filter(|c| !tried.contains(&c.0)) {
                         queue.push(c);
                     }
                     last_err = format!("{name} is not the coordinator");
@@ -571,42 +587,23 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         let handle = NodeHandle::start(spec, transport.clone(), move |h| Some(tokio::spawn(t.serve(h)))).await?;
         tracing::info!(node = %node.id, addr = %node.advertise, executor = node.executor.name(), "agent started");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
         let http = match node.http {
             Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow!("binding the inference API to {addr}: {e}"))?;
-                tracing::info!(node = %node.id, %addr, "inference API listening");
-                let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
-                let mut stop = stop_rx.clone();
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                Some(tokio::spawn(jigsaw_agent::dataplane::http::serve(
-                    listener,
-                    svc,
-                    HttpLimits { max_in_flight: node.max_in_flight, ..HttpLimits::default() },
-                    shutdown,
-                )))
+                let (listener, shutdown) = listen(&node.id, "HTTP", addr, &stop_rx).await?;
+                let limits = HttpLimits { max_in_flight: node.max_in_flight, ..HttpLimits::default() };
+                Some(tokio::spawn(jigsaw_agent::dataplane::http::serve(listener, svc.clone(), limits, shutdown)))
+            }
+            None => None,
+        };
+        let grpc = match node.grpc {
+            Some(addr) => {
+                let (listener, shutdown) = listen(&node.id, "gRPC", addr, &stop_rx).await?;
+                Some(tokio::spawn(jigsaw_agent::dataplane::grpc::serve(listener, svc.clone(), shutdown)))
             }
             None => None,
         };
         let notifier = tokio::spawn(notify_systemd(handle.health(), node.id.clone()));
-        let grpc = match node.grpc {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow!("binding the gRPC inference API to {addr}: {e}"))?;
-                tracing::info!(node = %node.id, %addr, "gRPC inference API listening");
-                let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
-                let mut stop = stop_rx.clone();
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                Some(tokio::spawn(jigsaw_agent::dataplane::grpc::serve(listener, svc, shutdown)))
-            }
-            None => None,
-        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
@@ -639,6 +636,23 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         transport.close();
         Ok(())
     })
+}
+
+/// Bind an inference API's listener; the returned future completes when `stop` turns true.
+async fn listen(
+    node: &str,
+    what: &str,
+    addr: SocketAddr,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(tokio::net::TcpListener, impl std::future::Future<Output = ()> + Send + 'static)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow!("binding the {what} inference API to {addr}: {e}"))?;
+    tracing::info!(%node, %addr, "{what} inference API listening");
+    let mut stop = stop.clone();
+    Ok((listener, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }))
 }
 
 /// Tell systemd (when it started us with `Type=notify`; a no-op otherwise) how the node

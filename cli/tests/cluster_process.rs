@@ -43,6 +43,17 @@ fn restart(dir: &Path, node: &str) {
     std::fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&c).expect("json")).expect("write");
 }
 
+/// `jigsaw load --json`'s report, with the requests sent and the sum of every outcome.
+fn load_report(stdout: &[u8]) -> (serde_json::Value, u64, u64) {
+    let r: serde_json::Value = serde_json::from_slice(stdout).expect("JSON report");
+    let sent = r["sent"].as_u64().expect("sent");
+    let sum: u64 = ["ok", "deadline_miss", "early_drop", "stale_drop", "error"]
+        .iter()
+        .map(|k| r["outcomes"][k].as_u64().expect("outcome count"))
+        .sum();
+    (r, sent, sum)
+}
+
 fn plan_excludes(s: &ClusterStatus, node: &str) -> bool {
     s.state.members.get(node).is_some_and(|m| !m.alive)
         && s.state.plan.as_ref().is_some_and(|p| !p.nodes.contains_key(node))
@@ -162,13 +173,8 @@ fn load_through_the_cluster_survives_a_worker_kill() {
     local::signal(before[0], "KILL").expect("kill a worker");
     let out = load.wait_with_output().expect("load finishes");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let sent = r["sent"].as_u64().expect("sent");
+    let (r, sent, sum) = load_report(&out.stdout);
     let o = &r["outcomes"];
-    let sum: u64 = ["ok", "deadline_miss", "early_drop", "stale_drop", "error"]
-        .iter()
-        .map(|k| o[k].as_u64().expect("outcome count"))
-        .sum();
     assert!(sent > 150, "about 240 requests in 6 s at 40 req/s: {sent}");
     assert_eq!(sent, sum, "every request accounted for: {r}");
     assert!(o["ok"].as_u64().expect("ok") * 10 >= sent * 7, "most requests succeed: {r}");
@@ -302,13 +308,8 @@ fn rolling_restart_under_load_answers_every_accepted_request() {
     });
     let out = load.wait_with_output().expect("load finishes");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let sent = r["sent"].as_u64().expect("sent");
+    let (r, sent, sum) = load_report(&out.stdout);
     let o = &r["outcomes"];
-    let sum: u64 = ["ok", "deadline_miss", "early_drop", "stale_drop", "error"]
-        .iter()
-        .map(|k| o[k].as_u64().expect("outcome count"))
-        .sum();
     assert_eq!(sent, sum, "every request accounted for: {r}");
     let causes = r["causes"].as_object().expect("causes");
     for unanswered in ["transport error", "client timeout", "no frontend answered (every target)"] {

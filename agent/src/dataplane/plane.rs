@@ -386,6 +386,8 @@ pub struct DataPlane<T: Transport> {
     served: Mutex<BTreeMap<(String, usize, usize), u64>>,
     /// Arrivals per app in the current and the previous demand window.
     arrivals: Mutex<BTreeMap<String, Demand>>,
+    /// Requests answered ok per app, windowed the same way (goodput).
+    goodput: Mutex<BTreeMap<String, Demand>>,
     /// Where the status page gets the cluster's status (set by the node).
     status_source: std::sync::OnceLock<StatusSource>,
 }
@@ -424,6 +426,7 @@ impl<T: Transport> DataPlane<T> {
             draining: std::sync::atomic::AtomicBool::new(false),
             served: Mutex::new(BTreeMap::new()),
             arrivals: Mutex::new(BTreeMap::new()),
+            goodput: Mutex::new(BTreeMap::new()),
             status_source: std::sync::OnceLock::new(),
         })
     }
@@ -445,9 +448,15 @@ impl<T: Transport> DataPlane<T> {
                 let app = r.spec.name.as_str();
                 let count = |o: &str| m.requests.get_or_create(&labels(&[("app", app), ("outcome", o)])).get();
                 let l = labels(&[("app", app)]);
+                let goodput = lock(&self.goodput).get_mut(app).map_or(0.0, |e| {
+                    let now = Instant::now();
+                    e.roll(now);
+                    e.rate(now)
+                });
                 crate::status_page::AppFigures {
                     app: app.to_string(),
                     demand_rps: m.demand_rps.get_or_create(&l).get(),
+                    goodput_rps: goodput,
                     ok: count("ok"),
                     not_ok: OUTCOMES[1..].iter().map(|o| count(o)).sum(),
                     served_accuracy: served_accuracy(&r.spec, |t, v| {
@@ -461,8 +470,12 @@ impl<T: Transport> DataPlane<T> {
     }
 
     fn arrived(&self, app: &str) {
+        Self::tick_window(&self.arrivals, app);
+    }
+
+    fn tick_window(map: &Mutex<BTreeMap<String, Demand>>, app: &str) {
         let now = Instant::now();
-        let mut a = lock(&self.arrivals);
+        let mut a = lock(map);
         let e = a.entry(app.to_string()).or_insert(Demand { since: now, count: 0, previous: None });
         e.roll(now);
         e.count += 1;
@@ -853,6 +866,9 @@ impl<T: Transport> Inference for DataPlane<T> {
                 Err(e) => e.outcome(),
             };
             me.count(outcome);
+            if r.is_ok() {
+                Self::tick_window(&me.goodput, &app);
+            }
             let m = me.local.metrics();
             m.requests.get_or_create(&labels(&[("app", &app), ("outcome", outcome)])).inc();
             m.request_duration.get_or_create(&labels(&[("app", &app)])).observe(started.elapsed().as_secs_f64());

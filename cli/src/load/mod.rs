@@ -80,7 +80,7 @@ pub struct LoadArgs {
 }
 
 /// One window of a run, by scheduled arrival.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Window {
     /// Start of the window, seconds from the first arrival.
     pub start_s: f64,
@@ -96,6 +96,8 @@ pub struct Window {
     pub error_status: u64,
     /// Never answered: reset or closed connections no agent answered, client timeouts.
     pub unanswered: u64,
+    /// Every request that was not ok, by cause (`503 unavailable`, `504 deadline_miss`, ...).
+    pub causes: BTreeMap<String, u64>,
 }
 
 /// Parse a duration: a non-negative number followed by `ms`, `s`, `m` or `h` (`500ms`,
@@ -593,6 +595,9 @@ impl Acc {
             let k = e.at_us / w;
             let win = self.windows.entry(k).or_insert(Window { start_s: (k * w) as f64 / 1e6, ..Window::default() });
             win.sent += 1;
+            if let Some(c) = &e.cause {
+                *win.causes.entry(c.clone()).or_default() += 1;
+            }
             match e.outcome {
                 Outcome::Ok => win.ok += 1,
                 Outcome::DeadlineMiss => win.deadline_miss += 1,
