@@ -202,7 +202,12 @@ impl Server {
 }
 
 fn limits() -> HttpLimits {
-    HttpLimits { max_body_bytes: 64 * 1024, max_in_flight: 64, grace: Duration::from_millis(50) }
+    HttpLimits {
+        max_body_bytes: 64 * 1024,
+        max_in_flight: 64,
+        grace: Duration::from_millis(50),
+        header_read_timeout: Duration::from_millis(300),
+    }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -613,4 +618,40 @@ async fn load_fails_clearly_on_an_unknown_app_or_an_unreachable_target() {
     let e = loadgen::run(&load_args("det", vec!["https://example.invalid".into()])).await.expect_err("https");
     assert!(e.to_string().contains("not supported"), "{e:#}");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+}
+
+/// Slow-header ("slowloris") clients: connections that never finish their request header
+/// are closed after `header_read_timeout`, while the API keeps answering everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_header_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::new(vec![Behaviour::Ok], 100.0);
+    let srv = Server::start(Arc::new(Svc(fake.clone())), limits()).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"POST /v2/models/det/infer HTTP/1.1\r\nHost: x\r\nContent-Ty").await.expect("half a header");
+        slow.push(s);
+    }
+    // Everyone else is still served.
+    let c = client();
+    assert_eq!(get(&c, &format!("{}/v2/health/live", srv.base)).await.status, StatusCode::OK);
+    // Every slow connection is closed by the server (limits(): 300 ms), long before 10 s.
+    let started = tokio::time::Instant::now();
+    for mut s in slow {
+        let mut buf = [0u8; 512];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // a 408 before the close is fine
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a half-sent header kept its connection open for 10 s");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    srv.stop().await;
 }

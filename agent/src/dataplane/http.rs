@@ -72,13 +72,21 @@ pub struct HttpLimits {
     pub max_in_flight: usize,
     /// Slack past the deadline before the HTTP layer gives up on the service (504).
     pub grace: Duration,
+    /// A connection that has not sent a whole request header this long after it started
+    /// one is closed (slow-header "slowloris" clients hold no connection slot for long).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
     /// 32 MiB bodies (a 3×224×224 FP32 image as JSON is about 2 MB), 1024 in flight,
-    /// 250 ms grace.
+    /// 250 ms grace, 10 s to send a request header.
     fn default() -> Self {
-        HttpLimits { max_body_bytes: 32 << 20, max_in_flight: 1024, grace: Duration::from_millis(250) }
+        HttpLimits {
+            max_body_bytes: 32 << 20,
+            max_in_flight: 1024,
+            grace: Duration::from_millis(250),
+            header_read_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -166,7 +174,44 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(svc, limits)).with_graceful_shutdown(shutdown).await
+    // hyper directly rather than `axum::serve`, which sets no header-read timeout.
+    let header_timeout = limits.header_read_timeout;
+    let app = router(svc, limits);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%e, "accepting an HTTP connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper_util::service::TowerToHyperService::new(app.clone()),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%e, "HTTP connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    // No new connections; idle ones close, requests in flight are answered.
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn metrics(State(api): St) -> Response {
