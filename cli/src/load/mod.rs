@@ -223,9 +223,10 @@ pub struct LoadReport {
     pub first_transport_error: Option<String>,
     /// Longest delay between a request's scheduled arrival and its start, ms.
     pub max_schedule_lag_ms: f64,
-    /// Requests whose frontend refused the connection or closed it before any answer (an
-    /// agent that is down or stopping) and that were sent again to the next target, as a
-    /// client behind a load balancer would be; each is counted once, by how it finally ended.
+    /// Requests whose frontend refused, reset or closed the connection before any answer (an
+    /// agent that is down, stopping or killed) and that were sent again to the next target,
+    /// as a client behind a load balancer would be; each is counted once, by how it finally
+    /// ended.
     pub connect_retries: u64,
     /// Per-window counts (with `--window`).
     pub windows: Vec<Window>,
@@ -386,35 +387,18 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Why an exchange failed: `connect` when the frontend never answered: the connection was
-/// refused, or it closed before any byte of a response (a frontend that is stopping). Such
-/// a request is sent to the next target, as a load balancer would (inference requests have
-/// no side effects, so a repeat is safe).
+/// refused, reset or closed before the response began (a frontend that is stopping or was
+/// killed). Such a request is sent to the next target, as a load balancer would (inference
+/// requests have no side effects, so a repeat is safe); a failure after the response began
+/// is not retried.
 struct ExchangeError {
     message: String,
     connect: bool,
 }
 
-/// Whether `e` means the frontend gave no answer at all (refused, or closed first).
-fn never_answered(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return true;
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(c) = cur {
-        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
-}
-
 /// Send one request and read the whole answer.
 async fn exchange(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ExchangeError> {
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| ExchangeError { message: error_chain(&e), connect: never_answered(&e) })?;
+    let resp = client.request(req).await.map_err(|e| ExchangeError { message: error_chain(&e), connect: true })?;
     let status = resp.status();
     let body = resp
         .into_body()
