@@ -154,8 +154,10 @@ fn half_to_f32(h: u16) -> f32 {
     }
 }
 
-/// Decode `n` elements of `datatype` from raw little-endian bytes.
-fn decode_elements(raw: &[u8], datatype: &str, n: u64, field: &str) -> Result<Vec<Value>, InferError> {
+/// Decode `n` elements of `datatype` from raw little-endian bytes (`BYTES`: 4-byte length
+/// and bytes per element), as the binary data extension and gRPC's raw contents carry them;
+/// errors name `field`.
+pub fn decode_elements(raw: &[u8], datatype: &str, n: u64, field: &str) -> Result<Vec<Value>, InferError> {
     if let Some(size) = element_size(datatype) {
         let need = n.checked_mul(size as u64).filter(|b| *b == raw.len() as u64);
         if need.is_none() {

@@ -13,7 +13,7 @@
 //! outcome (`early_drop: …`).
 
 use super::{Inference, ServeError};
-use jigsaw_protocol::infer::{InferError, InferRequest, Tensor, MAX_ELEMENTS};
+use jigsaw_protocol::infer::{decode_elements, InferError, InferRequest, Tensor, MAX_ELEMENTS};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,37 +61,8 @@ fn input_data(
 ) -> Result<Vec<Value>, Status> {
     let field = |k: &str| format!("inputs[{i}].{k}");
     if let Some(raw) = raw {
-        let size = match t.datatype.as_str() {
-            "BOOL" | "UINT8" | "INT8" => 1,
-            "UINT16" | "INT16" | "FP16" => 2,
-            "UINT32" | "INT32" | "FP32" => 4,
-            "UINT64" | "INT64" | "FP64" => 8,
-            other => return Err(bad(field("datatype"), format!("raw contents of `{other}` are not supported"))),
-        };
-        if raw.len() as u64 != n * size as u64 {
-            return Err(bad(
-                field("raw_input_contents"),
-                format!("{} bytes do not hold {n} {} elements", raw.len(), t.datatype),
-            ));
-        }
-        return Ok(raw
-            .chunks_exact(size)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..size].copy_from_slice(c);
-                match t.datatype.as_str() {
-                    "BOOL" => Value::from(c[0] != 0),
-                    "FP32" => Value::from(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                    "FP64" => Value::from(f64::from_le_bytes(b)),
-                    "INT8" => Value::from(i64::from(c[0] as i8)),
-                    "INT16" => Value::from(i64::from(i16::from_le_bytes([c[0], c[1]]))),
-                    "INT32" => Value::from(i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                    "INT64" => Value::from(i64::from_le_bytes(b)),
-                    "FP16" => Value::from(0.0),
-                    _ => Value::from(u64::from_le_bytes(b)),
-                }
-            })
-            .collect());
+        return decode_elements(raw, &t.datatype, n, &field("raw_input_contents"))
+            .map_err(|e| status_of(&ServeError::BadInput(e)));
     }
     let c = t.contents.as_ref().ok_or_else(|| bad(field("contents"), "is required (or raw_input_contents)"))?;
     let v: Vec<Value> = match t.datatype.as_str() {
