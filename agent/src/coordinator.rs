@@ -386,9 +386,4 @@ impl CoordinatorHandle {
     pub async fn stop(&self) {
         let _ = self.actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
     }
-
-    /// The actor itself (tests send it results of other terms).
-    pub fn actor(&self) -> &ActorRef<CoordMsg> {
-        &self.actor
-    }
 }

@@ -643,11 +643,6 @@ impl<T: Transport> NodeHandle<T> {
         self.coordinator.as_ref().is_some_and(|c| c.leading().is_some())
     }
 
-    /// The coordinator actor (coordinator-eligible nodes only).
-    pub fn coordinator(&self) -> Option<&CoordinatorHandle> {
-        self.coordinator.as_ref()
-    }
-
     /// Raft term and whether this node leads in it (None for non-eligible nodes).
     pub fn raft_view(&self) -> Option<(u64, bool)> {
         let r = self.raft.as_ref()?;
