@@ -9,6 +9,9 @@
 //! beta = 0.035          # Eq. 14 slice weight (omit: 1 / available slices)
 //! max_levels = 10       # latency levels per task before a grid is used
 //! abs_gap_slices = 1.0  # at fixed demand, stop within this many slices (x beta) of optimal
+//! spread = "auto"       # cluster plan: "node" = every task on >= 2 nodes where capacity
+//!                       # allows; "none"; "auto" = "node" with >= 2 alive nodes
+//! keep_weight = 0.5     # cluster plan: bonus per instance kept in place, in slices (0-0.99)
 //!
 //! [node]                # the agent on this machine (`jigsaw agent`)
 //! id = "node-1"         # also the DNS name in its certificate
@@ -306,6 +309,10 @@ pub struct PlannerSection {
     pub max_levels: Option<usize>,
     /// Absolute gap in slices at fixed demand.
     pub abs_gap_slices: Option<f64>,
+    /// Failure-domain spread: `auto`, `node`, `none`.
+    pub spread: Option<String>,
+    /// Bonus per kept instance, slices.
+    pub keep_weight: Option<f64>,
 }
 
 /// A config error naming the file and field.
@@ -402,6 +409,17 @@ impl Config {
                 Some(x) => x,
                 None => d.abs_gap_slices,
             },
+            spread: match &p.spread {
+                Some(x) => x.parse().map_err(|m| bad("spread", m))?,
+                None => d.spread,
+            },
+            keep_weight_slices: match p.keep_weight {
+                Some(x) if !(x.is_finite() && (0.0..1.0).contains(&x)) => {
+                    return Err(bad("keep_weight", format!("must be a number in [0, 1), got {x}")))
+                }
+                Some(x) => x,
+                None => d.keep_weight_slices,
+            },
         })
     }
 }
@@ -418,6 +436,10 @@ mod tests {
         assert!(e.to_string().contains("planner.time_limit_s"), "{e}");
         let e = Config::parse("[planner]\ntime_limt_s = 1\n", "c.toml").unwrap_err();
         assert!(e.to_string().contains("time_limt_s"), "{e}");
+        let e = Config::parse("[planner]\nspread = \"rack\"\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("planner.spread") && e.to_string().contains("`node`"), "{e}");
+        let e = Config::parse("[planner]\nkeep_weight = 1.5\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("planner.keep_weight"), "{e}");
         let e = Config::parse("[planner]\nthreads = 0\n", "c.toml").unwrap_err();
         assert!(e.to_string().contains("planner.threads"), "{e}");
     }

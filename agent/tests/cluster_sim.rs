@@ -94,7 +94,7 @@ fn toy_planner() -> PlanFn {
                 k += 1;
             }
         }
-        ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps: vec![] }
+        ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps: vec![], stats: Default::default() }
     })
 }
 

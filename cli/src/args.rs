@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Do not register the example apps.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "apps")]
         no_apps: bool,
+        /// Register the apps of this app-set file instead of the examples (TOML `[[apps]]`
+        /// entries with spec, profiles and rps; e.g. `examples/clusters/measured-a100-80gb.toml`).
+        #[arg(long, value_name = "FILE")]
+        apps: Option<PathBuf>,
         /// Simulated MIG create/destroy latency, ms.
         #[arg(long, default_value_t = 100)]
         reconfig_ms: u64,
@@ -245,6 +249,37 @@ pub enum BenchCmd {
         /// Repetitions per case (the median is printed).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// The joint cluster planner on a set of apps: GPUs used against the lower bound, the LP
+    /// bound and the sequential planner, at several demand levels.
+    Cluster {
+        /// App-set files (TOML `[[apps]]` entries: spec, profiles, rps).
+        #[arg(long, required = true, value_delimiter = ',')]
+        apps: Vec<PathBuf>,
+        /// GPUs in the cluster.
+        #[arg(long)]
+        gpus: usize,
+        /// GPUs per node.
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: usize,
+        /// GPU model.
+        #[arg(long, default_value = "a100-80gb")]
+        gpu: GpuModel,
+        /// Demand multipliers, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "0.5,1,2")]
+        scale: Vec<f64>,
+        /// Copies of the app set (renamed NAME-k), to scale the number of apps.
+        #[arg(long, default_value_t = 1)]
+        copies: usize,
+        /// Failure-domain spread: auto, node, none.
+        #[arg(long, default_value = "none")]
+        spread: String,
+        /// Also run the sequential (one app after another, whole GPUs) planner.
+        #[arg(long)]
+        sequential: bool,
+        /// Print JSON rows instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Failover and plan distribution times of in-process clusters over QUIC on loopback.
     Mesh {

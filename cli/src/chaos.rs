@@ -145,7 +145,7 @@ pub fn cmd_chaos(a: &ChaosArgs, exe: &Path) -> Result<String> {
         gpu: jigsaw_protocol::GpuModel::H100_80gb,
         eligible: a.nodes.min(3),
         dir: dir.clone(),
-        apps: true,
+        apps: cluster::example_apps(),
         reconfig_ms: 100,
         executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
     };

@@ -184,8 +184,8 @@ pub struct UpOptions {
     pub eligible: usize,
     /// Cluster directory.
     pub dir: PathBuf,
-    /// Register the example apps.
-    pub apps: bool,
+    /// Apps to register once the cluster is up (none: an empty cluster).
+    pub apps: Vec<AppEntry>,
     /// Simulated MIG reconfiguration latency, ms.
     pub reconfig_ms: u64,
     /// Worker executor of the agents.
@@ -303,8 +303,8 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             st.coordinator,
             st.term
         );
-        if o.apps {
-            for app in example_apps() {
+        if !o.apps.is_empty() {
+            for app in &o.apps {
                 match op.request(ClientRequest::RegisterApp(app.clone())).await? {
                     ClientReply::Done { message, .. } => writeln!(out, "{message}")?,
                     other => bail!("registering {}: {other:?}", app.name),
@@ -442,14 +442,42 @@ pub fn render_status(s: &ClusterStatus) -> String {
     let _ = writeln!(out, "coordinator: {} (Raft term {}, voters {})", s.coordinator, s.term, s.voters.join(" "));
     let _ = writeln!(out, "plan epoch:  {}", s.state.epoch);
     if let Some(p) = &s.state.plan {
+        let st = &p.stats;
+        let c = st.changes;
+        let _ = writeln!(
+            out,
+            "  {} GPU(s) in use, {} compute slices (lower bound {} GPU(s), LP bound {}); planned in {:.2} s; \
+             instances kept {}, moved {}, created {}, destroyed {}",
+            st.gpus_used,
+            st.compute_slices,
+            st.lower_bound_gpus,
+            st.lp_bound_gpus,
+            st.solve_ms / 1e3,
+            c.kept,
+            c.moved,
+            c.created,
+            c.destroyed
+        );
+        for n in &st.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
         for a in &p.apps {
+            let shed = a.shed_rps();
             let _ = writeln!(
                 out,
-                "  app {:<10} {:>2} GPU(s) {:>9.1} req/s  accuracy {:.4}{}",
+                "  app {:<10} {:>2} GPU(s) {:>3} slices {:>9.1} of {:.1} req/s  accuracy {:.4}  priority {}{}{}{}",
                 a.app,
                 a.gpus,
+                a.compute_slices,
                 a.planned_rps,
+                a.requested_rps,
                 a.accuracy,
+                a.priority,
+                if shed > 0.0 { format!("  SHED {shed:.1} req/s") } else { String::new() },
+                a.worst_node_loss
+                    .as_ref()
+                    .map(|(n, r)| format!("  after losing {n}: {r:.1} req/s"))
+                    .unwrap_or_default(),
                 a.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
             );
         }
@@ -475,7 +503,10 @@ pub fn render_status(s: &ClusterStatus) -> String {
                     if i.task.is_empty() {
                         format!("{}@{} idle", i.mig_profile, i.start)
                     } else {
-                        format!("{}@{} {}/{} mps{} b{}", i.mig_profile, i.start, i.task, i.variant, i.mps, i.batch)
+                        format!(
+                            "{}@{} {}/{}/{} mps{} b{}",
+                            i.mig_profile, i.start, i.app, i.task, i.variant, i.mps, i.batch
+                        )
                     }
                 })
                 .collect();

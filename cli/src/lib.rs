@@ -12,10 +12,13 @@
 //! * [`load`]: `jigsaw load`, the open-loop load generator for the KServe v2 HTTP API, and
 //!   its pure core ([`load::schedule`]: arrival schedules and outcome accounting).
 //! * [`profile`]: `jigsaw profile`, measuring the profile table with real workers.
-//! * [`bench`](mod@bench): `bench mesh` (failover and plan distribution) and `bench dataplane`.
+//! * [`bench`](mod@bench): `bench cluster` (the joint planner against its bounds), `bench mesh`
+//!   (failover and plan distribution) and `bench dataplane`.
+//! * [`appset`]: app-set files (several apps with profiles and demands).
 //! * [`ops`]: `config check` and `ca init|issue`.
 //! * [`chaos`]: `jigsaw chaos`, kills and restarts agents under load and reports every window.
 
+pub mod appset;
 pub mod args;
 pub mod bench;
 pub mod chaos;

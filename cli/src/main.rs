@@ -14,6 +14,35 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Planner { examples, gpus, reps }) => {
             planning::cmd_bench_planner(examples, gpus, *reps, config)?
         }
+        Command::Bench(BenchCmd::Cluster {
+            apps,
+            gpus,
+            gpus_per_node,
+            gpu,
+            scale,
+            copies,
+            spread,
+            sequential,
+            json,
+        }) => {
+            let b = bench::cluster::ClusterBench {
+                apps: apps.clone(),
+                gpus: *gpus,
+                gpus_per_node: *gpus_per_node,
+                gpu: *gpu,
+                scales: scale.clone(),
+                copies: *copies,
+                spread: spread.parse().map_err(|e| anyhow::anyhow!("--spread: {e}"))?,
+                sequential: *sequential,
+            };
+            let (cfg, solver) = planning::planner_config(config)?;
+            let rows = bench::cluster::run(&b, &cfg, &solver)?;
+            if *json {
+                serde_json::to_string_pretty(&rows)? + "\n"
+            } else {
+                bench::cluster::table(&b, &rows)
+            }
+        }
         Command::Bench(BenchCmd::Mesh { nodes, reps, gpus_per_node }) => {
             bench::mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
         }
@@ -52,14 +81,18 @@ fn run(c: Cli) -> anyhow::Result<()> {
             String::new()
         }
         Command::Load { args, dir } => load::cmd_load(args, &dir.clone().unwrap_or_else(cluster::default_dir))?,
-        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms, executor } => {
+        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, apps, reconfig_ms, executor } => {
             let o = cluster::UpOptions {
                 nodes: *nodes,
                 gpus_per_node: *gpus_per_node,
                 gpu: *gpu,
                 eligible: *eligible,
                 dir: dir.clone().unwrap_or_else(cluster::default_dir),
-                apps: !no_apps,
+                apps: match (no_apps, apps) {
+                    (true, _) => Vec::new(),
+                    (false, Some(f)) => jigsaw_cli::appset::load_app_set(f)?.apps,
+                    (false, None) => cluster::example_apps(),
+                },
                 reconfig_ms: *reconfig_ms,
                 executor: *executor,
             };

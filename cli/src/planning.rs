@@ -28,7 +28,8 @@ pub fn load_profiles(path: &Path) -> Result<ProfileTable> {
     Ok(ProfileTable::parse_csv(&text, &path.display().to_string())?)
 }
 
-fn planner_config(cli_config: Option<&Path>) -> Result<(PlannerConfig, HighsSolver)> {
+/// The planner settings of `--config` (defaults without one) and the solver they ask for.
+pub fn planner_config(cli_config: Option<&Path>) -> Result<(PlannerConfig, HighsSolver)> {
     let (cfg, path) = match cli_config {
         Some(p) => (Config::load(&p.display().to_string())?, p.display().to_string()),
         None => (Config::default(), "<defaults>".to_string()),

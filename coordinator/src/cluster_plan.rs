@@ -1,19 +1,32 @@
-//! Planning a whole cluster: every registered application on the alive GPUs.
+//! Planning a whole cluster: every registered application on the alive GPUs, jointly.
 //!
-//! Applications are planned one after another in name order, each with the min-cost goal on
-//! the GPUs the earlier ones left, so each takes only the GPUs it needs; its logical GPUs are
-//! then mapped onto physical GPUs with [`assign_gpus`], sticky to what runs now. An app that
-//! cannot be served at its demand is planned at the largest demand the remaining GPUs serve
-//! (the plan says so in its note); one that cannot be planned at all is left out with the
-//! planner's diagnosis. Every alive GPU gets a target, empty when no app uses it, so agents
-//! release segments of apps that went away. Pure: the solver and clock are passed in.
+//! Apps are grouped by GPU model (each takes the most numerous alive model its profiles
+//! cover) and each group is planned as one MILP ([`crate::joint`]), so MIG instances of
+//! different apps share GPUs. The instances are then placed on the physical GPUs:
+//!
+//! * **Keep what runs.** The MILP rewards instances that already run (per app, task,
+//!   variant and MIG profile), and [`place`] first leaves every such instance in its live
+//!   slot, then puts new ones into free legal slots of GPUs in use before it opens an empty
+//!   GPU. When that greedy placement needs more GPUs than the MILP's layout, the layout is
+//!   mapped onto physical GPUs by [`assign_gpus`] instead (sticky per GPU). The plan counts
+//!   instances kept, moved, created and destroyed.
+//! * **Failure domains.** With `spread` (`[planner] spread`, default on with ≥ 2 alive
+//!   nodes) every task gets at least two instances where capacity allows, and placement puts
+//!   a task's next instance on a node that has none of it yet when a slot is free there. Each
+//!   app reports the root demand it still serves after the loss of its worst single node.
+//!
+//! Every alive GPU gets a target, empty when no app uses it, so agents release segments of
+//! apps that went away. Pure: the solver and clock are passed in.
 
 use crate::assign::{assign_gpus, PhysicalGpu};
+use crate::joint::{plan_joint, JointApp, JointOptions, LiveCounts};
 use crate::milp::Solver;
-use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem};
+use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem, Spread};
 use crate::spaces::SearchSpace;
-use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState};
-use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::app::AppSpec;
+use jigsaw_protocol::catalogue::{GpuSpec, Placement};
+use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState, PlanChanges};
+use jigsaw_protocol::plan::{InstancePlan, Plan};
 use jigsaw_protocol::{GpuModel, ProfileRow, ProfileTable};
 use std::collections::BTreeMap;
 
@@ -34,6 +47,32 @@ pub fn merge_observed(profiles: &mut ProfileTable, observed: &[ProfileRow]) -> u
     n
 }
 
+/// The alive GPUs of `state` with their live layouts.
+fn physical_gpus(state: &ClusterState, live: &LiveLayouts) -> Vec<PhysicalGpu> {
+    state
+        .alive_members()
+        .flat_map(|m| {
+            m.gpus.iter().map(|g| PhysicalGpu {
+                node: m.node.clone(),
+                uuid: g.uuid.clone(),
+                model: g.model,
+                live: live.get(&(m.node.clone(), g.uuid.clone())).cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The most numerous model among `gpus` that `profiles` cover (ties: the smaller model).
+fn model_for(profiles: &ProfileTable, gpus: &[PhysicalGpu]) -> Option<(GpuModel, usize)> {
+    let mut counts: BTreeMap<GpuModel, usize> = BTreeMap::new();
+    for g in gpus {
+        if profiles.rows().any(|r| r.gpu == g.model) {
+            *counts.entry(g.model).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|(m, n)| (*n, std::cmp::Reverse(*m)))
+}
+
 /// Plan every app of `state` on its alive members' GPUs, as epoch `epoch`, with run-time
 /// `observed` profile points in place of the registered ones.
 pub fn plan_cluster(
@@ -45,17 +84,339 @@ pub fn plan_cluster(
     solver: &dyn Solver,
     clock: &dyn Clock,
 ) -> ClusterPlan {
-    let mut free: Vec<PhysicalGpu> = state
-        .alive_members()
-        .flat_map(|m| {
-            m.gpus.iter().map(|g| PhysicalGpu {
-                node: m.node.clone(),
-                uuid: g.uuid.clone(),
-                model: g.model,
-                live: live.get(&(m.node.clone(), g.uuid.clone())).cloned().unwrap_or_default(),
+    let t0 = clock.now_s();
+    let physical = physical_gpus(state, live);
+    let mut nodes: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>> = BTreeMap::new();
+    for g in &physical {
+        nodes.entry(g.node.clone()).or_default().insert(g.uuid.clone(), Vec::new());
+    }
+    let space: SearchSpace = state.config.space.parse().unwrap_or(SearchSpace::FULL);
+    let alive_nodes = state.alive_members().filter(|m| !m.gpus.is_empty()).count();
+    let spread = match cfg.spread {
+        Spread::Node => true,
+        Spread::None => false,
+        Spread::Auto => alive_nodes >= 2,
+    };
+    let mut placements: BTreeMap<String, AppPlacement> = BTreeMap::new();
+    let mut groups: BTreeMap<GpuModel, Vec<(String, AppSpec, ProfileTable, f64)>> = BTreeMap::new();
+    for entry in state.apps.values() {
+        let (app, mut profiles) = match entry.parse() {
+            Ok(p) => (p.spec, p.profiles),
+            Err(e) => {
+                let note = format!("invalid registration: {e}");
+                placements.insert(entry.name.clone(), AppPlacement::unplaced(&entry.name, entry.demand_rps, note));
+                continue;
+            }
+        };
+        merge_observed(&mut profiles, observed);
+        match model_for(&profiles, &physical) {
+            Some((model, _)) => {
+                groups.entry(model).or_default().push((entry.name.clone(), app, profiles, entry.demand_rps))
+            }
+            None => {
+                let note = "no alive GPU of a model its profiles cover".to_string();
+                placements.insert(entry.name.clone(), AppPlacement::unplaced(&entry.name, entry.demand_rps, note));
+            }
+        }
+    }
+    let mut notes = Vec::new();
+    let (mut lower, mut lp) = (0u32, 0u32);
+    for (model, apps) in &groups {
+        let phys: Vec<PhysicalGpu> = physical.iter().filter(|g| g.model == *model).cloned().collect();
+        let mut counts: LiveCounts = BTreeMap::new();
+        for g in &phys {
+            for i in &g.live {
+                *counts
+                    .entry((i.app.clone(), i.task.clone(), i.variant.clone(), i.mig_profile.clone()))
+                    .or_default() += 1;
+            }
+        }
+        let joint_apps: Vec<JointApp<'_>> = apps
+            .iter()
+            .map(|(_, app, profiles, demand)| JointApp { app, profiles, demand: *demand, priority: app.priority })
+            .collect();
+        let opts = JointOptions {
+            min_instances: if spread { 2 } else { 1 },
+            live: counts,
+            keep_weight_slices: cfg.keep_weight_slices,
+        };
+        let out = plan_joint(&joint_apps, *model, phys.len(), space, cfg, &opts, solver, clock);
+        lower += out.stats.lower_bound_gpus as u32;
+        lp += out.stats.lp_bound_gpus as u32;
+        notes.extend(out.stats.notes.iter().map(|n| format!("{model}: {n}")));
+        let instances: Vec<InstancePlan> = out
+            .apps
+            .iter()
+            .filter_map(|a| a.plan.as_ref().ok())
+            .flat_map(|p| p.gpus.iter().flat_map(|g| g.instances.iter().cloned()))
+            .collect();
+        let spec = model.spec();
+        let greedy = [spread, false].into_iter().find_map(|sp| {
+            place(spec, &phys, &instances, sp)
+                .filter(|t| t.iter().filter(|g| !g.is_empty()).count() <= out.stats.gpus_used)
+        });
+        let targets: Vec<Vec<InstancePlan>> = match greedy {
+            Some(t) => t,
+            None => match assign_gpus(*model, &out.gpus, &phys) {
+                Ok(a) => {
+                    let mut t = vec![Vec::new(); phys.len()];
+                    for x in a {
+                        t[x.physical] = x.instances;
+                    }
+                    t
+                }
+                Err(e) => {
+                    notes.push(format!("{model}: {e}"));
+                    vec![Vec::new(); phys.len()]
+                }
+            },
+        };
+        for (g, t) in phys.iter().zip(&targets) {
+            nodes.entry(g.node.clone()).or_default().insert(g.uuid.clone(), t.clone());
+        }
+        for (a, (name, ..)) in out.apps.iter().zip(apps) {
+            let p = match &a.plan {
+                Ok(p) => AppPlacement {
+                    planned_rps: p.demand_rps,
+                    accuracy: p.accuracy,
+                    note: p.stats.note.clone(),
+                    priority: a.priority,
+                    worst_node_loss: worst_node_loss(p, &phys, &targets),
+                    ..AppPlacement::unplaced(name, a.requested_rps, String::new())
+                },
+                Err(e) => {
+                    AppPlacement { priority: a.priority, ..AppPlacement::unplaced(name, a.requested_rps, e.clone()) }
+                }
+            };
+            placements.insert(name.clone(), p);
+        }
+    }
+    let mut plan = ClusterPlan {
+        epoch,
+        inputs: state.plan_inputs(),
+        nodes,
+        apps: placements.into_values().collect(),
+        stats: Default::default(),
+    };
+    plan.stats.lower_bound_gpus = lower;
+    plan.stats.lp_bound_gpus = lp;
+    plan.stats.notes = notes;
+    finish(&mut plan, live);
+    plan.stats.solve_ms = (clock.now_s() - t0) * 1e3;
+    plan
+}
+
+/// Fill in the per-app GPU, slice and instance counts and the plan's totals and changes
+/// from the targets.
+fn finish(plan: &mut ClusterPlan, live: &LiveLayouts) {
+    let mut gpus_of: BTreeMap<&str, std::collections::BTreeSet<(&str, &str)>> = BTreeMap::new();
+    let mut slices_of: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    let (mut used, mut slices) = (0u32, 0u32);
+    for (node, gs) in &plan.nodes {
+        for (uuid, insts) in gs {
+            used += u32::from(!insts.is_empty());
+            for i in insts {
+                let cs = compute_slices(i);
+                slices += cs;
+                gpus_of.entry(&i.app).or_default().insert((node, uuid));
+                let e = slices_of.entry(&i.app).or_default();
+                e.0 += cs;
+                e.1 += 1;
+            }
+        }
+    }
+    for a in &mut plan.apps {
+        a.gpus = gpus_of.get(a.app.as_str()).map_or(0, |s| s.len());
+        let (s, n) = slices_of.get(a.app.as_str()).copied().unwrap_or_default();
+        a.compute_slices = s;
+        a.instances = n;
+    }
+    plan.stats.gpus_used = used;
+    plan.stats.compute_slices = slices;
+    plan.stats.changes = changes(live, &plan.nodes);
+}
+
+/// Compute slices of an instance (its profile's "g" number).
+fn compute_slices(i: &InstancePlan) -> u32 {
+    i.mig_profile.split('g').next().and_then(|g| g.parse().ok()).unwrap_or(u32::from(i.slices))
+}
+
+/// Instances kept, moved, created and destroyed from `live` to `target`.
+pub fn changes(live: &LiveLayouts, target: &BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>>) -> PlanChanges {
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let slot = |node: &str, uuid: &str, i: &InstancePlan| {
+        (
+            node.to_string(),
+            uuid.to_string(),
+            i.mig_profile.clone(),
+            i.start,
+            i.app.clone(),
+            i.task.clone(),
+            i.variant.clone(),
+        )
+    };
+    let mut old: BTreeMap<_, u32> = BTreeMap::new();
+    for ((node, uuid), insts) in live {
+        for i in insts {
+            *old.entry(slot(node, uuid, i)).or_default() += 1;
+        }
+    }
+    let mut c = PlanChanges::default();
+    let mut created: BTreeMap<Key<'_>, u32> = BTreeMap::new();
+    for (node, gs) in target {
+        for (uuid, insts) in gs {
+            for i in insts {
+                match old.get_mut(&slot(node, uuid, i)) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        c.kept += 1;
+                    }
+                    _ => *created.entry((&i.app, &i.task, &i.variant)).or_default() += 1,
+                }
+            }
+        }
+    }
+    let mut destroyed: BTreeMap<(String, String, String), u32> = BTreeMap::new();
+    for ((_, _, _, _, app, task, variant), n) in old {
+        if n > 0 {
+            *destroyed.entry((app, task, variant)).or_default() += n;
+        }
+    }
+    for ((app, task, variant), n) in &created {
+        let d = destroyed.get_mut(&(app.to_string(), task.to_string(), variant.to_string()));
+        let m = d.as_ref().map_or(0, |d| (**d).min(*n));
+        if let Some(d) = d {
+            *d -= m;
+        }
+        c.moved += m;
+        c.created += n - m;
+    }
+    c.destroyed = destroyed.values().sum();
+    c
+}
+
+/// Root demand of the app of `plan` still served when its worst single node is lost: per
+/// node, the least ratio over tasks of capacity left to the task's demand, times the planned
+/// root demand (at most that demand).
+fn worst_node_loss(plan: &Plan, phys: &[PhysicalGpu], targets: &[Vec<InstancePlan>]) -> Option<(String, f64)> {
+    let mut per_node: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+    for (g, t) in phys.iter().zip(targets) {
+        for i in t.iter().filter(|i| i.app == plan.app) {
+            *per_node.entry(&g.node).or_default().entry(&i.task).or_default() += i.throughput_rps;
+        }
+    }
+    let mut worst: Option<(String, f64)> = None;
+    for node in per_node.keys() {
+        let served = plan
+            .tasks
+            .iter()
+            .map(|t| {
+                let left: f64 = per_node
+                    .iter()
+                    .filter(|(n, _)| *n != node)
+                    .map(|(_, caps)| caps.get(t.task.as_str()).copied().unwrap_or(0.0))
+                    .sum();
+                if t.demand_rps > 0.0 {
+                    left / t.demand_rps
+                } else {
+                    1.0
+                }
             })
-        })
-        .collect();
+            .fold(1.0_f64, f64::min)
+            * plan.demand_rps;
+        if worst.as_ref().is_none_or(|(_, w)| served < *w) {
+            worst = Some((node.to_string(), served));
+        }
+    }
+    worst
+}
+
+/// Place `instances` on the physical GPUs `phys` (all of `spec`'s model): instances that
+/// match a live one (same app, task, variant, profile; same MPS and batch preferred) stay
+/// in its slot; the rest, largest first, go to the first legal slot of a GPU in use, then of
+/// an empty GPU, preferring (with `spread`) nodes that do not host the task yet. Returns
+/// the target per physical GPU, or `None` when some instance finds no slot.
+pub fn place(
+    spec: &GpuSpec,
+    phys: &[PhysicalGpu],
+    instances: &[InstancePlan],
+    spread: bool,
+) -> Option<Vec<Vec<InstancePlan>>> {
+    let mut todo: Vec<Option<InstancePlan>> = instances.iter().cloned().map(Some).collect();
+    let mut targets: Vec<Vec<InstancePlan>> = vec![Vec::new(); phys.len()];
+    let mut taken: Vec<Vec<Placement>> = vec![Vec::new(); phys.len()];
+    // Keep: exact work first, then same (app, task, variant, profile).
+    for exact in [true, false] {
+        for (j, g) in phys.iter().enumerate() {
+            for l in &g.live {
+                let Some(p) = spec.profile_index(&l.mig_profile) else { continue };
+                let at = Placement { profile: p, start: l.start };
+                if spec.check_placement(&taken[j], at).is_err() {
+                    continue;
+                }
+                let hit = todo.iter_mut().find(|t| {
+                    t.as_ref().is_some_and(|t| {
+                        t.app == l.app
+                            && t.task == l.task
+                            && t.variant == l.variant
+                            && t.mig_profile == l.mig_profile
+                            && (!exact || (t.mps == l.mps && t.batch == l.batch))
+                    })
+                });
+                if let Some(slot) = hit {
+                    let mut inst = slot.take().expect("matched");
+                    inst.start = l.start;
+                    taken[j].push(at);
+                    targets[j].push(inst);
+                }
+            }
+        }
+    }
+    let mut rest: Vec<InstancePlan> = todo.into_iter().flatten().collect();
+    let width = |i: &InstancePlan| spec.profile_index(&i.mig_profile).map_or(0, |p| spec.profiles[p].mem_slices);
+    rest.sort_by(|a, b| width(b).cmp(&width(a)).then_with(|| (&a.app, &a.task).cmp(&(&b.app, &b.task))));
+    for inst in rest {
+        let p = spec.profile_index(&inst.mig_profile)?;
+        let hosts = |node: &str| {
+            phys.iter()
+                .zip(&targets)
+                .any(|(g, t)| g.node == node && t.iter().any(|i| i.app == inst.app && i.task == inst.task))
+        };
+        let mut order: Vec<usize> = (0..phys.len()).collect();
+        order.sort_by_key(|&j| (spread && hosts(&phys[j].node), targets[j].is_empty(), j));
+        let found = order.into_iter().find_map(|j| {
+            spec.profiles[p]
+                .starts
+                .iter()
+                .map(|&s| Placement { profile: p, start: s })
+                .find(|&at| spec.check_placement(&taken[j], at).is_ok())
+                .map(|at| (j, at))
+        });
+        let (j, at) = found?;
+        let mut inst = inst;
+        inst.start = at.start;
+        taken[j].push(at);
+        targets[j].push(inst);
+    }
+    for t in &mut targets {
+        t.sort_by_key(|i| i.start);
+    }
+    Some(targets)
+}
+
+/// The sequential planner this crate used before the joint one: apps one after another in
+/// name order, each min-cost on the whole GPUs the earlier ones left (apps never share a
+/// GPU). Kept as the baseline of `jigsaw bench cluster` and of the joint planner's tests.
+pub fn plan_cluster_sequential(
+    state: &ClusterState,
+    epoch: u64,
+    live: &LiveLayouts,
+    observed: &[ProfileRow],
+    cfg: &PlannerConfig,
+    solver: &dyn Solver,
+    clock: &dyn Clock,
+) -> ClusterPlan {
+    let mut free = physical_gpus(state, live);
     let mut nodes: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>> = BTreeMap::new();
     for g in &free {
         nodes.entry(g.node.clone()).or_default().insert(g.uuid.clone(), Vec::new());
@@ -63,13 +424,7 @@ pub fn plan_cluster(
     let space: SearchSpace = state.config.space.parse().unwrap_or(SearchSpace::FULL);
     let mut apps = Vec::new();
     for entry in state.apps.values() {
-        let unplaced = |note: String| AppPlacement {
-            app: entry.name.clone(),
-            gpus: 0,
-            planned_rps: 0.0,
-            accuracy: 0.0,
-            note: Some(note),
-        };
+        let unplaced = |note: String| AppPlacement::unplaced(&entry.name, entry.demand_rps, note);
         let (app, mut profiles) = match entry.parse() {
             Ok(p) => (p.spec, p.profiles),
             Err(e) => {
@@ -78,14 +433,7 @@ pub fn plan_cluster(
             }
         };
         merge_observed(&mut profiles, observed);
-        // The most numerous free model that the profiles cover.
-        let mut counts: BTreeMap<GpuModel, usize> = BTreeMap::new();
-        for g in &free {
-            if profiles.rows().any(|r| r.gpu == g.model) {
-                *counts.entry(g.model).or_default() += 1;
-            }
-        }
-        let Some((&model, &n)) = counts.iter().max_by_key(|(m, n)| (**n, std::cmp::Reverse(**m))) else {
+        let Some((model, n)) = model_for(&profiles, &free) else {
             apps.push(unplaced("no free GPU of a model its profiles cover".into()));
             continue;
         };
@@ -128,14 +476,19 @@ pub fn plan_cluster(
             free.remove(*j);
         }
         apps.push(AppPlacement {
-            app: entry.name.clone(),
             gpus: used.len(),
             planned_rps: p.demand_rps,
             accuracy: p.accuracy,
             note,
+            priority: app.priority,
+            compute_slices: p.compute_slices,
+            instances: used.iter().map(|g| g.instances.len() as u32).sum(),
+            ..AppPlacement::unplaced(&entry.name, entry.demand_rps, String::new())
         });
     }
-    ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps }
+    let mut plan = ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps, stats: Default::default() };
+    finish(&mut plan, live);
+    plan
 }
 
 #[cfg(test)]
@@ -150,5 +503,52 @@ mod tests {
         assert_eq!(t.len(), 1, "no new configuration");
         assert_eq!(t.get("a", "v", GpuModel::H100_80gb, "1g.10gb", 1, 8).map(|r| r.p95_ms), Some(9.0));
         assert_eq!(merge_observed(&mut t, &[row("a", 9.0)]), 0, "unchanged");
+    }
+
+    fn inst(app: &str, task: &str, profile: &str, start: u8) -> InstancePlan {
+        InstancePlan { app: app.into(), ..jigsaw_protocol::testing::instance(task, profile, start) }
+    }
+
+    fn phys(node: &str, n: usize, live: Vec<InstancePlan>) -> PhysicalGpu {
+        PhysicalGpu { node: node.into(), uuid: format!("GPU-{node}-{n}"), model: GpuModel::H100_80gb, live }
+    }
+
+    fn layout(t: &[InstancePlan]) -> Vec<(String, u8, String)> {
+        t.iter().map(|i| (i.mig_profile.clone(), i.start, i.app.clone())).collect()
+    }
+
+    #[test]
+    fn placement_keeps_live_instances_and_fills_gpus_in_use_first() {
+        let spec = GpuModel::H100_80gb.spec();
+        // n0/0 runs a's 3g at slot 4; n0/1 and n1/0 are empty.
+        let physical =
+            vec![phys("n0", 0, vec![inst("a", "t", "3g.40gb", 4)]), phys("n0", 1, vec![]), phys("n1", 0, vec![])];
+        let want = vec![inst("b", "u", "4g.40gb", 0), inst("a", "t", "3g.40gb", 0), inst("b", "u", "1g.10gb", 0)];
+        let t = place(spec, &physical, &want, false).expect("fits");
+        assert_eq!(layout(&t[0]), vec![("4g.40gb".into(), 0, "b".into()), ("3g.40gb".into(), 4, "a".into())]);
+        assert_eq!(layout(&t[1]), vec![("1g.10gb".into(), 0, "b".into())], "the next GPU, not a third");
+        assert!(t[2].is_empty());
+        // With spread, b's second instance avoids node n0, which already hosts b/u.
+        let t = place(spec, &physical, &want, true).expect("fits");
+        assert_eq!(layout(&t[2]), vec![("1g.10gb".into(), 0, "b".into())], "{t:?}");
+        // Too much for the GPUs: no placement.
+        let seven: Vec<InstancePlan> = (0..4).map(|_| inst("c", "v", "7g.80gb", 0)).collect();
+        assert!(place(spec, &physical, &seven, false).is_none());
+    }
+
+    #[test]
+    fn changes_count_kept_moved_created_destroyed() {
+        let mut live = LiveLayouts::new();
+        live.insert(("n0".into(), "g0".into()), vec![inst("a", "t", "1g.10gb", 0), inst("a", "t", "1g.10gb", 1)]);
+        live.insert(("n1".into(), "g1".into()), vec![inst("b", "u", "3g.40gb", 0)]);
+        let mut target: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>> = BTreeMap::new();
+        // a/t: one kept at slot 0, the slot-1 one moves to n1; b/u destroyed; c/w created.
+        target.entry("n0".into()).or_default().insert("g0".into(), vec![inst("a", "t", "1g.10gb", 0)]);
+        target
+            .entry("n1".into())
+            .or_default()
+            .insert("g1".into(), vec![inst("a", "t", "1g.10gb", 4), inst("c", "w", "2g.20gb", 0)]);
+        let c = changes(&live, &target);
+        assert_eq!(c, PlanChanges { kept: 1, moved: 1, created: 1, destroyed: 1 });
     }
 }

@@ -363,7 +363,13 @@ mod tests {
         let Some(Action::Solve { inputs, epoch }) = acts.first().cloned() else { panic!("solve expected: {acts:?}") };
         assert_eq!(epoch, 1);
         assert!(c.tick(31, &st).is_empty(), "one solve at a time");
-        let plan = ClusterPlan { epoch, inputs: inputs.clone(), nodes: BTreeMap::new(), apps: vec![] };
+        let plan = ClusterPlan {
+            epoch,
+            inputs: inputs.clone(),
+            nodes: BTreeMap::new(),
+            apps: vec![],
+            stats: Default::default(),
+        };
         st.apply(&ClusterCommand::CommitPlan(plan));
         c.solve_done(&inputs);
         let acts = c.tick(40, &st);
@@ -430,6 +436,7 @@ mod tests {
             inputs: st.plan_inputs(),
             nodes: BTreeMap::new(),
             apps: vec![],
+            stats: Default::default(),
         }));
         assert_eq!(c.tick(1, &st).len(), 1);
         c.push_done(2, "a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));

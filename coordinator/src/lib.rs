@@ -14,7 +14,10 @@
 //! * [`synth`]: the analytic (synthetic) profile model for the example applications.
 //! * [`assign`]: mapping a plan's logical GPUs onto physical GPUs, sticky to live layouts.
 //!
-//! * [`cluster_plan`]: planning every registered app on the cluster's alive GPUs.
+//! * [`joint`]: one MILP over every app on one GPU model (apps share GPUs), with shedding by
+//!   priority.
+//! * [`cluster_plan`]: planning every registered app on the cluster's alive GPUs (joint,
+//!   sticky to what runs, spread over nodes).
 //! * [`control`]: the coordinator's control loop (membership, failure detection, re-planning,
 //!   plan distribution) as a pure state machine; the agent's Raft leader drives it.
 
@@ -25,6 +28,7 @@ pub mod control;
 pub mod evaluate;
 #[cfg(feature = "highs")]
 pub mod highs;
+pub mod joint;
 pub mod milp;
 pub mod planner;
 pub mod routing;

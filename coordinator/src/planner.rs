@@ -57,6 +57,34 @@ pub struct PlannerConfig {
     pub max_levels: usize,
     /// Absolute MIP gap at fixed demand, in slices (× β): 1.0 stops within one slice of the optimum.
     pub abs_gap_slices: f64,
+    /// Failure-domain spread of the cluster plan.
+    pub spread: Spread,
+    /// Cluster plan: objective bonus per instance kept where it runs, in slices (0–0.99).
+    pub keep_weight_slices: f64,
+}
+
+/// Failure-domain spread of a cluster plan (`[planner] spread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spread {
+    /// `node` when the cluster has at least two alive nodes, else `none`.
+    #[default]
+    Auto,
+    /// Every task's capacity on at least two nodes where capacity allows.
+    Node,
+    /// No spread requirement.
+    None,
+}
+
+impl std::str::FromStr for Spread {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Spread, String> {
+        match s {
+            "auto" => Ok(Spread::Auto),
+            "node" => Ok(Spread::Node),
+            "none" => Ok(Spread::None),
+            other => Err(format!("must be `auto`, `node` or `none`, got `{other}`")),
+        }
+    }
 }
 
 impl Default for PlannerConfig {
@@ -68,6 +96,8 @@ impl Default for PlannerConfig {
             beta: None,
             max_levels: 10,
             abs_gap_slices: 1.0,
+            spread: Spread::Auto,
+            keep_weight_slices: 0.5,
         }
     }
 }
@@ -182,49 +212,49 @@ pub enum PlanError {
 
 /// One profiled operating point of a (task, variant, MIG profile).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Point {
-    mps: u8,
-    batch: u32,
-    l: f64,
-    h: f64,
+pub(crate) struct Point {
+    pub(crate) mps: u8,
+    pub(crate) batch: u32,
+    pub(crate) l: f64,
+    pub(crate) h: f64,
 }
 
 /// A (task, variant, profile) with its Pareto frontier of (latency, throughput) points,
 /// sorted by latency ascending (throughput strictly ascending along it).
 #[derive(Debug, Clone)]
-struct Opt {
-    t: usize,
-    v: usize,
-    p: usize,
-    frontier: Vec<Point>,
+pub(crate) struct Opt {
+    pub(crate) t: usize,
+    pub(crate) v: usize,
+    pub(crate) p: usize,
+    pub(crate) frontier: Vec<Point>,
 }
 
 impl Opt {
-    fn best_within(&self, level: f64) -> Option<Point> {
+    pub(crate) fn best_within(&self, level: f64) -> Option<Point> {
         let i = self.frontier.partition_point(|pt| pt.l <= level + 1e-9);
         i.checked_sub(1).map(|i| self.frontier[i])
     }
 }
 
 /// Everything derived from the problem that does not depend on the split.
-struct Prepared<'a> {
-    pb: Problem<'a>,
-    spec: &'static GpuSpec,
-    opts: Vec<Opt>,
-    classes: Vec<LayoutClass>,
-    paths: Vec<Vec<usize>>,
+pub(crate) struct Prepared<'a> {
+    pub(crate) pb: Problem<'a>,
+    pub(crate) spec: &'static GpuSpec,
+    pub(crate) opts: Vec<Opt>,
+    pub(crate) classes: Vec<LayoutClass>,
+    pub(crate) paths: Vec<Vec<usize>>,
     /// Per task: κ_t (accuracy-row coefficient per unit of lost accuracy mass), or `None`
     /// when ρ_t = 0 (only max-accuracy variants allowed).
-    kappa: Vec<Option<f64>>,
-    amax_task: Vec<f64>,
-    a_max: f64,
+    pub(crate) kappa: Vec<Option<f64>>,
+    pub(crate) amax_task: Vec<f64>,
+    pub(crate) a_max: f64,
     /// Per task: Some(ρ) when its demand is a fixed multiple of R.
-    fixed_rho: Vec<Option<f64>>,
+    pub(crate) fixed_rho: Vec<Option<f64>>,
     /// Per task: static slice budget (spaces without T).
-    slice_budget: Vec<Option<f64>>,
+    pub(crate) slice_budget: Vec<Option<f64>>,
     /// Per task: latency levels.
-    levels: Vec<Vec<f64>>,
-    exact_levels: bool,
+    pub(crate) levels: Vec<Vec<f64>>,
+    pub(crate) exact_levels: bool,
 }
 
 /// Allowed variants of task `t` in the space.
@@ -271,7 +301,7 @@ pub fn path_weights(app: &AppSpec, paths: &[Vec<usize>]) -> Vec<f64> {
     }
 }
 
-fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, PlanError> {
+pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepared<'a>, PlanError> {
     let app = pb.app;
     let spec = pb.gpu.spec();
     let nt = app.tasks.len();
@@ -662,9 +692,9 @@ fn enumerate_splits(levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64) -> Vec
 
 /// The columns of one split: for every option, its best point within the task's level.
 #[derive(Debug, Clone)]
-struct Split {
-    levels: Vec<f64>,
-    cols: Vec<(usize, Point)>,
+pub(crate) struct Split {
+    pub(crate) levels: Vec<f64>,
+    pub(crate) cols: Vec<(usize, Point)>,
 }
 
 struct Built {
@@ -677,12 +707,8 @@ struct Built {
 
 fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) -> Built {
     let pb = prep.pb;
-    let app = pb.app;
-    let spec = prep.spec;
-    let nt = app.tasks.len();
     let g = pb.gpus as f64;
     let beta = beta_of(cfg, pb.gpus);
-    let eps_gpu = EPS_GPU;
     let mut m = Milp {
         maximize: true,
         offset: match goal {
@@ -691,43 +717,84 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         },
         ..Milp::default()
     };
-    let r_col = match goal {
-        Goal::MaxDemand => Some(m.col(1.0, 0.0, f64::INFINITY, false)),
-        Goal::MinCost { .. } => None,
-    };
-    let demand = match goal {
-        Goal::MinCost { demand } => demand,
-        Goal::MaxDemand => 1.0,
-    };
-    // M columns.
-    let mut m_cols = Vec::new();
-    for &(oi, pt) in &split.cols {
-        let o = &prep.opts[oi];
-        let prof = &spec.profiles[o.p];
-        let acc = app.tasks[o.t].variants[o.v].accuracy;
-        let loss = prep.amax_task[o.t] - acc;
-        let slices = f64::from(prof.slice_cost());
-        if loss > 1e-12 && prep.kappa[o.t].is_none() {
-            continue; // ρ_t = 0: only max-accuracy variants may serve t
+    let (r_col, root) = match goal {
+        Goal::MaxDemand => {
+            let r = m.col(1.0, 0.0, f64::INFINITY, false);
+            (Some(r), Root::Column(r))
         }
-        let cost = match goal {
-            Goal::MinCost { demand } => {
-                let acc_term = prep.kappa[o.t].map_or(0.0, |k| k * pt.h * loss / (prep.a_max * demand));
-                -(beta * slices) - cfg.alpha * acc_term
-            }
+        Goal::MinCost { demand } => (None, Root::Fixed(demand)),
+    };
+    let cost = |o: &Opt, pt: Point| -> f64 {
+        let slices = f64::from(prep.spec.profiles[o.p].slice_cost());
+        match goal {
+            Goal::MinCost { demand } => -(beta * slices) - cfg.alpha * prep.accuracy_term(o, pt, demand),
             Goal::MaxDemand => -EPS_SLICE_MAX_DEMAND * slices,
-        };
-        let ub = f64::from(prof.max_instances) * g;
-        let c = m.col(cost, 0.0, ub, true);
-        m_cols.push((c, oi, pt));
-    }
+        }
+    };
+    let m_cols = add_app_rows(&mut m, prep, split, root, &cost);
     // y columns.
     // At fixed demand the layout counts are continuous here and made integral by `repack`
     // (exact whenever the repacked layout fits the GPUs, else the split is re-solved with
     // integer `y`); when maximising demand the GPUs are the binding resource, so `y` is
     // integer from the start.
     let y_integer = matches!(goal, Goal::MaxDemand);
-    let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-eps_gpu, 0.0, g, y_integer)).collect();
+    let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-EPS_GPU, 0.0, g, y_integer)).collect();
+    let profiles: Vec<(usize, usize)> = m_cols.iter().map(|&(c, oi, _)| (c, prep.opts[oi].p)).collect();
+    add_placement_rows(&mut m, prep.spec, &prep.classes, &profiles, &y_cols, g);
+    Built { milp: m, m_cols, y_cols, r_col }
+}
+
+/// How an app's root demand enters its demand and accuracy rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Root {
+    /// A fixed root demand, requests/s.
+    Fixed(f64),
+    /// A column holding the root demand.
+    Column(usize),
+}
+
+impl Prepared<'_> {
+    /// The objective's accuracy term of one instance at `pt`: its share of the conservative
+    /// bound on lost accuracy (κ_t·h·(a_max(t) − A_v)) / (A_max·demand); 0 for a most
+    /// accurate variant.
+    pub(crate) fn accuracy_term(&self, o: &Opt, pt: Point, demand: f64) -> f64 {
+        let loss = self.amax_task[o.t] - self.pb.app.tasks[o.t].variants[o.v].accuracy;
+        self.kappa[o.t].map_or(0.0, |k| k * pt.h * loss / (self.a_max * demand))
+    }
+}
+
+/// Add one app's instance columns `M(t,v,p)` (objective coefficient from `cost`) with its
+/// demand rows (Eqs. 4–6), accuracy row (Eqs. 10–13) and static per-task slice budgets
+/// (spaces without T) to `m`. Returns the columns as (column, option index, point). The
+/// joint cluster planner calls this once per app on one shared MILP.
+pub(crate) fn add_app_rows(
+    m: &mut Milp,
+    prep: &Prepared<'_>,
+    split: &Split,
+    root: Root,
+    cost: &dyn Fn(&Opt, Point) -> f64,
+) -> Vec<(usize, usize, Point)> {
+    let pb = prep.pb;
+    let app = pb.app;
+    let spec = prep.spec;
+    let nt = app.tasks.len();
+    let g = pb.gpus as f64;
+    let mut m_cols = Vec::new();
+    for &(oi, pt) in &split.cols {
+        let o = &prep.opts[oi];
+        let prof = &spec.profiles[o.p];
+        let loss = prep.amax_task[o.t] - app.tasks[o.t].variants[o.v].accuracy;
+        if loss > 1e-12 && prep.kappa[o.t].is_none() {
+            continue; // ρ_t = 0: only max-accuracy variants may serve t
+        }
+        let ub = f64::from(prof.max_instances) * g;
+        let c = m.col(cost(o, pt), 0.0, ub, true);
+        m_cols.push((c, oi, pt));
+    }
+    let (demand, r_col) = match root {
+        Root::Fixed(d) => (d, None),
+        Root::Column(r) => (1.0, Some(r)),
+    };
     // Demand rows.
     for t in 0..nt {
         let mut coefs: Vec<(usize, f64)> =
@@ -779,21 +846,6 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
             None => m.row(f64::NEG_INFINITY, budget * demand, acc),
         }
     }
-    // Placement rows.
-    for (p, _) in spec.profiles.iter().enumerate() {
-        let mut coefs: Vec<(usize, f64)> =
-            m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].p == p).map(|&(c, _, _)| (c, 1.0)).collect();
-        if coefs.is_empty() {
-            continue;
-        }
-        for (ci, cl) in prep.classes.iter().enumerate() {
-            if cl.counts[p] > 0 {
-                coefs.push((y_cols[ci], -f64::from(cl.counts[p])));
-            }
-        }
-        m.row(f64::NEG_INFINITY, 0.0, coefs);
-    }
-    m.row(f64::NEG_INFINITY, g, y_cols.iter().map(|&c| (c, 1.0)).collect());
     // Static per-task slice budgets (no T).
     for t in 0..nt {
         if let Some(b) = prep.slice_budget[t] {
@@ -805,7 +857,32 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
             m.row(f64::NEG_INFINITY, b + 1e-9, coefs);
         }
     }
-    Built { milp: m, m_cols, y_cols, r_col }
+    m_cols
+}
+
+/// Placement rows: per MIG profile, the instances of `m_cols` (column, profile index) fit the
+/// slots of the layout counts `y_cols` (one per class), and `Σ y ≤ gpus`.
+pub(crate) fn add_placement_rows(
+    m: &mut Milp,
+    spec: &GpuSpec,
+    classes: &[LayoutClass],
+    m_cols: &[(usize, usize)],
+    y_cols: &[usize],
+    gpus: f64,
+) {
+    for (p, _) in spec.profiles.iter().enumerate() {
+        let mut coefs: Vec<(usize, f64)> = m_cols.iter().filter(|(_, q)| *q == p).map(|&(c, _)| (c, 1.0)).collect();
+        if coefs.is_empty() {
+            continue;
+        }
+        for (ci, cl) in classes.iter().enumerate() {
+            if cl.counts[p] > 0 {
+                coefs.push((y_cols[ci], -f64::from(cl.counts[p])));
+            }
+        }
+        m.row(f64::NEG_INFINITY, 0.0, coefs);
+    }
+    m.row(f64::NEG_INFINITY, gpus, y_cols.iter().map(|&c| (c, 1.0)).collect());
 }
 
 /// Run the planner.
@@ -1100,8 +1177,6 @@ fn infeasible(
 }
 
 fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Goal, stats: SolveStats) -> Plan {
-    let pb = prep.pb;
-    let app = pb.app;
     let spec = prep.spec;
     let demand = match (goal, built.r_col) {
         (Goal::MinCost { demand }, _) => demand,
@@ -1114,27 +1189,30 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         let n = x[c].round() as i64;
         let o = &prep.opts[oi];
         for _ in 0..n.max(0) {
-            by_profile.entry(o.p).or_default().push(InstancePlan {
-                mig_profile: spec.profiles[o.p].name.into(),
-                start: 0,
-                slices: spec.profiles[o.p].slice_cost(),
-                mps: pt.mps,
-                task: app.tasks[o.t].name.clone(),
-                variant: app.tasks[o.t].variants[o.v].name.clone(),
-                batch: pt.batch,
-                p95_ms: pt.l,
-                throughput_rps: pt.h,
-                app: app.name.clone(),
-            });
+            by_profile.entry(o.p).or_default().push(prep.instance(oi, pt));
         }
     }
+    let counts: Vec<usize> = built.y_cols.iter().map(|&yc| (x[yc].round() as i64).max(0) as usize).collect();
+    let gpus = fill_layouts(spec, &prep.classes, &counts, by_profile);
+    summarize(prep, &split.levels, gpus, demand, stats)
+}
+
+/// Lay out `counts[c]` GPUs of each class `c` and fill their slots with the instances,
+/// grouped by profile index; GPUs left empty are dropped. The placement rows guarantee that
+/// every instance finds a slot.
+pub(crate) fn fill_layouts(
+    spec: &GpuSpec,
+    classes: &[LayoutClass],
+    counts: &[usize],
+    by_profile: BTreeMap<usize, Vec<InstancePlan>>,
+) -> Vec<GpuPlan> {
     // GPUs from layout classes; instances fill slots GPU by GPU.
     // (free slots as (profile, start), instances placed)
     type Slots = Vec<(usize, u8)>;
     let mut gpus: Vec<(Slots, Vec<InstancePlan>)> = Vec::new();
-    for (ci, &yc) in built.y_cols.iter().enumerate() {
-        for _ in 0..(x[yc].round() as i64).max(0) {
-            let slots = prep.classes[ci].representative.placements.iter().map(|p| (p.profile, p.start)).collect();
+    for (ci, &n) in counts.iter().enumerate() {
+        for _ in 0..n {
+            let slots = classes[ci].representative.placements.iter().map(|p| (p.profile, p.start)).collect();
             gpus.push((slots, Vec::new()));
         }
     }
@@ -1159,16 +1237,50 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
         }
         debug_assert!(it.next().is_none(), "placement rows guarantee enough slots");
     }
-    let gpus: Vec<GpuPlan> = gpus
-        .into_iter()
+    gpus.into_iter()
         .filter(|(_, placed)| !placed.is_empty())
         .enumerate()
         .map(|(i, (_, mut placed))| {
             placed.sort_by_key(|p| p.start);
             GpuPlan { gpu: i, instances: placed }
         })
-        .collect();
+        .collect()
+}
 
+impl Prepared<'_> {
+    /// The instance (start slot 0) of option `oi` at operating point `pt`.
+    pub(crate) fn instance(&self, oi: usize, pt: Point) -> InstancePlan {
+        let o = &self.opts[oi];
+        let app = self.pb.app;
+        let prof = &self.spec.profiles[o.p];
+        InstancePlan {
+            mig_profile: prof.name.into(),
+            start: 0,
+            slices: prof.slice_cost(),
+            mps: pt.mps,
+            task: app.tasks[o.t].name.clone(),
+            variant: app.tasks[o.t].variants[o.v].name.clone(),
+            batch: pt.batch,
+            p95_ms: pt.l,
+            throughput_rps: pt.h,
+            app: app.name.clone(),
+        }
+    }
+}
+
+/// The plan of one app whose instances are `gpus`, at root `demand`, with the paper's
+/// capacity-weighted definitions of per-task demand and accuracy. `levels` are the latency
+/// budgets of the split the instances come from.
+pub(crate) fn summarize(
+    prep: &Prepared<'_>,
+    levels: &[f64],
+    gpus: Vec<GpuPlan>,
+    demand: f64,
+    stats: SolveStats,
+) -> Plan {
+    let pb = prep.pb;
+    let app = pb.app;
+    let spec = prep.spec;
     // Per-task summary with the paper's definitions (capacity-weighted).
     let nt = app.tasks.len();
     let mut cap = vec![BTreeMap::<usize, (u32, f64)>::new(); nt];
@@ -1228,7 +1340,7 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
     let tasks: Vec<TaskPlan> = (0..nt)
         .map(|t| TaskPlan {
             task: app.tasks[t].name.clone(),
-            latency_budget_ms: split.levels[t],
+            latency_budget_ms: levels[t],
             slowest_p95_ms: slowest[t],
             demand_rps: dem[t],
             capacity_rps: total[t],

@@ -117,7 +117,7 @@ mod tests {
         let mut nodes = BTreeMap::new();
         nodes.insert("n1".to_string(), BTreeMap::from([("GPU-a".to_string(), vec![d1.clone(), mk.clone()])]));
         nodes.insert("n2".to_string(), BTreeMap::from([("GPU-b".to_string(), vec![d2.clone(), pe.clone(), other])]));
-        let plan = ClusterPlan { epoch: 4, inputs: String::new(), nodes, apps: vec![] };
+        let plan = ClusterPlan { epoch: 4, inputs: String::new(), nodes, apps: vec![], stats: Default::default() };
         let t = routing_table(&st, &plan);
         assert_eq!(t.epoch, 4);
         let r = t.app("traffic").expect("routed");

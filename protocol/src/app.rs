@@ -102,6 +102,10 @@ pub struct AppSpec {
     /// Where the accuracy numbers come from (free text, shown by `jigsaw plan`).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Scheduling priority when the cluster cannot serve every app at its demand: higher is
+    /// served first, lower priorities are shed first (default 0).
+    #[serde(default)]
+    pub priority: u32,
 }
 
 /// A validation error that names the offending field.

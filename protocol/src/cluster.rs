@@ -173,6 +173,79 @@ pub struct AppPlacement {
     pub accuracy: f64,
     /// Why the app is not (fully) placed, or other remarks.
     pub note: Option<String>,
+    /// Priority (from the spec); lower priorities are shed first.
+    #[serde(default)]
+    pub priority: u32,
+    /// Demand registered, requests/s.
+    #[serde(default)]
+    pub requested_rps: f64,
+    /// Compute slices its instances use.
+    #[serde(default)]
+    pub compute_slices: u32,
+    /// Instances.
+    #[serde(default)]
+    pub instances: u32,
+    /// Root demand still served after the loss of the single worst node (until the
+    /// re-plan), requests/s, and that node; `None` without a plan.
+    #[serde(default)]
+    pub worst_node_loss: Option<(String, f64)>,
+}
+
+impl AppPlacement {
+    /// An app left out, with why.
+    pub fn unplaced(app: &str, requested_rps: f64, note: String) -> AppPlacement {
+        AppPlacement {
+            app: app.into(),
+            gpus: 0,
+            planned_rps: 0.0,
+            accuracy: 0.0,
+            note: Some(note),
+            priority: 0,
+            requested_rps,
+            compute_slices: 0,
+            instances: 0,
+            worst_node_loss: None,
+        }
+    }
+
+    /// Requested minus planned demand, requests/s (what was shed).
+    pub fn shed_rps(&self) -> f64 {
+        (self.requested_rps - self.planned_rps).max(0.0)
+    }
+}
+
+/// How a plan changes the live instances (compared by node, GPU, profile, start, app, task
+/// and variant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChanges {
+    /// Instances that stay where they run.
+    pub kept: u32,
+    /// Instances destroyed in one place and created in another for the same (app, task,
+    /// variant).
+    pub moved: u32,
+    /// Instances created beyond the moved ones.
+    pub created: u32,
+    /// Instances destroyed beyond the moved ones.
+    pub destroyed: u32,
+}
+
+/// Figures of how a cluster plan was found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterPlanStats {
+    /// GPUs with at least one instance.
+    pub gpus_used: u32,
+    /// Compute slices used.
+    pub compute_slices: u32,
+    /// ⌈Σ per-app compute slices (each app planned alone) / 7⌉.
+    pub lower_bound_gpus: u32,
+    /// The LP bound of the joint MILP on GPUs (for the chosen latency splits).
+    pub lp_bound_gpus: u32,
+    /// Planner wall time, ms.
+    pub solve_ms: f64,
+    /// Changes against the live layouts.
+    pub changes: PlanChanges,
+    /// Remarks (spread dropped, apps shed, fallbacks).
+    pub notes: Vec<String>,
 }
 
 /// A committed cluster plan.
@@ -186,6 +259,9 @@ pub struct ClusterPlan {
     pub nodes: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>>,
     /// Per-application outcome.
     pub apps: Vec<AppPlacement>,
+    /// How it was found.
+    #[serde(default)]
+    pub stats: ClusterPlanStats,
 }
 
 /// Cluster-wide settings.
@@ -339,7 +415,7 @@ mod tests {
     use super::*;
 
     fn plan(epoch: u64) -> ClusterPlan {
-        ClusterPlan { epoch, inputs: String::new(), nodes: BTreeMap::new(), apps: vec![] }
+        ClusterPlan { epoch, inputs: String::new(), nodes: BTreeMap::new(), apps: vec![], stats: Default::default() }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -449,7 +449,14 @@ mod tests {
                     epoch: 7,
                     inputs: "x".into(),
                     nodes: [("n1".to_string(), [("GPU-1".to_string(), p.gpus[0].instances.clone())].into())].into(),
-                    apps: vec![],
+                    apps: vec![crate::cluster::AppPlacement {
+                        worst_node_loss: Some(("n1".into(), 12.5)),
+                        ..crate::cluster::AppPlacement::unplaced("a", 20.0, "shed".into())
+                    }],
+                    stats: crate::cluster::ClusterPlanStats {
+                        notes: vec!["spread dropped".into()],
+                        ..Default::default()
+                    },
                 }),
                 ..ClusterState::default()
             };
@@ -509,14 +516,14 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
-    /// The version-3 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v3-*`).
+    /// The version-4 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v4-*`).
     fn seeds() -> Vec<(&'static str, WireMessage)> {
         use crate::route::{StageOutcome, StageReply, StageRequest};
         vec![
-            ("v3-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
-            ("v3-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            ("v4-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v4-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
             (
-                "v3-stage",
+                "v4-stage",
                 WireMessage::Stage(StageRequest {
                     id: 7,
                     item: 1,
@@ -529,7 +536,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v3-stage-reply",
+                "v4-stage-reply",
                 WireMessage::StageReply(StageReply {
                     id: 7,
                     item: 1,
@@ -537,7 +544,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v3-plan-push",
+                "v4-plan-push",
                 WireMessage::PlanPush {
                     epoch: 3,
                     coordinator: "n1".into(),
@@ -545,14 +552,14 @@ mod fuzz_seeds {
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
                 },
             ),
-            ("v3-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
-            ("v3-leave", WireMessage::Leave { node: "n4".into() }),
+            ("v4-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            ("v4-leave", WireMessage::Leave { node: "n4".into() }),
         ]
     }
 
     /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_3_seeds_decode_and_round_trip() {
+    fn version_4_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
         if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
             for (name, m) in seeds() {

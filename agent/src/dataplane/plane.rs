@@ -535,7 +535,7 @@ impl<T: Transport> DataPlane<T> {
         let mut tried: Vec<usize> = Vec::new();
         let mut last =
             StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
-        for _ in 0..2 {
+        for attempt in 0..2 {
             let Some(i) = pick(targets, &tried, &mut rng) else { break };
             tried.push(i);
             let t = &targets[i];
@@ -543,6 +543,9 @@ impl<T: Transport> DataPlane<T> {
             if left.is_zero() {
                 break;
             }
+            // A first attempt that a second target could take over gets half the time left:
+            // a dead peer's silence then leaves the other half to the retry.
+            let wait = if attempt == 0 && targets.len() > 1 { left / 2 } else { left };
             let req = StageRequest {
                 id,
                 item,
@@ -556,7 +559,7 @@ impl<T: Transport> DataPlane<T> {
             last = if t.node == self.me {
                 self.local.serve_stage(req).await
             } else {
-                match self.transport.request(&t.node, &t.addr, WireMessage::Stage(req), left).await {
+                match self.transport.request(&t.node, &t.addr, WireMessage::Stage(req), wait).await {
                     Ok(WireMessage::StageReply(r)) => r.outcome,
                     Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
                     Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },

@@ -164,7 +164,12 @@ impl Transport for QuicTransport {
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout(timeout)),
+            Err(_) => {
+                // No answer in time: the peer may be dead with its connection still cached
+                // (quinn only notices at the idle timeout). Dial afresh next time.
+                self.conns().remove(to);
+                Err(TransportError::Timeout(timeout))
+            }
         }
     }
 }

@@ -202,13 +202,19 @@ impl Identity {
     }
 }
 
+/// Idle timeout of agent-to-agent connections: a crashed peer's connection is closed (and
+/// no longer reused) this long after its last packet.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// QUIC settings for agent-to-agent connections: room for many concurrent request streams
 /// (the data plane opens one per stage item; quinn's default of 100 would make a busy
-/// frontend wait for stream credit) and keep-alives so idle connections between agents are
-/// not closed by the 30 s idle timeout (a fresh handshake would then delay the next item).
+/// frontend wait for stream credit), keep-alives every second so a live but idle connection
+/// never times out, and a short idle timeout ([`IDLE_TIMEOUT`]) so a dead peer's connection
+/// is given up in seconds rather than quinn's default 30 s.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(4096u32.into());
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     Arc::new(t)
 }

@@ -1,0 +1,181 @@
+//! The joint cluster plan on real agent processes: six single-model apps over the measured
+//! A100 80GB profiles share GPUs (`jigsaw status` shows instances of different apps on one
+//! GPU), and with spread, SIGKILLing the node with the most capacity leaves every app
+//! serving at least the worst-case capacity its plan reported, until the re-plan.
+//! Every wait polls observable state with a deadline.
+
+use jigsaw_cli::cluster::{self as local, plan_applied, wait_for, LocalCluster, Operator};
+use jigsaw_protocol::wire::ClusterStatus;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const JIGSAW: &str = env!("CARGO_BIN_EXE_jigsaw");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn jigsaw(args: &[&str]) -> (bool, String, Vec<u8>) {
+    let out = Command::new(JIGSAW).args(args).output().expect("run jigsaw");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text, out.stdout)
+}
+
+struct Cluster(PathBuf);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(c) = LocalCluster::load(&self.0) {
+            for n in &c.nodes {
+                let _ = local::signal(n.pid, "KILL");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SIX: [&str; 6] = ["resnet50", "resnet101", "densenet121", "mobilenetv2", "vgg16", "bert"];
+
+/// An app-set file with the six apps at `rps` each.
+fn app_set(dir: &std::path::Path, rps: &[f64; 6]) -> PathBuf {
+    let mut text = String::from("gpu = \"a100-80gb\"\n");
+    for (m, r) in SIX.iter().zip(rps) {
+        text += &format!(
+            "[[apps]]\nspec = \"{EXAMPLES}/apps/measured/{m}.toml\"\nprofiles = \"{EXAMPLES}/profiles/measured-a100-80gb/{m}.csv\"\nrps = {r}\n"
+        );
+    }
+    let p = dir.join("six.toml");
+    std::fs::write(&p, text).expect("write app set");
+    p
+}
+
+fn gpus_shared(s: &ClusterStatus) -> usize {
+    s.nodes
+        .iter()
+        .flat_map(|n| &n.gpus)
+        .filter(|g| g.live.iter().filter(|i| !i.app.is_empty()).map(|i| &i.app).collect::<BTreeSet<_>>().len() > 1)
+        .count()
+}
+
+#[test]
+fn six_measured_apps_share_gpus_and_status_shows_it() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-share-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let set = app_set(&dir, &[40.0, 30.0, 40.0, 60.0, 20.0, 5.0]);
+    let cdir = dir.join("c");
+    let d = cdir.to_str().expect("utf-8 path");
+    let (ok, out, _) = jigsaw(&[
+        "up",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--gpu",
+        "a100-80gb",
+        "--apps",
+        set.to_str().expect("utf-8"),
+        "--dir",
+        d,
+    ]);
+    let _guard = Cluster(dir.clone());
+    assert!(ok, "jigsaw up: {out}");
+    let (ok, json, stdout) = jigsaw(&["status", "--json", "--dir", d]);
+    assert!(ok, "{json}");
+    let s: ClusterStatus = serde_json::from_slice(&stdout).expect("status JSON");
+    let plan = s.state.plan.as_ref().expect("a plan");
+    for a in &plan.apps {
+        assert!(a.planned_rps >= a.requested_rps * (1.0 - 1e-6), "{} not fully served: {a:?}", a.app);
+    }
+    assert_eq!(plan.apps.len(), 6);
+    assert!(gpus_shared(&s) >= 1, "no GPU runs two apps: {json}");
+    assert!(plan.stats.gpus_used < 6, "six apps on {} GPUs: not shared", plan.stats.gpus_used);
+    // The text status shows one GPU line naming two different apps.
+    let (ok, text, _) = jigsaw(&["status", "--dir", d]);
+    assert!(ok, "{text}");
+    let shared_line = text
+        .lines()
+        .filter(|l| l.contains("GPU-"))
+        .any(|l| SIX.iter().filter(|m| l.contains(&format!(" {m}/"))).count() > 1);
+    assert!(shared_line, "no status line shows two apps on one GPU:\n{text}");
+}
+
+#[test]
+fn spread_survives_losing_the_biggest_node_at_the_reported_capacity() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-spread-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let set = app_set(&dir, &[40.0, 30.0, 40.0, 60.0, 20.0, 5.0]);
+    let cdir = dir.join("c");
+    let d = cdir.to_str().expect("utf-8 path");
+    let (ok, out, _) = jigsaw(&[
+        "up",
+        "--nodes",
+        "3",
+        "--gpus-per-node",
+        "2",
+        "--gpu",
+        "a100-80gb",
+        "--apps",
+        set.to_str().expect("utf-8"),
+        "--dir",
+        d,
+    ]);
+    let _guard = Cluster(dir.clone());
+    assert!(ok, "jigsaw up: {out}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let op = Operator::for_dir(&cdir).expect("operator");
+        let s = wait_for(&op, Duration::from_secs(60), "the plan", plan_applied).await.expect("plan");
+        let plan = s.state.plan.clone().expect("plan");
+        // Every task of every app runs on at least two nodes.
+        for a in &plan.apps {
+            let nodes: BTreeSet<&String> = plan
+                .nodes
+                .iter()
+                .filter(|(_, gs)| gs.values().flatten().any(|i| i.app == a.app))
+                .map(|(n, _)| n)
+                .collect();
+            assert!(nodes.len() >= 2, "{} only on {nodes:?}", a.app);
+            let (_, left) = a.worst_node_loss.clone().expect("worst case reported");
+            assert!(left > 0.0, "{}: losing one node stops it: {a:?}", a.app);
+        }
+        // The node with the most capacity (by compute slices).
+        let biggest = plan
+            .nodes
+            .iter()
+            .max_by_key(|(n, gs)| {
+                (gs.values().flatten().map(|i| u32::from(i.slices)).sum::<u32>(), std::cmp::Reverse((*n).clone()))
+            })
+            .map(|(n, _)| n.clone())
+            .expect("a node");
+        let c = LocalCluster::load(&cdir).expect("cluster.json");
+        let victim = c.nodes.iter().find(|n| n.name == biggest).expect("node");
+        local::signal(victim.pid, "KILL").expect("kill");
+        // Before the re-plan, every app is still served: load every app at once, at half
+        // its reported worst-case capacity, through the surviving frontends.
+        let loads: Vec<(String, std::process::Child)> = plan
+            .apps
+            .iter()
+            .map(|a| {
+                let (_, left) = a.worst_node_loss.clone().expect("reported");
+                let rps = format!("{:.1}", (left * 0.5).max(1.0));
+                let child = Command::new(JIGSAW)
+                    .args(["load", "--app", &a.app, "--rps", &rps, "--duration", "2s", "--json", "--dir", d])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn load");
+                (a.app.clone(), child)
+            })
+            .collect();
+        for (app, child) in loads {
+            let out = child.wait_with_output().expect("load finishes");
+            let report = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "load {app}: {report}");
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("load JSON");
+            let sent = r["sent"].as_u64().expect("sent");
+            let okn = r["outcomes"]["ok"].as_u64().expect("ok");
+            assert!(sent > 0 && okn * 10 >= sent * 9, "{app} after losing {biggest}: {okn}/{sent} ok: {r}");
+        }
+    });
+}
