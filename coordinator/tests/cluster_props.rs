@@ -195,5 +195,30 @@ fn small_apps_share_gpus_and_use_fewer_than_sequential() {
         .flat_map(|g| g.values())
         .any(|insts| insts.iter().map(|i| &i.app).collect::<std::collections::BTreeSet<_>>().len() > 1);
     assert!(shared, "no GPU hosts two apps: {:#?}", joint.nodes);
-    assert!(joint.stats.lower_bound_gpus <= joint.stats.gpus_used && joint.stats.lp_bound_gpus <= joint.stats.gpus_used);
+    assert!(
+        joint.stats.lower_bound_gpus <= joint.stats.gpus_used && joint.stats.lp_bound_gpus <= joint.stats.gpus_used
+    );
+}
+
+/// When not every app fits, the lower priority is shed first and the plan says by how much.
+#[test]
+fn lower_priorities_are_shed_first() {
+    // Two apps, each alone able to fill one GPU, on one GPU; demand 80 % of that each.
+    let (mut st, apps) = cluster(&[21, 22], 0.8, 1, 1);
+    assert_eq!(apps.len(), 2);
+    for (k, (app, _)) in apps.iter().enumerate() {
+        let mut entry = st.apps[&app.name].clone();
+        let mut spec = app.clone();
+        spec.priority = if k == 0 { 1 } else { 5 };
+        entry.spec_toml = toml_of(&spec);
+        st.apply(&ClusterCommand::PutApp(entry));
+    }
+    let cp = plan_cluster(&st, 1, &LiveLayouts::new(), &[], &cfg(Spread::None), &HighsSolver::default(), &NoClock);
+    let high = cp.apps.iter().find(|a| a.app == apps[1].0.name).expect("high");
+    let low = cp.apps.iter().find(|a| a.app == apps[0].0.name).expect("low");
+    assert_eq!((high.priority, low.priority), (5, 1));
+    assert!(high.planned_rps >= high.requested_rps * (1.0 - 1e-6), "high priority served in full: {high:?}");
+    assert!(low.shed_rps() > 0.0, "low priority shed: {low:?}");
+    assert!(low.note.as_deref().unwrap_or("").contains("shed"), "{low:?}");
+    assert!(cp.stats.notes.iter().any(|n| n.contains("shed by priority")), "{:?}", cp.stats.notes);
 }

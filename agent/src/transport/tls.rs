@@ -204,7 +204,7 @@ impl Identity {
 
 /// Idle timeout of agent-to-agent connections: a crashed peer's connection is closed (and
 /// no longer reused) this long after its last packet.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// QUIC settings for agent-to-agent connections: room for many concurrent request streams
 /// (the data plane opens one per stage item; quinn's default of 100 would make a busy
