@@ -22,7 +22,7 @@ fn spec(executor: ExecutorKind, curve: Vec<(u32, f64, f64)>) -> WorkerSpec {
         app: "a".into(),
         task: "t".into(),
         variant: "v".into(),
-        model: ModelDesc { family: "resnet".into(), gflops: 4.0, params_m: 25.0, activation_mb: 10.0, decode_steps: 1 },
+        model: ModelDesc { family: "resnet".into(), gflops: 4.0, params_m: 25.0, activation_mb: 10.0, decode_steps: 1, kernels: None },
         executor,
         curve,
         scale: 1e-3,
