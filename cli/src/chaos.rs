@@ -146,6 +146,7 @@ pub fn cmd_chaos(a: &ChaosArgs, exe: &Path) -> Result<String> {
         eligible: a.nodes.min(3),
         dir: dir.clone(),
         apps: true,
+        app_list: None,
         reconfig_ms: 100,
         executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
     };

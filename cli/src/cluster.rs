@@ -186,6 +186,9 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Register the example apps.
     pub apps: bool,
+    /// Register the apps of this app list (`examples/clusters/*.toml`) instead of the
+    /// example apps.
+    pub app_list: Option<PathBuf>,
     /// Simulated MIG reconfiguration latency, ms.
     pub reconfig_ms: u64,
     /// Worker executor of the agents.
@@ -222,6 +225,70 @@ pub fn example_apps() -> Vec<AppEntry> {
     ]
 }
 
+/// An app list (`jigsaw up --apps FILE`): the applications a cluster registers, each with
+/// its profiles and demand. Paths are relative to the file. Example:
+/// `examples/clusters/measured-a100-80gb.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppList {
+    /// The GPU model the profiles are for; `up` refuses another `--gpu`.
+    pub gpu: Option<GpuModel>,
+    /// The applications.
+    pub apps: Vec<AppListEntry>,
+}
+
+/// One application of an [`AppList`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppListEntry {
+    /// App spec (TOML), relative to the list file.
+    pub spec: PathBuf,
+    /// Profile CSV, relative to the list file.
+    pub profiles: PathBuf,
+    /// Demand to plan for, requests/s.
+    pub rps: f64,
+}
+
+/// Read an app list and every spec and profile file it names, validated as a registration
+/// is (spec, profiles, a profile row for every task, demand).
+pub fn load_app_list(path: &Path) -> Result<AppList> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading app list {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: not a valid app list", path.display()))
+}
+
+/// The registrations of an app list on `gpu`.
+pub fn app_list_entries(path: &Path, gpu: GpuModel) -> Result<Vec<AppEntry>> {
+    let list = load_app_list(path)?;
+    if let Some(want) = list.gpu.filter(|g| *g != gpu) {
+        bail!("{}: its profiles are for {want}; start the cluster with --gpu {want} (got {gpu})", path.display());
+    }
+    if list.apps.is_empty() {
+        bail!("{}: no [[apps]]", path.display());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for a in &list.apps {
+        let (spec, prof) = (base.join(&a.spec), base.join(&a.profiles));
+        let spec_toml = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
+        let csv = std::fs::read_to_string(&prof).with_context(|| format!("reading {}", prof.display()))?;
+        let (entry, parsed) = AppEntry::from_sources(
+            spec_toml,
+            &spec.display().to_string(),
+            csv,
+            &prof.display().to_string(),
+            a.rps,
+        )?;
+        if !parsed.profiles.rows().any(|r| r.gpu == gpu) {
+            bail!("{}: no profile rows for {gpu}", prof.display());
+        }
+        if out.iter().any(|e: &AppEntry| e.name == entry.name) {
+            bail!("{}: app `{}` listed twice", path.display(), entry.name);
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
 /// Write the configs of a local cluster, start its agents, and wait until it serves a plan.
 pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     if o.nodes == 0 || o.gpus_per_node == 0 {
@@ -230,6 +297,11 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     if o.dir.join("cluster.json").exists() {
         bail!("{} already holds a cluster; run `jigsaw down --dir {}` first", o.dir.display(), o.dir.display());
     }
+    let apps = match (&o.app_list, o.apps) {
+        (Some(list), _) => app_list_entries(list, o.gpu)?,
+        (None, true) => example_apps(),
+        (None, false) => Vec::new(),
+    };
     let eligible = o.eligible.clamp(1, o.nodes);
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let ca_dir = o.dir.join("ca");
@@ -303,8 +375,8 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             st.coordinator,
             st.term
         );
-        if o.apps {
-            for app in example_apps() {
+        if !apps.is_empty() {
+            for app in apps {
                 match op.request(ClientRequest::RegisterApp(app.clone())).await? {
                     ClientReply::Done { message, .. } => writeln!(out, "{message}")?,
                     other => bail!("registering {}: {other:?}", app.name),

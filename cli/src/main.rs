@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
-use jigsaw_cli::{bench, chaos, cluster, load, ops, planning, profile};
+use jigsaw_cli::{bench, chaos, cluster, load, measured, ops, planning, profile};
 use std::process::ExitCode;
 
 fn run(c: Cli) -> anyhow::Result<()> {
@@ -30,6 +30,10 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 None => csv,
             }
         }
+        Command::Profiles(ProfilesCmd::Import { format, dir, gpu, out }) => {
+            measured::cmd_import(*format, dir, *gpu, out.as_deref())?
+        }
+        Command::Profiles(ProfilesCmd::Calibrate { data, apps }) => measured::cmd_calibrate(data, apps)?,
         Command::Demo { examples } => planning::cmd_demo(examples, config)?,
         Command::Ca(c) => ops::cmd_ca(c)?,
         Command::Config(ConfigCmd::Check) => {
@@ -52,7 +56,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             String::new()
         }
         Command::Load { args, dir } => load::cmd_load(args, &dir.clone().unwrap_or_else(cluster::default_dir))?,
-        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, reconfig_ms, executor } => {
+        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, apps, reconfig_ms, executor } => {
             let o = cluster::UpOptions {
                 nodes: *nodes,
                 gpus_per_node: *gpus_per_node,
@@ -60,6 +64,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 eligible: *eligible,
                 dir: dir.clone().unwrap_or_else(cluster::default_dir),
                 apps: !no_apps,
+                app_list: apps.clone(),
                 reconfig_ms: *reconfig_ms,
                 executor: *executor,
             };
