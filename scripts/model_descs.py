@@ -1,5 +1,15 @@
-"""Walk the torchvision / BERT-large architectures and count, per item at 224 px (seq 128):
-MACs, parameters, eager-mode operators (GPU kernels) and activation elements written."""
+"""Model descriptions for the profile model (coordinator/src/synth.rs), from the architectures.
+
+Walks the torchvision ResNet, VGG, DenseNet and MobileNetV2 definitions and BERT-large
+(seq 128) layer by layer and counts, per item at 224 px: MACs (GFLOPs = 2 x MACs),
+parameters, operators one eager PyTorch pass launches (`kernels`: conv, batch-norm,
+activation, pool, add, cat, linear, ...) and the FP32 bytes of every operator's output
+(`activation_mb`). MACs and parameters match the published torchvision / BERT figures,
+which checks the walk. Used for examples/apps/measured/*.toml and the ResNet and VGG
+variants of examples/apps/{social,traffic}.toml.
+
+    python3 scripts/model_descs.py
+"""
 class W:
     def __init__(s, c, h, w=None):
         s.c, s.h, s.w = c, h, (w if w is not None else h)
@@ -21,17 +31,20 @@ class W:
     def add(s): s._out(s.c, s.h, s.w)
     def cat(s, c): s._out(c, s.h, s.w)
 
-def resnet(blocks):
+def resnet(blocks, bottleneck=True):
     x = W(3, 224); x.conv(64, 7, 2, pad=3); x.bn(); x.relu(); x.pool(3, 2, 1)
-    cin = 64
+    exp = 4 if bottleneck else 1
     for i, n in enumerate(blocks):
         width = 64*2**i
         for j in range(n):
             st = 2 if (j == 0 and i > 0) else 1
             c0, h0, w0 = x.c, x.h, x.w
-            x.conv(width, 1); x.bn(); x.relu(); x.conv(width, 3, st); x.bn(); x.relu(); x.conv(width*4, 1); x.bn()
-            if j == 0:
-                y = W(c0, h0, w0); y.conv(width*4, 1, st, pad=0); y.bn()
+            if bottleneck:
+                x.conv(width, 1); x.bn(); x.relu(); x.conv(width, 3, st); x.bn(); x.relu(); x.conv(width*4, 1); x.bn()
+            else:
+                x.conv(width, 3, st); x.bn(); x.relu(); x.conv(width, 3); x.bn()
+            if j == 0 and (st != 1 or c0 != width*exp):
+                y = W(c0, h0, w0); y.conv(width*exp, 1, st, pad=0); y.bn()
                 x.macs += y.macs; x.params += y.params; x.ops += y.ops; x.act += y.act
             x.add(); x.relu()
     x.gap(); x.linear(1000)
@@ -94,6 +107,11 @@ def bert_large(seq=128, d=1024, heads=16, ff=4096, layers=24, vocab=30522):
     x.macs += d*d; x.params += d*d + d; x.ops += 2; x.act += 2*d    # pooler dense + tanh
     return x
 
+EXTRA = {
+    'resnet18': resnet([2,2,2,2], False), 'resnet34': resnet([3,4,6,3], False), 'resnet152': resnet([3,8,36,3]),
+    'vgg11': vgg([64,'M',128,'M',256,256,'M',512,512,'M',512,512,'M']),
+    'vgg13': vgg([64,64,'M',128,128,'M',256,256,'M',512,512,'M',512,512,'M']),
+}
 MODELS = {
     'bert': bert_large(), 'densenet121': densenet([6,12,24,16]), 'densenet169': densenet([6,12,32,32]),
     'mobilenetv2': mobilenetv2(), 'resnet50': resnet([3,4,6,3]), 'resnet101': resnet([3,4,23,3]),
@@ -101,5 +119,5 @@ MODELS = {
     'vgg19': vgg([64,64,'M',128,128,'M',256,256,256,256,'M',512,512,512,512,'M',512,512,512,512,'M']),
 }
 if __name__ == '__main__':
-    for n, x in MODELS.items():
+    for n, x in {**MODELS, **EXTRA}.items():
         print(f'{n:12} GMACs {x.macs/1e9:6.3f} GFLOPs {2*x.macs/1e9:6.2f} params {x.params/1e6:7.2f}M ops {x.ops:4d} act {x.act*4/1e6:7.1f} MB(fp32)')
