@@ -271,13 +271,8 @@ pub fn app_list_entries(path: &Path, gpu: GpuModel) -> Result<Vec<AppEntry>> {
         let (spec, prof) = (base.join(&a.spec), base.join(&a.profiles));
         let spec_toml = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
         let csv = std::fs::read_to_string(&prof).with_context(|| format!("reading {}", prof.display()))?;
-        let (entry, parsed) = AppEntry::from_sources(
-            spec_toml,
-            &spec.display().to_string(),
-            csv,
-            &prof.display().to_string(),
-            a.rps,
-        )?;
+        let (entry, parsed) =
+            AppEntry::from_sources(spec_toml, &spec.display().to_string(), csv, &prof.display().to_string(), a.rps)?;
         if !parsed.profiles.rows().any(|r| r.gpu == gpu) {
             bail!("{}: no profile rows for {gpu}", prof.display());
         }

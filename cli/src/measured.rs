@@ -38,8 +38,8 @@ pub fn cmd_import(format: ImportFormat, dir: &Path, gpu: GpuModel, out: Option<&
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {shown}"))?;
         let file = measured::parse_parvagpu(&text, &shown, gpu)?;
         let source = format!("prof_data/{model}.csv");
-        let csv = measured::to_profile_table(&file, &model, &model, gpu)
-            .to_csv(&measured::provenance(&source, &file, gpu));
+        let csv =
+            measured::to_profile_table(&file, &model, &model, gpu).to_csv(&measured::provenance(&source, &file, gpu));
         converted.push((model, file, csv));
     }
     let mut report = String::new();
@@ -115,7 +115,11 @@ fn table(title: &str, rows: &[calibrate::ModelResult], goal: bool) -> String {
             pct(r.throughput.median),
             pct(r.throughput.p90),
             pct(r.throughput.max),
-            if goal { format!(" | {:<5} | {:>3}", if ok { "met" } else { "MISS" }, r.memory_misses) } else { String::new() }
+            if goal {
+                format!(" | {:<5} | {:>3}", if ok { "met" } else { "MISS" }, r.memory_misses)
+            } else {
+                String::new()
+            }
         );
     }
     s
@@ -136,7 +140,11 @@ pub fn cmd_calibrate(data: &Path, apps: &Path) -> Result<String> {
         data.display(),
         models.len()
     );
-    out += &table("baseline: the uncalibrated model (no host cost, FP16 weights), same rows", &calibrate::baseline(&models), false);
+    out += &table(
+        "baseline: the uncalibrated model (no host cost, FP16 weights), same rows",
+        &calibrate::baseline(&models),
+        false,
+    );
     out += "\n";
     let lomo = calibrate::leave_one_model_out(&models);
     out += &table(

@@ -136,7 +136,10 @@ fn profiles_import_converts_and_rejects_malformed_files_with_line_and_column() {
     assert!(csv.contains("MIT licence") && csv.contains("mean_ms"));
 
     std::fs::write(src.join("bad.csv"), format!("{header}1,1,1,196.762,0.005\n1,2,1,-274.0,0.007\n")).expect("write");
-    fails_with(&["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb"], &["bad.csv:3:7:", "Throughput"]);
+    fails_with(
+        &["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb"],
+        &["bad.csv:3:7:", "Throughput"],
+    );
     std::fs::write(src.join("bad.csv"), format!("{header}6,1,1,196.762,0.005\n")).expect("write");
     fails_with(&["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb"], &["bad.csv:2:1:", "6 GPCs"]);
     let _ = std::fs::remove_dir_all(&dir);

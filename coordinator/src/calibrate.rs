@@ -20,8 +20,15 @@ use jigsaw_protocol::catalogue::{GpuModel, MigProfile};
 use jigsaw_protocol::profile::{LatencyStat, ProfileTable};
 
 /// The generic starting point of every fit (round numbers, not fitted to anything).
-pub const START: Constants =
-    Constants { host_op_us: 20.0, host_item_us: 50.0, w_half: 0.05, eff: 0.2, eff_mem: 0.5, sharp: 4.0, host_mps: 0.02 };
+pub const START: Constants = Constants {
+    host_op_us: 20.0,
+    host_item_us: 50.0,
+    w_half: 0.05,
+    eff: 0.2,
+    eff_mem: 0.5,
+    sharp: 4.0,
+    host_mps: 0.02,
+};
 
 /// One measured configuration of one model.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +92,8 @@ pub fn samples(app: &AppSpec, table: &ProfileTable, path: &str) -> Result<Vec<Sa
     }
     let mut out = Vec::new();
     for r in table.rows() {
-        let variant = app.tasks.iter().filter(|t| t.name == r.task).flat_map(|t| &t.variants).find(|v| v.name == r.variant);
+        let variant =
+            app.tasks.iter().filter(|t| t.name == r.task).flat_map(|t| &t.variants).find(|v| v.name == r.variant);
         let (Some(v), Some(mean_ms)) = (variant, table.source_mean_ms(r)) else {
             return Err(CalibrateError::UnknownVariant {
                 path: path.into(),
@@ -188,7 +196,8 @@ fn nelder_mead(f: &dyn Fn(&[f64; 7]) -> f64, x0: [f64; 7], step: f64, max_iter: 
         } else if fr < simplex[N - 1].1 {
             simplex[N] = (reflected, fr);
         } else {
-            let contracted = if fr < simplex[N].1 { along(&centroid, &worst, -0.5) } else { along(&centroid, &worst, 0.5) };
+            let contracted =
+                if fr < simplex[N].1 { along(&centroid, &worst, -0.5) } else { along(&centroid, &worst, 0.5) };
             let fc = f(&contracted);
             if fc < fr.min(simplex[N].1) {
                 simplex[N] = (contracted, fc);
@@ -312,7 +321,15 @@ mod tests {
     #[test]
     fn fit_recovers_constants_that_generated_the_data() {
         // SYNTHETIC data from known constants: the fit must find them again.
-        let truth = Constants { host_op_us: 30.0, host_item_us: 120.0, w_half: 0.4, eff: 0.3, eff_mem: 0.6, sharp: 5.0, host_mps: 0.03 };
+        let truth = Constants {
+            host_op_us: 30.0,
+            host_item_us: 120.0,
+            w_half: 0.4,
+            eff: 0.3,
+            eff_mem: 0.6,
+            sharp: 5.0,
+            host_mps: 0.03,
+        };
         let gpu = GpuModel::A100_80gb;
         let mut s = Vec::new();
         for (gflops, kernels, act) in [(8.0, 170, 150.0), (30.0, 40, 110.0), (1.0, 150, 80.0), (80.0, 480, 380.0)] {

@@ -160,7 +160,12 @@ pub fn parse_parvagpu(text: &str, path: &str, gpu: GpuModel) -> Result<MeasuredF
         if f.len() != COLUMNS.len() {
             let column = starts.get(COLUMNS.len()).copied().unwrap_or(raw.chars().count() + 1);
             let field = COLUMNS[f.len().min(COLUMNS.len() - 1)];
-            return Err(err(ln, column, field, format!("expected {} comma-separated fields, got {}", COLUMNS.len(), f.len())));
+            return Err(err(
+                ln,
+                column,
+                field,
+                format!("expected {} comma-separated fields, got {}", COLUMNS.len(), f.len()),
+            ));
         }
         let int = |c: usize| -> Result<u32, MeasuredError> {
             let v = f[c].trim();
@@ -183,18 +188,19 @@ pub fn parse_parvagpu(text: &str, path: &str, gpu: GpuModel) -> Result<MeasuredF
         };
         let gpcs = int(0)?;
         let profile = u8::try_from(gpcs).ok().and_then(|g| profile_for_gpcs(gpu, g)).ok_or_else(|| {
-            let mut known: Vec<String> = gpu
-                .spec()
-                .profiles
-                .iter()
-                .filter(|p| p.plannable())
-                .map(|p| p.compute_slices.to_string())
-                .collect();
+            let mut known: Vec<String> =
+                gpu.spec().profiles.iter().filter(|p| p.plannable()).map(|p| p.compute_slices.to_string()).collect();
             known.dedup();
-            err(ln, starts[0], COLUMNS[0], format!("no MIG profile of {gpu} has {gpcs} GPCs (known: {})", known.join(", ")))
+            err(
+                ln,
+                starts[0],
+                COLUMNS[0],
+                format!("no MIG profile of {gpu} has {gpcs} GPCs (known: {})", known.join(", ")),
+            )
         })?;
         let batch = int(1)?;
-        let procs = u8::try_from(int(2)?).map_err(|_| err(ln, starts[2], COLUMNS[2], "more than 255 processes".into()))?;
+        let procs =
+            u8::try_from(int(2)?).map_err(|_| err(ln, starts[2], COLUMNS[2], "more than 255 processes".into()))?;
         let (rps, lat) = (num(3)?, num(4)?);
         let key = (profile.name, batch, procs);
         if let Some((first, ..)) = seen.get(&key) {
@@ -207,7 +213,12 @@ pub fn parse_parvagpu(text: &str, path: &str, gpu: GpuModel) -> Result<MeasuredF
         }
         if rps == 0.0 || lat == 0.0 {
             let c = if rps == 0.0 { 3 } else { 4 };
-            return Err(err(ln, starts[c], COLUMNS[c], "is 0 while the other measurement is not (0,0 = not measured)".into()));
+            return Err(err(
+                ln,
+                starts[c],
+                COLUMNS[c],
+                "is 0 while the other measurement is not (0,0 = not measured)".into(),
+            ));
         }
         let point = MeasuredPoint { line: ln, mig_profile: profile.name, batch, procs, proc_rps: rps, latency_s: lat };
         let gap = (lat * 1e3 - point.mean_ms()).abs();
@@ -274,7 +285,9 @@ pub fn to_profile_table(file: &MeasuredFile, task: &str, variant: &str, gpu: Gpu
 /// The comment lines of a converted file: source, licence, units and what was skipped.
 pub fn provenance(source: &str, file: &MeasuredFile, gpu: GpuModel) -> Vec<String> {
     let mut c = vec![
-        format!("MEASURED profiles (not synthetic), converted by `jigsaw profiles import --format parvagpu` from {source}."),
+        format!(
+            "MEASURED profiles (not synthetic), converted by `jigsaw profiles import --format parvagpu` from {source}."
+        ),
         "Source: ParvaGPU artifact (SC'24), github.com/MunQ-Lee/ParvaGPU_SC24, prof_data/;".into(),
         "Copyright (c) 2024 sslab6943 (the ParvaGPU authors), MIT licence: LICENSE in this folder.".into(),
         format!("Measured with PyTorch on {gpu}. mean_ms = MEAN batch latency of one MPS process"),
@@ -324,8 +337,8 @@ mod tests {
         let r = t.get("r", "r", GPU, "1g.10gb", 2, 1).expect("row");
         assert!((r.throughput_rps - 251.94).abs() < 1e-9, "{}", r.throughput_rps);
         let mean = t.source_mean_ms(r).expect("mean");
-        assert!((mean - 7.938).abs() < 1e-9, "{mean}");
-        // The converted table writes and reads back unchanged.
+        assert!((mean - 7.939).abs() < 1e-9, "{mean}"); // 1 / 125.968 s, rounded as written
+                                                        // The converted table writes and reads back unchanged.
         let csv = t.to_csv(&provenance("m.csv", &f, GPU));
         assert!(csv.contains("MIT licence") && csv.contains("MEAN batch latency"));
         assert_eq!(ProfileTable::parse_csv(&csv, "out.csv").expect("reads back"), t);
@@ -333,7 +346,8 @@ mod tests {
 
     #[test]
     fn gpcs_map_to_the_plain_profiles() {
-        let names: Vec<&str> = [1, 2, 3, 4, 7].iter().filter_map(|&g| profile_for_gpcs(GPU, g)).map(|p| p.name).collect();
+        let names: Vec<&str> =
+            [1, 2, 3, 4, 7].iter().filter_map(|&g| profile_for_gpcs(GPU, g)).map(|p| p.name).collect();
         assert_eq!(names, ["1g.10gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"]);
     }
 

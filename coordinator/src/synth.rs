@@ -66,7 +66,15 @@ impl Constants {
 
     /// From an array in [`Constants::NAMES`] order.
     pub fn from_array(a: [f64; 7]) -> Self {
-        Constants { host_op_us: a[0], host_item_us: a[1], w_half: a[2], eff: a[3], eff_mem: a[4], sharp: a[5], host_mps: a[6] }
+        Constants {
+            host_op_us: a[0],
+            host_item_us: a[1],
+            w_half: a[2],
+            eff: a[3],
+            eff_mem: a[4],
+            sharp: a[5],
+            host_mps: a[6],
+        }
     }
 }
 
@@ -232,7 +240,14 @@ mod tests {
     use super::*;
 
     fn model(gflops: f64) -> ModelDesc {
-        ModelDesc { family: "resnet".into(), gflops, params_m: 25.0, activation_mb: 50.0, decode_steps: 1, kernels: None }
+        ModelDesc {
+            family: "resnet".into(),
+            gflops,
+            params_m: 25.0,
+            activation_mb: 50.0,
+            decode_steps: 1,
+            kernels: None,
+        }
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl ProfileTable {
             };
             table.insert(parse_row(line, path, ln, s)?);
         }
-        table.latency = stat.ok_or_else(|| ProfileError::Header { path: path.into(), line: last.max(1), got: String::new() })?;
+        table.latency =
+            stat.ok_or_else(|| ProfileError::Header { path: path.into(), line: last.max(1), got: String::new() })?;
         Ok(table)
     }
 
@@ -360,7 +361,8 @@ mod tests {
         assert!((t.source_mean_ms(r).expect("mean source") - 5.082).abs() < 1e-9);
         assert_eq!(t.to_csv(&["measured means".into()]), text);
         // A p95 file keeps its numbers and its header.
-        let p = ProfileTable::parse_csv(&format!("{HEADER}\nd,y,a100-80gb,1g.10gb,1,1,5.082,196.76\n"), "p").expect("p95");
+        let p =
+            ProfileTable::parse_csv(&format!("{HEADER}\nd,y,a100-80gb,1g.10gb,1,1,5.082,196.76\n"), "p").expect("p95");
         assert_eq!(p.latency_stat(), LatencyStat::P95);
         assert!(p.rows().all(|r| r.p95_ms == 5.082) && p.source_mean_ms(p.rows().next().expect("row")).is_none());
         // Errors in a mean file name its latency column.
