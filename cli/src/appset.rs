@@ -75,6 +75,23 @@ pub fn load_app_set(path: &Path) -> Result<AppSet> {
     Ok(AppSet { gpu: file.gpu, apps: out })
 }
 
+impl AppSet {
+    /// The registrations for a cluster of `gpu`s: refused when the set names another model
+    /// or an app has no profile row for `gpu`.
+    pub fn for_gpu(self, gpu: jigsaw_protocol::GpuModel, path: &Path) -> Result<Vec<AppEntry>> {
+        if let Some(want) = self.gpu.filter(|g| *g != gpu) {
+            bail!("{}: its profiles are for {want}; start the cluster with --gpu {want} (got {gpu})", path.display());
+        }
+        for e in &self.apps {
+            let parsed = e.parse()?;
+            if !parsed.profiles.rows().any(|r| r.gpu == gpu) {
+                bail!("{}: app `{}` has no profile rows for {gpu}", path.display(), e.name);
+            }
+        }
+        Ok(self.apps)
+    }
+}
+
 /// `entry` under another name (the spec is rewritten, as JSON, with the new name).
 pub fn renamed(entry: &AppEntry, name: &str) -> Result<AppEntry> {
     let mut spec = AppSpec::parse(&entry.spec_toml, &entry.name)?;

@@ -345,4 +345,37 @@ pub enum ProfilesCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Convert measured profiles from another tool into profile CSVs (mean-latency files,
+    /// docs/profiles.md); without --out, check the files and print what would be written.
+    Import {
+        /// Source format.
+        #[arg(long, value_enum)]
+        format: ImportFormat,
+        /// Directory of source files, one CSV per model (the model name is the file stem).
+        dir: PathBuf,
+        /// GPU model the source measured.
+        #[arg(long)]
+        gpu: GpuModel,
+        /// Output directory: one `<model>.csv` per source file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Cross-validate the calibrated profile model against measured profiles: fit on all
+    /// models but one, predict the one left out, for each model; and the uncalibrated
+    /// baseline on the same rows.
+    Calibrate {
+        /// Directory of measured mean-latency profile CSVs (`<model>.csv`).
+        #[arg(long, default_value = "examples/profiles/measured-a100-80gb")]
+        data: PathBuf,
+        /// Directory of the single-model app specs describing them (`<model>.toml`).
+        #[arg(long, default_value = "examples/apps/measured")]
+        apps: PathBuf,
+    },
+}
+
+/// Measured-profile formats `jigsaw profiles import` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// ParvaGPU `prof_data/*.csv`: `Mig instance,Batch size,Workload Number,Throughput,Latency`.
+    Parvagpu,
 }

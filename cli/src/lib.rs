@@ -12,6 +12,8 @@
 //! * [`load`]: `jigsaw load`, the open-loop load generator for the KServe v2 HTTP API, and
 //!   its pure core ([`load::schedule`]: arrival schedules and outcome accounting).
 //! * [`profile`]: `jigsaw profile`, measuring the profile table with real workers.
+//! * [`measured`]: `profiles import` (measured profiles from other tools) and
+//!   `profiles calibrate` (cross-validation of the calibrated profile model).
 //! * [`bench`](mod@bench): `bench cluster` (the joint planner against its bounds), `bench mesh`
 //!   (failover and plan distribution) and `bench dataplane`.
 //! * [`appset`]: app-set files (several apps with profiles and demands).
@@ -24,6 +26,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod load;
+pub mod measured;
 pub mod ops;
 pub mod planning;
 pub mod profile;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
-use jigsaw_cli::{bench, chaos, cluster, load, ops, planning, profile};
+use jigsaw_cli::{bench, chaos, cluster, load, measured, ops, planning, profile};
 use std::process::ExitCode;
 
 fn run(c: Cli) -> anyhow::Result<()> {
@@ -59,6 +59,10 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 None => csv,
             }
         }
+        Command::Profiles(ProfilesCmd::Import { format, dir, gpu, out }) => {
+            measured::cmd_import(*format, dir, *gpu, out.as_deref())?
+        }
+        Command::Profiles(ProfilesCmd::Calibrate { data, apps }) => measured::cmd_calibrate(data, apps)?,
         Command::Demo { examples } => planning::cmd_demo(examples, config)?,
         Command::Ca(c) => ops::cmd_ca(c)?,
         Command::Config(ConfigCmd::Check) => {
@@ -90,7 +94,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 dir: dir.clone().unwrap_or_else(cluster::default_dir),
                 apps: match (no_apps, apps) {
                     (true, _) => Vec::new(),
-                    (false, Some(f)) => jigsaw_cli::appset::load_app_set(f)?.apps,
+                    (false, Some(f)) => jigsaw_cli::appset::load_app_set(f)?.for_gpu(*gpu, f)?,
                     (false, None) => cluster::example_apps(),
                 },
                 reconfig_ms: *reconfig_ms,

@@ -12,7 +12,7 @@ use jigsaw_coordinator::{synth, HighsSolver, SearchSpace};
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::catalogue::GpuModel;
 use jigsaw_protocol::plan::Plan;
-use jigsaw_protocol::profile::ProfileTable;
+use jigsaw_protocol::profile::{LatencyStat, ProfileTable, P95_OVER_MEAN};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -63,7 +63,17 @@ pub fn cmd_plan(a: &PlanArgs, config: Option<&Path>) -> Result<String> {
     if a.json {
         return Ok(serde_json::to_string_pretty(&plan)? + "\n");
     }
-    Ok(render_plan(&plan))
+    Ok(render_plan(&plan) + &latency_note(&profiles))
+}
+
+/// What the latencies of a mean-latency profile file mean for the plan (empty for p95 files).
+pub fn latency_note(profiles: &ProfileTable) -> String {
+    match profiles.latency_stat() {
+        LatencyStat::P95 => String::new(),
+        LatencyStat::Mean => format!(
+            "profiles: measured MEAN batch latencies; the planner's p95 is {P95_OVER_MEAN} x mean (P95_OVER_MEAN, an assumption)\n"
+        ),
+    }
 }
 
 /// Human-readable plan.
@@ -128,8 +138,13 @@ pub fn cmd_max_demand(inputs: &Inputs, svg_path: &Path, config: Option<&Path>) -
     let pb = Problem { app: &app, profiles: &profiles, gpu: inputs.gpu, gpus: inputs.gpus, space: SearchSpace::FULL };
     let rows = analyze::max_demand(pb, &SearchSpace::all(), &cfg, &solver, &WallClock::new());
     let slices = inputs.gpus * 7;
-    let title =
-        format!("{}: max serviceable demand on {} x {} (synthetic profiles)", app.name, inputs.gpus, inputs.gpu);
+    let title = format!(
+        "{}: max serviceable demand on {} x {} (profiles {})",
+        app.name,
+        inputs.gpus,
+        inputs.gpu,
+        inputs.profiles.display()
+    );
     std::fs::write(svg_path, analyze::svg(&rows, &title, slices))
         .with_context(|| format!("writing {}", svg_path.display()))?;
     let mut out = format!("{title}\n");
@@ -138,6 +153,7 @@ pub fn cmd_max_demand(inputs: &Inputs, svg_path: &Path, config: Option<&Path>) -
     if let (Some(full), Some(at)) = (get("A+S+T"), get("A+T")) {
         let _ = writeln!(out, "A+S+T / A+T = {:.2}x (the paper reports 11.3x for its traffic app)", full / at);
     }
+    out += &latency_note(&profiles);
     let _ = writeln!(out, "chart: {}", svg_path.display());
     Ok(out)
 }

@@ -116,6 +116,36 @@ fn max_demand_writes_table_and_svg() {
 }
 
 #[test]
+fn profiles_import_converts_and_rejects_malformed_files_with_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("jigsaw-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).expect("dir");
+    let header = "Mig instance,Batch size,Workload Number,Throughput,Latency\n";
+    std::fs::write(src.join("tiny.csv"), format!("{header}1,1,1,196.762,0.005\n7,8,2,800.0,0.01\n7,8,3,0,0\n"))
+        .expect("write");
+    let out = dir.join("out");
+    let (s, o) = (src.to_str().expect("utf8"), out.to_str().expect("utf8"));
+    let run = jigsaw(&["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb", "--out", o]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let csv = std::fs::read_to_string(out.join("tiny.csv")).expect("written");
+    let table = jigsaw_protocol::ProfileTable::parse_csv(&csv, "tiny.csv").expect("the planner reads it");
+    assert_eq!(table.latency_stat(), jigsaw_protocol::profile::LatencyStat::Mean);
+    let row = table.get("tiny", "tiny", jigsaw_protocol::GpuModel::A100_80gb, "7g.80gb", 2, 8).expect("row");
+    assert!((row.throughput_rps - 1600.0).abs() < 1e-9, "instance = 2 processes x 800/s");
+    assert!(csv.contains("MIT licence") && csv.contains("mean_ms"));
+
+    std::fs::write(src.join("bad.csv"), format!("{header}1,1,1,196.762,0.005\n1,2,1,-274.0,0.007\n")).expect("write");
+    fails_with(
+        &["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb"],
+        &["bad.csv:3:7:", "Throughput"],
+    );
+    std::fs::write(src.join("bad.csv"), format!("{header}6,1,1,196.762,0.005\n")).expect("write");
+    fails_with(&["profiles", "import", "--format", "parvagpu", s, "--gpu", "a100-80gb"], &["bad.csv:2:1:", "6 GPCs"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn ca_commands_write_files_and_refuse_to_overwrite() {
     let dir = std::env::temp_dir().join(format!("jigsaw-ca-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,12 @@
 //! * [`evaluate`]: the independent evaluator of the paper's non-linear constraints.
 //! * [`spaces`]: the eight search spaces of the paper's Figure 3.
 //! * [`analyze`]: the maximum-serviceable-demand experiment and its SVG chart.
-//! * [`synth`]: the analytic (synthetic) profile model for the example applications.
+//! * [`synth`]: the analytic (synthetic) profile model for the example applications,
+//!   calibrated to measured profiles.
+//! * [`calibrate`]: fitting the profile model's constants to measured profiles, and its
+//!   leave-one-model-out cross-validation.
+//! * [`measured`]: measured profiles from outside jigsaw (the ParvaGPU format), parsed and
+//!   converted to profile tables.
 //! * [`assign`]: mapping a plan's logical GPUs onto physical GPUs, sticky to live layouts.
 //!
 //! * [`joint`]: one MILP over every app on one GPU model (apps share GPUs), with shedding by
@@ -23,12 +28,14 @@
 
 pub mod analyze;
 pub mod assign;
+pub mod calibrate;
 pub mod cluster_plan;
 pub mod control;
 pub mod evaluate;
 #[cfg(feature = "highs")]
 pub mod highs;
 pub mod joint;
+pub mod measured;
 pub mod milp;
 pub mod planner;
 pub mod routing;

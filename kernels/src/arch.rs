@@ -291,7 +291,7 @@ mod tests {
     use jigsaw_protocol::app::AppSpec;
 
     fn desc(family: &str, gflops: f64, decode_steps: u32) -> ModelDesc {
-        ModelDesc { family: family.into(), gflops, params_m: 1.0, activation_mb: 1.0, decode_steps }
+        ModelDesc { family: family.into(), gflops, params_m: 1.0, activation_mb: 1.0, decode_steps, kernels: None }
     }
 
     /// Every variant of the example apps, deduplicated by name.

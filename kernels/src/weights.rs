@@ -113,7 +113,14 @@ mod tests {
     use jigsaw_protocol::app::ModelDesc;
 
     fn git() -> Model {
-        let d = ModelDesc { family: "git".into(), gflops: 40.0, params_m: 1.0, activation_mb: 1.0, decode_steps: 3 };
+        let d = ModelDesc {
+            family: "git".into(),
+            gflops: 40.0,
+            params_m: 1.0,
+            activation_mb: 1.0,
+            decode_steps: 3,
+            kernels: None,
+        };
         Model::for_variant("git-base", &d, (3, 32, 32), 1e-4, 5).expect("builds")
     }
 
@@ -135,8 +142,14 @@ mod tests {
         // Loading into a model built from another seed reproduces the original's outputs.
         let m = git();
         let mut other = {
-            let d =
-                ModelDesc { family: "git".into(), gflops: 40.0, params_m: 1.0, activation_mb: 1.0, decode_steps: 3 };
+            let d = ModelDesc {
+                family: "git".into(),
+                gflops: 40.0,
+                params_m: 1.0,
+                activation_mb: 1.0,
+                decode_steps: 3,
+                kernels: None,
+            };
             Model::for_variant("git-base", &d, (3, 32, 32), 1e-4, 6).expect("builds")
         };
         assert_ne!(other, m);

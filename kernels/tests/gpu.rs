@@ -54,11 +54,25 @@ fn gpu_matches_the_cpu_reference() {
     ];
     for (i, f) in FAMILIES.iter().enumerate() {
         let (c, h, w) = input_shape(f).expect("family");
-        let d = ModelDesc { family: f.to_string(), gflops: 10.0, params_m: 1.0, activation_mb: 1.0, decode_steps: 5 };
+        let d = ModelDesc {
+            family: f.to_string(),
+            gflops: 10.0,
+            params_m: 1.0,
+            activation_mb: 1.0,
+            decode_steps: 5,
+            kernels: None,
+        };
         let m = Model::for_variant(f, &d, (c, h, w), 1e-4, i as u64).expect("builds");
         cases.push((m, (2, c, h, w)));
     }
-    let d = ModelDesc { family: "resnet".into(), gflops: 8.18, params_m: 25.6, activation_mb: 100.0, decode_steps: 1 };
+    let d = ModelDesc {
+        family: "resnet".into(),
+        gflops: 8.18,
+        params_m: 25.6,
+        activation_mb: 100.0,
+        decode_steps: 1,
+        kernels: None,
+    };
     cases.push((Model::for_variant("resnet50", &d, (3, 64, 64), 1e-3, 7).expect("builds"), (4, 3, 64, 64)));
     for (m, shape) in &cases {
         let x = input(*shape, 0);

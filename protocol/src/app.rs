@@ -37,12 +37,19 @@ pub struct ModelDesc {
     pub gflops: f64,
     /// Parameters, millions.
     pub params_m: f64,
-    /// Peak activation memory per item, MB.
+    /// Activation memory per item, MB: the analytic profile model uses it both as the
+    /// per-item memory footprint and as the activation bytes written per item in one pass.
     pub activation_mb: f64,
     /// Sequential decoding steps per item (autoregressive captioners stream their weights
     /// once per generated token); 1 for single-pass models.
     #[serde(default = "one")]
     pub decode_steps: u32,
+    /// GPU kernels (operators) one pass launches in eager execution (convolutions,
+    /// normalisations, activations, adds, concatenations, ...), counted from the
+    /// architecture; it sets the per-batch host dispatch floor of the profile model. Absent:
+    /// the family's typical count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -218,6 +225,9 @@ impl AppSpec {
                 }
                 if m.decode_steps == 0 {
                     return Err(self.field(format!("{at}.model.decode_steps"), "must be at least 1"));
+                }
+                if m.kernels == Some(0) {
+                    return Err(self.field(format!("{at}.model.kernels"), "must be at least 1 when given"));
                 }
             }
         }

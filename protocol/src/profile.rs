@@ -10,6 +10,16 @@
 //! of the whole segment (all `mps` processes together). Lines starting with `#` are
 //! comments (the synthetic generator writes its provenance there). The synthetic generator
 //! and the real profiler (`jigsaw profile`) write the same format.
+//!
+//! ## Mean-latency files
+//!
+//! A source that measured only the *mean* batch latency (for example the imported ParvaGPU
+//! profiles, `jigsaw profiles import`) says so in the header: its seventh column is
+//! `mean_ms` instead of `p95_ms` ([`MEAN_HEADER`]). The column name is the marker; there is
+//! no silent default. The planner's latency constraint needs a p95, so the parser derives
+//! one as [`P95_OVER_MEAN`] × mean (an ASSUMPTION: the sources carry no tail figures) and
+//! stores it in [`ProfileRow::p95_ms`]; the table remembers the statistic its file carried
+//! ([`ProfileTable::latency_stat`]) and writes the same header back.
 
 use crate::catalogue::{GpuModel, MPS_LEVELS};
 use serde::{Deserialize, Serialize};
@@ -21,6 +31,45 @@ pub const BATCH_SIZES: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
 /// The CSV header.
 pub const HEADER: &str = "task,variant,gpu,mig_profile,mps,batch,p95_ms,throughput_rps";
+
+/// The CSV header of a file whose latency column is a measured mean.
+pub const MEAN_HEADER: &str = "task,variant,gpu,mig_profile,mps,batch,mean_ms,throughput_rps";
+
+/// p95 ÷ mean batch latency assumed where only the mean was measured (a mean-latency
+/// file, and the calibrated profile model, which predicts means). An ASSUMPTION, chosen
+/// conservatively: it is not measured (the imported sources have no tail latencies);
+/// steady-state batch latencies of one process typically have p95/mean of 1.05–1.2, and MPS
+/// co-location widens the tail, so 1.25 errs towards over-provisioning.
+pub const P95_OVER_MEAN: f64 = 1.25;
+
+/// Which latency statistic a profile file's latency column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatencyStat {
+    /// A measured (or modelled) p95: column `p95_ms`, used as is.
+    #[default]
+    P95,
+    /// A measured mean: column `mean_ms`; the p95 is estimated as [`P95_OVER_MEAN`] × mean.
+    Mean,
+}
+
+impl LatencyStat {
+    /// The CSV header that carries this statistic.
+    pub fn header(self) -> &'static str {
+        match self {
+            LatencyStat::P95 => HEADER,
+            LatencyStat::Mean => MEAN_HEADER,
+        }
+    }
+
+    /// The name of the latency column.
+    pub fn column(self) -> &'static str {
+        match self {
+            LatencyStat::P95 => "p95_ms",
+            LatencyStat::Mean => "mean_ms",
+        }
+    }
+}
 
 /// One measured (or synthetic) profile point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,10 +108,12 @@ pub enum ProfileError {
         message: String,
     },
     /// The header is not the expected one.
-    #[error("{path}:1: expected header `{HEADER}`, got `{got}`")]
+    #[error("{path}:{line}: expected header `{HEADER}` (or `{MEAN_HEADER}`), got `{got}`")]
     Header {
         /// File path.
         path: String,
+        /// 1-based line of the header (the first line that is not blank or a comment).
+        line: usize,
         /// What was found.
         got: String,
     },
@@ -75,6 +126,7 @@ pub type ProfileKey = (String, String, GpuModel, String, u8, u32);
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileTable {
     rows: BTreeMap<ProfileKey, ProfileRow>,
+    latency: LatencyStat,
 }
 
 impl ProfileTable {
@@ -85,6 +137,24 @@ impl ProfileTable {
             t.insert(r);
         }
         t
+    }
+
+    /// The latency statistic the table's source carried (how [`ProfileTable::to_csv`]
+    /// writes the latency column). Rows always hold a p95 in [`ProfileRow::p95_ms`].
+    pub fn latency_stat(&self) -> LatencyStat {
+        self.latency
+    }
+
+    /// Mark the table as coming from a source of `stat` (rows keep their p95).
+    pub fn with_latency_stat(mut self, stat: LatencyStat) -> Self {
+        self.latency = stat;
+        self
+    }
+
+    /// The mean batch latency behind `row` when this table came from a mean-latency source
+    /// (`p95_ms / P95_OVER_MEAN`, the column as written), `None` for a p95 source.
+    pub fn source_mean_ms(&self, row: &ProfileRow) -> Option<f64> {
+        (self.latency == LatencyStat::Mean).then(|| row.p95_ms / P95_OVER_MEAN)
     }
 
     /// Insert or replace a row.
@@ -116,25 +186,27 @@ impl ProfileTable {
     /// Parse a CSV file's text.
     pub fn parse_csv(text: &str, path: &str) -> Result<ProfileTable, ProfileError> {
         let mut table = ProfileTable::default();
-        let mut saw_header = false;
+        let mut stat = None;
+        let mut last = 0;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             let ln = i + 1;
+            last = ln;
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if !saw_header {
-                if line != HEADER {
-                    return Err(ProfileError::Header { path: path.into(), got: line.into() });
-                }
-                saw_header = true;
+            let Some(s) = stat else {
+                stat = Some(match line {
+                    HEADER => LatencyStat::P95,
+                    MEAN_HEADER => LatencyStat::Mean,
+                    _ => return Err(ProfileError::Header { path: path.into(), line: ln, got: line.into() }),
+                });
                 continue;
-            }
-            table.insert(parse_row(line, path, ln)?);
+            };
+            table.insert(parse_row(line, path, ln, s)?);
         }
-        if !saw_header {
-            return Err(ProfileError::Header { path: path.into(), got: String::new() });
-        }
+        table.latency =
+            stat.ok_or_else(|| ProfileError::Header { path: path.into(), line: last.max(1), got: String::new() })?;
         Ok(table)
     }
 
@@ -144,29 +216,30 @@ impl ProfileTable {
         for c in comments {
             let _ = writeln!(out, "# {c}");
         }
-        let _ = writeln!(out, "{HEADER}");
+        let _ = writeln!(out, "{}", self.latency.header());
         for r in self.rows.values() {
+            let latency = self.source_mean_ms(r).unwrap_or(r.p95_ms);
             let _ = writeln!(
                 out,
                 "{},{},{},{},{},{},{:.3},{:.2}",
-                r.task, r.variant, r.gpu, r.mig_profile, r.mps, r.batch, r.p95_ms, r.throughput_rps
+                r.task, r.variant, r.gpu, r.mig_profile, r.mps, r.batch, latency, r.throughput_rps
             );
         }
         out
     }
 }
 
-fn parse_row(line: &str, path: &str, ln: usize) -> Result<ProfileRow, ProfileError> {
-    const COLS: [&str; 8] = ["task", "variant", "gpu", "mig_profile", "mps", "batch", "p95_ms", "throughput_rps"];
+fn parse_row(line: &str, path: &str, ln: usize, stat: LatencyStat) -> Result<ProfileRow, ProfileError> {
+    let cols: [&str; 8] = ["task", "variant", "gpu", "mig_profile", "mps", "batch", stat.column(), "throughput_rps"];
     let err = |col: usize, message: String| ProfileError::Line {
         path: path.into(),
         line: ln,
-        column: COLS[col.min(7)].into(),
+        column: cols[col.min(7)].into(),
         message,
     };
     let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    if f.len() != COLS.len() {
-        return Err(err(f.len().min(7), format!("expected {} comma-separated fields, got {}", COLS.len(), f.len())));
+    if f.len() != cols.len() {
+        return Err(err(f.len().min(7), format!("expected {} comma-separated fields, got {}", cols.len(), f.len())));
     }
     for (c, v) in f.iter().enumerate().take(4) {
         if v.is_empty() || v.contains('"') {
@@ -201,7 +274,10 @@ fn parse_row(line: &str, path: &str, ln: usize) -> Result<ProfileRow, ProfileErr
         mig_profile: mig.into(),
         mps,
         batch,
-        p95_ms: num(6)?,
+        p95_ms: match stat {
+            LatencyStat::P95 => num(6)?,
+            LatencyStat::Mean => num(6)? * P95_OVER_MEAN,
+        },
         throughput_rps: num(7)?,
     })
 }
@@ -273,6 +349,25 @@ mod tests {
         let r = t.get("d", "y", GpuModel::H100_80gb, "1g.10gb", 2, 8).expect("row");
         assert_eq!(r.p95_ms, 12.5);
         assert_eq!(t.to_csv(&["synthetic".into()]), text);
+    }
+
+    #[test]
+    fn mean_files_derive_a_p95_and_round_trip() {
+        let text = format!("# measured means\n{MEAN_HEADER}\nd,y,a100-80gb,1g.10gb,1,1,5.082,196.76\n");
+        let t = ProfileTable::parse_csv(&text, "m.csv").expect("parses");
+        assert_eq!(t.latency_stat(), LatencyStat::Mean);
+        let r = t.get("d", "y", GpuModel::A100_80gb, "1g.10gb", 1, 1).expect("row");
+        assert!((r.p95_ms - 5.082 * P95_OVER_MEAN).abs() < 1e-9, "{}", r.p95_ms);
+        assert!((t.source_mean_ms(r).expect("mean source") - 5.082).abs() < 1e-9);
+        assert_eq!(t.to_csv(&["measured means".into()]), text);
+        // A p95 file keeps its numbers and its header.
+        let p =
+            ProfileTable::parse_csv(&format!("{HEADER}\nd,y,a100-80gb,1g.10gb,1,1,5.082,196.76\n"), "p").expect("p95");
+        assert_eq!(p.latency_stat(), LatencyStat::P95);
+        assert!(p.rows().all(|r| r.p95_ms == 5.082) && p.source_mean_ms(p.rows().next().expect("row")).is_none());
+        // Errors in a mean file name its latency column.
+        let e = ProfileTable::parse_csv(&format!("{MEAN_HEADER}\nd,y,a100-80gb,1g.10gb,1,1,-2,1\n"), "m.csv");
+        assert!(e.expect_err("negative").to_string().contains("mean_ms"));
     }
 
     proptest::proptest! {

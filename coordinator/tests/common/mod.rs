@@ -23,7 +23,14 @@ impl Rng {
 }
 
 fn model() -> ModelDesc {
-    ModelDesc { family: "resnet".into(), gflops: 1.0, params_m: 1.0, activation_mb: 1.0, decode_steps: 1 }
+    ModelDesc {
+        family: "resnet".into(),
+        gflops: 1.0,
+        params_m: 1.0,
+        activation_mb: 1.0,
+        decode_steps: 1,
+        kernels: None,
+    }
 }
 
 /// A random app: a chain or fork of 1–3 tasks with 1–3 variants each, and profiles.
