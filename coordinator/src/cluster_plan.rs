@@ -416,6 +416,7 @@ pub fn plan_cluster_sequential(
     solver: &dyn Solver,
     clock: &dyn Clock,
 ) -> ClusterPlan {
+    let t0 = clock.now_s();
     let mut free = physical_gpus(state, live);
     let mut nodes: BTreeMap<String, BTreeMap<String, Vec<InstancePlan>>> = BTreeMap::new();
     for g in &free {
@@ -488,6 +489,7 @@ pub fn plan_cluster_sequential(
     }
     let mut plan = ClusterPlan { epoch, inputs: state.plan_inputs(), nodes, apps, stats: Default::default() };
     finish(&mut plan, live);
+    plan.stats.solve_ms = (clock.now_s() - t0) * 1e3;
     plan
 }
 

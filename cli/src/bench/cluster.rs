@@ -175,7 +175,7 @@ pub fn table(b: &ClusterBench, rows: &[Row]) -> String {
             r.lower_bound_gpus,
             r.lp_bound_gpus,
             r.solve_s,
-            format!("{}/{:.0}", r.apps_shed, r.shed_rps),
+            format!("{}/{:.0}", r.apps_shed, r.shed_rps.abs()),
             r.apps_sharing,
             r.sequential_gpus.map_or("-".into(), |g| g.to_string()),
             r.sequential_s.map_or("-".into(), |s| format!("{s:.2}")),
