@@ -390,7 +390,13 @@ pub struct DataPlane<T: Transport> {
     goodput: Mutex<BTreeMap<String, Demand>>,
     /// Where the status page gets the cluster's status (set by the node).
     status_source: std::sync::OnceLock<StatusSource>,
+    /// Peers whose last stage failed in transport (timeout, connection refused), until
+    /// when: stages avoid them while another target exists.
+    suspects: Mutex<BTreeMap<String, Instant>>,
 }
+
+/// How long a peer that failed a stage in transport is avoided.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
 /// Fetches the cluster status (from the local coordinator or over the transport).
 pub type StatusSource = Arc<dyn Fn() -> BoxFuture<Option<jigsaw_protocol::wire::ClusterStatus>> + Send + Sync>;
@@ -428,6 +434,7 @@ impl<T: Transport> DataPlane<T> {
             arrivals: Mutex::new(BTreeMap::new()),
             goodput: Mutex::new(BTreeMap::new()),
             status_source: std::sync::OnceLock::new(),
+            suspects: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -535,8 +542,14 @@ impl<T: Transport> DataPlane<T> {
         let mut tried: Vec<usize> = Vec::new();
         let mut last =
             StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
+        let suspect: Vec<bool> = {
+            let now = Instant::now();
+            let mut s = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+            s.retain(|_, until| *until > now);
+            targets.iter().map(|t| s.contains_key(&t.node)).collect()
+        };
         for attempt in 0..2 {
-            let Some(i) = pick(targets, &tried, &mut rng) else { break };
+            let Some(i) = pick(targets, &tried, &suspect, &mut rng) else { break };
             tried.push(i);
             let t = &targets[i];
             let left = deadline.saturating_duration_since(Instant::now());
@@ -563,7 +576,13 @@ impl<T: Transport> DataPlane<T> {
                     Ok(WireMessage::StageReply(r)) => r.outcome,
                     Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
                     Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },
-                    Err(e) => StageOutcome::Failed { message: format!("{}: {e}", t.node), retry: true },
+                    Err(e) => {
+                        self.suspects
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(t.node.clone(), Instant::now() + SUSPECT_FOR);
+                        StageOutcome::Failed { message: format!("{}: {e}", t.node), retry: true }
+                    }
                 }
             };
             if !matches!(last, StageOutcome::Failed { retry: true, .. }) {
@@ -741,14 +760,19 @@ pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, u
 }
 
 /// Weighted choice among targets not yet tried.
-fn pick(targets: &[Target], tried: &[usize], rng: &mut SplitMix64) -> Option<usize> {
-    let total: f64 = targets.iter().enumerate().filter(|(i, _)| !tried.contains(i)).map(|(_, t)| t.weight).sum();
+/// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
+fn pick(targets: &[Target], tried: &[usize], suspect: &[bool], rng: &mut SplitMix64) -> Option<usize> {
+    let open = |i: &usize| !tried.contains(i);
+    let healthy = |i: &usize| open(i) && !suspect.get(*i).copied().unwrap_or(false);
+    let any_healthy = (0..targets.len()).any(|i| healthy(&i) && targets[i].weight > 0.0);
+    let ok = |i: &usize| if any_healthy { healthy(i) } else { open(i) };
+    let total: f64 = targets.iter().enumerate().filter(|(i, _)| ok(i)).map(|(_, t)| t.weight).sum();
     if total <= 0.0 {
         return None;
     }
     let mut x = rng.unit() * total;
     let mut last = None;
-    for (i, t) in targets.iter().enumerate().filter(|(i, _)| !tried.contains(i)) {
+    for (i, t) in targets.iter().enumerate().filter(|(i, _)| ok(i)) {
         last = Some(i);
         if x < t.weight {
             return Some(i);
