@@ -238,18 +238,9 @@ pub enum AnalyzeCmd {
 /// `jigsaw bench ...`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
-    /// Planner solve times for 4, 120 and 1000 GPUs on each example app.
-    Planner {
-        /// Directory holding `apps/` and `profiles/`.
-        #[arg(long, default_value = "examples")]
-        examples: PathBuf,
-        /// GPU counts.
-        #[arg(long, value_delimiter = ',', default_value = "4,120,1000")]
-        gpus: Vec<usize>,
-        /// Repetitions per case (the median is printed).
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-    },
+    /// Planner solve times: on each example app (4, 120 and 1000 GPUs), or with --random N
+    /// on N seeded random apps with synthetic profiles (4, 8, 16 and 120 GPUs).
+    Planner(PlannerBenchArgs),
     /// The joint cluster planner on a set of apps: GPUs used against the lower bound, the LP
     /// bound and the sequential planner, at several demand levels.
     Cluster {
@@ -306,6 +297,45 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 16)]
         batch: u32,
     },
+}
+
+/// `jigsaw bench planner`.
+#[derive(Debug, Args)]
+pub struct PlannerBenchArgs {
+    /// Directory holding `apps/` and `profiles/` (example-app mode).
+    #[arg(long, default_value = "examples")]
+    pub examples: PathBuf,
+    /// GPU counts (default 4,120,1000 for the example apps, 4,8,16,120 with --random).
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Option<Vec<usize>>,
+    /// Repetitions per case in example-app mode (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Bench N seeded random apps (SYNTHETIC, `jigsaw_coordinator::randapp`) instead of the
+    /// example apps.
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// Seed of the random apps: app i is generated from `randapp::app_seed(seed, i)`.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// With --random: bench only app index I (to reproduce a slow case).
+    #[arg(long, value_name = "I")]
+    pub only: Option<usize>,
+    /// Print random app I's spec as TOML and exit (profiles: `jigsaw profiles synth`).
+    #[arg(long, value_name = "I")]
+    pub dump: Option<usize>,
+    /// GPU model of the random apps' synthetic profiles.
+    #[arg(long, default_value = "a100-40gb")]
+    pub gpu: GpuModel,
+    /// Min-cost demand levels, percent of each app's maximum serviceable demand.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,90")]
+    pub levels: Vec<f64>,
+    /// Planner time limit per run, seconds (default: the config's, 30 s).
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Print JSON (every case and the summary) instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `jigsaw ca ...`.

@@ -17,6 +17,7 @@
 //!   leave-one-model-out cross-validation.
 //! * [`measured`]: measured profiles from outside jigsaw (the ParvaGPU format), parsed and
 //!   converted to profile tables.
+//! * [`randapp`]: seeded random (synthetic) applications for planner benchmarks and tests.
 //! * [`assign`]: mapping a plan's logical GPUs onto physical GPUs, sticky to live layouts.
 //!
 //! * [`joint`]: one MILP over every app on one GPU model (apps share GPUs), with shedding by
@@ -38,6 +39,7 @@ pub mod joint;
 pub mod measured;
 pub mod milp;
 pub mod planner;
+pub mod randapp;
 pub mod routing;
 pub mod spaces;
 pub mod synth;
