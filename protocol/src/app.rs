@@ -48,7 +48,9 @@ pub struct ModelDesc {
     /// normalisations, activations, adds, concatenations, ...), counted from the
     /// architecture; it sets the per-batch host dispatch floor of the profile model. Absent:
     /// the family's typical count.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (Always serialised, also when absent: the wire codec is bincode, which has no
+    /// optional fields.)
+    #[serde(default)]
     pub kernels: Option<u32>,
 }
 

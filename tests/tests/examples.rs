@@ -132,9 +132,15 @@ fn plans_are_deterministic() {
 
 #[test]
 fn unreachable_accuracy_names_the_accuracy_slo() {
-    // At 5 ms only the fastest (least accurate) variants fit the latency SLO.
-    let (mut app, profiles, _) = load_example("traffic");
-    app.latency_slo_ms = 5.0;
+    // ResNet variants differ in kernels per pass and so in their per-batch host floor: at a
+    // 6 ms SLO (2 x p95 <= 6) only resnet18 fits, 0.698 / 0.783 = 0.89 of the maximum
+    // accuracy. (The YOLOv5 and EfficientNet variants of `traffic` share one family kernel
+    // count, so their fastest configurations are equally fast and latency cannot single
+    // out the least accurate ones.)
+    let (mut app, profiles, _) = load_example("social");
+    app.tasks.retain(|t| t.name == "classify");
+    app.edges.clear();
+    app.latency_slo_ms = 6.0;
     let err = plan(
         problem(&app, &profiles, 4, SearchSpace::FULL),
         Goal::MaxDemand,
