@@ -13,12 +13,9 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Command::Analyze(AnalyzeCmd::MaxDemand { inputs, svg }) => planning::cmd_max_demand(inputs, svg, config)?,
         Command::Bench(BenchCmd::Planner(a)) => match a.random {
             Some(_) => bench::planner::cmd_bench_random(a, config)?,
-            None => planning::cmd_bench_planner(
-                &a.examples,
-                a.gpus.as_deref().unwrap_or(&[4, 120, 1000]),
-                a.reps,
-                config,
-            )?,
+            None => {
+                planning::cmd_bench_planner(&a.examples, a.gpus.as_deref().unwrap_or(&[4, 120, 1000]), a.reps, config)?
+            }
         },
         Command::Bench(BenchCmd::Cluster {
             apps,

@@ -56,29 +56,36 @@ fn gpus_shared(s: &ClusterStatus) -> usize {
         .count()
 }
 
-#[test]
-fn six_measured_apps_share_gpus_and_status_shows_it() {
-    let dir = std::env::temp_dir().join(format!("jigsaw-share-{}", std::process::id()));
+/// A local cluster of `nodes` × `per_node` simulated A100s in a fresh directory named
+/// `name`, with the six apps registered at `rps`: the guard, and the cluster directory.
+fn up_six(name: &str, nodes: &str, per_node: &str, rps: &[f64; 6]) -> (Cluster, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("jigsaw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let set = app_set(&dir, &[40.0, 30.0, 40.0, 60.0, 20.0, 5.0]);
+    let set = app_set(&dir, rps);
     let cdir = dir.join("c");
-    let d = cdir.to_str().expect("utf-8 path");
     let (ok, out, _) = jigsaw(&[
         "up",
         "--nodes",
-        "2",
+        nodes,
         "--gpus-per-node",
-        "4",
+        per_node,
         "--gpu",
         "a100-80gb",
         "--apps",
         set.to_str().expect("utf-8"),
         "--dir",
-        d,
+        cdir.to_str().expect("utf-8 path"),
     ]);
-    let _guard = Cluster(dir.clone());
+    let guard = Cluster(dir);
     assert!(ok, "jigsaw up: {out}");
+    (guard, cdir)
+}
+
+#[test]
+fn six_measured_apps_share_gpus_and_status_shows_it() {
+    let (_guard, cdir) = up_six("share", "2", "4", &[40.0, 30.0, 40.0, 60.0, 20.0, 5.0]);
+    let d = cdir.to_str().expect("utf-8 path");
     let (ok, json, stdout) = jigsaw(&["status", "--json", "--dir", d]);
     assert!(ok, "{json}");
     let s: ClusterStatus = serde_json::from_slice(&stdout).expect("status JSON");
@@ -101,27 +108,8 @@ fn six_measured_apps_share_gpus_and_status_shows_it() {
 
 #[test]
 fn spread_survives_losing_the_biggest_node_at_the_reported_capacity() {
-    let dir = std::env::temp_dir().join(format!("jigsaw-spread-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let set = app_set(&dir, &[40.0, 30.0, 40.0, 60.0, 20.0, 20.0]);
-    let cdir = dir.join("c");
+    let (_guard, cdir) = up_six("spread", "3", "2", &[40.0, 30.0, 40.0, 60.0, 20.0, 20.0]);
     let d = cdir.to_str().expect("utf-8 path");
-    let (ok, out, _) = jigsaw(&[
-        "up",
-        "--nodes",
-        "3",
-        "--gpus-per-node",
-        "2",
-        "--gpu",
-        "a100-80gb",
-        "--apps",
-        set.to_str().expect("utf-8"),
-        "--dir",
-        d,
-    ]);
-    let _guard = Cluster(dir.clone());
-    assert!(ok, "jigsaw up: {out}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let op = Operator::for_dir(&cdir).expect("operator");
