@@ -8,7 +8,7 @@
 //!    the GPUs cannot serve at its demand even alone keeps the split of its maximum-demand
 //!    plan.
 //! 2. **One shared MILP.** Every app adds its instance columns, demand rows and accuracy row
-//!    for that split ([`crate::planner::add_app_rows`]); the layout counts `y(c)` and the
+//!    for that split (`planner::add_app_rows`); the layout counts `y(c)` and the
 //!    per-profile placement rows are shared, so a GPU's layout is legal as a whole and
 //!    instances of different apps sit side by side (each instance belongs to one app, so
 //!    apps never share an MPS process). Lexicographic objective by weights: fewest GPUs,
