@@ -476,7 +476,7 @@ pub fn render_status(s: &ClusterStatus) -> String {
                 if shed > 0.0 { format!("  SHED {shed:.1} req/s") } else { String::new() },
                 a.worst_node_loss
                     .as_ref()
-                    .map(|(n, r)| format!("  after losing {n}: {r:.1} req/s"))
+                    .map(|(n, r)| format!("  after losing {n}: {:.1} req/s", r.max(0.0)))
                     .unwrap_or_default(),
                 a.note.as_ref().map(|n| format!("  ({n})")).unwrap_or_default()
             );

@@ -151,10 +151,16 @@ pub fn plan_cluster(
             .flat_map(|p| p.gpus.iter().flat_map(|g| g.instances.iter().cloned()))
             .collect();
         let spec = model.spec();
-        let greedy = [spread, false].into_iter().find_map(|sp| {
-            place(spec, &phys, &instances, sp)
-                .filter(|t| t.iter().filter(|g| !g.is_empty()).count() <= out.stats.gpus_used)
-        });
+        // Spread may open a GPU on another node for a task's second instance (at most one
+        // per node beyond the MILP's layout); without spread, the greedy placement must not
+        // use more GPUs than the MILP's layout.
+        let used = |t: &Vec<Vec<InstancePlan>>| t.iter().filter(|g| !g.is_empty()).count();
+        let nodes_of_model = phys.iter().map(|g| g.node.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+        let greedy = spread
+            .then(|| place(spec, &phys, &instances, true))
+            .flatten()
+            .filter(|t| used(t) <= out.stats.gpus_used + nodes_of_model.saturating_sub(1))
+            .or_else(|| place(spec, &phys, &instances, false).filter(|t| used(t) <= out.stats.gpus_used));
         let targets: Vec<Vec<InstancePlan>> = match greedy {
             Some(t) => t,
             None => match assign_gpus(*model, &out.gpus, &phys) {

@@ -156,7 +156,9 @@ proptest! {
 /// worst-case single-node loss is what the other node's instances serve.
 #[test]
 fn spread_puts_every_task_on_two_nodes() {
-    let (st, apps) = cluster(&[11, 12, 13], 0.1, 2, 2);
+    // Small apps that fit on one GPU, on 4 nodes x 4 GPUs: spread must still open a GPU on a
+    // second node rather than keep both instances of a task on one.
+    let (st, apps) = cluster(&[11, 12, 13], 0.1, 4, 4);
     assert!(apps.len() >= 2, "enough generated apps");
     let cp = plan_cluster(&st, 1, &LiveLayouts::new(), &[], &cfg(Spread::Auto), &HighsSolver::default(), &NoClock);
     for (app, _) in &apps {
@@ -169,10 +171,10 @@ fn spread_puts_every_task_on_two_nodes() {
                 .filter(|(_, gs)| gs.values().flatten().any(|i| i.app == app.name && i.task == t.name))
                 .map(|(n, _)| n)
                 .collect();
-            assert_eq!(nodes.len(), 2, "{}/{} on {nodes:?}: {:#?}", app.name, t.name, cp.stats);
+            assert!(nodes.len() >= 2, "{}/{} on {nodes:?}: {:#?}", app.name, t.name, cp.stats);
         }
         let (node, left) = placed.worst_node_loss.clone().expect("worst case reported");
-        assert!(left > 0.0 && left <= placed.planned_rps + 1e-9, "{node}: {left}");
+        assert!(left > 0.0 && left <= placed.planned_rps + 1e-9, "{}: after losing {node}: {left}", app.name);
     }
 }
 
@@ -221,4 +223,29 @@ fn lower_priorities_are_shed_first() {
     assert!(low.shed_rps() > 0.0, "low priority shed: {low:?}");
     assert!(low.note.as_deref().unwrap_or("").contains("shed"), "{low:?}");
     assert!(cp.stats.notes.iter().any(|n| n.contains("shed by priority")), "{:?}", cp.stats.notes);
+}
+
+/// The demo's cluster (the three example apps at 200/400/100 req/s on 4 nodes x 4 H100s):
+/// everything fits on few GPUs of one node, and spread must still put every task on two
+/// nodes (it once left both instances of each task on node-1: worst case 0 req/s).
+#[test]
+fn spread_on_the_demo_cluster_survives_any_one_node() {
+    let ex = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let (mut st, _) = cluster(&[], 1.0, 4, 4);
+    for (name, rps) in [("social", 200.0), ("traffic", 400.0), ("ar", 100.0)] {
+        let read = |p: String| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let entry = AppEntry {
+            name: name.into(),
+            spec_toml: read(format!("{ex}/apps/{name}.toml")),
+            profiles_csv: read(format!("{ex}/profiles/{name}-h100-80gb.csv")),
+            demand_rps: rps,
+        };
+        st.apply(&ClusterCommand::PutApp(entry));
+    }
+    let cp = plan_cluster(&st, 1, &LiveLayouts::new(), &[], &cfg(Spread::Auto), &HighsSolver::default(), &NoClock);
+    for a in &cp.apps {
+        assert!(a.planned_rps >= a.requested_rps * (1.0 - 1e-6), "{a:?}");
+        let (node, left) = a.worst_node_loss.clone().expect("reported");
+        assert!(left > 0.0, "{}: losing {node} leaves nothing: {:#?}", a.app, cp.nodes);
+    }
 }
