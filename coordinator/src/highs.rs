@@ -18,17 +18,6 @@ pub struct HighsSolver {
 
 impl Solver for HighsSolver {
     fn solve(&self, milp: &Milp, opts: SolveOptions) -> Result<Solution, SolverError> {
-        self.run(milp, opts, None)
-    }
-
-    fn solve_with_cutoff(&self, milp: &Milp, opts: SolveOptions, cutoff: f64) -> Result<Solution, SolverError> {
-        self.run(milp, opts, Some(cutoff))
-    }
-}
-
-impl HighsSolver {
-    /// One solve; with a cutoff, an objective row keeps only strictly better solutions.
-    fn run(&self, milp: &Milp, opts: SolveOptions, cutoff: Option<f64>) -> Result<Solution, SolverError> {
         let mut pb = highs::RowProblem::default();
         let cols: Vec<highs::Col> = milp
             .cols
@@ -38,19 +27,6 @@ impl HighsSolver {
         for r in &milp.rows {
             let coefs: Vec<(highs::Col, f64)> = r.coefs.iter().map(|&(j, k)| (cols[j], k)).collect();
             pb.add_row(r.lb..=r.ub, coefs);
-        }
-        if let Some(c) = cutoff {
-            // The cutoff as an objective row (HiGHS's `objective_bound` option did not prune
-            // reliably in a test): only strictly better solutions remain feasible.
-            let coefs: Vec<(highs::Col, f64)> =
-                milp.cols.iter().zip(&cols).filter(|(k, _)| k.cost != 0.0).map(|(k, &col)| (col, k.cost)).collect();
-            let rhs = c - milp.offset;
-            let eps = 1e-9 * rhs.abs().max(1.0);
-            if milp.maximize {
-                pb.add_row(rhs + eps.., coefs);
-            } else {
-                pb.add_row(..=rhs - eps, coefs);
-            }
         }
         let sense = if milp.maximize { highs::Sense::Maximise } else { highs::Sense::Minimise };
         let mut model = pb.try_optimise(sense).map_err(|e| SolverError::Backend(format!("{e:?}")))?;
@@ -81,7 +57,7 @@ impl HighsSolver {
         let has_solution = matches!(solved.primal_solution_status(), highs::HighsSolutionStatus::Feasible);
         let status = match solved.status() {
             S::Optimal => Status::Optimal,
-            S::Infeasible | S::UnboundedOrInfeasible | S::ObjectiveBound => Status::Infeasible,
+            S::Infeasible | S::UnboundedOrInfeasible => Status::Infeasible,
             S::ReachedTimeLimit | S::ReachedInterrupt | S::ReachedIterationLimit if has_solution => {
                 Status::TimeLimitFeasible
             }
@@ -125,38 +101,6 @@ mod tests {
         assert!(m.is_feasible(&s.x, 1e-6));
         let lp = HighsSolver::default().solve(&m, SolveOptions { relax: true, ..opts }).expect("solves");
         assert!(lp.objective >= s.objective - 1e-9);
-    }
-
-    /// A cutoff keeps only strictly better solutions, for both senses and with an offset.
-    #[test]
-    fn cutoff_discards_what_cannot_beat_it() {
-        // max 5a + 4b + 3c + 100 (optimum 113, see `knapsack`).
-        let mut m = Milp { maximize: true, offset: 100.0, ..Milp::default() };
-        let a = m.col(5.0, 0.0, 10.0, true);
-        let b = m.col(4.0, 0.0, 10.0, true);
-        let c = m.col(3.0, 0.0, 10.0, true);
-        m.row(f64::NEG_INFINITY, 5.0, vec![(a, 2.0), (b, 3.0), (c, 1.0)]);
-        m.row(f64::NEG_INFINITY, 11.0, vec![(a, 4.0), (b, 1.0), (c, 2.0)]);
-        m.row(f64::NEG_INFINITY, 8.0, vec![(a, 3.0), (b, 4.0), (c, 2.0)]);
-        let opts = SolveOptions { relax: false, time_limit_s: 10.0, mip_rel_gap: 1e-9, mip_abs_gap: 0.0 };
-        let h = HighsSolver::default();
-        let s = h.solve_with_cutoff(&m, opts, 112.5).expect("solves");
-        assert_eq!(s.status, Status::Optimal);
-        assert!((s.objective - 113.0).abs() < 1e-6, "{s:?}");
-        let s = h.solve_with_cutoff(&m, opts, 113.5).expect("solves");
-        assert_eq!(s.status, Status::Infeasible, "{s:?}");
-        // The same as a minimisation: min −(5a + 4b + 3c) − 100, optimum −113.
-        let mut n = m.clone();
-        n.maximize = false;
-        n.offset = -100.0;
-        for col in &mut n.cols {
-            col.cost = -col.cost;
-        }
-        let s = h.solve_with_cutoff(&n, opts, -112.5).expect("solves");
-        assert_eq!(s.status, Status::Optimal);
-        assert!((s.objective + 113.0).abs() < 1e-6, "{s:?}");
-        let s = h.solve_with_cutoff(&n, opts, -113.5).expect("solves");
-        assert_eq!(s.status, Status::Infeasible, "{s:?}");
     }
 
     #[test]

@@ -132,19 +132,4 @@ pub struct SolveOptions {
 pub trait Solver {
     /// Solve `milp`.
     fn solve(&self, milp: &Milp, opts: SolveOptions) -> Result<Solution, SolverError>;
-
-    /// Solve `milp` wanting only solutions whose objective (offset included) is strictly
-    /// better than `cutoff`: the solver may discard every node that cannot beat it, and
-    /// [`Status::Infeasible`] then means "nothing better than the cutoff". The default solves
-    /// without a cutoff and reports a solution that does not beat it as infeasible.
-    fn solve_with_cutoff(&self, milp: &Milp, opts: SolveOptions, cutoff: f64) -> Result<Solution, SolverError> {
-        let sol = self.solve(milp, opts)?;
-        let better = |o: f64| if milp.maximize { o > cutoff } else { o < cutoff };
-        match sol.status {
-            Status::Optimal if !better(sol.objective) => {
-                Ok(Solution { status: Status::Infeasible, x: Vec::new(), objective: f64::NAN, bound: f64::NAN })
-            }
-            _ => Ok(sol),
-        }
-    }
 }

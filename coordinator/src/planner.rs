@@ -690,67 +690,6 @@ fn enumerate_splits(levels: &[Vec<f64>], paths: &[Vec<usize>], half: f64) -> Vec
     out
 }
 
-/// The splits of `assignments` (level indices per task) that can matter: one per distinct
-/// column set, without those whose columns are a subset of another split's at the same
-/// operating points, in assignment order.
-///
-/// b dominates a when b offers every column of a with the same operating point. A faster
-/// point is *not* dominance: surplus capacity of a less accurate variant counts against the
-/// capacity-weighted accuracy, and surplus upstream capacity raises the conservative
-/// downstream demand. Columns belong to one task each, so the test factors by task: per task
-/// a matrix says whether level i's columns are a subset of level j's, and a split dominates
-/// another when that holds for every task (O(tasks) per pair instead of O(columns)).
-fn distinct_splits(prep: &Prepared<'_>, assignments: &[Vec<usize>]) -> Vec<Split> {
-    let nt = prep.levels.len();
-    // Per task and level: each option's frontier index at that level (None: unavailable).
-    let at: Vec<Vec<Vec<Option<usize>>>> = (0..nt)
-        .map(|t| {
-            prep.levels[t]
-                .iter()
-                .map(|&l| {
-                    prep.opts
-                        .iter()
-                        .filter(|o| o.t == t)
-                        .map(|o| o.frontier.partition_point(|pt| pt.l <= l + 1e-9).checked_sub(1))
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
-    // sub[t][i][j]: level i's columns of t ⊆ level j's (same points).
-    let sub: Vec<Vec<Vec<bool>>> = at
-        .iter()
-        .map(|lv| {
-            lv.iter()
-                .map(|a| lv.iter().map(|b| a.iter().zip(b).all(|(x, y)| x.is_none() || x == y)).collect())
-                .collect()
-        })
-        .collect();
-    // Canonical level per task: the first level with the same column set.
-    let canon: Vec<Vec<usize>> = sub
-        .iter()
-        .map(|s| (0..s.len()).map(|i| (0..=i).find(|&j| s[i][j] && s[j][i]).unwrap_or(i)).collect())
-        .collect();
-    let mut seen: HashSet<Vec<usize>> = HashSet::new();
-    let uniq: Vec<&Vec<usize>> =
-        assignments.iter().filter(|a| seen.insert(a.iter().enumerate().map(|(t, &i)| canon[t][i]).collect())).collect();
-    let dominated = |a: &[usize], b: &[usize]| (0..nt).all(|t| sub[t][a[t]][b[t]]);
-    uniq.iter()
-        .enumerate()
-        .filter(|(i, a)| !uniq.iter().enumerate().any(|(j, b)| j != *i && dominated(a, b)))
-        .map(|(_, a)| {
-            let levels: Vec<f64> = a.iter().enumerate().map(|(t, &i)| prep.levels[t][i]).collect();
-            let cols = prep
-                .opts
-                .iter()
-                .enumerate()
-                .filter_map(|(oi, o)| o.best_within(levels[o.t]).map(|pt| (oi, pt)))
-                .collect();
-            Split { levels, cols }
-        })
-        .collect()
-}
-
 /// The columns of one split: for every option, its best point within the task's level.
 #[derive(Debug, Clone)]
 pub(crate) struct Split {
@@ -960,7 +899,32 @@ pub fn plan(
     let assignments = enumerate_splits(&prep.levels, &prep.paths, half);
     let splits_total = assignments.len();
     // Build columns per split; deduplicate identical column sets and drop dominated ones.
-    let splits = distinct_splits(&prep, &assignments);
+    let mut splits: Vec<Split> = Vec::new();
+    let mut seen: HashSet<Vec<(usize, u8, u32)>> = HashSet::new();
+    for a in &assignments {
+        let levels: Vec<f64> = a.iter().enumerate().map(|(t, &i)| prep.levels[t][i]).collect();
+        let cols: Vec<(usize, Point)> =
+            prep.opts.iter().enumerate().filter_map(|(oi, o)| o.best_within(levels[o.t]).map(|pt| (oi, pt))).collect();
+        let sig: Vec<(usize, u8, u32)> = cols.iter().map(|(oi, pt)| (*oi, pt.mps, pt.batch)).collect();
+        if seen.insert(sig) {
+            splits.push(Split { levels, cols });
+        }
+    }
+    let dominated = |a: &Split, b: &Split| -> bool {
+        // b dominates a when b offers every column of a with the same operating point (a
+        // superset of columns). A faster point is *not* dominance: surplus capacity of a
+        // less accurate variant counts against the capacity-weighted accuracy, and surplus
+        // upstream capacity raises the conservative downstream demand.
+        let pb: BTreeMap<usize, (u8, u32)> = b.cols.iter().map(|(oi, pt)| (*oi, (pt.mps, pt.batch))).collect();
+        a.cols.iter().all(|(oi, pt)| pb.get(oi) == Some(&(pt.mps, pt.batch)))
+    };
+    let keep: Vec<bool> = (0..splits.len())
+        .map(|i| {
+            !(0..splits.len())
+                .any(|j| j != i && dominated(&splits[i], &splits[j]) && !(dominated(&splits[j], &splits[i]) && j > i))
+        })
+        .collect();
+    let splits: Vec<Split> = splits.into_iter().zip(keep).filter(|(_, k)| *k).map(|(s, _)| s).collect();
 
     // LP bounds.
     let deadline = t0 + cfg.time_limit_s;
@@ -992,10 +956,8 @@ pub fn plan(
     let (mut solved, mut pruned) = (0usize, 0usize);
     let mut timed_out = false;
     for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
-        // What a split must beat to matter: the incumbent plus the gap.
-        let cutoff = best.as_ref().map(|(obj, _, _)| obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap));
-        if let Some(c) = cutoff {
-            if *lp_bound <= c {
+        if let Some((obj, _, _)) = &best {
+            if *lp_bound <= obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap) {
                 pruned += 1;
                 bound = bound.max(*lp_bound);
                 continue;
@@ -1007,14 +969,10 @@ pub fn plan(
             bound = bound.max(*lp_bound);
             continue;
         }
-        // With an incumbent, the solver may discard whatever cannot beat the cutoff, so a split
-        // that cannot win ends as soon as that is proven (then "infeasible").
-        let opts =
-            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap };
-        let sol = match cutoff {
-            Some(c) => solver.solve_with_cutoff(&built.milp, opts, c)?,
-            None => solver.solve(&built.milp, opts)?,
-        };
+        let sol = solver.solve(
+            &built.milp,
+            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
+        )?;
         solved += 1;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {
@@ -1027,12 +985,7 @@ pub fn plan(
                 timed_out = true;
                 bound = bound.max(*lp_bound);
             }
-            Status::Infeasible => {
-                // Under a cutoff: this split's optimum is at most the cutoff.
-                if let Some(c) = cutoff {
-                    bound = bound.max(lp_bound.min(c));
-                }
-            }
+            Status::Infeasible => {}
         }
     }
     let Some((_, k, x)) = best else {
