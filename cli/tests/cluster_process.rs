@@ -5,7 +5,7 @@
 
 use jigsaw_cli::cluster::{self as local, plan_applied, wait_for, LocalCluster, Operator};
 use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,19 +17,8 @@ fn jigsaw(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-struct Cluster(PathBuf);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Leave nothing running, whatever happened.
-        if let Ok(c) = LocalCluster::load(&self.0) {
-            for n in &c.nodes {
-                let _ = local::signal(n.pid, "KILL");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Cluster;
 
 fn pid_of(dir: &Path, node: &str) -> u32 {
     let c = LocalCluster::load(dir).expect("cluster.json");

@@ -20,18 +20,8 @@ fn jigsaw(args: &[&str]) -> (bool, String, Vec<u8>) {
     (out.status.success(), text, out.stdout)
 }
 
-struct Cluster(PathBuf);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Ok(c) = LocalCluster::load(&self.0) {
-            for n in &c.nodes {
-                let _ = local::signal(n.pid, "KILL");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::Cluster;
 
 const SIX: [&str; 6] = ["resnet50", "resnet101", "densenet121", "mobilenetv2", "vgg16", "bert"];
 
