@@ -192,6 +192,9 @@ pub fn plan_joint(
     let w_s = 1.0 / (f64::from(COMPUTE_SLICES) + 1.0) / (g + 1.0);
     let w_a = w_s / (members.len() as f64 + 1.0);
     let w_k = w_s * opts.keep_weight_slices.clamp(0.0, 0.99);
+    // The shared MILPs (full, then the shedding levels and the settling solve) share one
+    // deadline: twice the planner's limit from the start, since the per-app pre-solves above
+    // each already had a limit of their own.
     let deadline = t0 + cfg.time_limit_s.max(0.0) * 2.0;
 
     // The shared model, parameterised by phase.
