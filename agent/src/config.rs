@@ -87,6 +87,13 @@ pub struct ServeSection {
     /// Run workers inside the agent process instead of `jigsaw worker` processes.
     #[serde(default)]
     pub in_process_workers: bool,
+    /// A worker process holding a batch longer than this multiple of the batch's profiled
+    /// p95 counts as hung and is restarted (default 10).
+    pub batch_timeout_factor: Option<f64>,
+    /// Floor of that limit, ms (default 5000).
+    pub batch_timeout_min_ms: Option<u64>,
+    /// Longest a worker process may take to report ready, ms (default 120000).
+    pub worker_start_timeout_ms: Option<u64>,
 }
 
 /// `[node.tls]`.
@@ -150,6 +157,8 @@ pub struct NodeConfig {
     pub max_in_flight: usize,
     /// Workers run in-process.
     pub in_process_workers: bool,
+    /// When a worker process counts as hung.
+    pub hang: crate::dataplane::worker::HangPolicy,
 }
 
 /// The GPU backend to run.
@@ -272,11 +281,26 @@ impl NodeSection {
         if max_in_flight == 0 {
             return Err(bad("serve.max_in_flight", "must be at least 1".into()));
         }
+        let mut hang = crate::dataplane::worker::HangPolicy::default();
+        if let Some(f) = self.serve.batch_timeout_factor {
+            if !(f.is_finite() && (1.0..=1000.0).contains(&f)) {
+                return Err(bad("serve.batch_timeout_factor", format!("{f} is not between 1 and 1000")));
+            }
+            hang.factor = f;
+        }
+        let ms_in = |key: &str, v: Option<u64>, lo: u64, dflt: std::time::Duration| match v {
+            None => Ok(dflt),
+            Some(ms) if (lo..=3_600_000).contains(&ms) => Ok(std::time::Duration::from_millis(ms)),
+            Some(ms) => Err(bad(key, format!("{ms} ms is not between {lo} and 3600000"))),
+        };
+        hang.min = ms_in("serve.batch_timeout_min_ms", self.serve.batch_timeout_min_ms, 10, hang.min)?;
+        hang.start = ms_in("serve.worker_start_timeout_ms", self.serve.worker_start_timeout_ms, 100, hang.start)?;
         Ok(NodeConfig {
             http,
             grpc,
             executor,
             max_in_flight,
+            hang,
             in_process_workers: self.serve.in_process_workers,
             id: self.id.clone(),
             listen,
@@ -483,10 +507,19 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
         assert_eq!((n.http, n.executor, n.max_in_flight), (None, crate::dataplane::worker::ExecutorKind::Timed, 4096));
         let n = ok(r#"http = "0.0.0.0:8000", executor = "cpu""#).validate("n.toml").expect("valid");
         assert_eq!(n.executor, crate::dataplane::worker::ExecutorKind::Cpu);
+        assert_eq!(n.hang, crate::dataplane::worker::HangPolicy::default());
+        let n = ok("batch_timeout_factor = 4.0, batch_timeout_min_ms = 250, worker_start_timeout_ms = 9000")
+            .validate("n.toml")
+            .expect("valid");
+        let ms = std::time::Duration::from_millis;
+        assert_eq!((n.hang.factor, n.hang.min, n.hang.start), (4.0, ms(250), ms(9000)));
         for (extra, field) in [
             (r#"http = "nowhere""#, "node.serve.http"),
             (r#"executor = "tpu""#, "node.serve.executor"),
             ("max_in_flight = 0", "node.serve.max_in_flight"),
+            ("batch_timeout_factor = 0.5", "node.serve.batch_timeout_factor"),
+            ("batch_timeout_min_ms = 0", "node.serve.batch_timeout_min_ms"),
+            ("worker_start_timeout_ms = 99999999", "node.serve.worker_start_timeout_ms"),
         ] {
             let e = Config::parse(&format!("{NODE}serve = {{ {extra} }}\n"), "n.toml").expect_err(extra).to_string();
             assert!(e.contains(field) && e.contains("n.toml"), "{e}");

@@ -87,16 +87,26 @@ impl LocalCluster {
     }
 }
 
-/// How long an operator request waits for a coordinator to exist (elections take ~1 s).
-pub const OPERATOR_PATIENCE: Duration = Duration::from_secs(5);
+/// How long an operator request keeps trying by default: it waits out an election
+/// (about a second) and a slow commit, and then gives up with what every node said.
+pub const OPERATOR_PATIENCE: Duration = Duration::from_secs(15);
 
-/// An operator's connection to a cluster.
-pub struct Operator {
-    transport: Arc<QuicTransport>,
+/// Longest one node gets to answer one attempt (a Raft commit on a loaded node takes
+/// seconds); never more than what is left of the patience.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Backoff between rounds: doubling from the first to the last value, with jitter.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// An operator's connection to a cluster: a transport (QUIC with the admin certificate, or
+/// the in-memory twin in tests) and the nodes to ask.
+pub struct Operator<T: Transport = QuicTransport> {
+    transport: Arc<T>,
     nodes: Vec<(String, String)>,
+    patience: Duration,
 }
 
-impl Operator {
+impl Operator<QuicTransport> {
     /// Connect with the admin identity of a local cluster directory.
     pub fn for_dir(dir: &Path) -> Result<Operator> {
         let c = LocalCluster::load(dir)?;
@@ -104,52 +114,112 @@ impl Operator {
             tls::Identity::load(&c.ca_dir.join("ca.pem"), &c.ca_dir.join("admin.pem"), &c.ca_dir.join("admin.key"))?;
         let bind: SocketAddr = if c.local { "127.0.0.1:0" } else { "0.0.0.0:0" }.parse()?;
         let node = QuicNode::bind(bind, &id)?;
-        Ok(Operator {
-            transport: QuicTransport::new(node),
-            nodes: c.nodes.into_iter().map(|n| (n.name, n.addr)).collect(),
-        })
+        Ok(Operator::new(QuicTransport::new(node), c.nodes.into_iter().map(|n| (n.name, n.addr)).collect()))
+    }
+}
+
+impl<T: Transport> Operator<T> {
+    /// Ask `nodes` (name, address) over `transport`, with [`OPERATOR_PATIENCE`].
+    pub fn new(transport: Arc<T>, nodes: Vec<(String, String)>) -> Operator<T> {
+        Operator { transport, nodes, patience: OPERATOR_PATIENCE }
     }
 
-    /// Send a request to the coordinator (following redirects from any node). While no
-    /// node is coordinator (an election takes about a second) it asks again, for up to
-    /// [`OPERATOR_PATIENCE`].
+    /// The same operator giving up after `patience`.
+    pub fn with_patience(self, patience: Duration) -> Operator<T> {
+        Operator { patience, ..self }
+    }
+
+    /// Send a request to the coordinator, following redirects from any node. While no node
+    /// can serve it (an election, a partitioned leader that still names itself, dead nodes)
+    /// it asks again in rounds with exponential backoff and jitter, each node's wait capped
+    /// by what is left, and gives up after the patience with every node's last answer.
     pub async fn request(&self, req: ClientRequest) -> Result<ClientReply> {
-        let give_up = Instant::now() + OPERATOR_PATIENCE;
+        let start = tokio::time::Instant::now();
+        let give_up = start + self.patience;
+        let mut backoff = BACKOFF.0;
+        let mut rng = jigsaw_protocol::rng::SplitMix64::new(fnv64(&[&format!("{:?}", std::time::SystemTime::now())]));
+        let mut rounds = 0u32;
+        // Each node's latest answer (a round cut short by the deadline keeps the one before).
+        let mut answers: Vec<(String, String)> = Vec::new();
         loop {
-            match self.request_once(&req).await {
+            rounds += 1;
+            match self.request_once(&req, give_up).await {
                 Ok(r) => return Ok(r),
-                Err(e) if Instant::now() >= give_up => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(said) => {
+                    for (name, what) in said {
+                        match answers.iter_mut().find(|(n, _)| *n == name) {
+                            Some(_) if what.is_empty() => {}
+                            Some(a) => a.1 = what,
+                            None => answers
+                                .push((name, if what.is_empty() { "not asked (out of time)".into() } else { what })),
+                        }
+                    }
+                }
             }
+            let now = tokio::time::Instant::now();
+            if now >= give_up {
+                let last: Vec<String> = answers.iter().map(|(n, a)| format!("{n}: {a}")).collect();
+                bail!(
+                    "no coordinator answered in {:.1} s ({rounds} rounds over {} nodes); last answers: {}",
+                    (now - start).as_secs_f64(),
+                    self.nodes.len(),
+                    if last.is_empty() { "none (no nodes)".to_string() } else { last.join("; ") }
+                );
+            }
+            let jitter = 0.75 + 0.5 * rng.unit();
+            let wait = backoff.mul_f64(jitter).min(give_up - now);
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(BACKOFF.1);
         }
     }
 
-    /// One round: every node once, plus the coordinators they point to (each at most once).
-    async fn request_once(&self, req: &ClientRequest) -> Result<ClientReply> {
+    /// One round: every node once, plus the coordinators they point to (each at most once),
+    /// each waited for no later than `give_up`. The error lists what each node said (empty:
+    /// not asked, out of time).
+    async fn request_once(
+        &self,
+        req: &ClientRequest,
+        give_up: tokio::time::Instant,
+    ) -> Result<ClientReply, Vec<(String, String)>> {
         let mut tried = Vec::new();
         let mut queue: Vec<(String, String)> = self.nodes.clone();
         queue.reverse();
-        let mut last_err = String::from("no nodes");
+        let mut said: Vec<(String, String)> = Vec::new();
         while let Some((name, addr)) = queue.pop() {
             if tried.contains(&name) {
                 continue;
             }
             tried.push(name.clone());
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                said.push((name, String::new()));
+                continue;
+            }
+            // A dead node must not eat the time of the nodes after it: each waits at most
+            // its share of what is left.
+            let share = left / u32::try_from(queue.len() + 1).unwrap_or(u32::MAX);
             let msg = WireMessage::Client(req.clone());
-            match self.transport.request(&name, &addr, msg, Duration::from_secs(10)).await {
-                Ok(WireMessage::ClientReply(ClientReply::NotCoordinator { coordinator })) => {
-                    if let Some(c) = coordinator.filter(|c| !tried.contains(&c.0)) {
-                        queue.push(c);
+            match self.transport.request(&name, &addr, msg, ATTEMPT_TIMEOUT.min(share)).await {
+                Ok(WireMessage::ClientReply(ClientReply::NotCoordinator { coordinator })) => match coordinator {
+                    Some(c) if c.0 == name => said.push((
+                        name,
+                        "names itself coordinator but cannot serve (partitioned from the voters?)".into(),
+                    )),
+                    Some(c) => {
+                        said.push((name, format!("not the coordinator, try {}", c.0)));
+                        if !tried.contains(&c.0) {
+                            queue.push(c);
+                        }
                     }
-                    last_err = format!("{name} is not the coordinator");
-                }
+                    None => said.push((name, "not the coordinator, knows none".into())),
+                },
                 Ok(WireMessage::ClientReply(r)) => return Ok(r),
-                Ok(WireMessage::Error { message, .. }) => last_err = format!("{name}: {message}"),
-                Ok(other) => last_err = format!("{name}: unexpected reply {other:?}"),
-                Err(e) => last_err = format!("{name}: {e}"),
+                Ok(WireMessage::Error { message, .. }) => said.push((name, message)),
+                Ok(other) => said.push((name, format!("unexpected reply {other:?}"))),
+                Err(e) => said.push((name, e.to_string())),
             }
         }
-        bail!("no coordinator answered ({last_err})")
+        Err(said)
     }
 
     /// The cluster status.
@@ -610,7 +680,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             launcher: Some(if node.in_process_workers {
                 Arc::new(InProcessLauncher(node.executor)) as Arc<dyn Launcher>
             } else {
-                Arc::new(ProcessLauncher::new(std::env::current_exe()?, node.executor))
+                Arc::new(ProcessLauncher::new(std::env::current_exe()?, node.executor).with_hang(node.hang))
             }),
             max_in_flight: node.max_in_flight,
         };

@@ -6,7 +6,9 @@ use jigsaw_agent::core::batch::{DropReason, QueueConfig};
 use jigsaw_agent::core::netsim::LinkConfig;
 use jigsaw_agent::dataplane::plane::{stage_handler, DataPlane, LocalPlane, PlaneConfig, Segments};
 use jigsaw_agent::dataplane::pool::{Item, Pool};
-use jigsaw_agent::dataplane::worker::{ExecutorKind, InProcessLauncher, ProcessWorker, WorkerConn, WorkerSpec};
+use jigsaw_agent::dataplane::worker::{
+    ExecutorKind, HangPolicy, InProcessLauncher, ProcessWorker, WorkerConn, WorkerError, WorkerSpec,
+};
 use jigsaw_agent::dataplane::{Inference, ServeError};
 use jigsaw_agent::transport::net::{SimHub, SimTransport};
 use jigsaw_protocol::app::{AppSpec, ModelDesc};
@@ -317,6 +319,46 @@ fn profile_writes_the_csv_and_resumes() {
         jigsaw_protocol::ProfileTable::parse_csv(&std::fs::read_to_string(&out).expect("csv"), "x").expect("parses");
     assert_eq!(again.len(), 8);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A worker process that hangs without exiting (stopped with SIGSTOP while it holds a
+/// batch) is killed once the batch exceeds its limit (factor × profiled p95, at least the
+/// floor): the batch fails as a crash (so the pool retries it elsewhere), the supervisor
+/// starts a new process, and that one serves. Before the hang guard the batch never
+/// returned and the replica stayed busy forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_worker_is_killed_and_restarted() {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jigsaw"));
+    // Profiled p95 of 2 ms: the limit is the 300 ms floor.
+    let s = spec(ExecutorKind::Timed, vec![(1, 2.0, 1.5), (8, 4.0, 3.0)]);
+    let hang = HangPolicy { factor: 10.0, min: Duration::from_millis(300), start: Duration::from_secs(60) };
+    let w = ProcessWorker::start_with(exe, &s, None, hang);
+    w.run(vec![vec![1.0]]).await.expect("the worker serves");
+    let pid = w.pid().expect("a process runs");
+    let st = std::process::Command::new("kill").arg("-STOP").arg(pid.to_string()).status().expect("run kill");
+    assert!(st.success(), "kill -STOP {pid}");
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), w.run(vec![vec![2.0]]))
+        .await
+        .expect("a hung worker's batch must be answered, not held forever");
+    match out {
+        Err(WorkerError::Crashed(why)) => assert!(why.contains("hung"), "says why: {why}"),
+        other => panic!("expected a crash for the hung batch, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the limit: {:?}", started.elapsed());
+    wait_until("a restart", || w.restarts() == 1 && w.pid().is_some_and(|p| p != pid)).await;
+    // The new process serves (it may still be starting: it answers Unavailable until then).
+    let t = std::time::Instant::now();
+    loop {
+        match w.run(vec![vec![3.0]]).await {
+            Ok(o) => break assert_eq!(o.len(), 1),
+            Err(WorkerError::Unavailable(_)) if t.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("the restarted worker must serve: {e}"),
+        }
+    }
+    assert_eq!(w.restarts(), 1, "one restart: the new worker is not mistaken for hung");
 }
 
 /// A worker process runs the CPU executor on the variant's layer graph: outputs match the

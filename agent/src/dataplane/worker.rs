@@ -15,6 +15,10 @@
 //!   [`WorkerError::Crashed`] (never silently) and the child is restarted with backoff.
 //!   [`InProcessWorker`] is its in-memory twin (same executors, no process), used by the
 //!   in-process cluster simulation and unit tests.
+//! * [`HangPolicy`] and [`HangWatch`]: a worker that holds a batch far longer than its
+//!   profile says (or never reports ready) without exiting counts as hung; its supervisor
+//!   kills it, which fails the batch like a crash, and restarts it. The watch is a pure
+//!   state machine with time passed in; the supervisor only executes it.
 
 use crate::transport::net::BoxFuture;
 use jigsaw_kernels::{CpuExecutor, Executor, KernelError, Model};
@@ -294,6 +298,134 @@ pub enum WorkerError {
     Exec(String),
 }
 
+/// When a worker that holds a batch and answers nothing counts as hung.
+///
+/// A batch of `n` items may run `factor ×` the profiled p95 latency of batch size `n`
+/// (interpolated over the worker's curve), and never less than `min`; a worker that has
+/// not reported ready `start` after it was spawned is hung too. The clock of a batch
+/// starts when the worker could begin it: once it is ready and the batches before it are
+/// done (batches queue in the worker's pipe).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HangPolicy {
+    /// Multiple of the profiled p95 a batch may take.
+    pub factor: f64,
+    /// Floor of a batch's limit (covers a noisy host and first-batch warm-up).
+    pub min: Duration,
+    /// Longest a worker may take from spawn to ready.
+    pub start: Duration,
+}
+
+impl Default for HangPolicy {
+    fn default() -> Self {
+        HangPolicy { factor: 10.0, min: Duration::from_secs(5), start: Duration::from_secs(120) }
+    }
+}
+
+/// Longest any limit gets, whatever a profile says (a hostile or broken curve must not
+/// turn the guard off).
+const HANG_CAP: Duration = Duration::from_secs(3600);
+
+impl HangPolicy {
+    /// How long a batch of `n` items may run on a worker with profile `curve`.
+    pub fn batch_limit(&self, curve: &[(u32, f64, f64)], n: u32) -> Duration {
+        let pts: Vec<(u32, f64)> = curve.iter().map(|&(b, p95, _)| (b, p95)).collect();
+        let p95_ms = batch_latency(&pts, n.max(1)).filter(|v| v.is_finite() && *v > 0.0).unwrap_or(0.0);
+        let ms = (p95_ms * self.factor).clamp(0.0, HANG_CAP.as_secs_f64() * 1e3);
+        Duration::from_secs_f64(ms / 1e3).max(self.min).min(HANG_CAP)
+    }
+}
+
+/// What one worker child holds and since when, deciding when it counts as hung. Pure:
+/// every call takes the time.
+#[derive(Debug, Clone)]
+pub struct HangWatch {
+    policy: HangPolicy,
+    curve: Vec<(u32, f64, f64)>,
+    spawned: Instant,
+    ready: bool,
+    /// In-flight batches (id → items), oldest first.
+    batches: std::collections::BTreeMap<u64, u32>,
+    /// When the oldest in-flight batch could start running.
+    since: Option<Instant>,
+}
+
+/// Why a watch says its worker is hung.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hung {
+    /// Not ready this long after spawn.
+    NotReady(Duration),
+    /// A batch of `items` ran longer than `limit`.
+    Batch {
+        /// Items in the batch.
+        items: u32,
+        /// Its limit.
+        limit: Duration,
+    },
+}
+
+impl std::fmt::Display for Hung {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hung::NotReady(d) => write!(f, "worker hung: not ready {} ms after it started", d.as_millis()),
+            Hung::Batch { items, limit } => write!(
+                f,
+                "worker hung: a batch of {items} ran longer than its limit of {} ms (the profile's p95 × factor, at least the floor)",
+                limit.as_millis()
+            ),
+        }
+    }
+}
+
+impl HangWatch {
+    /// A watch for a child spawned at `now`.
+    pub fn new(policy: HangPolicy, curve: Vec<(u32, f64, f64)>, now: Instant) -> HangWatch {
+        HangWatch { policy, curve, spawned: now, ready: false, batches: Default::default(), since: None }
+    }
+
+    /// The worker reported ready.
+    pub fn ready(&mut self, now: Instant) {
+        if !self.ready {
+            self.ready = true;
+            if !self.batches.is_empty() {
+                self.since = Some(now);
+            }
+        }
+    }
+
+    /// Batch `id` of `items` was written to the worker.
+    pub fn sent(&mut self, id: u64, items: u32, now: Instant) {
+        if self.batches.is_empty() && self.ready {
+            self.since = Some(now);
+        }
+        self.batches.insert(id, items);
+    }
+
+    /// Batch `id` was answered.
+    pub fn done(&mut self, id: u64, now: Instant) {
+        let oldest = self.batches.keys().next().copied();
+        self.batches.remove(&id);
+        if oldest == Some(id) {
+            self.since = (!self.batches.is_empty() && self.ready).then_some(now);
+        }
+    }
+
+    /// When the worker counts as hung if nothing changes, and why; `None` while it owes
+    /// nothing.
+    pub fn deadline(&self) -> Option<(Instant, Hung)> {
+        if !self.ready {
+            return Some((self.spawned + self.policy.start, Hung::NotReady(self.policy.start)));
+        }
+        let (&_, &items) = self.batches.iter().next()?;
+        let limit = self.policy.batch_limit(&self.curve, items);
+        Some((self.since? + limit, Hung::Batch { items, limit }))
+    }
+
+    /// Whether the worker is hung at `now`, and why.
+    pub fn check(&self, now: Instant) -> Option<Hung> {
+        self.deadline().filter(|(at, _)| now >= *at).map(|(_, why)| why)
+    }
+}
+
 /// How the agent talks to one worker.
 pub trait WorkerConn: Send + Sync + 'static {
     /// Run a batch.
@@ -380,7 +512,14 @@ type Job = (Vec<Vec<f32>>, oneshot::Sender<BatchResult>);
 /// A batch's outputs, or why it did not run.
 type BatchResult = Result<Vec<Vec<f32>>, WorkerError>;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<Vec<f32>>, WorkerError>>>>>;
+/// A child's batches in flight (their replies) and its hang watch, shared by the reader of
+/// its stdout and the writer of its stdin (one task; the lock is never held across an await).
+struct InFlight {
+    replies: HashMap<u64, oneshot::Sender<BatchResult>>,
+    watch: HangWatch,
+}
+
+type Pending = Arc<Mutex<InFlight>>;
 
 /// A supervised `jigsaw worker` child process.
 pub struct ProcessWorker {
@@ -406,6 +545,16 @@ impl ProcessWorker {
     /// Start a worker whose supervisor first runs `prepare` on a blocking thread (the MPS
     /// daemon start), so the caller (an actor, under no lock) never waits on it.
     pub fn start_after(exe: PathBuf, spec: &WorkerSpec, prepare: Option<Box<dyn FnOnce() + Send>>) -> ProcessWorker {
+        Self::start_with(exe, spec, prepare, HangPolicy::default())
+    }
+
+    /// [`ProcessWorker::start_after`] with the hang policy `hang`.
+    pub fn start_with(
+        exe: PathBuf,
+        spec: &WorkerSpec,
+        prepare: Option<Box<dyn FnOnce() + Send>>,
+        hang: HangPolicy,
+    ) -> ProcessWorker {
         let (tx, rx) = mpsc::unbounded_channel();
         let restarts = Arc::new(AtomicU32::new(0));
         let pid = Arc::new(AtomicU32::new(0));
@@ -414,7 +563,7 @@ impl ProcessWorker {
             if let Some(f) = prepare {
                 let _ = tokio::task::spawn_blocking(f).await;
             }
-            supervise(exe, spec, rx, r, p).await
+            supervise(exe, spec, hang, rx, r, p).await
         });
         ProcessWorker { jobs: tx, restarts, pid, supervisor }
     }
@@ -442,6 +591,7 @@ impl WorkerConn for ProcessWorker {
 async fn supervise(
     exe: PathBuf,
     spec: WorkerSpec,
+    hang: HangPolicy,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     restarts: Arc<AtomicU32>,
     pid: Arc<AtomicU32>,
@@ -464,7 +614,8 @@ async fn supervise(
             Err(e) => format!("spawn {}: {e}", exe.display()),
             Ok(mut child) => {
                 pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
-                let why = run_child(&mut child, &mut jobs, &next_batch).await;
+                let watch = HangWatch::new(hang, spec.curve.clone(), started);
+                let why = run_child(&mut child, &mut jobs, &next_batch, watch).await;
                 pid.store(0, Ordering::Relaxed);
                 let _ = child.start_kill();
                 let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
@@ -495,23 +646,22 @@ async fn supervise(
     }
 }
 
-/// Serve jobs to one child until it dies; every batch in flight then fails with `Crashed`.
+/// Serve jobs to one child until it dies or hangs; every batch in flight then fails with
+/// `Crashed` (the caller kills the child and restarts it).
 async fn run_child(
     child: &mut tokio::process::Child,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     next_batch: &AtomicU64,
+    watch: HangWatch,
 ) -> String {
     let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return "no pipes to the worker".into();
     };
-    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-    let fail_all = |pending: &Pending, why: &str| {
-        for (_, tx) in pending.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            let _ = tx.send(Err(WorkerError::Crashed(why.to_string())));
-        }
-    };
+    let pending: Pending = Arc::new(Mutex::new(InFlight { replies: HashMap::new(), watch }));
+    // The reader pokes this when the watch's deadline may have moved.
+    let moved = Arc::new(tokio::sync::Notify::new());
     let reader = {
-        let pending = pending.clone();
+        let (pending, moved) = (pending.clone(), moved.clone());
         async move {
             loop {
                 let mut header = [0u8; jigsaw_protocol::wire::HEADER_LEN];
@@ -529,12 +679,21 @@ async fn run_child(
                 }
                 match worker::decode(&frame) {
                     Ok((WorkerMessage::Done { batch, result, .. }, _)) => {
-                        let tx = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch);
+                        let tx = {
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            p.watch.done(batch, Instant::now());
+                            p.replies.remove(&batch)
+                        };
+                        moved.notify_one();
                         if let Some(tx) = tx {
                             let _ = tx.send(result.map_err(WorkerError::Exec));
                         }
                     }
-                    Ok((WorkerMessage::Ready { executor }, _)) => tracing::debug!(%executor, "worker ready"),
+                    Ok((WorkerMessage::Ready { executor }, _)) => {
+                        tracing::debug!(%executor, "worker ready");
+                        pending.lock().unwrap_or_else(|e| e.into_inner()).watch.ready(Instant::now());
+                        moved.notify_one();
+                    }
                     Ok((other, _)) => return format!("unexpected frame from worker: {other:?}"),
                     Err(e) => return format!("bad frame from worker: {e}"),
                 }
@@ -543,23 +702,45 @@ async fn run_child(
     };
     tokio::pin!(reader);
     let why = loop {
+        let deadline = pending.lock().unwrap_or_else(|e| e.into_inner()).watch.deadline();
+        let hang_timer = async {
+            match &deadline {
+                Some((at, _)) => tokio::time::sleep_until((*at).into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             why = &mut reader => break why,
+            () = moved.notified() => {}
+            () = hang_timer => {
+                let hung = pending.lock().unwrap_or_else(|e| e.into_inner()).watch.check(Instant::now());
+                if let Some(hung) = hung {
+                    break hung.to_string();
+                }
+            }
             job = jobs.recv() => {
                 let Some((inputs, reply)) = job else { break "stopped".to_string() };
                 let batch = next_batch.fetch_add(1, Ordering::Relaxed);
+                let items = u32::try_from(inputs.len()).unwrap_or(u32::MAX);
                 let frame = match worker::encode(&WorkerMessage::Job { batch, inputs }) {
                     Ok(f) => f,
                     Err(e) => { let _ = reply.send(Err(WorkerError::Exec(e.to_string()))); continue; }
                 };
-                pending.lock().unwrap_or_else(|p| p.into_inner()).insert(batch, reply);
+                {
+                    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    p.replies.insert(batch, reply);
+                    p.watch.sent(batch, items, Instant::now());
+                }
                 if let Err(e) = stdin.write_all(&frame).await {
                     break format!("worker input closed: {e}");
                 }
             }
         }
     };
-    fail_all(&pending, &why);
+    let owed: Vec<_> = pending.lock().unwrap_or_else(|e| e.into_inner()).replies.drain().collect();
+    for (_, tx) in owed {
+        let _ = tx.send(Err(WorkerError::Crashed(why.clone())));
+    }
     why
 }
 
@@ -626,12 +807,19 @@ pub struct ProcessLauncher {
     pub kind: ExecutorKind,
     /// Devices whose MPS daemon this launcher started.
     pub mps_started: Arc<Mutex<Vec<String>>>,
+    /// When a worker counts as hung (then it is killed and restarted).
+    pub hang: HangPolicy,
 }
 
 impl ProcessLauncher {
-    /// A launcher of `exe worker` processes running `kind`.
+    /// A launcher of `exe worker` processes running `kind`, with the default hang policy.
     pub fn new(exe: PathBuf, kind: ExecutorKind) -> ProcessLauncher {
-        ProcessLauncher { exe, kind, mps_started: Arc::default() }
+        ProcessLauncher { exe, kind, mps_started: Arc::default(), hang: HangPolicy::default() }
+    }
+
+    /// The same launcher with hang policy `hang`.
+    pub fn with_hang(self, hang: HangPolicy) -> ProcessLauncher {
+        ProcessLauncher { hang, ..self }
     }
 }
 
@@ -667,7 +855,7 @@ impl Launcher for ProcessLauncher {
             }
             _ => None,
         };
-        Arc::new(ProcessWorker::start_after(self.exe.clone(), spec, prepare))
+        Arc::new(ProcessWorker::start_with(self.exe.clone(), spec, prepare, self.hang))
     }
     fn executor(&self) -> ExecutorKind {
         self.kind
@@ -677,6 +865,50 @@ impl Launcher for ProcessLauncher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn batch_limit_scales_the_profile_with_a_floor_and_a_cap() {
+        let p = HangPolicy { factor: 10.0, min: ms(100), start: ms(1000) };
+        let curve = vec![(1, 5.0, 4.0), (8, 20.0, 15.0)];
+        assert_eq!(p.batch_limit(&curve, 1), ms(100), "10 × 5 ms is under the floor");
+        assert_eq!(p.batch_limit(&curve, 8), ms(200));
+        assert_eq!(p.batch_limit(&[], 4), ms(100), "no profile: the floor");
+        assert_eq!(p.batch_limit(&[(1, f64::NAN, 1.0)], 1), ms(100), "a broken profile: the floor");
+        assert_eq!(p.batch_limit(&[(1, 1e300, 1.0)], 1), HANG_CAP, "an absurd profile: the cap");
+    }
+
+    #[test]
+    fn hang_watch_counts_from_when_a_batch_could_run() {
+        let p = HangPolicy { factor: 10.0, min: ms(100), start: ms(1000) };
+        let t0 = Instant::now();
+        let mut w = HangWatch::new(p, vec![(1, 1.0, 1.0)], t0);
+        // Not ready yet: only the start limit applies, even with a batch queued in the pipe.
+        w.sent(1, 1, t0 + ms(10));
+        assert_eq!(w.check(t0 + ms(999)), None);
+        assert_eq!(w.check(t0 + ms(1000)), Some(Hung::NotReady(ms(1000))));
+        // Ready at 500 ms: the queued batch's clock starts then.
+        let mut w = HangWatch::new(p, vec![(1, 1.0, 1.0)], t0);
+        w.sent(1, 1, t0 + ms(10));
+        w.ready(t0 + ms(500));
+        assert_eq!(w.check(t0 + ms(599)), None);
+        assert_eq!(w.check(t0 + ms(600)), Some(Hung::Batch { items: 1, limit: ms(100) }));
+        // A second batch waits behind the first: its clock starts when the first is done.
+        w.sent(2, 1, t0 + ms(550));
+        w.done(1, t0 + ms(590));
+        assert_eq!(w.check(t0 + ms(689)), None);
+        assert!(w.check(t0 + ms(690)).is_some());
+        // Nothing owed: never hung.
+        w.done(2, t0 + ms(600));
+        assert_eq!(w.deadline(), None);
+        assert_eq!(w.check(t0 + ms(1_000_000)), None);
+        // An answer for an unknown batch changes nothing.
+        w.done(7, t0 + ms(700));
+        assert_eq!(w.deadline(), None);
+    }
 
     #[test]
     fn mps_environment_is_per_device() {
