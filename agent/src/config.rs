@@ -316,7 +316,9 @@ impl NodeSection {
         let idle_timeout = match self.serve.idle_timeout_s {
             None => std::time::Duration::from_secs(30),
             Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => std::time::Duration::from_secs_f64(s),
-            Some(s) => return Err(bad("serve.idle_timeout_s", format!("must be a number of seconds in (0, 86400], got {s}"))),
+            Some(s) => {
+                return Err(bad("serve.idle_timeout_s", format!("must be a number of seconds in (0, 86400], got {s}")))
+            }
         };
         if self.serve.http_tls.is_some() && http.is_none() {
             return Err(bad("serve.http_tls", "needs serve.http (the address to serve HTTPS on)".into()));
@@ -537,7 +539,10 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
         assert_eq!((n.http, n.executor, n.max_in_flight), (None, crate::dataplane::worker::ExecutorKind::Timed, 4096));
         let n = ok(r#"http = "0.0.0.0:8000", executor = "cpu""#).validate("n.toml").expect("valid");
         assert_eq!(n.executor, crate::dataplane::worker::ExecutorKind::Cpu);
-        assert_eq!((n.max_connections, n.idle_timeout, n.tokens, n.http_tls), (1024, Duration::from_secs(30), None, None));
+        assert_eq!(
+            (n.max_connections, n.idle_timeout, n.tokens, n.http_tls),
+            (1024, Duration::from_secs(30), None, None)
+        );
         let all = r#"http = "0.0.0.0:8000", max_connections = 8, idle_timeout_s = 2.5, tokens = "/t", http_tls = { cert = "c.pem", key = "k.pem" }"#;
         let n = ok(all).validate("n.toml").expect("valid");
         assert_eq!((n.max_connections, n.idle_timeout), (8, Duration::from_millis(2500)));

@@ -714,7 +714,8 @@ async fn bearer_tokens_guard_inference_and_metadata_but_not_health() {
     }
     // Guarded: no token, a wrong one, another scheme.
     let infer_url = format!("{b}/v2/models/det/infer");
-    for headers in [vec![], vec![("authorization", auth("not-a-listed-token-000"))], vec![("authorization", "Basic eDp5".into())]]
+    for headers in
+        [vec![], vec![("authorization", auth("not-a-listed-token-000"))], vec![("authorization", "Basic eDp5".into())]]
     {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         for (method, url, body) in [
@@ -727,7 +728,11 @@ async fn bearer_tokens_guard_inference_and_metadata_but_not_health() {
             assert_error(&a, 401, "unauthorized");
             let challenge = a.headers.get(header::WWW_AUTHENTICATE).expect("WWW-Authenticate").to_str().expect("ascii");
             assert!(challenge.starts_with("Bearer"), "{challenge}");
-            assert_eq!(challenge.contains("invalid_token"), h.iter().any(|(_, v)| v.starts_with("Bearer")), "{challenge}");
+            assert_eq!(
+                challenge.contains("invalid_token"),
+                h.iter().any(|(_, v)| v.starts_with("Bearer")),
+                "{challenge}"
+            );
         }
     }
     assert_eq!(fake.calls.load(Ordering::SeqCst), 0, "no unauthorized request reached the service");
@@ -764,7 +769,9 @@ async fn bearer_tokens_guard_inference_and_metadata_but_not_health() {
 }
 
 /// A CA and a `localhost` certificate it signed, written as PEM files; the CA certificate.
-fn https_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, rustls::pki_types::CertificateDer<'static>) {
+fn https_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, rustls::pki_types::CertificateDer<'static>) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -797,7 +804,8 @@ async fn https_serves_a_client_with_the_ca_and_refuses_plain_http() {
     let (cert, key, ca) = https_files(&dir.0);
     let tls = http::tls_config(&cert, &key).expect("tls config");
     let fake = Fake::new(vec![Behaviour::Ok], 100.0);
-    let srv = Server::start_with(Arc::new(Svc(fake.clone())), limits(), HttpSecurity { tokens: None, tls: Some(tls) }).await;
+    let srv =
+        Server::start_with(Arc::new(Svc(fake.clone())), limits(), HttpSecurity { tokens: None, tls: Some(tls) }).await;
     let addr = srv.base.trim_start_matches("http://").to_string();
 
     let mut roots = rustls::RootCertStore::empty();
@@ -859,7 +867,9 @@ async fn keep_alive_get(s: &mut tokio::net::TcpStream, path: &str) -> String {
     let head = String::from_utf8_lossy(&buf).to_string();
     let len = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     let _ = s.read_exact(&mut body).await;
@@ -970,7 +980,8 @@ async fn a_stalled_body_is_closed_after_the_idle_timeout() {
     assert!(t0.elapsed() >= Duration::from_millis(250), "closed before the idle timeout: {:?}", t0.elapsed());
     // A request that is being computed is not idle: a slow answer (2 s, idle 300 ms) arrives.
     let slow = Fake::new(vec![Behaviour::Slow(Duration::from_secs(2))], 60_000.0);
-    let srv2 = Server::start(Arc::new(Svc(slow)), HttpLimits { idle_timeout: Duration::from_millis(300), ..limits() }).await;
+    let srv2 =
+        Server::start(Arc::new(Svc(slow)), HttpLimits { idle_timeout: Duration::from_millis(300), ..limits() }).await;
     let a = infer(&client(), &srv2.base, &[], VALID).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     srv.stop().await;

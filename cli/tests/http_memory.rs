@@ -56,9 +56,15 @@ fn sixteen_concurrent_32_mb_bodies_keep_the_agent_under_300_mb() {
     let dir = std::env::temp_dir().join(format!("jigsaw-http-mem-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.to_str().expect("utf-8 path");
-    let out = Command::new(JIGSAW).args(["up", "--nodes", "1", "--gpus-per-node", "2", "--dir", d]).output().expect("up");
+    let out =
+        Command::new(JIGSAW).args(["up", "--nodes", "1", "--gpus-per-node", "2", "--dir", d]).output().expect("up");
     let _guard = Cluster(dir.clone());
-    assert!(out.status.success(), "jigsaw up: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "jigsaw up: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cluster = LocalCluster::load(&dir).expect("cluster.json");
     let node = &cluster.nodes[0];
     let addr = node.http.as_deref().expect("HTTP API").trim_start_matches("http://").to_string();
@@ -85,7 +91,9 @@ fn sixteen_concurrent_32_mb_bodies_keep_the_agent_under_300_mb() {
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     let t0 = Instant::now();
                     let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-                    s.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("w");
+                    s.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                        .await
+                        .expect("w");
                     let mut out = Vec::new();
                     let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
                     assert!(out.starts_with(b"HTTP/1.1 200"), "health: {}", String::from_utf8_lossy(&out));
@@ -111,12 +119,23 @@ fn sixteen_concurrent_32_mb_bodies_keep_the_agent_under_300_mb() {
         (answers, probe.await.expect("probe"))
     });
     let peak = peak_rss(pid);
-    println!("agent VmHWM before {} MB, after 16 bodies {} MB; health: {} probes, slowest {:?}", before >> 20, peak >> 20, health.1, health.0);
+    println!(
+        "agent VmHWM before {} MB, after 16 bodies {} MB; health: {} probes, slowest {:?}",
+        before >> 20,
+        peak >> 20,
+        health.1,
+        health.0
+    );
     for (matching, a) in &answers {
         assert!(a.starts_with("HTTP/1.1 400"), "every body is refused as bad input: {}", &a[..a.len().min(400)]);
         let want = if *matching { "inputs[0].shape" } else { "has more than 768 elements" };
         assert!(a.contains(want), "{want}: {}", &a[..a.len().min(400)]);
     }
     assert!(peak < 300 << 20, "the agent's peak RSS reached {} MB", peak >> 20);
-    assert!(health.1 >= 1 && health.0 < Duration::from_secs(5), "health probe: {} answers, slowest {:?}", health.1, health.0);
+    assert!(
+        health.1 >= 1 && health.0 < Duration::from_secs(5),
+        "health probe: {} answers, slowest {:?}",
+        health.1,
+        health.0
+    );
 }

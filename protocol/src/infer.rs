@@ -23,8 +23,8 @@
 mod data;
 mod json;
 
-pub use data::TensorData;
 use data::Elem;
+pub use data::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -235,9 +235,10 @@ pub fn parse_infer_request_bounded(
                 if json_len.is_none() {
                     return Err(err(field, format!("needs the {BINARY_HEADER} header")));
                 }
-                let n = usize::try_from(n).ok().filter(|n| *n <= binary.len()).ok_or_else(|| {
-                    err(&field, format!("{n} is more than the {} bytes left", binary.len()))
-                })?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= binary.len())
+                    .ok_or_else(|| err(&field, format!("{n} is more than the {} bytes left", binary.len())))?;
                 let (raw, rest) = binary.split_at(n);
                 binary = rest;
                 let per = TensorData::element_memory(&h.datatype).unwrap_or(8) as u64;
@@ -482,7 +483,8 @@ mod tests {
         let e = parse_infer_request_bounded(body, None, 8_004).unwrap_err();
         assert!(e.message.contains("has 1 elements"), "{e}");
         // Strings are charged by their length too.
-        let s = format!(r#"{{"inputs":[{{"name":"a","shape":[1],"datatype":"BYTES","data":["{}"]}}]}}"#, "x".repeat(100));
+        let s =
+            format!(r#"{{"inputs":[{{"name":"a","shape":[1],"datatype":"BYTES","data":["{}"]}}]}}"#, "x".repeat(100));
         assert!(parse_infer_request_bounded(s.as_bytes(), None, 24 + 100).is_ok());
         assert!(parse_infer_request_bounded(s.as_bytes(), None, 24 + 99).is_err());
     }

@@ -265,7 +265,8 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].name, "line 3");
         assert_eq!(e[1], Entry { name: "ci".into(), hash: sha256(b"the-hashed-secret-0001") });
-        for (text, line) in [("short\n", 1), ("ok-token-000000001\nhas space here\n", 2), (&format!("a:{h}\na:{h}\n"), 2)]
+        for (text, line) in
+            [("short\n", 1), ("ok-token-000000001\nhas space here\n", 2), (&format!("a:{h}\na:{h}\n"), 2)]
         {
             let err = parse(text, p).expect_err(text).to_string();
             assert!(err.starts_with(&format!("t.tokens:{line}: ")), "{err}");

@@ -46,7 +46,9 @@ impl GrpcApi {
     fn authorize<T>(&self, r: &Request<T>) -> Result<(), Status> {
         let Some(tokens) = &self.tokens else { return Ok(()) };
         let header = r.metadata().get("authorization").map(|v| v.as_bytes());
-        auth::check(tokens, header).map(|_| ()).map_err(|d| Status::unauthenticated(format!("unauthorized: {}", d.message())))
+        auth::check(tokens, header)
+            .map(|_| ())
+            .map_err(|d| Status::unauthenticated(format!("unauthorized: {}", d.message())))
     }
 }
 

@@ -667,7 +667,11 @@ fn parse_binary_header(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
 /// Reserve `bytes` of body memory (at least one, at most all of it), waiting for it.
 async fn reserve(api: &Api, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
     let n = bytes.clamp(1, api.memory_total) as u32;
-    api.memory.clone().acquire_many_owned(n).await.map_err(|_| ApiError::from(ServeError::Unavailable("stopping".into())))
+    api.memory
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .map_err(|_| ApiError::from(ServeError::Unavailable("stopping".into())))
 }
 
 /// Read the body (at most `max` bytes). Past [`SMALL_BODY`] bytes (declared, or found while

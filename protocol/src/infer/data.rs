@@ -166,7 +166,8 @@ impl<'de> Deserialize<'de> for TensorData {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TensorData, A::Error> {
                 let mut out = TensorData::Int(Vec::new());
                 while let Some(x) = seq.next_element::<serde_json::Value>()? {
-                    out = push_inferred(out, &x).ok_or_else(|| de::Error::custom(format!("element {x} does not fit")))?;
+                    out =
+                        push_inferred(out, &x).ok_or_else(|| de::Error::custom(format!("element {x} does not fit")))?;
                 }
                 Ok(out)
             }

@@ -87,10 +87,9 @@ impl Ctx {
     pub(crate) fn charge<E: de::Error>(&self, field: &str, bytes: u64) -> Result<(), E> {
         let left = self.left.get();
         if bytes > left {
-            return Err(self.fail(
-                field,
-                format!("decodes to more than the {left} bytes of memory this request may still use"),
-            ));
+            return Err(
+                self.fail(field, format!("decodes to more than the {left} bytes of memory this request may still use"))
+            );
         }
         self.left.set(left - bytes);
         Ok(())
@@ -336,7 +335,10 @@ impl<'de> Visitor<'de> for Input<'_, '_> {
         let ctx = self.ctx;
         let f = |k: &str| format!("inputs[{}].{k}", self.i);
         let (mut name, mut shape, mut datatype, mut binary, mut source) = (None, None, None, None, None);
-        let need_of = |shape: &[u64]| elements(shape).ok_or_else(|| ctx.fail::<A::Error>(f("shape"), format!("more than {MAX_ELEMENTS} elements")));
+        let need_of = |shape: &[u64]| {
+            elements(shape)
+                .ok_or_else(|| ctx.fail::<A::Error>(f("shape"), format!("more than {MAX_ELEMENTS} elements")))
+        };
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "name" => match map.next_value::<Shallow>()? {
@@ -426,9 +428,7 @@ impl<'de> Visitor<'de> for Shape<'_> {
             match d {
                 Shallow::U(n) if dims.len() < MAX_DIMS => dims.push(n),
                 Shallow::U(_) => return Err(self.ctx.fail(self.field, format!("more than {MAX_DIMS} dimensions"))),
-                d => {
-                    return Err(self.ctx.fail(self.field, format!("dimension {d} is not a non-negative integer")))
-                }
+                d => return Err(self.ctx.fail(self.field, format!("dimension {d} is not a non-negative integer"))),
             }
         }
         Ok(dims)
@@ -620,7 +620,9 @@ impl<'c> Sink<'c> {
     fn push<E: de::Error>(&mut self, x: Elem<'_>) -> Result<(), E> {
         if self.buf.len() as u64 >= self.need {
             let (need, shape) = (self.need, self.shape);
-            return Err(self.ctx.fail(self.field, format!("has more than {need} elements but shape {shape:?} needs {need}")));
+            return Err(self
+                .ctx
+                .fail(self.field, format!("has more than {need} elements but shape {shape:?} needs {need}")));
         }
         let ok = match (&mut self.buf, x) {
             (TensorData::Bool(v), Elem::Bool(b)) => {
