@@ -34,8 +34,9 @@
 //! * A connection waiting for a request header (a new one, or a keep-alive one between
 //!   requests: hyper starts that timer as soon as it waits) is closed after
 //!   [`HttpLimits::header_read_timeout`]. One on which no byte moves for
-//!   [`HttpLimits::idle_timeout`] while its request is not being computed (a stalled body,
-//!   a client that stops reading its answer) is closed too.
+//!   [`HttpLimits::idle_timeout`] while the server is not working on its request (waiting
+//!   for body memory, parsing, computing) is closed too: a stalled body, a client that stops
+//!   reading its answer.
 //! * A body over [`SMALL_BODY`] bytes first reserves room for itself and for what it decodes
 //!   to ([`DECODE_FACTOR`] times its length) from [`HttpLimits::body_memory_bytes`], waiting
 //!   (within its deadline) while other large bodies hold it; it is then read, parsed on the
@@ -118,8 +119,8 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Connections open at once; one more is refused (503) and closed.
     pub max_connections: usize,
-    /// A connection on which no byte moves this long, while its request is not being
-    /// computed, is closed.
+    /// A connection on which no byte moves this long, while the server is not working on
+    /// its request (waiting for body memory, parsing, computing), is closed.
     pub idle_timeout: Duration,
     /// Memory for bodies over [`SMALL_BODY`] and their decoded tensors, bytes, across all
     /// requests; a large body waits for its share before it is read.
@@ -664,8 +665,10 @@ fn parse_binary_header(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     })
 }
 
-/// Reserve `bytes` of body memory (at least one, at most all of it), waiting for it.
-async fn reserve(api: &Api, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+/// Reserve `bytes` of body memory (at least one, at most all of it), waiting for it. The
+/// wait is the server's, not the client's: the connection does not count as idle meanwhile.
+async fn reserve(api: &Api, bytes: usize, conn: Option<&Arc<Activity>>) -> Result<OwnedSemaphorePermit, ApiError> {
+    let _waiting = conn.map(Computing::new);
     let n = bytes.clamp(1, api.memory_total) as u32;
     api.memory
         .clone()
@@ -682,12 +685,13 @@ async fn read_body(
     mut body: Body,
     max: usize,
     declared: Option<usize>,
+    conn: Option<&Arc<Activity>>,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), ApiError> {
     let mut memory = None;
     let mut buf = Vec::new();
     if let Some(n) = declared {
         if n > SMALL_BODY {
-            memory = Some(reserve(api, n.saturating_mul(DECODE_FACTOR)).await?);
+            memory = Some(reserve(api, n.saturating_mul(DECODE_FACTOR), conn).await?);
         }
         buf.reserve_exact(n);
     }
@@ -699,7 +703,7 @@ async fn read_body(
             return Err(too_large(max));
         }
         if memory.is_none() && len > SMALL_BODY {
-            memory = Some(reserve(api, max.saturating_mul(DECODE_FACTOR)).await?);
+            memory = Some(reserve(api, max.saturating_mul(DECODE_FACTOR), conn).await?);
         }
         buf.extend_from_slice(&chunk);
     }
@@ -735,7 +739,9 @@ async fn try_infer(
     let declared = declared.map(|n| n as usize);
     let bound = deadline.unwrap_or_else(|| slo(&meta)) + api.limits.grace;
     let work = async {
-        let (bytes, mut memory) = read_body(&api, body, max, declared).await?;
+        let (bytes, mut memory) = read_body(&api, body, max, declared, conn.as_ref()).await?;
+        // From here on the server works (parsing, computing): the connection is not idle.
+        let _computing = conn.as_ref().map(Computing::new);
         let len = bytes.len();
         // What this body did not need goes back; the rest bounds what it decodes to.
         if let Some(m) = memory.as_mut() {
@@ -768,7 +774,6 @@ async fn try_infer(
                 api.limits.max_in_flight
             )))
         })?;
-        let _computing = conn.as_ref().map(Computing::new);
         let resp = api.svc.infer(&app, req, deadline).await.map_err(ApiError::from)?;
         drop(memory);
         Ok((resp, bin))
