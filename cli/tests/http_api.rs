@@ -987,3 +987,62 @@ async fn a_stalled_body_is_closed_after_the_idle_timeout() {
     srv.stop().await;
     srv2.stop().await;
 }
+
+/// A large body trickling in (10 KiB/s) while it holds body memory is cut off with 408 after
+/// the grace, and the memory it held serves the next large body; a large body sent at once
+/// is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_trickling_in_is_cut_off_and_frees_its_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::new(vec![Behaviour::Ok], 60_000.0);
+    // Room for exactly one 1 MiB body (5x its length) at a time.
+    let lim = HttpLimits { max_body_bytes: 4 << 20, body_memory_bytes: 5 << 20, ..limits() };
+    let srv = Server::start(Arc::new(Svc(fake.clone())), lim).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let big = format!(
+        r#"{{"pad":"{}","inputs":[{{"name":"image","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}"#,
+        " ".repeat(1 << 20)
+    );
+    let head = |n: usize| {
+        format!(
+            "POST /v2/models/det/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {n}\r\nx-jigsaw-deadline-ms: 600000\r\n\
+             connection: close\r\n\r\n"
+        )
+    };
+    let t0 = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(head(big.len()).as_bytes()).await.expect("head");
+    let trickle = tokio::spawn(async move {
+        for chunk in big.as_bytes().chunks(1024) {
+            if slow.write_all(chunk).await.is_err() || t0.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out)).await;
+        (String::from_utf8_lossy(&out).to_string(), t0.elapsed())
+    });
+    // Meanwhile a large body sent at once waits for the memory, then is answered.
+    let fast = format!(
+        r#"{{"pad":"{}","inputs":[{{"name":"image","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}"#,
+        " ".repeat(1 << 20)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = call(
+        &client(),
+        Method::POST,
+        &format!("{}/v2/models/det/infer", srv.base),
+        &[("x-jigsaw-deadline-ms", "600000")],
+        fast,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let waited = t0.elapsed();
+    let (answer, took) = trickle.await.expect("join");
+    assert!(answer.starts_with("HTTP/1.1 408"), "the trickling body: {answer:?} after {took:?}");
+    assert!(answer.contains("KiB/s"), "{answer}");
+    assert!(took < Duration::from_secs(10), "cut off after {took:?}");
+    assert!(waited < Duration::from_secs(10), "the fast body waited {waited:?}");
+    srv.stop().await;
+}

@@ -41,9 +41,12 @@
 //!   to ([`DECODE_FACTOR`] times its length) from [`HttpLimits::body_memory_bytes`], waiting
 //!   (within its deadline) while other large bodies hold it; it is then read, parsed on the
 //!   blocking thread pool (never on the runtime's workers), and its decoded tensors keep
-//!   their share until the answer. The decoded tensors may take at most the reservation
-//!   less the body (smaller bodies: [`DECODE_FACTOR`] − 1 times [`SMALL_BODY`]), charged from
-//!   the declared shapes before anything is allocated ([`parse_infer_request_bounded`]).
+//!   their share until the answer. While it holds its reservation the body must arrive at
+//!   [`MIN_BODY_RATE`] on average after [`BODY_RATE_GRACE`] (else 408), so a trickling
+//!   client holds the shared memory for seconds, not until its deadline. The decoded
+//!   tensors may take at most the reservation less the body (smaller bodies:
+//!   [`DECODE_FACTOR`] − 1 times [`SMALL_BODY`]), charged from the declared shapes before
+//!   anything is allocated ([`parse_infer_request_bounded`]).
 //! * The admission slot ([`HttpLimits::max_in_flight`]) is taken once the body is read and
 //!   parsed, so a client trickling its body holds no slot.
 //!
@@ -61,6 +64,7 @@
 //! | 404 | `unknown_app` | no such application is routable here |
 //! | 404 | `not_found` | no such path |
 //! | 405 | `bad_request` | wrong method for the path (with `Allow`) |
+//! | 408 | `bad_request` | a body over [`SMALL_BODY`] arriving slower than [`MIN_BODY_RATE`] |
 //! | 413 | `bad_request` | body larger than [`HttpLimits::max_body_bytes`] |
 //! | 429 | `overloaded` | [`HttpLimits::max_in_flight`] infer calls already running here once this one's body is read (with `Retry-After: 1`); never queued |
 //! | 500 | `error` | a worker or the transport failed |
@@ -148,6 +152,14 @@ impl Default for HttpLimits {
 /// runtime's thread (parsing them takes microseconds; their memory is bounded by
 /// [`HttpLimits::max_connections`]).
 pub const SMALL_BODY: usize = 64 * 1024;
+
+/// A body holding a memory reservation must arrive at this many bytes per second on average
+/// (after [`BODY_RATE_GRACE`]), or it is answered 408: a client trickling a large body holds
+/// the shared body memory for seconds, not until its deadline.
+pub const MIN_BODY_RATE: usize = 1 << 20;
+
+/// How long a large body may take before [`MIN_BODY_RATE`] applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
 
 /// A large body reserves this many times its length: itself, and up to 4 bytes of decoded
 /// tensor per byte of JSON (`0,` is two bytes and an `INT64` element eight).
@@ -679,7 +691,8 @@ async fn reserve(api: &Api, bytes: usize, conn: Option<&Arc<Activity>>) -> Resul
 
 /// Read the body (at most `max` bytes). Past [`SMALL_BODY`] bytes (declared, or found while
 /// reading) it first reserves [`DECODE_FACTOR`] times its declared length, or `max`, from
-/// the body memory.
+/// the body memory; while it holds that, the rest must arrive at [`MIN_BODY_RATE`] on
+/// average once [`BODY_RATE_GRACE`] has passed, or the request ends with 408.
 async fn read_body(
     api: &Api,
     mut body: Body,
@@ -688,14 +701,28 @@ async fn read_body(
     conn: Option<&Arc<Activity>>,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), ApiError> {
     let mut memory = None;
+    // When the reservation was taken, and the length then.
+    let mut held: Option<(Instant, usize)> = None;
     let mut buf = Vec::new();
     if let Some(n) = declared {
         if n > SMALL_BODY {
             memory = Some(reserve(api, n.saturating_mul(DECODE_FACTOR), conn).await?);
+            held = Some((Instant::now(), 0));
         }
         buf.reserve_exact(n);
     }
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = match held {
+            None => body.frame().await,
+            Some((since, at)) => match tokio::time::timeout(Duration::from_millis(250), body.frame()).await {
+                Ok(f) => f,
+                Err(_) => {
+                    check_rate(since, buf.len() - at)?;
+                    continue;
+                }
+            },
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| bad_input("body", format!("could not be read: {e}")))?;
         let Ok(chunk) = frame.into_data() else { continue };
         let len = buf.len() + chunk.len();
@@ -704,10 +731,28 @@ async fn read_body(
         }
         if memory.is_none() && len > SMALL_BODY {
             memory = Some(reserve(api, max.saturating_mul(DECODE_FACTOR), conn).await?);
+            held = Some((Instant::now(), buf.len()));
         }
         buf.extend_from_slice(&chunk);
+        match held {
+            Some((since, at)) if declared.is_none_or(|n| buf.len() < n) => check_rate(since, buf.len() - at)?,
+            _ => {}
+        }
     }
     Ok((buf, memory))
+}
+
+/// 408 if `received` bytes since `since` are under [`MIN_BODY_RATE`] past the grace.
+fn check_rate(since: Instant, received: usize) -> Result<(), ApiError> {
+    let late = since.elapsed().saturating_sub(BODY_RATE_GRACE);
+    if late.is_zero() || received as f64 >= late.as_secs_f64() * MIN_BODY_RATE as f64 {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "bad_request",
+        format!("body: arriving at under {} KiB/s while holding body memory", MIN_BODY_RATE >> 10),
+    ))
 }
 
 /// Bytes a request's tensors take in memory.
