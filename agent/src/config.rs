@@ -23,6 +23,15 @@
 //! data_dir = "/var/lib/jigsaw"
 //! tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/node-1.pem", key = "/etc/jigsaw/ca/node-1.key" }
 //! gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }   # or { backend = "nvml" }
+//!
+//! [node.serve]          # the inference API (every key optional)
+//! http = "0.0.0.0:8000"
+//! grpc = "0.0.0.0:8001"
+//! max_in_flight = 4096  # requests computed at once before 429
+//! max_connections = 1024  # HTTP connections open at once; one more gets 503 and is closed
+//! idle_timeout_s = 30.0   # an HTTP connection mid-request moving no byte this long is closed
+//! tokens = "/etc/jigsaw/http-tokens"   # bearer tokens (HTTP and gRPC); absent: none
+//! http_tls = { cert = "/etc/jigsaw/https.pem", key = "/etc/jigsaw/https.key" }   # HTTPS
 //! ```
 
 use jigsaw_coordinator::PlannerConfig;
@@ -94,6 +103,26 @@ pub struct ServeSection {
     pub batch_timeout_min_ms: Option<u64>,
     /// Longest a worker process may take to report ready, ms (default 120000).
     pub worker_start_timeout_ms: Option<u64>,
+    /// HTTP connections open at once; one more is answered 503 and closed (default 1024).
+    pub max_connections: Option<usize>,
+    /// Seconds an HTTP connection may move no byte while its request is not being computed
+    /// (a stalled body, a client not reading its answer) before it is closed (default 30).
+    pub idle_timeout_s: Option<f64>,
+    /// Bearer token file for the HTTP and gRPC APIs (absent: no authentication); see
+    /// `dataplane::auth` for its format and reload.
+    pub tokens: Option<std::path::PathBuf>,
+    /// TLS for the HTTP API (absent: plain HTTP).
+    pub http_tls: Option<HttpTlsSection>,
+}
+
+/// `[node.serve] http_tls`: the HTTPS certificate chain and key (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    /// Certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
 }
 
 /// `[node.tls]`.
@@ -159,6 +188,14 @@ pub struct NodeConfig {
     pub in_process_workers: bool,
     /// When a worker process counts as hung.
     pub hang: crate::dataplane::worker::HangPolicy,
+    /// HTTP connection cap.
+    pub max_connections: usize,
+    /// HTTP idle timeout mid-request.
+    pub idle_timeout: std::time::Duration,
+    /// Bearer token file.
+    pub tokens: Option<std::path::PathBuf>,
+    /// HTTPS certificate chain and key.
+    pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The GPU backend to run.
@@ -295,7 +332,25 @@ impl NodeSection {
         };
         hang.min = ms_in("serve.batch_timeout_min_ms", self.serve.batch_timeout_min_ms, 10, hang.min)?;
         hang.start = ms_in("serve.worker_start_timeout_ms", self.serve.worker_start_timeout_ms, 100, hang.start)?;
+        let max_connections = self.serve.max_connections.unwrap_or(1024);
+        if max_connections == 0 {
+            return Err(bad("serve.max_connections", "must be at least 1".into()));
+        }
+        let idle_timeout = match self.serve.idle_timeout_s {
+            None => std::time::Duration::from_secs(30),
+            Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => std::time::Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(bad("serve.idle_timeout_s", format!("must be a number of seconds in (0, 86400], got {s}")))
+            }
+        };
+        if self.serve.http_tls.is_some() && http.is_none() {
+            return Err(bad("serve.http_tls", "needs serve.http (the address to serve HTTPS on)".into()));
+        }
         Ok(NodeConfig {
+            max_connections,
+            idle_timeout,
+            tokens: self.serve.tokens.clone(),
+            http_tls: self.serve.http_tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
             http,
             grpc,
             executor,
@@ -451,6 +506,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn defaults_and_errors() {
@@ -513,6 +569,18 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             .expect("valid");
         let ms = std::time::Duration::from_millis;
         assert_eq!((n.hang.factor, n.hang.min, n.hang.start), (4.0, ms(250), ms(9000)));
+        assert_eq!(
+            (n.max_connections, n.idle_timeout, n.tokens, n.http_tls),
+            (1024, Duration::from_secs(30), None, None)
+        );
+        let all = r#"http = "0.0.0.0:8000", max_connections = 8, idle_timeout_s = 2.5, tokens = "/t", http_tls = { cert = "c.pem", key = "k.pem" }"#;
+        let n = ok(all).validate("n.toml").expect("valid");
+        assert_eq!((n.max_connections, n.idle_timeout), (8, Duration::from_millis(2500)));
+        assert_eq!(n.tokens.as_deref(), Some(std::path::Path::new("/t")));
+        assert_eq!(n.http_tls, Some(("c.pem".into(), "k.pem".into())));
+        let e = Config::parse(&format!("{NODE}serve = {{ http_tls = {{ cert = \"c\", crt = \"k\" }} }}\n"), "n.toml")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("crt"), "{e}");
         for (extra, field) in [
             (r#"http = "nowhere""#, "node.serve.http"),
             (r#"executor = "tpu""#, "node.serve.executor"),
@@ -520,6 +588,10 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             ("batch_timeout_factor = 0.5", "node.serve.batch_timeout_factor"),
             ("batch_timeout_min_ms = 0", "node.serve.batch_timeout_min_ms"),
             ("worker_start_timeout_ms = 99999999", "node.serve.worker_start_timeout_ms"),
+            ("max_connections = 0", "node.serve.max_connections"),
+            ("idle_timeout_s = 0", "node.serve.idle_timeout_s"),
+            ("idle_timeout_s = -1.5", "node.serve.idle_timeout_s"),
+            (r#"http_tls = { cert = "c.pem", key = "k.pem" }"#, "node.serve.http_tls"),
         ] {
             let e = Config::parse(&format!("{NODE}serve = {{ {extra} }}\n"), "n.toml").expect_err(extra).to_string();
             assert!(e.contains(field) && e.contains("n.toml"), "{e}");

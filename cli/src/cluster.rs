@@ -9,7 +9,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use jigsaw_agent::actors::Backend;
 use jigsaw_agent::config::{Config, GpuBackendConfig, NodeConfig};
-use jigsaw_agent::dataplane::http::HttpLimits;
+use jigsaw_agent::dataplane::http::{HttpLimits, HttpSecurity};
 use jigsaw_agent::dataplane::worker::{InProcessLauncher, Launcher, ProcessLauncher};
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::node::{highs_planner, NodeHandle, NodeSpec, Timing};
@@ -689,18 +689,38 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         tracing::info!(node = %node.id, addr = %node.advertise, executor = node.executor.name(), "agent started");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let svc = handle.plane() as Arc<dyn jigsaw_agent::dataplane::Inference>;
+        let tokens = match &node.tokens {
+            Some(p) => Some(Arc::new(jigsaw_agent::dataplane::auth::TokenFile::load(p)?)),
+            None => None,
+        };
+        let tls = match &node.http_tls {
+            Some((cert, key)) => Some(jigsaw_agent::dataplane::http::tls_config(cert, key)?),
+            None => None,
+        };
         let http = match node.http {
             Some(addr) => {
                 let (listener, shutdown) = listen(&node.id, "HTTP", addr, &stop_rx).await?;
-                let limits = HttpLimits { max_in_flight: node.max_in_flight, ..HttpLimits::default() };
-                Some(tokio::spawn(jigsaw_agent::dataplane::http::serve(listener, svc.clone(), limits, shutdown)))
+                let limits = HttpLimits {
+                    max_in_flight: node.max_in_flight,
+                    max_connections: node.max_connections,
+                    idle_timeout: node.idle_timeout,
+                    ..HttpLimits::default()
+                };
+                let security = HttpSecurity { tokens: tokens.clone(), tls };
+                Some(tokio::spawn(jigsaw_agent::dataplane::http::serve_with(
+                    listener,
+                    svc.clone(),
+                    limits,
+                    security,
+                    shutdown,
+                )))
             }
             None => None,
         };
         let grpc = match node.grpc {
             Some(addr) => {
                 let (listener, shutdown) = listen(&node.id, "gRPC", addr, &stop_rx).await?;
-                Some(tokio::spawn(jigsaw_agent::dataplane::grpc::serve(listener, svc.clone(), shutdown)))
+                Some(tokio::spawn(jigsaw_agent::dataplane::grpc::serve_with(listener, svc.clone(), tokens, shutdown)))
             }
             None => None,
         };

@@ -12,7 +12,7 @@ use jigsaw_agent::dataplane::worker::{
 use jigsaw_agent::dataplane::{Inference, ServeError};
 use jigsaw_agent::transport::net::{SimHub, SimTransport};
 use jigsaw_protocol::app::{AppSpec, ModelDesc};
-use jigsaw_protocol::infer::{InferRequest, Tensor};
+use jigsaw_protocol::infer::{InferRequest, Tensor, TensorData};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, Target, TaskRoute};
 use jigsaw_protocol::ProfileRow;
@@ -193,7 +193,7 @@ fn request() -> InferRequest {
             name: "input".into(),
             shape: vec![1, 3, 16, 16],
             datatype: "FP32".into(),
-            data: (0..768).map(|i| serde_json::Value::from(i as f64 / 768.0)).collect(),
+            data: TensorData::Fp32((0..768).map(|i| i as f32 / 768.0).collect()),
         }],
         outputs: vec![],
     }

@@ -8,12 +8,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jigsaw_agent::core::batch::DropReason;
-use jigsaw_agent::dataplane::http::{self, HttpLimits};
+use jigsaw_agent::dataplane::auth::TokenFile;
+use jigsaw_agent::dataplane::http::{self, HttpLimits, HttpSecurity};
 use jigsaw_agent::dataplane::{AppMeta, Inference, ServeError, TensorMeta};
 use jigsaw_agent::transport::net::BoxFuture;
 use jigsaw_cli::load::schedule::Outcome;
 use jigsaw_cli::load::{self as loadgen, LoadArgs};
-use jigsaw_protocol::infer::{InferRequest, InferResponse, Tensor};
+use jigsaw_protocol::infer::{InferRequest, InferResponse, Tensor, TensorData};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,7 +94,7 @@ fn answer(app: &str, req: &InferRequest) -> InferResponse {
             name: "boxes".into(),
             shape: vec![1, 1],
             datatype: "FP32".into(),
-            data: vec![serde_json::json!(req.inputs[0].data.len())],
+            data: TensorData::Fp32(vec![req.inputs[0].data.len() as f32]),
         }],
     }
 }
@@ -180,10 +181,14 @@ struct Server {
 
 impl Server {
     async fn start(svc: Arc<dyn Inference>, limits: HttpLimits) -> Server {
+        Server::start_with(svc, limits, HttpSecurity::default()).await
+    }
+
+    async fn start_with(svc: Arc<dyn Inference>, limits: HttpLimits, security: HttpSecurity) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(http::serve(listener, svc, limits, async move {
+        let task = tokio::spawn(http::serve_with(listener, svc, limits, security, async move {
             let _ = rx.await;
         }));
         Server { base, stop: Some(tx), task }
@@ -207,6 +212,7 @@ fn limits() -> HttpLimits {
         max_in_flight: 64,
         grace: Duration::from_millis(50),
         header_read_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
     }
 }
 
@@ -653,5 +659,390 @@ async fn connections_that_never_finish_a_header_are_closed() {
         assert!(closed.is_ok(), "a half-sent header kept its connection open for 10 s");
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+    srv.stop().await;
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let d = std::env::temp_dir().join(format!("jigsaw-http-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Replace `path` atomically (write a sibling, rename it over).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+const TOKEN_A: &str = "first-token-0123456789";
+const TOKEN_B: &str = "second-token-9876543210";
+
+/// Bearer tokens: inference, model metadata and /metrics need one; the health probes and
+/// `/v2` do not; a wrong or missing token gets 401 with `WWW-Authenticate: Bearer`; a
+/// replaced token file is picked up without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_guard_inference_and_metadata_but_not_health() {
+    let dir = Scratch::new("tokens");
+    let path = dir.0.join("tokens");
+    std::fs::write(&path, format!("# test tokens\n{TOKEN_A}\n")).expect("write tokens");
+    let tokens = Arc::new(TokenFile::load(&path).expect("token file"));
+    let fake = Fake::new(vec![Behaviour::Ok], 100.0);
+    let security = HttpSecurity { tokens: Some(tokens), tls: None };
+    let srv = Server::start_with(Arc::new(Svc(fake.clone())), limits(), security).await;
+    let c = client();
+    let b = &srv.base;
+    let auth = |t: &str| format!("Bearer {t}");
+
+    // Open without a token.
+    for path in ["/v2/health/live", "/v2/health/ready", "/v2"] {
+        assert_eq!(get(&c, &format!("{b}{path}")).await.status, StatusCode::OK, "{path}");
+    }
+    // Guarded: no token, a wrong one, another scheme.
+    let infer_url = format!("{b}/v2/models/det/infer");
+    for headers in
+        [vec![], vec![("authorization", auth("not-a-listed-token-000"))], vec![("authorization", "Basic eDp5".into())]]
+    {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for (method, url, body) in [
+            (Method::POST, infer_url.clone(), VALID),
+            (Method::GET, format!("{b}/v2/models/det"), ""),
+            (Method::GET, format!("{b}/v2/models/det/ready"), ""),
+            (Method::GET, format!("{b}/metrics"), ""),
+        ] {
+            let a = call(&c, method, &url, &h, body).await;
+            assert_error(&a, 401, "unauthorized");
+            let challenge = a.headers.get(header::WWW_AUTHENTICATE).expect("WWW-Authenticate").to_str().expect("ascii");
+            assert!(challenge.starts_with("Bearer"), "{challenge}");
+            assert_eq!(
+                challenge.contains("invalid_token"),
+                h.iter().any(|(_, v)| v.starts_with("Bearer")),
+                "{challenge}"
+            );
+        }
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0, "no unauthorized request reached the service");
+    // The right token.
+    let a = call(&c, Method::POST, &infer_url, &[("authorization", &auth(TOKEN_A))], VALID).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let a = call(&c, Method::GET, &format!("{b}/v2/models/det"), &[("authorization", &auth(TOKEN_A))], "").await;
+    assert_eq!((a.status, a.json["name"].as_str()), (StatusCode::OK, Some("det")), "{}", a.json);
+
+    // Replace the file: B in (as a hash), A out, without a restart.
+    let hash: String = {
+        let d = ring::digest::digest(&ring::digest::SHA256, TOKEN_B.as_bytes());
+        d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
+    };
+    replace_file(&path, &format!("ci:{hash}\n"));
+    let t0 = Instant::now();
+    loop {
+        let a = call(&c, Method::POST, &infer_url, &[("authorization", &auth(TOKEN_B))], VALID).await;
+        if a.status == StatusCode::OK {
+            break;
+        }
+        assert_error(&a, 401, "unauthorized");
+        assert!(t0.elapsed() < Duration::from_secs(10), "the new token never worked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = call(&c, Method::POST, &infer_url, &[("authorization", &auth(TOKEN_A))], VALID).await;
+    assert_error(&a, 401, "unauthorized");
+    // A file that no longer parses keeps the tokens in force.
+    replace_file(&path, "short\n");
+    tokio::time::sleep(jigsaw_agent::dataplane::auth::RECHECK + Duration::from_millis(100)).await;
+    let a = call(&c, Method::POST, &infer_url, &[("authorization", &auth(TOKEN_B))], VALID).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    srv.stop().await;
+}
+
+/// A CA and a `localhost` certificate it signed, written as PEM files; the CA certificate.
+fn https_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let ca_issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca_issuer)
+        .expect("leaf");
+    let (cert_path, key_path) = (dir.join("https.pem"), dir.join("https.key"));
+    std::fs::write(&cert_path, leaf.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (cert_path, key_path, ca.der().clone())
+}
+
+/// One HTTP/1.1 request over `io`; the whole answer as text.
+async fn raw_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S, req: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), io.read_to_end(&mut out)).await.expect("answer in time");
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// HTTPS: a client trusting the CA is served; plain HTTP to the TLS port gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_a_client_with_the_ca_and_refuses_plain_http() {
+    let dir = Scratch::new("tls");
+    let (cert, key, ca) = https_files(&dir.0);
+    let tls = http::tls_config(&cert, &key).expect("tls config");
+    let fake = Fake::new(vec![Behaviour::Ok], 100.0);
+    let srv =
+        Server::start_with(Arc::new(Svc(fake.clone())), limits(), HttpSecurity { tokens: None, tls: Some(tls) }).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("root");
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    for (req, want) in [
+        ("GET /v2/health/live HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n".to_string(), "\"live\":true"),
+        (
+            format!(
+                "POST /v2/models/det/infer HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{VALID}",
+                VALID.len()
+            ),
+            "\"model_name\":\"det\"",
+        ),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let mut tls = connector.connect(name.clone(), tcp).await.expect("TLS handshake with the CA");
+        let answer = raw_request(&mut tls, &req).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(want), "{answer}");
+    }
+    // Plain HTTP to the TLS port: the handshake fails, no HTTP answer comes back.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let answer = raw_request(&mut tcp, "GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(!answer.contains("HTTP/1.1"), "plain HTTP was answered over the TLS port: {answer:?}");
+    // A client that does not trust the CA fails its handshake.
+    let strangers = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    assert!(tokio_rustls::TlsConnector::from(Arc::new(strangers)).connect(name, tcp).await.is_err());
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    srv.stop().await;
+}
+
+/// Send a GET on `s` and read one keep-alive answer's status line (headers up to the blank
+/// line, then the declared body).
+async fn keep_alive_get(s: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let t0 = Instant::now();
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no answer");
+        match s.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body).await;
+    head.lines().next().unwrap_or("").to_string()
+}
+
+/// With `max_connections` = 2, two keep-alive connections are served while a third is
+/// answered 503 and closed; once one of the two closes, a new connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_refused_while_the_first_work() {
+    use tokio::io::AsyncReadExt;
+    let fake = Fake::new(vec![Behaviour::Ok], 100.0);
+    let lim = HttpLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30), ..limits() };
+    let srv = Server::start(Arc::new(Svc(fake.clone())), lim).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        assert!(keep_alive_get(&mut s, "/v2/health/live").await.starts_with("HTTP/1.1 200"));
+        first.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(&addr).await.expect("the kernel accepts the TCP connection");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), third.read_to_end(&mut out)).await.expect("closed in time");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 503"), "the third connection: {text:?}");
+    assert!(text.contains("\"outcome\":\"overloaded\""), "{text}");
+    // The first two still work.
+    for s in &mut first {
+        assert!(keep_alive_get(s, "/v2/health/ready").await.starts_with("HTTP/1.1 200"));
+    }
+    // One leaves; a new connection is then served (the slot comes back when the server sees the close).
+    drop(first.pop());
+    let t0 = Instant::now();
+    loop {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        if keep_alive_get(&mut s, "/v2/health/live").await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the freed slot never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.stop().await;
+}
+
+/// A client trickling its body in holds no admission slot: with `max_in_flight` = 1, a normal
+/// request is answered 200 while the slow one is still sending, and the slow one is answered
+/// once its body is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_body_holds_no_admission_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::new(vec![Behaviour::Ok], 60_000.0);
+    let lim = HttpLimits { max_in_flight: 1, ..limits() };
+    let srv = Server::start(Arc::new(Svc(fake.clone())), lim).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let head = format!(
+        "POST /v2/models/det/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        VALID.len()
+    );
+    let (part1, part2) = VALID.split_at(VALID.len() / 2);
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(part1.as_bytes()).await.expect("half the body");
+    // The server has the header and half the body: its handler is reading the body. Wait
+    // until it certainly is, by a request on another connection being answered after it.
+    let c = client();
+    assert_eq!(get(&c, &format!("{}/v2/health/live", srv.base)).await.status, StatusCode::OK);
+    for _ in 0..3 {
+        let a = infer(&c, &srv.base, &[], VALID).await;
+        assert_eq!(a.status, StatusCode::OK, "a trickling body held the only admission slot: {}", a.json);
+    }
+    slow.write_all(part2.as_bytes()).await.expect("rest of the body");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut out)).await.expect("answer");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 4);
+    srv.stop().await;
+}
+
+/// A body that stops arriving: the connection is closed after `idle_timeout`, long before
+/// the request's (10-minute) deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::new(vec![Behaviour::Ok], 100.0);
+    let lim = HttpLimits { idle_timeout: Duration::from_millis(300), ..limits() };
+    let srv = Server::start(Arc::new(Svc(fake.clone())), lim).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(
+        b"POST /v2/models/det/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\nx-jigsaw-deadline-ms: 600000\r\n\r\n{\"inp",
+    )
+    .await
+    .expect("a header and 5 bytes of body");
+    let t0 = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a stalled body kept its connection open for 20 s");
+    assert!(t0.elapsed() >= Duration::from_millis(250), "closed before the idle timeout: {:?}", t0.elapsed());
+    // A request that is being computed is not idle: a slow answer (2 s, idle 300 ms) arrives.
+    let slow = Fake::new(vec![Behaviour::Slow(Duration::from_secs(2))], 60_000.0);
+    let srv2 =
+        Server::start(Arc::new(Svc(slow)), HttpLimits { idle_timeout: Duration::from_millis(300), ..limits() }).await;
+    let a = infer(&client(), &srv2.base, &[], VALID).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    srv.stop().await;
+    srv2.stop().await;
+}
+
+/// A large body trickling in (10 KiB/s) while it holds body memory is cut off with 408 after
+/// the grace, and the memory it held serves the next large body; a large body sent at once
+/// is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_trickling_in_is_cut_off_and_frees_its_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = Fake::new(vec![Behaviour::Ok], 60_000.0);
+    // Room for exactly one 1 MiB body (5x its length) at a time.
+    let lim = HttpLimits { max_body_bytes: 4 << 20, body_memory_bytes: 5 << 20, ..limits() };
+    let srv = Server::start(Arc::new(Svc(fake.clone())), lim).await;
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let big = format!(
+        r#"{{"pad":"{}","inputs":[{{"name":"image","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}"#,
+        " ".repeat(1 << 20)
+    );
+    let head = |n: usize| {
+        format!(
+            "POST /v2/models/det/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {n}\r\nx-jigsaw-deadline-ms: 600000\r\n\
+             connection: close\r\n\r\n"
+        )
+    };
+    let t0 = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(head(big.len()).as_bytes()).await.expect("head");
+    let trickle = tokio::spawn(async move {
+        for chunk in big.as_bytes().chunks(1024) {
+            if slow.write_all(chunk).await.is_err() || t0.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out)).await;
+        (String::from_utf8_lossy(&out).to_string(), t0.elapsed())
+    });
+    // Meanwhile a large body sent at once waits for the memory, then is answered.
+    let fast = format!(
+        r#"{{"pad":"{}","inputs":[{{"name":"image","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}]}}"#,
+        " ".repeat(1 << 20)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = call(
+        &client(),
+        Method::POST,
+        &format!("{}/v2/models/det/infer", srv.base),
+        &[("x-jigsaw-deadline-ms", "600000")],
+        fast,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    let waited = t0.elapsed();
+    let (answer, took) = trickle.await.expect("join");
+    assert!(answer.starts_with("HTTP/1.1 408"), "the trickling body: {answer:?} after {took:?}");
+    assert!(answer.contains("KiB/s"), "{answer}");
+    assert!(took < Duration::from_secs(10), "cut off after {took:?}");
+    assert!(waited < Duration::from_secs(10), "the fast body waited {waited:?}");
     srv.stop().await;
 }

@@ -13,7 +13,18 @@
 //! for with `"parameters": {"binary_data": true}` (or every output, with the request-level
 //! `"binary_data_output": true`) come back the same way ([`encode_infer_response`]).
 //! [`parse_infer_request_binary`] parses both forms.
+//!
+//! Memory: no `serde_json::Value` is built for a request body. Each input's `data` is read
+//! straight into a typed [`TensorData`] sized by its declared shape, and reading stops at
+//! the first element past the shape's product; [`parse_infer_request_bounded`] also caps the
+//! bytes the decoded tensors may take. Arrays of tensors and of dimensions are capped
+//! ([`MAX_TENSORS`], [`MAX_DIMS`]).
 
+mod data;
+mod json;
+
+use data::Elem;
+pub use data::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,6 +35,12 @@ pub const DATATYPES: [&str; 13] =
 /// Largest element count accepted in one tensor.
 pub const MAX_ELEMENTS: u64 = 64 * 1024 * 1024;
 
+/// Most inputs, and most requested outputs, in one request.
+pub const MAX_TENSORS: usize = 1024;
+
+/// Most dimensions of one tensor's shape.
+pub const MAX_DIMS: usize = 64;
+
 /// One input or output tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tensor {
@@ -33,8 +50,8 @@ pub struct Tensor {
     pub shape: Vec<u64>,
     /// v2 datatype (`FP32`, …).
     pub datatype: String,
-    /// Row-major data (numbers, booleans or strings for `BYTES`).
-    pub data: Vec<Value>,
+    /// Row-major data, typed by `datatype` (a flat JSON array).
+    pub data: TensorData,
 }
 
 /// A validated inference request.
@@ -72,40 +89,6 @@ pub struct InferError {
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> InferError {
     InferError { field: field.into(), message: message.into() }
-}
-
-fn flatten(v: &Value, out: &mut Vec<Value>, field: &str) -> Result<(), InferError> {
-    match v {
-        Value::Array(items) => {
-            for x in items {
-                flatten(x, out, field)?;
-                if out.len() as u64 > MAX_ELEMENTS {
-                    return Err(err(field, format!("more than {MAX_ELEMENTS} elements")));
-                }
-            }
-            Ok(())
-        }
-        Value::Object(_) | Value::Null => Err(err(field, "elements must be numbers, booleans or strings")),
-        x => {
-            out.push(x.clone());
-            Ok(())
-        }
-    }
-}
-
-fn check_element(x: &Value, datatype: &str, field: &str) -> Result<(), InferError> {
-    let ok = match datatype {
-        "BOOL" => x.is_boolean(),
-        "BYTES" => x.is_string(),
-        "FP16" | "FP32" | "FP64" => x.is_number(),
-        t if t.starts_with("UINT") => x.is_u64(),
-        _ => x.is_i64() || x.is_u64(),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(err(field, format!("element {x} is not a valid {datatype}")))
-    }
 }
 
 /// The request and response header that gives the JSON part's length in bytes (binary data
@@ -157,28 +140,29 @@ fn half_to_f32(h: u16) -> f32 {
 /// Decode `n` elements of `datatype` from raw little-endian bytes (`BYTES`: 4-byte length
 /// and bytes per element), as the binary data extension and gRPC's raw contents carry them;
 /// errors name `field`.
-pub fn decode_elements(raw: &[u8], datatype: &str, n: u64, field: &str) -> Result<Vec<Value>, InferError> {
+pub fn decode_elements(raw: &[u8], datatype: &str, n: u64, field: &str) -> Result<TensorData, InferError> {
     if let Some(size) = element_size(datatype) {
         let need = n.checked_mul(size as u64).filter(|b| *b == raw.len() as u64);
         if need.is_none() {
             return Err(err(field, format!("binary_data_size {} does not hold {n} {datatype} elements", raw.len())));
         }
-        let v = raw.chunks_exact(size).map(|c| {
+        let c = raw.chunks_exact(size);
+        let word = |c: &[u8]| {
             let mut b = [0u8; 8];
             b[..size].copy_from_slice(c);
-            match datatype {
-                "BOOL" => Value::from(c[0] != 0),
-                "UINT8" | "UINT16" | "UINT32" | "UINT64" => Value::from(u64::from_le_bytes(b)),
-                "INT8" => Value::from(i64::from(c[0] as i8)),
-                "INT16" => Value::from(i64::from(i16::from_le_bytes([c[0], c[1]]))),
-                "INT32" => Value::from(i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                "INT64" => Value::from(i64::from_le_bytes(b)),
-                "FP16" => Value::from(f64::from(half_to_f32(u16::from_le_bytes([c[0], c[1]])))),
-                "FP32" => Value::from(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                _ => Value::from(f64::from_le_bytes(b)),
-            }
+            u64::from_le_bytes(b)
+        };
+        return Ok(match datatype {
+            "BOOL" => TensorData::Bool(c.map(|c| c[0] != 0).collect()),
+            "UINT8" | "UINT16" | "UINT32" | "UINT64" => TensorData::Uint(c.map(word).collect()),
+            "INT8" => TensorData::Int(c.map(|c| i64::from(c[0] as i8)).collect()),
+            "INT16" => TensorData::Int(c.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
+            "INT32" => TensorData::Int(c.map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()),
+            "INT64" => TensorData::Int(c.map(|c| word(c) as i64).collect()),
+            "FP16" => TensorData::Fp32(c.map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
+            "FP32" => TensorData::Fp32(c.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            _ => TensorData::Fp64(c.map(|c| f64::from_bits(word(c))).collect()),
         });
-        return Ok(v.collect());
     }
     // BYTES: each element a 4-byte little-endian length and that many bytes.
     let mut out = Vec::new();
@@ -189,13 +173,16 @@ pub fn decode_elements(raw: &[u8], datatype: &str, n: u64, field: &str) -> Resul
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let Some(bytes) = rest.get(4..4 + len) else { return Err(err(field, "BYTES element is cut off")) };
-        out.push(Value::from(String::from_utf8_lossy(bytes).into_owned()));
+        if out.len() as u64 == n {
+            return Err(err(field, format!("binary data holds more than the {n} BYTES elements the shape needs")));
+        }
+        out.push(String::from_utf8_lossy(bytes).into_owned());
         rest = &rest[4 + len..];
     }
     if out.len() as u64 != n {
         return Err(err(field, format!("binary data holds {} BYTES elements but the shape needs {n}", out.len())));
     }
-    Ok(out)
+    Ok(TensorData::Bytes(out))
 }
 
 /// Parse and validate a v2 inference request body.
@@ -210,6 +197,19 @@ pub fn parse_infer_request_binary(
     body: &[u8],
     json_len: Option<usize>,
 ) -> Result<(InferRequest, BinaryOutputs), InferError> {
+    parse_infer_request_bounded(body, json_len, u64::MAX)
+}
+
+/// [`parse_infer_request_binary`], with the decoded tensors allowed at most
+/// `max_decoded_bytes` of memory in all (4 bytes per `FP32` element, 8 per 64-bit one,
+/// string headers and contents for `BYTES`). The budget is charged from the declared shapes
+/// before any buffer is allocated; a request over it is rejected naming the input.
+pub fn parse_infer_request_bounded(
+    body: &[u8],
+    json_len: Option<usize>,
+    max_decoded_bytes: u64,
+) -> Result<(InferRequest, BinaryOutputs), InferError> {
+    use serde::de::DeserializeSeed;
     let (json, mut binary) = match json_len {
         None => (body, &[][..]),
         Some(n) if n <= body.len() => body.split_at(n),
@@ -217,114 +217,78 @@ pub fn parse_infer_request_binary(
             return Err(err(BINARY_HEADER, format!("{n} is longer than the {}-byte body", body.len())));
         }
     };
-    let v: Value = serde_json::from_slice(json).map_err(|e| err("body", format!("not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| err("body", "must be a JSON object"))?;
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(err("id", "must be a string")),
-    };
-    let inputs = obj.get("inputs").ok_or_else(|| err("inputs", "is required"))?;
-    let inputs = inputs.as_array().ok_or_else(|| err("inputs", "must be an array"))?;
-    if inputs.is_empty() {
-        return Err(err("inputs", "needs at least one tensor"));
+    let ctx = json::Ctx::new(json.len(), max_decoded_bytes);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut env = json::Top(&ctx).deserialize(&mut de).and_then(|e| de.end().map(|()| e)).map_err(|e| ctx.error(e))?;
+    if env.inputs.iter().any(|h| matches!(h.source, json::Source::Deferred)) {
+        // Some `data` came before its shape or datatype: read those arrays now.
+        let mut de = serde_json::Deserializer::from_slice(json);
+        json::Deferred { ctx: &ctx, heads: &mut env.inputs }.deserialize(&mut de).map_err(|e| ctx.error(e))?;
     }
-    let mut tensors: Vec<Tensor> = Vec::new();
-    for (i, t) in inputs.iter().enumerate() {
+    let mut tensors = Vec::with_capacity(env.inputs.len());
+    for (i, h) in env.inputs.into_iter().enumerate() {
         let f = |k: &str| format!("inputs[{i}].{k}");
-        let t = t.as_object().ok_or_else(|| err(format!("inputs[{i}]"), "must be an object"))?;
-        let name = t.get("name").and_then(Value::as_str).ok_or_else(|| err(f("name"), "is required (a string)"))?;
-        if tensors.iter().any(|x| x.name == name) {
-            return Err(err(f("name"), format!("`{name}` is given twice")));
-        }
-        let shape = t
-            .get("shape")
-            .and_then(Value::as_array)
-            .ok_or_else(|| err(f("shape"), "is required (an array of non-negative integers)"))?;
-        let shape: Vec<u64> = shape
-            .iter()
-            .map(|d| d.as_u64().ok_or_else(|| err(f("shape"), format!("dimension {d} is not a non-negative integer"))))
-            .collect::<Result<_, _>>()?;
-        let datatype =
-            t.get("datatype").and_then(Value::as_str).ok_or_else(|| err(f("datatype"), "is required (a string)"))?;
-        if !DATATYPES.contains(&datatype) {
-            return Err(err(f("datatype"), format!("`{datatype}` is not one of {}", DATATYPES.join(", "))));
-        }
-        let need = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|n| *n <= MAX_ELEMENTS);
-        let need = need.ok_or_else(|| err(f("shape"), format!("more than {MAX_ELEMENTS} elements")))?;
-        let binary_size = match t.get("parameters").and_then(|p| p.get("binary_data_size")) {
-            None => None,
-            Some(n) => Some(n.as_u64().ok_or_else(|| err(f("parameters.binary_data_size"), "must be a byte count"))?),
-        };
-        let mut flat = Vec::new();
-        match (binary_size, t.get("data")) {
-            (Some(_), Some(_)) => return Err(err(f("data"), "is given as well as parameters.binary_data_size")),
-            (Some(n), None) => {
+        let data = match h.source {
+            json::Source::Json(d) => d,
+            json::Source::Binary(n) => {
+                let field = f("parameters.binary_data_size");
                 if json_len.is_none() {
-                    return Err(err(f("parameters.binary_data_size"), format!("needs the {BINARY_HEADER} header")));
+                    return Err(err(field, format!("needs the {BINARY_HEADER} header")));
                 }
-                let n = usize::try_from(n).ok().filter(|n| *n <= binary.len()).ok_or_else(|| {
-                    err(f("parameters.binary_data_size"), format!("{n} is more than the {} bytes left", binary.len()))
-                })?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= binary.len())
+                    .ok_or_else(|| err(&field, format!("{n} is more than the {} bytes left", binary.len())))?;
                 let (raw, rest) = binary.split_at(n);
                 binary = rest;
-                flat = decode_elements(raw, datatype, need, &f("parameters.binary_data_size"))?;
+                let per = TensorData::element_memory(&h.datatype).unwrap_or(8) as u64;
+                ctx.charge::<serde_json::Error>(&field, h.need.saturating_mul(per).saturating_add(raw.len() as u64))
+                    .map_err(|e| ctx.error(e))?;
+                decode_elements(raw, &h.datatype, h.need, &field)?
             }
-            (None, Some(data)) => flatten(data, &mut flat, &f("data"))?,
-            (None, None) => return Err(err(f("data"), "is required")),
-        }
-        if flat.len() as u64 != need {
-            return Err(err(f("data"), format!("has {} elements but shape {shape:?} needs {need}", flat.len())));
-        }
-        for x in &flat {
-            check_element(x, datatype, &f("data"))?;
-        }
-        tensors.push(Tensor { name: name.to_string(), shape, datatype: datatype.to_string(), data: flat });
+            // The second pass read every deferred array that has a `data` key.
+            json::Source::Deferred => return Err(err(f("data"), "is required")),
+        };
+        tensors.push(Tensor { name: h.name, shape: h.shape, datatype: h.datatype, data });
     }
     if !binary.is_empty() {
         return Err(err("body", format!("{} bytes of binary data belong to no input", binary.len())));
     }
-    let mut bin = BinaryOutputs {
-        all: obj.get("parameters").and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool).unwrap_or(false),
-        ..BinaryOutputs::default()
-    };
-    let outputs = match obj.get("outputs") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(o)) => o
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let name = x
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| err(format!("outputs[{i}].name"), "is required (a string)"))?;
-                match x.get("parameters").and_then(|p| p.get("binary_data")).and_then(Value::as_bool) {
-                    Some(true) => bin.binary.push(name.clone()),
-                    Some(false) => bin.json.push(name.clone()),
-                    None => {}
-                }
-                Ok(name)
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(err("outputs", "must be an array")),
-    };
-    Ok((InferRequest { id, inputs: tensors, outputs }, bin))
+    let mut bin = BinaryOutputs { all: env.binary_data_output, ..BinaryOutputs::default() };
+    let mut outputs = Vec::with_capacity(env.outputs.len());
+    for o in env.outputs {
+        match o.binary {
+            Some(true) => bin.binary.push(o.name.clone()),
+            Some(false) => bin.json.push(o.name.clone()),
+            None => {}
+        }
+        outputs.push(o.name);
+    }
+    Ok((InferRequest { id: env.id, inputs: tensors, outputs }, bin))
 }
 
-/// Encode one element of `datatype` as little-endian bytes (binary data extension).
-fn encode_element(x: &Value, datatype: &str, out: &mut Vec<u8>) {
+/// Encode one element as `datatype`'s little-endian bytes (binary data extension).
+fn encode_element(x: Elem<'_>, datatype: &str, out: &mut Vec<u8>) {
     let f = x.as_f64().unwrap_or(0.0);
+    let i = match x {
+        Elem::I(n) => n,
+        Elem::U(n) => n as i64,
+        Elem::Bool(b) => i64::from(b),
+        _ => f as i64,
+    };
     match datatype {
-        "BOOL" => out.push(u8::from(x.as_bool().unwrap_or(false))),
-        "UINT8" | "INT8" => out.push(x.as_i64().unwrap_or(0) as u8),
-        "UINT16" | "INT16" => out.extend_from_slice(&(x.as_i64().unwrap_or(0) as u16).to_le_bytes()),
-        "UINT32" | "INT32" => out.extend_from_slice(&(x.as_i64().unwrap_or(0) as u32).to_le_bytes()),
-        "UINT64" => out.extend_from_slice(&x.as_u64().unwrap_or(0).to_le_bytes()),
-        "INT64" => out.extend_from_slice(&x.as_i64().unwrap_or(0).to_le_bytes()),
+        "BOOL" => out.push(u8::from(matches!(x, Elem::Bool(true)) || f != 0.0)),
+        "UINT8" | "INT8" => out.push(i as u8),
+        "UINT16" | "INT16" => out.extend_from_slice(&(i as u16).to_le_bytes()),
+        "UINT32" | "INT32" => out.extend_from_slice(&(i as u32).to_le_bytes()),
+        "UINT64" => out.extend_from_slice(&(if let Elem::U(n) = x { n } else { i as u64 }).to_le_bytes()),
+        "INT64" => out.extend_from_slice(&i.to_le_bytes()),
         "FP64" => out.extend_from_slice(&f.to_le_bytes()),
         "BYTES" => {
-            let s = x.as_str().map_or_else(|| x.to_string(), str::to_string);
+            let s = match x {
+                Elem::Str(s) => s.to_string(),
+                other => other.to_string(),
+            };
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
         }
@@ -347,7 +311,7 @@ pub fn encode_infer_response(resp: &InferResponse, bin: &BinaryOutputs) -> (Vec<
         .map(|t| {
             if bin.wants(&t.name) {
                 let before = raw.len();
-                for x in &t.data {
+                for x in (0..t.data.len()).filter_map(|i| t.data.elem(i)) {
                     encode_element(x, &t.datatype, &mut raw);
                 }
                 serde_json::json!({
@@ -399,8 +363,8 @@ mod tests {
             body.extend_from_slice(s.as_bytes());
         }
         let (r, bin) = parse_infer_request_binary(&body, Some(header.len())).expect("valid");
-        assert_eq!(r.inputs[0].data, vec![Value::from(1.5), Value::from(-2.0), Value::from(0.25)]);
-        assert_eq!(r.inputs[1].data, vec![Value::from("ab"), Value::from("cde")]);
+        assert_eq!(r.inputs[0].data, TensorData::Fp32(vec![1.5, -2.0, 0.25]));
+        assert_eq!(r.inputs[1].data, TensorData::Bytes(vec!["ab".into(), "cde".into()]));
         assert!(bin.wants("y") && !bin.wants("z"));
         let resp = InferResponse {
             model_name: "m".into(),
@@ -410,9 +374,9 @@ mod tests {
                     name: "y".into(),
                     shape: vec![2],
                     datatype: "FP32".into(),
-                    data: vec![1.0.into(), 2.5.into()],
+                    data: TensorData::Fp32(vec![1.0, 2.5]),
                 },
-                Tensor { name: "z".into(), shape: vec![1], datatype: "FP32".into(), data: vec![3.0.into()] },
+                Tensor { name: "z".into(), shape: vec![1], datatype: "FP32".into(), data: TensorData::Fp32(vec![3.0]) },
             ],
         };
         let (bytes, json_len) = encode_infer_response(&resp, &bin);
@@ -472,5 +436,73 @@ mod tests {
         }
         let huge = br#"{"inputs":[{"name":"a","shape":[4294967296,4294967296],"datatype":"FP32","data":[]}]}"#;
         assert!(parse_infer_request(huge).unwrap_err().message.contains("elements"));
+    }
+
+    #[test]
+    fn data_is_typed_and_may_come_before_the_shape() {
+        let r = parse_infer_request(
+            br#"{"inputs":[{"data":[[1,2],[3,4]],"name":"a","datatype":"INT64","shape":[2,2]},
+                           {"name":"b","shape":[2],"datatype":"FP32","data":[0.5,2]},
+                           {"name":"c","datatype":"BOOL","data":[true],"shape":[1]}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(r.inputs[0].data, TensorData::Int(vec![1, 2, 3, 4]));
+        assert_eq!(r.inputs[1].data, TensorData::Fp32(vec![0.5, 2.0]));
+        assert_eq!(r.inputs[2].data, TensorData::Bool(vec![true]));
+        // Unknown fields are skipped, whatever they hold.
+        let r = parse_infer_request(
+            br#"{"pad":[[1,{"x":[]}]],"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"extra":{}}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(r.inputs[0].data.len(), 1);
+    }
+
+    #[test]
+    fn data_past_the_shape_is_rejected_naming_the_input() {
+        // A million elements against a shape of 4: rejected at the fifth, in either field order.
+        let zeros = vec!["0"; 1_000_000].join(",");
+        for body in [
+            format!(r#"{{"inputs":[{{"name":"a","shape":[1,4],"datatype":"FP32","data":[{zeros}]}}]}}"#),
+            format!(r#"{{"inputs":[{{"name":"a","data":[{zeros}],"shape":[1,4],"datatype":"FP32"}}]}}"#),
+        ] {
+            let e = parse_infer_request(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, "inputs[0].data", "{e}");
+            assert!(e.message.contains("more than 4 elements"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_decode_budget_is_charged_from_the_shape_before_allocating() {
+        let body = br#"{"inputs":[{"name":"a","shape":[1000],"datatype":"FP64","data":[0]},
+                                   {"name":"b","shape":[1],"datatype":"FP32","data":[0]}]}"#;
+        // 8000 bytes for `a`: over a budget of 7999 before a single element is read.
+        let e = parse_infer_request_bounded(body, None, 7_999).unwrap_err();
+        assert_eq!(e.field, "inputs[0].data", "{e}");
+        assert!(e.message.contains("memory"), "{e}");
+        // Within 8004 both fit, and the count mismatch of `a` is what is wrong.
+        let e = parse_infer_request_bounded(body, None, 8_004).unwrap_err();
+        assert!(e.message.contains("has 1 elements"), "{e}");
+        // Strings are charged by their length too.
+        let s =
+            format!(r#"{{"inputs":[{{"name":"a","shape":[1],"datatype":"BYTES","data":["{}"]}}]}}"#, "x".repeat(100));
+        assert!(parse_infer_request_bounded(s.as_bytes(), None, 24 + 100).is_ok());
+        assert!(parse_infer_request_bounded(s.as_bytes(), None, 24 + 99).is_err());
+    }
+
+    #[test]
+    fn too_many_tensors_or_dimensions_are_rejected() {
+        let one = r#"{"name":"a","shape":[1],"datatype":"FP32","data":[0]}"#;
+        let many: Vec<String> = (0..=MAX_TENSORS)
+            .map(|i| format!(r#"{{"name":"t{i}","shape":[1],"datatype":"FP32","data":[0]}}"#))
+            .collect();
+        let e = parse_infer_request(format!(r#"{{"inputs":[{}]}}"#, many.join(",")).as_bytes()).unwrap_err();
+        assert_eq!(e.field, "inputs", "{e}");
+        let dims = vec!["1"; MAX_DIMS + 1].join(",");
+        let body = format!(r#"{{"inputs":[{{"name":"a","shape":[{dims}],"datatype":"FP32","data":[0]}}]}}"#);
+        let e = parse_infer_request(body.as_bytes()).unwrap_err();
+        assert!(e.field == "inputs[0].shape" && e.message.contains("dimensions"), "{e}");
+        let outs = vec![r#"{"name":"y"}"#; MAX_TENSORS + 1].join(",");
+        let body = format!(r#"{{"inputs":[{one}],"outputs":[{outs}]}}"#);
+        assert_eq!(parse_infer_request(body.as_bytes()).unwrap_err().field, "outputs");
     }
 }

@@ -11,10 +11,15 @@
 //! `NOT_FOUND`, overloaded → `RESOURCE_EXHAUSTED`, drops and no instance → `UNAVAILABLE`,
 //! deadline → `DEADLINE_EXCEEDED`, anything else → `INTERNAL`; the message starts with the
 //! outcome (`early_drop: …`).
+//!
+//! Bearer tokens ([`serve_with`], [`super::auth`]): with a token file, `ModelReady`,
+//! `ModelMetadata` and `ModelInfer` need the metadata entry `authorization: Bearer <token>`
+//! and answer `UNAUTHENTICATED` without a valid one; `ServerLive`, `ServerReady` and
+//! `ServerMetadata` stay open, as the HTTP health routes do.
 
+use super::auth::{self, TokenFile};
 use super::{Inference, ServeError};
-use jigsaw_protocol::infer::{decode_elements, InferError, InferRequest, Tensor, MAX_ELEMENTS};
-use serde_json::Value;
+use jigsaw_protocol::infer::{decode_elements, InferError, InferRequest, Tensor, TensorData, MAX_ELEMENTS};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -33,6 +38,18 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The gRPC face of an [`Inference`] service.
 pub struct GrpcApi {
     svc: Arc<dyn Inference>,
+    tokens: Option<Arc<TokenFile>>,
+}
+
+impl GrpcApi {
+    /// `UNAUTHENTICATED` unless tokens are off or `r` carries a valid bearer token.
+    fn authorize<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let Some(tokens) = &self.tokens else { return Ok(()) };
+        let header = r.metadata().get("authorization").map(|v| v.as_bytes());
+        auth::check(tokens, header)
+            .map(|_| ())
+            .map_err(|d| Status::unauthenticated(format!("unauthorized: {}", d.message())))
+    }
 }
 
 fn status_of(e: &ServeError) -> Status {
@@ -58,22 +75,24 @@ fn input_data(
     t: &pb::model_infer_request::InferInputTensor,
     raw: Option<&Vec<u8>>,
     n: u64,
-) -> Result<Vec<Value>, Status> {
+) -> Result<TensorData, Status> {
     let field = |k: &str| format!("inputs[{i}].{k}");
     if let Some(raw) = raw {
         return decode_elements(raw, &t.datatype, n, &field("raw_input_contents"))
             .map_err(|e| status_of(&ServeError::BadInput(e)));
     }
     let c = t.contents.as_ref().ok_or_else(|| bad(field("contents"), "is required (or raw_input_contents)"))?;
-    let v: Vec<Value> = match t.datatype.as_str() {
-        "BOOL" => c.bool_contents.iter().map(|x| Value::from(*x)).collect(),
-        "INT8" | "INT16" | "INT32" => c.int_contents.iter().map(|x| Value::from(*x)).collect(),
-        "INT64" => c.int64_contents.iter().map(|x| Value::from(*x)).collect(),
-        "UINT8" | "UINT16" | "UINT32" => c.uint_contents.iter().map(|x| Value::from(*x)).collect(),
-        "UINT64" => c.uint64_contents.iter().map(|x| Value::from(*x)).collect(),
-        "FP32" => c.fp32_contents.iter().map(|x| Value::from(f64::from(*x))).collect(),
-        "FP64" => c.fp64_contents.iter().map(|x| Value::from(*x)).collect(),
-        "BYTES" => c.bytes_contents.iter().map(|x| Value::from(String::from_utf8_lossy(x).into_owned())).collect(),
+    let v = match t.datatype.as_str() {
+        "BOOL" => TensorData::Bool(c.bool_contents.clone()),
+        "INT8" | "INT16" | "INT32" => TensorData::Int(c.int_contents.iter().map(|x| i64::from(*x)).collect()),
+        "INT64" => TensorData::Int(c.int64_contents.clone()),
+        "UINT8" | "UINT16" | "UINT32" => TensorData::Uint(c.uint_contents.iter().map(|x| u64::from(*x)).collect()),
+        "UINT64" => TensorData::Uint(c.uint64_contents.clone()),
+        "FP32" => TensorData::Fp32(c.fp32_contents.clone()),
+        "FP64" => TensorData::Fp64(c.fp64_contents.clone()),
+        "BYTES" => {
+            TensorData::Bytes(c.bytes_contents.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect())
+        }
         other => return Err(bad(field("datatype"), format!("`{other}` is not supported"))),
     };
     if v.len() as u64 != n {
@@ -140,6 +159,7 @@ impl GrpcInferenceService for GrpcApi {
     }
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        self.authorize(&r)?;
         let name = &r.get_ref().name;
         if self.svc.app(name).is_none() {
             return Err(status_of(&ServeError::UnknownApp(name.clone())));
@@ -162,6 +182,7 @@ impl GrpcInferenceService for GrpcApi {
         &self,
         r: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        self.authorize(&r)?;
         let name = &r.get_ref().name;
         let meta = self.svc.app(name).ok_or_else(|| status_of(&ServeError::UnknownApp(name.clone())))?;
         let t = |m: &super::TensorMeta| pb::model_metadata_response::TensorMetadata {
@@ -179,6 +200,7 @@ impl GrpcInferenceService for GrpcApi {
     }
 
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        self.authorize(&r)?;
         let deadline = deadline(&r)?;
         let m = r.into_inner();
         let req = to_request(&m)?;
@@ -189,8 +211,8 @@ impl GrpcInferenceService for GrpcApi {
             .iter()
             .map(|t| {
                 let mut bytes = Vec::with_capacity(t.data.len() * 4);
-                for x in &t.data {
-                    bytes.extend_from_slice(&(x.as_f64().unwrap_or(0.0) as f32).to_le_bytes());
+                for i in 0..t.data.len() {
+                    bytes.extend_from_slice(&(t.data.f64_at(i).unwrap_or(0.0) as f32).to_le_bytes());
                 }
                 raw.push(bytes);
                 pb::model_infer_response::InferOutputTensor {
@@ -214,13 +236,23 @@ impl GrpcInferenceService for GrpcApi {
 }
 
 /// Serve the v2 gRPC API on `listener` until `shutdown` completes (requests in flight are
-/// drained).
+/// drained), without authentication.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: Arc<dyn Inference>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let api = GrpcInferenceServiceServer::new(GrpcApi { svc })
+    serve_with(listener, svc, None, shutdown).await
+}
+
+/// [`serve`], with `tokens` required where the module docs say.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    svc: Arc<dyn Inference>,
+    tokens: Option<Arc<TokenFile>>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let api = GrpcInferenceServiceServer::new(GrpcApi { svc, tokens })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()

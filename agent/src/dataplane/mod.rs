@@ -4,10 +4,12 @@
 //! * [`plane`]: the node's frontend (routing, fan-out and join) and its local instances.
 //! * [`pool`]: one instance's batching queue and the MPS replicas pulling from it.
 //! * [`worker`]: worker processes and their in-process twin, with the executors.
-//! * [`http`]: the KServe v2 HTTP API over [`Inference`].
+//! * [`http`]: the KServe v2 HTTP API over [`Inference`]; [`grpc`]: the same over gRPC;
+//!   [`auth`]: their optional bearer tokens.
 //! * [`Inference`]: what the HTTP inference API asks of a node's data plane. The HTTP layer
 //!   maps [`ServeError`] to status codes; the data plane never sees HTTP.
 
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod plane;

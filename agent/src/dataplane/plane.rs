@@ -22,7 +22,7 @@ use super::{AppMeta, Inference, ServeError, TensorMeta};
 use crate::core::batch::{DropReason, QueueConfig};
 use crate::metrics::{labels, Metrics};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
-use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor};
+use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor, TensorData};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::profile::{latency_curve, mean_ms, p95_mean};
 use jigsaw_protocol::rng::SplitMix64;
@@ -676,7 +676,7 @@ impl<T: Transport> DataPlane<T> {
             .map(|t| {
                 let items = outputs.remove(&t).unwrap_or_default();
                 let width = items.first().map_or(0, Vec::len);
-                let data = items.iter().flatten().map(|v| serde_json::Value::from(f64::from(*v))).collect();
+                let data = TensorData::Fp32(items.iter().flatten().copied().collect());
                 Tensor {
                     name: spec.tasks[t].name.clone(),
                     shape: vec![items.len() as u64, width as u64],
@@ -791,13 +791,7 @@ fn input_of(req: &InferRequest) -> Result<Vec<f32>, InferError> {
     if t.shape != INPUT_SHAPE {
         return Err(err("inputs[0].shape", format!("expected {INPUT_SHAPE:?}, got {:?}", t.shape)));
     }
-    t.data
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_f64().map(|x| x as f32).ok_or_else(|| err(&format!("inputs[0].data[{i}]"), "not a number".into()))
-        })
-        .collect()
+    t.data.to_f32().ok_or_else(|| err("inputs[0].data", format!("{} elements are not numbers", t.datatype)))
 }
 
 struct InFlight(Arc<AtomicUsize>);

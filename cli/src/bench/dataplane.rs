@@ -20,7 +20,7 @@ use jigsaw_agent::dataplane::Inference;
 use jigsaw_agent::transport::net::{QuicTransport, Transport};
 use jigsaw_agent::transport::{tls, QuicNode};
 use jigsaw_protocol::app::AppSpec;
-use jigsaw_protocol::infer::{InferRequest, Tensor};
+use jigsaw_protocol::infer::{InferRequest, Tensor, TensorData};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::{AppRoute, RoutingTable, StageRequest, Target, TaskRoute};
 use jigsaw_protocol::wire::WireMessage;
@@ -78,7 +78,7 @@ fn request() -> InferRequest {
             name: "input".into(),
             shape: vec![1, 3, 16, 16],
             datatype: "FP32".into(),
-            data: (0..768).map(|i| serde_json::Value::from(f64::from(i) / 768.0)).collect(),
+            data: TensorData::Fp32((0..768).map(|i| i as f32 / 768.0).collect()),
         }],
         outputs: vec![],
     }
