@@ -39,7 +39,8 @@ use tokio::sync::watch;
 pub type Backend = Box<dyn GpuBackend + Send>;
 
 /// What a node remembers across restarts: the newest epoch it accepted and its target
-/// (written before the epoch is applied; re-applied on start).
+/// (written once the push passed every check and before the epoch is applied; re-applied on
+/// start). A push that was refused is never written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedPlan {
     /// Epoch.
@@ -70,22 +71,20 @@ pub enum AppliedPlanError {
 }
 
 impl AppliedPlan {
-    /// Load from `path` (a missing file is epoch 0).
+    /// Load from `path`: a missing file is epoch 0, and so is a corrupt one, which is set
+    /// aside as `applied-plan.json.corrupt` (see [`crate::persist`]); the coordinator then
+    /// pushes the current plan again.
     pub fn load(path: &std::path::Path) -> Result<AppliedPlan, AppliedPlanError> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| AppliedPlanError::Json { path: path.into(), source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppliedPlan::default()),
-            Err(source) => Err(AppliedPlanError::Io { path: path.into(), source }),
-        }
+        crate::persist::load_or_set_aside(path)
+            .map(Option::unwrap_or_default)
+            .map_err(|source| AppliedPlanError::Io { path: path.into(), source })
     }
 
-    /// Write atomically to `path`.
+    /// Write durably to `path` (temporary file, fsync, rename, fsync of the directory).
     pub fn save(&self, path: &std::path::Path) -> Result<(), AppliedPlanError> {
-        let tmp = path.with_extension("tmp");
         let bytes =
-            serde_json::to_vec_pretty(self).map_err(|source| AppliedPlanError::Json { path: tmp.clone(), source })?;
-        std::fs::write(&tmp, bytes).map_err(|source| AppliedPlanError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, path).map_err(|source| AppliedPlanError::Io { path: path.into(), source })
+            serde_json::to_vec_pretty(self).map_err(|source| AppliedPlanError::Json { path: path.into(), source })?;
+        crate::persist::write_durably(path, &bytes).map_err(|source| AppliedPlanError::Io { path: path.into(), source })
     }
 }
 
@@ -409,15 +408,35 @@ impl Actor for GpuActor {
 
 // ---------------------------------------------------------------- node
 
+/// What to do once a push is accepted, before any GPU step runs (the node installs the
+/// epoch's routing table there, so a refused push leaves the routes alone and the segments
+/// the plan creates find their app's description).
+pub struct OnAccept(Box<dyn FnOnce() + Send>);
+
+impl OnAccept {
+    /// Run `f` on acceptance.
+    pub fn new(f: impl FnOnce() + Send + 'static) -> OnAccept {
+        OnAccept(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for OnAccept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnAccept")
+    }
+}
+
 /// Messages of the [`NodeAgent`].
 #[derive(Debug)]
 pub enum NodeMsg {
-    /// A plan push from the coordinator.
+    /// A plan push from the coordinator (already past the node's [`crate::core::plan_fence`]).
     Push {
         /// Epoch.
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// Run once the push is accepted and persisted, before it is applied.
+        on_accept: Option<OnAccept>,
         /// Outcome.
         reply: RpcReplyPort<ApplyOutcome>,
     },
@@ -474,7 +493,15 @@ impl NodeState {
         Ok(())
     }
 
-    async fn push(&mut self, epoch: u64, gpus: BTreeMap<String, Vec<InstancePlan>>) -> ApplyOutcome {
+    async fn push(
+        &mut self,
+        epoch: u64,
+        gpus: BTreeMap<String, Vec<InstancePlan>>,
+        on_accept: Option<OnAccept>,
+    ) -> ApplyOutcome {
+        if !self.core.would_accept(epoch) {
+            return ApplyOutcome::Stale { accepted: self.core.accepted_epoch() };
+        }
         let mut live = BTreeMap::new();
         for (uuid, a) in &self.gpus {
             match ask(a, GpuMsg::Live).await {
@@ -485,9 +512,15 @@ impl NodeState {
             }
         }
         let part = PlanPart { epoch, gpus: gpus.clone() };
-        if !self.core.would_accept(epoch) {
-            return ApplyOutcome::Stale { accepted: self.core.accepted_epoch() };
-        }
+        // Check first, persist second: a refused plan is neither written nor, after a
+        // restart, restored.
+        let cmds = match self.core.check(&part, &live) {
+            Ok(c) => c,
+            Err(crate::core::node_plan::PushRejected::Stale { accepted, .. }) => {
+                return ApplyOutcome::Stale { accepted }
+            }
+            Err(e) => return ApplyOutcome::Rejected { reason: e.to_string() },
+        };
         // Persist the accepted target before touching a GPU, so a crash mid-apply restarts
         // into this epoch (re-applied), never into an older one.
         if let Some(path) = &self.state_file {
@@ -495,13 +528,10 @@ impl NodeState {
                 return ApplyOutcome::Rejected { reason: format!("cannot persist the plan before applying it: {e}") };
             }
         }
-        let cmds = match self.core.push(&part, &live) {
-            Ok(c) => c,
-            Err(crate::core::node_plan::PushRejected::Stale { accepted, .. }) => {
-                return ApplyOutcome::Stale { accepted }
-            }
-            Err(e) => return ApplyOutcome::Rejected { reason: e.to_string() },
-        };
+        self.core.begin(epoch);
+        if let Some(OnAccept(f)) = on_accept {
+            f();
+        }
         let mut outcome = ApplyOutcome::Rejected { reason: "no GPU reported back".into() };
         let mut queue: Vec<NodeCommand> = cmds;
         if queue.is_empty() {
@@ -567,7 +597,7 @@ impl Actor for NodeAgent {
             // e.g. MIG instances on a real GPU) so the fence resumes where it was.
             let known: BTreeMap<_, _> =
                 saved.gpus.clone().into_iter().filter(|(g, _)| st.gpus.contains_key(g)).collect();
-            let outcome = st.push(saved.epoch, known).await;
+            let outcome = st.push(saved.epoch, known, None).await;
             tracing::info!(epoch = saved.epoch, ?outcome, "restored the last applied plan");
         }
         st.publish().await?;
@@ -576,8 +606,8 @@ impl Actor for NodeAgent {
 
     async fn handle(&self, _me: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeState) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Push { epoch, gpus, reply } => {
-                let outcome = st.push(epoch, gpus).await;
+            NodeMsg::Push { epoch, gpus, on_accept, reply } => {
+                let outcome = st.push(epoch, gpus, on_accept).await;
                 st.publish().await?;
                 let _ = reply.send(outcome);
             }

@@ -292,6 +292,11 @@ impl NodeSection {
                 if *count == 0 {
                     return Err(bad("gpu.count", "a simulated node needs at least one GPU".into()));
                 }
+                let max = jigsaw_protocol::heartbeat::MAX_GPUS_PER_NODE;
+                if *count as usize > max {
+                    // The coordinator refuses heartbeats listing more.
+                    return Err(bad("gpu.count", format!("a node has at most {max} GPUs, got {count}")));
+                }
                 GpuBackendConfig::Sim { model, count: *count, reconfig: std::time::Duration::from_millis(*reconfig_ms) }
             }
             GpuSection::Nvml => GpuBackendConfig::Nvml,
@@ -624,6 +629,7 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             (NODE.replace("node-2@127.0.0.1:7401", "node-1@127.0.0.1:7401"), "node.peers[0]"),
             (NODE.replace("h100-80gb", "v100"), "node.gpu.model"),
             (NODE.replace("count = 4", "count = 0"), "node.gpu.count"),
+            (NODE.replace("count = 4", "count = 10000"), "node.gpu.count"),
             (NODE.replace("backend = \"sim\"", "backend = \"cuda\""), "cuda"),
             (NODE.replace("coordinator_eligible", "coordinator_elegible"), "coordinator_elegible"),
             (NODE.replace(r#"["node-1", "node-2"]"#, r#"["node-1", "node-3"]"#), "node.voters[1]"),

@@ -18,7 +18,7 @@
 //! never lands on a later one. The term led is
 //! published on a watch channel for the node's other tasks ([`CoordinatorHandle::leading`]).
 
-use crate::core::leader::{LeadId, Leader, Transition};
+use crate::core::leader::{HeartbeatVerdict, LeadId, Leader, Transition};
 use crate::metrics::{labels, Metrics};
 use crate::raft::store::StateMachine;
 use crate::raft::{node_id, Raft};
@@ -45,12 +45,13 @@ pub type StatusView = (Vec<NodeStatus>, Vec<ProfileRow>);
 pub enum CoordMsg {
     /// Follow Raft leadership and, while leading, run one control step.
     Tick,
-    /// A node's heartbeat; the reply says whether this node accepted it as coordinator.
+    /// A node's heartbeat; the reply says whether this node recorded it as coordinator,
+    /// or refused it at the edge.
     Heartbeat {
         /// The heartbeat.
         hb: Heartbeat,
-        /// `true`: accepted; `false`: not the coordinator.
-        reply: RpcReplyPort<bool>,
+        /// What became of it.
+        reply: RpcReplyPort<HeartbeatVerdict>,
     },
     /// A node announced it is leaving; the reply says whether this node recorded it as
     /// coordinator.
@@ -121,6 +122,9 @@ pub struct CoordinatorState<T: Transport> {
     /// Proposals, solves and pushes in flight; aborted when the actor stops.
     tasks: JoinSet<()>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// Per node, the last edge verdict that was logged (a node resends its observed rows
+    /// with every heartbeat: the same drops are logged once, not every 300 ms).
+    logged: std::collections::BTreeMap<String, String>,
 }
 
 /// The coordinator actor (see the module docs).
@@ -135,6 +139,29 @@ impl<T> Default for CoordinatorActor<T> {
 impl<T: Transport> CoordinatorState<T> {
     fn now_ms(&self) -> u64 {
         tokio::time::Instant::now().duration_since(self.args.origin).as_millis() as u64
+    }
+
+    /// Log what the edge check refused or dropped, once per node and change of the fields
+    /// at fault (not of the values, which a misbehaving node may vary with every heartbeat).
+    fn log_verdict(&mut self, node: &str, verdict: &HeartbeatVerdict) {
+        let key = match verdict {
+            HeartbeatVerdict::Refused(e) => format!("refused {}", e.field),
+            HeartbeatVerdict::Recorded(d) => {
+                let fields: Vec<&str> = d.listed.iter().map(|r| r.field.as_str()).collect();
+                format!("dropped {} {}", d.count, fields.join(","))
+            }
+            HeartbeatVerdict::NotLeading => return,
+        };
+        if self.logged.get(node) == Some(&key) {
+            return;
+        }
+        match verdict {
+            HeartbeatVerdict::Refused(e) => tracing::warn!(%node, "{e}"),
+            HeartbeatVerdict::Recorded(d) if d.count > 0 => tracing::warn!(%node, "heartbeat accepted, but {d}"),
+            _ => {}
+        }
+        // Bounded: one entry per node (a certificate name) that sent this leader a heartbeat.
+        self.logged.insert(node.to_string(), key);
     }
 
     fn spawn(&mut self, f: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -273,7 +300,13 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
                 }
             }
         });
-        Ok(CoordinatorState { args, core: Leader::new(cfg), tasks: JoinSet::new(), ticker: Some(ticker) })
+        Ok(CoordinatorState {
+            args,
+            core: Leader::new(cfg),
+            tasks: JoinSet::new(),
+            ticker: Some(ticker),
+            logged: std::collections::BTreeMap::new(),
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<CoordMsg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
@@ -296,7 +329,10 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
             CoordMsg::Tick => state.tick(&myself),
             CoordMsg::Heartbeat { hb, reply } => {
                 let now = state.now_ms();
-                let _ = reply.send(state.core.heartbeat(now, hb));
+                let node = hb.node.clone();
+                let verdict = state.core.heartbeat(now, hb);
+                state.log_verdict(&node, &verdict);
+                let _ = reply.send(verdict);
             }
             CoordMsg::Leave { node, reply } => {
                 let now = state.now_ms();
@@ -361,8 +397,9 @@ impl CoordinatorHandle {
         *self.leading.borrow()
     }
 
-    /// Offer a heartbeat; `true` when this node accepted it as coordinator.
-    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<bool, CoordinatorGone> {
+    /// Offer a heartbeat: recorded when this node coordinates and the heartbeat passes the
+    /// edge check.
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatVerdict, CoordinatorGone> {
         ractor::call!(self.actor, |reply| CoordMsg::Heartbeat { hb, reply }).map_err(|e| CoordinatorGone(e.to_string()))
     }
 

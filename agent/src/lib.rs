@@ -15,9 +15,10 @@
 //! * [`dataplane`]: the frontend, instance queues, workers and the KServe v2 HTTP API.
 //! * [`config`]: the operator's node config.
 //! * [`metrics`]: the node's Prometheus metrics (`GET /metrics`, `docs/metrics.md`).
+//! * [`persist`]: durable writes of the node's state files; corrupt ones set aside at start.
 //! * [`status_page`]: the cluster status page (`GET /status`, `jigsaw status --html`).
-//! * [`core`]: the pure cores (batching, epoch fencing, plan diff, network model,
-//!   leadership), kept free of clocks, sockets and spawns by clippy.
+//! * [`core`]: the pure cores (batching, epoch fencing, the plan-push fence, plan diff,
+//!   network model, leadership), kept free of clocks, sockets and spawns by clippy.
 //!
 //! ## Supervision tree of a node
 //!
@@ -58,6 +59,8 @@ pub mod gpu;
 pub mod metrics;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod node;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub mod persist;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod raft;
 pub mod status_page;

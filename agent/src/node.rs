@@ -12,14 +12,20 @@
 //!   owns the observed points ([`NodeHandle::report_observed`] sends it more);
 //! * the **inbound router**: each request from a peer goes to its service:
 //!   Raft RPCs to openraft, heartbeats to the coordinator actor (or a redirect), plan pushes
-//!   to the node agent, data-plane stages straight to the local plane, operator requests to
-//!   the operator service.
+//!   through the push fence ([`crate::core::plan_fence`]) to the node agent, data-plane
+//!   stages straight to the local plane, operator requests to the operator service;
+//! * the **push view** ([`PushView`]: the coordinator and the committed epoch this node can
+//!   verify): kept from Raft's metrics and state machine on eligible nodes, from accepted
+//!   heartbeat replies on the others.
 //!
 //! Time comes from tokio's clock, so the simulation's paused clock drives everything.
 
-use crate::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
+use crate::actors::{Backend, NodeAgent, NodeArgs, NodeMsg, OnAccept};
 pub use crate::coordinator::PlanFn;
 use crate::coordinator::{CoordinatorArgs, CoordinatorHandle};
+use crate::core::leader::HeartbeatVerdict;
+pub use crate::core::plan_fence::PushView;
+use crate::core::plan_fence::{check_push, Unverified};
 use crate::dataplane::plane::{stage_handler, DataPlane, LocalPlane, PlaneConfig, Segments};
 use crate::dataplane::worker::{ExecutorKind, InProcessLauncher, Launcher};
 use crate::raft::store::{self, StateMachine};
@@ -28,14 +34,14 @@ use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_coordinator::cluster_plan::plan_cluster;
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
 use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory, InvalidApp, ParsedApp};
-use jigsaw_protocol::wire::{ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
 use jigsaw_protocol::ProfileRow;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Timing of a node.
@@ -154,6 +160,34 @@ pub fn validate_app(entry: &AppEntry) -> Result<ParsedApp, InvalidApp> {
 /// The coordinator as this node knows it (name, address), shared by the tasks that learn it.
 type Hint = Arc<watch::Sender<Option<(String, String)>>>;
 
+/// Who may push plans to this node, and up to which epoch (see [`crate::core::plan_fence`]).
+type View = Arc<watch::Sender<PushView>>;
+
+/// How long a plan push this node cannot verify yet is held before it is refused: a few
+/// heartbeat periods (the view catches up within one Raft heartbeat on a voter, one
+/// heartbeat round trip elsewhere), and well inside the coordinator's push timeout.
+fn hold_time(t: Timing) -> Duration {
+    Duration::from_millis((4 * t.heartbeat_ms).max(500).min(t.push_timeout_ms / 2))
+}
+
+/// Keep `view` at what this voter's Raft knows: the current leader, and the epoch of the
+/// plan its state machine applied (committed entries only).
+async fn follow_raft(raft: Raft, sm: StateMachine, view: View) {
+    let mut metrics = raft.metrics();
+    loop {
+        let next = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            let leader = m.current_leader.and_then(|l| membership.get_node(&l)).map(|n| n.name.clone());
+            PushView { leader, committed: sm.epoch() }
+        };
+        view.send_if_modified(|v| std::mem::replace(v, next.clone()) != next);
+        if metrics.changed().await.is_err() {
+            return; // Raft shut down
+        }
+    }
+}
+
 /// The operator service: `jigsaw status` and app registration, answered by the
 /// coordinator (others redirect).
 struct Operator {
@@ -253,9 +287,35 @@ struct Router {
     plane: Arc<LocalPlane>,
     stage: Handler,
     operator: Arc<Operator>,
+    /// Who may push plans, up to which epoch.
+    view: View,
+    /// Wakes the heartbeat task for a beat now (a non-voter refreshing its view).
+    beat_now: Arc<Notify>,
+    /// How long an unverifiable push is held.
+    hold: Duration,
 }
 
 impl Router {
+    /// The push fence: wait (at most `hold`) until this node can verify a push of `epoch`
+    /// from `sender`; nothing is persisted or changed meanwhile.
+    async fn fence(&self, sender: &str, epoch: u64) -> Result<(), Unverified> {
+        let mut view = self.view.subscribe();
+        let deadline = tokio::time::Instant::now() + self.hold;
+        loop {
+            let why = match check_push(&view.borrow_and_update(), sender, epoch) {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            if self.raft.is_none() {
+                self.beat_now.notify_one(); // a non-voter learns its view from heartbeat replies
+            }
+            match tokio::time::timeout_at(deadline, view.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(why),
+            }
+        }
+    }
+
     /// The answer to a heartbeat or a leave: whether it was recorded, and who coordinates.
     fn reply_to_member(&self, accepted: bool) -> WireMessage {
         let coordinator =
@@ -284,11 +344,14 @@ impl Router {
                         retry: false,
                     };
                 }
-                let accepted = match &self.operator.coordinator {
-                    Some(c) => c.heartbeat(hb).await.unwrap_or(false),
-                    None => false,
+                let verdict = match &self.operator.coordinator {
+                    Some(c) => c.heartbeat(hb).await.unwrap_or(HeartbeatVerdict::NotLeading),
+                    None => HeartbeatVerdict::NotLeading,
                 };
-                self.reply_to_member(accepted)
+                match verdict {
+                    HeartbeatVerdict::Refused(e) => WireMessage::Error { message: e.to_string(), retry: false },
+                    v => self.reply_to_member(v.recorded()),
+                }
             }
             msg @ WireMessage::Stage(_) => (self.stage)(peer, msg).await,
             WireMessage::Leave { node } => {
@@ -313,11 +376,17 @@ impl Router {
                         retry: false,
                     };
                 }
-                // Routes first, so segments the plan creates find their app's description.
-                if routes.epoch == epoch {
-                    self.plane.set_routes(routes);
+                if let Err(why) = self.fence(&coordinator, epoch).await {
+                    tracing::warn!(node = %self.name, "plan push refused: {why}");
+                    let outcome = ApplyOutcome::Rejected { reason: why.to_string() };
+                    return WireMessage::PlanReport { node: self.name.clone(), epoch, outcome };
                 }
-                match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, reply }) {
+                // The routes of the epoch are installed (and persisted) once the node agent
+                // has accepted the push, before any step runs, so segments the plan creates
+                // find their app's description and a refused push leaves them alone.
+                let plane = self.plane.clone();
+                let on_accept = (routes.epoch == epoch).then(|| OnAccept::new(move || plane.set_routes(routes)));
+                match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, on_accept, reply }) {
                     Ok(outcome) => WireMessage::PlanReport { node: self.name.clone(), epoch, outcome },
                     Err(e) => WireMessage::Error { message: format!("node agent unavailable: {e}"), retry: true },
                 }
@@ -368,6 +437,12 @@ struct Heartbeats<T: Transport> {
     observed: BTreeMap<ObservedKey, ProfileRow>,
     sm: Option<StateMachine>,
     health: watch::Sender<Health>,
+    /// The push view, which a non-voter learns from accepted replies (voters follow Raft).
+    view: View,
+    /// A beat now, not at the next period (a held push wants a fresh view).
+    beat_now: Arc<Notify>,
+    /// The last refusal logged (logged once, not every period).
+    refused: Option<String>,
 }
 
 impl<T: Transport> Heartbeats<T> {
@@ -402,7 +477,10 @@ impl<T: Transport> Heartbeats<T> {
         let mut next_seed = 0usize;
         let mut beats = 0u64;
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.beat_now.notified() => {}
+            }
             let hb = self.heartbeat();
             let applied_epoch = hb.applied_epoch;
             beats += 1;
@@ -415,9 +493,15 @@ impl<T: Transport> Heartbeats<T> {
     /// coordinator it knows or the next seed. Returns (accepted, by whom, committed epoch).
     async fn beat(&mut self, hb: Heartbeat, next_seed: &mut usize) -> (bool, Option<String>, u64) {
         if let Some(c) = &self.coordinator {
-            if c.leading().is_some() && c.heartbeat(hb.clone()).await.unwrap_or(false) {
-                let committed = self.sm.as_ref().map_or(0, |s| s.snapshot_state().state.epoch);
-                return (true, Some(self.name.clone()), committed);
+            if c.leading().is_some() {
+                match c.heartbeat(hb.clone()).await {
+                    Ok(HeartbeatVerdict::Recorded(_)) => {
+                        let committed = self.sm.as_ref().map_or(0, StateMachine::epoch);
+                        return (true, Some(self.name.clone()), committed);
+                    }
+                    Ok(HeartbeatVerdict::Refused(e)) => self.log_refusal(e.to_string()),
+                    Ok(HeartbeatVerdict::NotLeading) | Err(_) => {}
+                }
             }
         }
         let hinted = self.hint.borrow().clone();
@@ -435,15 +519,33 @@ impl<T: Transport> Heartbeats<T> {
                 // Accepted: keep it; redirected: follow it; no hint: try the next seed.
                 Ok(WireMessage::HeartbeatReply { accepted: true, epoch, .. }) => {
                     let name = target.0.clone();
+                    if !self.eligible {
+                        // A non-voter's push view: the coordinator that took its heartbeat
+                        // and the committed epoch it reported (voters follow their Raft).
+                        let next = PushView { leader: Some(name.clone()), committed: epoch };
+                        self.view.send_if_modified(|v| std::mem::replace(v, next.clone()) != next);
+                    }
                     (Some(target), (true, Some(name), epoch))
                 }
                 Ok(WireMessage::HeartbeatReply { coordinator, epoch, .. }) => {
                     (coordinator.filter(|c| c.0 != self.name && c.0 != target.0), (false, None, epoch))
                 }
+                Ok(WireMessage::Error { message, .. }) => {
+                    self.log_refusal(format!("{}: {message}", target.0));
+                    (None, (false, None, 0))
+                }
                 Ok(_) | Err(_) => (None, (false, None, 0)),
             };
         self.hint.send_replace(hint);
         outcome
+    }
+
+    /// A heartbeat was refused (the coordinator's edge check): say so, once per reason.
+    fn log_refusal(&mut self, why: String) {
+        if self.refused.as_ref() != Some(&why) {
+            tracing::error!(node = %self.name, "heartbeat refused by {why}");
+            self.refused = Some(why);
+        }
     }
 }
 
@@ -518,6 +620,9 @@ impl<T: Transport> NodeHandle<T> {
         };
         let (agent, _) = Actor::spawn(None, NodeAgent, args).await?;
         let hint: Hint = Arc::new(watch::channel(None).0);
+        let view: View = Arc::new(watch::channel(PushView::default()).0);
+        let beat_now = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
         let (raft, sm, coordinator) = if spec.eligible {
             let (log, sm) = store::open(&spec.data_dir.join("raft.redb")).map_err(Box::new)?;
             let cfg = Arc::new(raft_config(spec.timing.election_ms.0, spec.timing.election_ms.1).validate()?);
@@ -549,6 +654,7 @@ impl<T: Transport> NodeHandle<T> {
                 metrics: local.metrics().clone(),
             };
             let coordinator = CoordinatorHandle::start(cargs, leading_rx).await?;
+            tasks.push(tokio::spawn(follow_raft(raft.clone(), sm.clone(), view.clone())));
             (Some(raft), Some(sm), Some(coordinator))
         } else {
             (None, None, None)
@@ -571,10 +677,12 @@ impl<T: Transport> NodeHandle<T> {
             plane: local.clone(),
             stage: stage_handler(local.clone()),
             operator,
+            view: view.clone(),
+            beat_now: beat_now.clone(),
+            hold: hold_time(spec.timing),
         });
         let handler: Handler =
             Arc::new(move |peer, msg| -> BoxFuture<WireMessage> { Box::pin(router.clone().handle(peer, msg)) });
-        let mut tasks = Vec::new();
         if let Some(t) = attach(handler) {
             tasks.push(t);
         }
@@ -596,6 +704,9 @@ impl<T: Transport> NodeHandle<T> {
             observed: BTreeMap::new(),
             sm: sm.clone(),
             health: health_tx,
+            view,
+            beat_now,
+            refused: None,
         };
         let heartbeat_task = Some(tokio::spawn(heartbeats.run()));
         Ok(NodeHandle {

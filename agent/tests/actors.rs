@@ -1,6 +1,7 @@
 //! The node's actor tree on simulated GPUs: plans are applied and fenced by epoch, a failed
-//! step comes back as a report naming the GPU and the step, and a restarted node restores
-//! its last applied plan from its data dir.
+//! step comes back as a report naming the GPU and the step, a restarted node restores
+//! its last applied plan from its data dir (never a plan it refused), and a corrupt state
+//! file is set aside rather than stopping the node.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
 
@@ -73,7 +74,7 @@ async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<Nod
 }
 
 async fn push(a: &ActorRef<NodeMsg>, epoch: u64, gpus: BTreeMap<String, Vec<InstancePlan>>) -> ApplyOutcome {
-    ractor::call!(a, |reply| NodeMsg::Push { epoch, gpus, reply }).expect("node agent answers")
+    ractor::call!(a, |reply| NodeMsg::Push { epoch, gpus, on_accept: None, reply }).expect("node agent answers")
 }
 
 fn layout(inv: &Inventory) -> Vec<(String, u8, String)> {
@@ -127,5 +128,65 @@ async fn plans_apply_fence_fail_loudly_and_survive_restart() {
     assert_eq!(layout(&inv).len(), 2);
     assert_eq!(push(&b, 4, other).await, ApplyOutcome::Stale { accepted: 4 });
     b.stop(None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("jigsaw-actors-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Check first, persist second: a push the node refuses (a GPU it does not have, an illegal
+/// layout) is not written, so a restart restores the last plan it accepted, and the refused
+/// epoch is still open for a real plan.
+#[tokio::test]
+async fn a_refused_plan_is_neither_persisted_nor_restored() {
+    let dir = temp_dir("refused");
+    let state = dir.join("applied-plan.json");
+    let gpu = || SimGpu::new(GpuModel::H100_80gb, 7, Duration::ZERO);
+    let uuid = gpu().uuid().to_string();
+    let (a, _) = node(vec![Box::new(gpu())], &state).await;
+    let e1: BTreeMap<_, _> = [(uuid.clone(), vec![inst("7g.80gb", 0, "det")])].into();
+    assert_eq!(push(&a, 1, e1).await, ApplyOutcome::Applied);
+    let saved = std::fs::read(&state).expect("saved");
+
+    let unknown: BTreeMap<_, _> = [("GPU-nope".to_string(), vec![inst("7g.80gb", 0, "x")])].into();
+    assert!(matches!(push(&a, 2, unknown).await, ApplyOutcome::Rejected { .. }));
+    let overlap: BTreeMap<_, _> = [(uuid.clone(), vec![inst("4g.40gb", 0, "x"), inst("2g.20gb", 2, "y")])].into();
+    assert!(matches!(push(&a, 3, overlap).await, ApplyOutcome::Rejected { .. }));
+    assert_eq!(std::fs::read(&state).expect("saved"), saved, "refused plans are not written");
+    a.stop(None);
+
+    let (b, inv) = node(vec![Box::new(gpu())], &state).await;
+    assert_eq!(inv.borrow().0, 1, "the last accepted plan is restored, not a refused one");
+    assert_eq!(layout(&inv), vec![("7g.80gb".into(), 0, "det".into())]);
+    let e2: BTreeMap<_, _> = [(uuid.clone(), vec![inst("3g.40gb", 4, "cls")])].into();
+    assert_eq!(push(&b, 2, e2).await, ApplyOutcome::Applied, "the refused epoch is still open");
+    assert_eq!(layout(&inv), vec![("3g.40gb".into(), 4, "cls".into())]);
+    b.stop(None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A torn `applied-plan.json` (a crash mid-write on a file system that does not keep the
+/// order) is logged and set aside; the node starts empty and applies the next push.
+#[tokio::test]
+async fn a_torn_applied_plan_is_set_aside_and_the_next_push_applies() {
+    let dir = temp_dir("torn");
+    let state = dir.join("applied-plan.json");
+    std::fs::write(&state, br#"{"epoch": 9, "gpus": {"GPU-"#).expect("torn file");
+    let gpu = SimGpu::new(GpuModel::H100_80gb, 3, Duration::ZERO);
+    let uuid = gpu.uuid().to_string();
+    let (a, inv) = node(vec![Box::new(gpu)], &state).await;
+    assert_eq!(inv.borrow().0, 0, "started empty");
+    let aside = dir.join("applied-plan.json.corrupt");
+    assert_eq!(std::fs::read(&aside).expect("set aside"), br#"{"epoch": 9, "gpus": {"GPU-"#);
+    let e1: BTreeMap<_, _> = [(uuid, vec![inst("4g.40gb", 0, "det")])].into();
+    assert_eq!(push(&a, 1, e1).await, ApplyOutcome::Applied);
+    assert_eq!(inv.borrow().0, 1);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("saved")).expect("json");
+    assert_eq!(saved["epoch"], 1, "a complete file again");
+    a.stop(None);
     let _ = std::fs::remove_dir_all(&dir);
 }

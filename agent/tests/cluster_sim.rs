@@ -25,7 +25,7 @@ use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::rng::SplitMix64;
-use jigsaw_protocol::wire::{ClientReply, ClientRequest, WireMessage};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, WireMessage};
 use jigsaw_protocol::GpuModel;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -457,6 +457,119 @@ fn non_voters_cannot_push_plans_or_vote() {
         assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{r:?}");
         assert_eq!(sim.nodes[&0].applied().0, 0, "no plan was applied");
         sim.crash(0).await;
+        let _ = std::fs::remove_dir_all(&root);
+    });
+}
+
+/// The plan-push fence (`agent::core::plan_fence`) and the state files, end to end:
+/// * a node whose `applied-plan.json` and `routes.json` were torn starts anyway (the files
+///   set aside as `*.corrupt`) and applies the plan the coordinator pushes;
+/// * a voter that is not the coordinator pushes epoch `u64::MAX` to every node (itself
+///   included): refused everywhere, nothing persisted; a push under the coordinator's own
+///   name with an epoch beyond the committed one is refused too;
+/// * the next real plan is still applied by every node.
+#[test]
+fn a_rogue_voter_cannot_wedge_a_node_and_torn_state_files_are_set_aside() {
+    runtime().block_on(async {
+        let sc = Scenario { nodes: 4, eligible: 3, ..DEFAULT };
+        let root = std::env::temp_dir().join(format!("jigsaw-sim-rogue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let quiet = LinkConfig { min_delay_us: 200, max_delay_us: 2_000, drop: 0.0 };
+        let mut sim = Sim {
+            sc: sc.clone(),
+            seed: 3,
+            hub: SimHub::start(3, quiet),
+            root: root.clone(),
+            planner: toy_planner(),
+            nodes: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        // The non-voter n3 crashed mid-write on a file system that did not keep the order.
+        let dir3 = root.join(node_name(3));
+        std::fs::create_dir_all(&dir3).expect("data dir");
+        std::fs::write(dir3.join("applied-plan.json"), br#"{"epoch": 7, "gpus": {"GPU-"#).expect("torn plan");
+        std::fs::write(dir3.join("routes.json"), br#"{"epo"#).expect("torn routes");
+        for i in 0..sc.nodes {
+            sim.start(i).await;
+        }
+        assert_eq!(sim.nodes[&3].applied().0, 0, "n3 starts empty");
+        for f in ["applied-plan.json", "routes.json"] {
+            assert!(dir3.join(format!("{f}.corrupt")).exists(), "the torn {f} is kept aside");
+        }
+
+        let converge = |sim: &Sim, at_least: u64| {
+            sim.converged().and_then(|()| match sim.latest_plan() {
+                Some(p) if p.epoch >= at_least => Ok(p.epoch),
+                _ => Err("no new plan yet".to_string()),
+            })
+        };
+        let mut registered = false;
+        let mut epoch = Err(String::new());
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !registered {
+                registered = sim.register(100.0).await;
+                continue;
+            }
+            epoch = converge(&sim, 1);
+            if epoch.is_ok() {
+                break;
+            }
+        }
+        let epoch = epoch.unwrap_or_else(|e| panic!("no convergence: {e}"));
+        let leader = sim.nodes.values().find(|h| h.is_coordinator()).expect("a coordinator").name().to_string();
+        let rogue = (0..sc.eligible).map(node_name).find(|n| *n != leader).expect("another voter");
+
+        let push = |coordinator: &str| WireMessage::PlanPush {
+            epoch: u64::MAX,
+            coordinator: coordinator.into(),
+            gpus: BTreeMap::new(),
+            routes: jigsaw_protocol::route::RoutingTable { epoch: u64::MAX, apps: vec![] },
+        };
+        let refused = |r: Result<WireMessage, _>, needle: &str| match r {
+            Ok(WireMessage::PlanReport { outcome: ApplyOutcome::Rejected { reason }, .. }) => {
+                assert!(reason.contains(needle), "{reason}")
+            }
+            other => panic!("expected a refusal ({needle}), got {other:?}"),
+        };
+        let t = Duration::from_secs(4);
+        let from_rogue = SimTransport::new(sim.hub.clone(), &rogue);
+        for i in 0..sc.nodes {
+            let r = from_rogue.request(&node_name(i), "", push(&rogue), t).await;
+            refused(r, "this node's coordinator is");
+        }
+        let forged = SimTransport::new(sim.hub.clone(), &leader);
+        refused(forged.request(&node_name(3), "", push(&leader), t).await, "beyond the committed epoch");
+        refused(forged.request(&rogue, "", push(&leader), t).await, "beyond the committed epoch");
+
+        for i in 0..sc.nodes {
+            let name = node_name(i);
+            assert_eq!(sim.nodes[&i].applied().0, epoch, "{name} kept its plan");
+            let dir = root.join(&name);
+            let saved: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("applied-plan.json")).expect("saved plan"))
+                    .expect("json");
+            assert_eq!(saved["epoch"].as_u64(), Some(epoch), "{name} persisted nothing of the rogue push");
+            let routes: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("routes.json")).expect("saved routes")).expect("json");
+            assert_eq!(routes["epoch"].as_u64(), Some(epoch), "{name} kept its routes");
+        }
+
+        // A real change: the next plan is applied by every node, the once-torn n3 included.
+        assert!(sim.register(150.0).await, "the coordinator takes the new demand");
+        let mut next = Err(String::new());
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            next = converge(&sim, epoch + 1);
+            if next.is_ok() {
+                break;
+            }
+        }
+        next.unwrap_or_else(|e| panic!("the next real plan was not applied everywhere: {e}"));
+        for i in sim.nodes.keys().copied().collect::<Vec<_>>() {
+            sim.crash(i).await;
+        }
         let _ = std::fs::remove_dir_all(&root);
     });
 }

@@ -25,9 +25,14 @@
 //! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
 //!   per configuration is kept and handed to the planner at the next re-plan (observations
 //!   alone do not trigger one, so noisy measurements cannot make plans flap).
+//! * **The edge.** Every heartbeat is checked first ([`check_heartbeat`]) against the
+//!   registered apps' tasks and variants (followed at each tick): an implausible inventory
+//!   refuses it whole, so nothing of it is recorded; bad observed rows (non-finite, zero or
+//!   absurd figures, unknown keys, over the cap) are dropped and the rest recorded.
 
 use crate::routing::routing_table;
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
+use jigsaw_protocol::heartbeat::{check_heartbeat, Dropped, InvalidHeartbeat, KnownKeys};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::RoutingTable;
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
@@ -103,6 +108,8 @@ pub struct Control {
     routes: Option<std::sync::Arc<RoutingTable>>,
     /// Nodes that announced they are leaving, with when.
     leaving: BTreeMap<String, u64>,
+    /// The registered apps' (task, variant) pairs, as of the last tick.
+    known: KnownKeys,
 }
 
 /// Heartbeats from a node this soon after it announced it is leaving are stale (sent before
@@ -125,6 +132,7 @@ impl Control {
             observed: BTreeMap::new(),
             routes: None,
             leaving: BTreeMap::new(),
+            known: KnownKeys::default(),
         }
     }
 
@@ -137,8 +145,15 @@ impl Control {
         self.in_flight.remove(node);
     }
 
-    /// A heartbeat arrived.
-    pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) {
+    /// A heartbeat arrived. It is checked first: `Err` refuses it whole (nothing of it is
+    /// recorded; the error names the field); `Ok` says which observed rows were dropped.
+    pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) -> Result<Dropped, InvalidHeartbeat> {
+        let checked = check_heartbeat(hb, &self.known)?;
+        self.record(now_ms, checked.hb);
+        Ok(checked.dropped)
+    }
+
+    fn record(&mut self, now_ms: u64, hb: Heartbeat) {
         if let Some(&at) = self.leaving.get(&hb.node) {
             if now_ms.saturating_sub(at) < LEAVE_QUIET_MS {
                 return; // sent before the node announced it was leaving
@@ -227,6 +242,7 @@ impl Control {
 
     /// Decide what to do now, given the committed state.
     pub fn tick(&mut self, now_ms: u64, state: &ClusterState) -> Vec<Action> {
+        self.known.refresh(&state.apps);
         let mut out = Vec::new();
         let dead_after = state.config.dead_after_ms;
         // Membership: joins and changes.
@@ -346,8 +362,8 @@ mod tests {
     fn join_plan_push_and_death() {
         let mut st = ClusterState::default();
         let mut c = Control::new(ControlConfig::default(), 0);
-        c.heartbeat(10, hb("a", 0));
-        c.heartbeat(10, hb("b", 0));
+        c.heartbeat(10, hb("a", 0)).expect("valid");
+        c.heartbeat(10, hb("b", 0)).expect("valid");
         let acts = c.tick(10, &st);
         assert_eq!(acts.iter().filter(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(_)))).count(), 2);
         assert!(!acts.iter().any(|a| matches!(a, Action::Solve { .. })), "no solve while membership changes");
@@ -380,7 +396,7 @@ mod tests {
         let acts = c.tick(41 + 10_000, &st);
         // a is silent since t=10 and b too: both are marked down, nothing pushed or solved.
         assert!(acts.iter().all(|a| matches!(a, Action::Propose(ClusterCommand::MarkDown { .. }))), "{acts:?}");
-        c.heartbeat(10_100, hb("b", 0));
+        c.heartbeat(10_100, hb("b", 0)).expect("valid");
         let acts = c.tick(10_100, &st);
         assert!(!acts.iter().any(|a| matches!(a, Action::Propose(_))), "MarkDown(a) is debounced: {acts:?}");
         assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
@@ -390,8 +406,8 @@ mod tests {
     fn a_leaving_node_is_marked_down_at_once_and_rejoins_when_it_returns() {
         let mut st = ClusterState::default();
         let mut c = Control::new(ControlConfig::default(), 0);
-        c.heartbeat(10, hb("a", 0));
-        c.heartbeat(10, hb("b", 0));
+        c.heartbeat(10, hb("a", 0)).expect("valid");
+        c.heartbeat(10, hb("b", 0)).expect("valid");
         let acts = c.tick(10, &st);
         apply_all(&mut st, &acts);
         assert_eq!(st.alive_members().count(), 2);
@@ -403,10 +419,10 @@ mod tests {
         );
         apply_all(&mut st, &acts);
         // A heartbeat it sent before leaving arrives late: ignored.
-        c.heartbeat(150, hb("b", 0));
+        c.heartbeat(150, hb("b", 0)).expect("valid");
         assert!(c.tick(200, &st).iter().all(|a| !matches!(a, Action::Propose(ClusterCommand::PutMember(_)))));
         // Restarted and heartbeating again: it rejoins.
-        c.heartbeat(100 + LEAVE_QUIET_MS + 1, hb("b", 0));
+        c.heartbeat(100 + LEAVE_QUIET_MS + 1, hb("b", 0)).expect("valid");
         let acts = c.tick(100 + LEAVE_QUIET_MS + 2, &st);
         assert!(
             acts.iter().any(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(m)) if m.node == "b" && m.alive)),
@@ -414,21 +430,65 @@ mod tests {
         );
     }
 
+    /// The social example app registered, and a row of a configuration it registers.
+    fn social() -> (ClusterState, ProfileRow) {
+        let csv = include_str!("../../examples/profiles/social-h100-80gb.csv");
+        let row = jigsaw_protocol::ProfileTable::parse_csv(csv, "social").expect("csv").rows().next().cloned();
+        let mut st = ClusterState::default();
+        st.apply(&ClusterCommand::PutApp(AppEntry {
+            name: "social".into(),
+            spec_toml: include_str!("../../examples/apps/social.toml").into(),
+            profiles_csv: csv.into(),
+            demand_rps: 10.0,
+        }));
+        (st, row.expect("a row"))
+    }
+
     #[test]
     fn observed_profiles_keep_the_latest_point_per_configuration() {
+        let (st, r) = social();
         let mut c = Control::new(ControlConfig::default(), 0);
-        let row = |p95: f64| jigsaw_protocol::testing::row("t", p95);
-        c.heartbeat(0, Heartbeat { observed: vec![row(5.0)], ..hb("a", 0) });
-        c.heartbeat(1, Heartbeat { observed: vec![row(7.0)], ..hb("b", 0) });
-        c.heartbeat(2, hb("a", 0));
+        let _ = c.tick(0, &st);
+        let row = |p95_ms: f64| ProfileRow { p95_ms, ..r.clone() };
+        c.heartbeat(0, Heartbeat { observed: vec![row(5.0)], ..hb("a", 0) }).expect("valid");
+        c.heartbeat(1, Heartbeat { observed: vec![row(7.0)], ..hb("b", 0) }).expect("valid");
+        c.heartbeat(2, hb("a", 0)).expect("valid");
         assert_eq!(c.observed_profiles(), vec![row(7.0)]);
+    }
+
+    /// Poisoned measurements never reach the planner's observed set, and an implausible
+    /// inventory is refused whole (the node is not even recorded as seen).
+    #[test]
+    fn bad_heartbeats_do_not_reach_the_planner() {
+        let (st, r) = social();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        let _ = c.tick(0, &st);
+        let row = |p95_ms: f64, throughput_rps: f64| ProfileRow { p95_ms, throughput_rps, ..r.clone() };
+        let mut observed = vec![row(f64::NAN, 10.0), row(0.0, 10.0), row(1e300, 10.0), row(5.0, 0.0), row(5.0, 1e300)];
+        observed.extend((0..10_000).map(|i| ProfileRow { task: format!("junk-{i}"), ..r.clone() }));
+        let dropped = c.heartbeat(1, Heartbeat { observed, ..hb("a", 0) }).expect("accepted: only rows are bad");
+        assert_eq!(dropped.count, 10_005);
+        assert!(dropped.to_string().contains("observed[0].p95_ms"), "{dropped}");
+        assert_eq!(c.observed_profiles(), vec![], "nothing of it reaches the planner");
+        assert_eq!(c.status(1, &st).len(), 1, "the node itself is recorded");
+
+        let gpus = (0..10_000)
+            .map(|i| GpuInventory { uuid: format!("GPU-{i}"), model: GpuModel::H100_80gb, live: vec![] })
+            .collect();
+        let e =
+            c.heartbeat(2, Heartbeat { gpus, observed: vec![row(5.0, 10.0)], ..hb("big", 0) }).expect_err("refused");
+        assert_eq!(e.field, "gpus");
+        assert!(c.status(2, &st).iter().all(|n| n.node != "big"), "a refused heartbeat records nothing");
+        assert_eq!(c.observed_profiles(), vec![]);
+        let acts = c.tick(3, &st);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(m)) if m.node == "big")));
     }
 
     #[test]
     fn failed_push_is_retried_after_a_pause_and_new_leader_grants_grace() {
         let mut st = ClusterState::default();
         let mut c = Control::new(ControlConfig::default(), 0);
-        c.heartbeat(0, hb("a", 0));
+        c.heartbeat(0, hb("a", 0)).expect("valid");
         let acts = c.tick(0, &st);
         apply_all(&mut st, &acts);
         st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
@@ -442,7 +502,7 @@ mod tests {
         c.push_done(2, "a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));
         assert!(c.tick(3, &st).is_empty(), "no immediate retry");
         assert!(matches!(c.status(3, &st)[0].last_outcome, Some((1, ApplyOutcome::Failed { .. }))));
-        c.heartbeat(4_000, hb("a", 0));
+        c.heartbeat(4_000, hb("a", 0)).expect("valid");
         assert!(c.tick(4_000, &st).is_empty(), "still pausing");
         let acts = c.tick(5_002, &st);
         assert!(matches!(acts.as_slice(), [Action::Push { epoch: 1, .. }]), "retried after the pause: {acts:?}");

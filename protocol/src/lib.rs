@@ -11,6 +11,8 @@
 //! * [`plan`]: the plan the planner returns (documented for users in `docs/plan-json.md`).
 //! * [`cluster`]: the replicated cluster state (apps, members, plan and epoch) and the
 //!   commands of the Raft log that change it.
+//! * [`heartbeat`]: the coordinator's edge check of a heartbeat (bounded inventory, sane
+//!   observed rows naming registered tasks).
 //! * [`infer`]: the inference API's bodies (KServe Open Inference Protocol v2) and their
 //!   validation.
 //! * [`route`]: the routing table pushed with every plan, and the data plane's stage
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod catalogue;
 pub mod cluster;
+pub mod heartbeat;
 pub mod infer;
 pub mod plan;
 pub mod profile;

@@ -12,6 +12,7 @@
 
 use jigsaw_coordinator::control::{Action, Control, ControlConfig};
 use jigsaw_protocol::cluster::ClusterState;
+use jigsaw_protocol::heartbeat::{Dropped, InvalidHeartbeat};
 use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
 use jigsaw_protocol::ProfileRow;
 
@@ -33,6 +34,24 @@ pub enum Transition {
     Became(LeadId),
     /// This node no longer leads.
     SteppedDown(LeadId),
+}
+
+/// What became of a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeartbeatVerdict {
+    /// This node does not lead: the sender should ask the coordinator instead.
+    NotLeading,
+    /// Refused whole at the edge (an implausible inventory); nothing of it was recorded.
+    Refused(InvalidHeartbeat),
+    /// Recorded, less the observed rows listed here.
+    Recorded(Dropped),
+}
+
+impl HeartbeatVerdict {
+    /// Whether this node recorded it as coordinator.
+    pub fn recorded(&self) -> bool {
+        matches!(self, HeartbeatVerdict::Recorded(_))
+    }
 }
 
 /// Leadership and the fenced control state.
@@ -78,15 +97,14 @@ impl Leader {
         }
     }
 
-    /// A heartbeat arrived; `false` when this node does not lead (the sender should ask
-    /// the coordinator instead).
-    pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) -> bool {
+    /// A heartbeat arrived: checked and recorded by the control state when this node leads.
+    pub fn heartbeat(&mut self, now_ms: u64, hb: Heartbeat) -> HeartbeatVerdict {
         match &mut self.lead {
-            Some((_, c)) => {
-                c.heartbeat(now_ms, hb);
-                true
-            }
-            None => false,
+            Some((_, c)) => match c.heartbeat(now_ms, hb) {
+                Ok(dropped) => HeartbeatVerdict::Recorded(dropped),
+                Err(e) => HeartbeatVerdict::Refused(e),
+            },
+            None => HeartbeatVerdict::NotLeading,
         }
     }
 
@@ -192,10 +210,12 @@ mod tests {
     fn leadership_follows_raft_and_a_new_term_starts_fresh() {
         let mut l = Leader::new(ControlConfig::default());
         assert_eq!(l.observe(None, 0), Transition::None);
-        assert!(!l.heartbeat(0, hb("n1")));
+        assert_eq!(l.heartbeat(0, hb("n1")), HeartbeatVerdict::NotLeading);
         assert_eq!(l.observe(Some(3), 0), Transition::Became(LeadId { term: 3, seq: 0 }));
         assert_eq!(l.observe(Some(3), 10), Transition::None);
-        assert!(l.heartbeat(10, hb("n1")));
+        assert!(l.heartbeat(10, hb("n1")).recorded());
+        let twice = Heartbeat { gpus: [hb("n1").gpus, hb("n1").gpus].concat(), ..hb("n1") };
+        assert!(matches!(l.heartbeat(11, twice), HeartbeatVerdict::Refused(e) if e.field == "gpus[1].uuid"));
         assert_eq!(l.control().map(|c| c.live_layouts().len()), Some(1));
         // Re-elected in a later term without an observed gap: fresh state, new term.
         assert_eq!(l.observe(Some(5), 20), Transition::Became(LeadId { term: 5, seq: 1 }));
@@ -219,7 +239,7 @@ mod tests {
         let mut l = Leader::new(ControlConfig { solve_timeout_ms: 1_000_000, ..ControlConfig::default() });
         let mut now = 0;
         l.observe(Some(1), now);
-        l.heartbeat(now, hb("n1"));
+        assert!(l.heartbeat(now, hb("n1")).recorded());
         let (first, inputs) = until_solve(&mut l, &mut state, &mut now);
         assert_eq!(first.term, 1);
         for next_term in [2, 2] {
@@ -227,7 +247,7 @@ mod tests {
             // while the earlier leadership's solve is still running.
             l.observe(None, now);
             l.observe(Some(next_term), now);
-            l.heartbeat(now, hb("n1"));
+            assert!(l.heartbeat(now, hb("n1")).recorded());
             let (lead, again) = until_solve(&mut l, &mut state, &mut now);
             assert_eq!((lead.term, &again), (next_term, &inputs), "the new leadership solves for itself");
             // The earlier leadership's results arrive late: dropped, so this one still waits

@@ -6,6 +6,8 @@
 //!
 //! * [`batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
 //! * [`node_plan`]: a node's epoch fencing and the order it applies a plan in.
+//! * [`plan_fence`]: which plan pushes a node may take (the sender is the coordinator it
+//!   knows, the epoch at most the committed one it can verify).
 //! * [`diff`]: the MIG/MPS plan diff (live layout → target layout as steps).
 //! * [`netsim`]: the in-memory network model behind the simulated transport (virtual time,
 //!   seeded delay, loss and partitions).
@@ -16,3 +18,4 @@ pub mod diff;
 pub mod leader;
 pub mod netsim;
 pub mod node_plan;
+pub mod plan_fence;

@@ -5,6 +5,10 @@
 //! * a push whose epoch is not greater than the highest epoch this node has accepted is
 //!   rejected as stale (the sender is an old coordinator or a duplicate), so the applied
 //!   epoch never decreases;
+//! * a push is checked ([`NodePlanCore::check`], no state change) before anything else
+//!   happens to it: the shell persists only a push that passed, then begins it
+//!   ([`NodePlanCore::begin`]), so a rejected plan is never persisted nor restored after a
+//!   restart; [`super::plan_fence`] decides before all that whether the push may be taken;
 //! * an accepted push yields one [`NodeCommand::Apply`] per local GPU (GPUs the push does
 //!   not mention get an empty target) with the steps of [`plan_diff`];
 //! * the node reports [`NodeCommand::ReportApplied`] once every GPU of that epoch finished,
@@ -132,9 +136,21 @@ impl NodePlanCore {
         epoch > self.accepted
     }
 
-    /// A plan push arrived; `live` is each local GPU's current layout.
+    /// A plan push arrived; `live` is each local GPU's current layout. [`NodePlanCore::check`]
+    /// then [`NodePlanCore::begin`].
     pub fn push(
         &mut self,
+        part: &PlanPart,
+        live: &BTreeMap<String, Vec<LiveSegment>>,
+    ) -> Result<Vec<NodeCommand>, PushRejected> {
+        let cmds = self.check(part, live)?;
+        self.begin(part.epoch);
+        Ok(cmds)
+    }
+
+    /// Whether a push would be accepted, and the commands that apply it; changes nothing.
+    pub fn check(
+        &self,
         part: &PlanPart,
         live: &BTreeMap<String, Vec<LiveSegment>>,
     ) -> Result<Vec<NodeCommand>, PushRejected> {
@@ -155,9 +171,14 @@ impl NodePlanCore {
             })?;
             cmds.push(NodeCommand::Apply { epoch: part.epoch, gpu: gpu.clone(), steps });
         }
-        self.accepted = part.epoch;
-        self.pending = self.gpus.keys().map(|g| (g.clone(), false)).collect();
         Ok(cmds)
+    }
+
+    /// Begin applying `epoch`, which [`NodePlanCore::check`] accepted: from now on it is the
+    /// accepted epoch and its GPUs' completions are awaited.
+    pub fn begin(&mut self, epoch: u64) {
+        self.accepted = epoch;
+        self.pending = self.gpus.keys().map(|g| (g.clone(), false)).collect();
     }
 
     /// The shell finished applying `epoch` on `gpu` (`Err`: the first failed step).
@@ -252,5 +273,22 @@ mod tests {
             PlanPart { epoch: 5, gpus: [("GPU-0".to_string(), vec![inst("4g.40gb", 0), inst("2g.20gb", 2)])].into() };
         assert!(matches!(c.push(&overlap, &BTreeMap::new()), Err(PushRejected::Diff { .. })));
         assert_eq!(c.accepted_epoch(), 0);
+    }
+
+    #[test]
+    fn check_changes_nothing_and_begin_takes_the_epoch() {
+        let mut c = core();
+        let cmds = c.check(&part(2), &BTreeMap::new()).expect("acceptable");
+        assert_eq!(c.accepted_epoch(), 0, "a check is only a check");
+        assert!(c.check(&part(2), &BTreeMap::new()).is_ok(), "and may be repeated");
+        c.begin(2);
+        assert_eq!(c.accepted_epoch(), 2);
+        assert!(matches!(c.check(&part(2), &BTreeMap::new()), Err(PushRejected::Stale { .. })));
+        for cmd in cmds {
+            if let NodeCommand::Apply { epoch, gpu, .. } = cmd {
+                let _ = c.gpu_done(epoch, &gpu, Ok(()));
+            }
+        }
+        assert_eq!(c.applied_epoch(), 2);
     }
 }

@@ -111,12 +111,16 @@ impl LocalPlane {
     /// A plane with workers from `launcher`; restores the routing table from
     /// `cfg.routes_file` when present.
     pub fn new(cfg: PlaneConfig, launcher: Arc<dyn Launcher>) -> Arc<LocalPlane> {
-        let routes = cfg
-            .routes_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<RoutingTable>(&b).ok())
-            .unwrap_or_default();
+        // A corrupt file is set aside and the plane starts without routes; the next plan
+        // push brings them (see `crate::persist`).
+        let routes = match cfg.routes_file.as_deref().map(crate::persist::load_or_set_aside::<RoutingTable>) {
+            Some(Ok(r)) => r.unwrap_or_default(),
+            Some(Err(e)) => {
+                tracing::warn!(%e, "cannot read the saved routing table; starting without it");
+                RoutingTable::default()
+            }
+            None => RoutingTable::default(),
+        };
         Arc::new_cyclic(|me| LocalPlane {
             cfg,
             launcher,
@@ -176,11 +180,9 @@ impl LocalPlane {
                 return;
             }
             if let Some(path) = &self.cfg.routes_file {
-                let tmp = path.with_extension("tmp");
                 let saved = serde_json::to_vec(&table)
                     .map_err(|e| e.to_string())
-                    .and_then(|b| std::fs::write(&tmp, b).map_err(|e| e.to_string()))
-                    .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+                    .and_then(|b| crate::persist::write_durably(path, &b).map_err(|e| e.to_string()));
                 if let Err(e) = saved {
                     tracing::warn!(path = %path.display(), %e, "could not persist the routing table");
                 }

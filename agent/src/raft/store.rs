@@ -294,6 +294,11 @@ impl StateMachine {
         self.db.close();
     }
 
+    /// The plan epoch of the applied state (cheap: no copy of the state).
+    pub fn epoch(&self) -> u64 {
+        self.applied.lock().map(|a| a.state.epoch).unwrap_or_default()
+    }
+
     /// A copy of the applied state.
     pub fn snapshot_state(&self) -> Applied {
         self.applied.lock().map(|a| a.clone()).unwrap_or_default()
