@@ -573,3 +573,77 @@ fn a_rogue_voter_cannot_wedge_a_node_and_torn_state_files_are_set_aside() {
         let _ = std::fs::remove_dir_all(&root);
     });
 }
+
+/// The coordinator checks heartbeats at its edge: over the wire, a node claiming 10,000
+/// GPUs is refused with an error naming the field (and does not become a member), and
+/// NaN, zero, 1e300 and 10,000 junk-keyed observed rows never reach the planner's observed
+/// set while the good row of the same heartbeat does.
+#[test]
+fn heartbeats_are_checked_at_the_coordinators_edge() {
+    runtime().block_on(async {
+        let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
+        let root = std::env::temp_dir().join(format!("jigsaw-sim-edge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let quiet = LinkConfig { min_delay_us: 200, max_delay_us: 2_000, drop: 0.0 };
+        let mut sim = Sim {
+            sc,
+            seed: 5,
+            hub: SimHub::start(5, quiet),
+            root: root.clone(),
+            planner: toy_planner(),
+            nodes: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        sim.start(0).await;
+        let mut registered = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            registered = sim.register(100.0).await;
+            if registered {
+                break;
+            }
+        }
+        assert!(registered, "n0 coordinates and took the app");
+        let n1 = SimTransport::new(sim.hub.clone(), "n1");
+        let t = Duration::from_secs(2);
+        let gpu = |i: usize| jigsaw_protocol::cluster::GpuInventory {
+            uuid: format!("GPU-{i}"),
+            model: GpuModel::H100_80gb,
+            live: vec![],
+        };
+        let hb = |gpus, observed| jigsaw_protocol::wire::Heartbeat {
+            node: "n1".into(),
+            addr: "sim:1".into(),
+            eligible: false,
+            gpus,
+            applied_epoch: 0,
+            observed,
+        };
+        let huge = WireMessage::Heartbeat(hb((0..10_000).map(gpu).collect(), vec![]));
+        match n1.request("n0", "", huge, t).await {
+            Ok(WireMessage::Error { message, retry: false }) => {
+                assert!(message.contains("`gpus`") && message.contains("10000"), "{message}")
+            }
+            other => panic!("expected the heartbeat refused, got {other:?}"),
+        }
+
+        let good = observed_row();
+        let mut rows: Vec<_> = [f64::NAN, 0.0, 1e300]
+            .into_iter()
+            .map(|p95_ms| jigsaw_protocol::ProfileRow { p95_ms, ..good.clone() })
+            .collect();
+        rows.extend((0..10_000).map(|i| jigsaw_protocol::ProfileRow { task: format!("junk-{i}"), ..good.clone() }));
+        rows.push(good.clone());
+        let r = n1.request("n0", "", WireMessage::Heartbeat(hb(vec![gpu(0)], rows)), t).await;
+        assert!(matches!(r, Ok(WireMessage::HeartbeatReply { accepted: true, .. })), "accepted: {r:?}");
+        let operator = SimTransport::new(sim.hub.clone(), "operator");
+        let status = operator.request("n0", "", WireMessage::Client(ClientRequest::Status), t).await;
+        let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = status else { panic!("status: {status:?}") };
+        assert_eq!(s.observed, vec![good], "only the good row reaches the planner's observed set");
+        let n1_status = s.nodes.iter().find(|n| n.node == "n1").expect("n1 recorded");
+        assert_eq!(n1_status.gpus.len(), 1, "from the accepted heartbeat, not the refused one");
+        sim.crash(0).await;
+        let _ = std::fs::remove_dir_all(&root);
+    });
+}
