@@ -157,7 +157,8 @@ pub fn validate_app(entry: &AppEntry) -> Result<ParsedApp, InvalidApp> {
 }
 
 /// Encoded statuses kept for paging, newest last: (token, bytes, when encoded).
-type StatusCache = std::sync::Mutex<std::collections::VecDeque<(u64, Arc<Vec<u8>>, tokio::time::Instant)>>;
+type StatusEncodings = std::collections::VecDeque<(u64, Arc<Vec<u8>>, tokio::time::Instant)>;
+type StatusCache = std::sync::Mutex<StatusEncodings>;
 
 /// How many encoded statuses the coordinator keeps for clients fetching their pages, and for
 /// how long.
@@ -191,9 +192,7 @@ impl Operator {
     /// The cluster status, when this node coordinates (`None`: ask the coordinator).
     async fn status(&self) -> Option<ClusterStatus> {
         let (Some(raft), Some(coordinator)) = (&self.raft, &self.coordinator) else { return None };
-        if coordinator.leading().is_none() {
-            return None;
-        }
+        coordinator.leading()?;
         let Ok(Some((nodes, observed))) = coordinator.status().await else { return None };
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -204,9 +203,7 @@ impl Operator {
         Some(ClusterStatus { coordinator: self.name.clone(), term: m.current_term, voters, state, nodes, observed })
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Arc<Vec<u8>>, tokio::time::Instant)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatusEncodings> {
         self.pages.lock().unwrap_or_else(|p| p.into_inner())
     }
 

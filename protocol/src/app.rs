@@ -507,11 +507,9 @@ to = "b"
         let deep = |f: &str| {
             app("", "0.7").replace("fanout = { b = 2.0 }", &format!("fanout = {{ b = {f} }}")).replace(
                 "[[edges]]",
-                &format!(
-                    "[[tasks]]\nname = \"c\"\n[[tasks.variants]]\nname = \"c1\"\naccuracy = 0.5\n\
-                     model = {{ family = \"resnet\", gflops = 1.0, params_m = 1.0, activation_mb = 1.0 }}\n\
-                     [[edges]]\nfrom = \"b\"\nto = \"c\"\n[[edges]]"
-                ),
+                "[[tasks]]\nname = \"c\"\n[[tasks.variants]]\nname = \"c1\"\naccuracy = 0.5\n\
+                 model = { family = \"resnet\", gflops = 1.0, params_m = 1.0, activation_mb = 1.0 }\n\
+                 [[edges]]\nfrom = \"b\"\nto = \"c\"\n[[edges]]",
             )
         };
         let ok = deep("2.0").replace("name = \"b1\"", "name = \"b1\"\nfanout = { c = 64.0 }");

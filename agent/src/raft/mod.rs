@@ -186,6 +186,7 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for RaftNet<T> {
 
 type RpcResult<Resp, E> = Result<Resp, RPCError<u64, RaftNode, RaftError<u64, E>>>;
 
+#[allow(clippy::result_large_err)] // openraft's RPCError, which the network trait mandates
 fn network_error<Resp, E: std::error::Error>(why: String) -> RpcResult<Resp, E> {
     Err(RPCError::Network(NetworkError::new(&std::io::Error::other(why))))
 }
