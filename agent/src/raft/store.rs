@@ -272,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
         let res = (|| -> Result<(), AnyError> {
-            let bytes = encode(&Some(log_id))?;
+            let bytes = encode(&log_id)?;
             let w = self.db.get()?.begin_write().map_err(any)?;
             {
                 let mut m = w.open_table(META).map_err(any)?;
