@@ -34,7 +34,9 @@ use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_coordinator::cluster_plan::plan_cluster;
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
 use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory, InvalidApp, ParsedApp};
-use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, Heartbeat, WireMessage};
+use jigsaw_protocol::wire::{
+    self, ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, Heartbeat, StatusCursor, StatusPages, WireMessage,
+};
 use jigsaw_protocol::ProfileRow;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
@@ -152,10 +154,22 @@ pub enum StartError {
     Raft(String),
 }
 
-/// Check an app registration at the edge (see [`AppEntry::parse`]).
+/// Check an app registration at the edge: [`AppEntry::parse`], and the size of the Raft
+/// log entry that would replicate it ([`crate::raft::check_entry_fits`]).
 pub fn validate_app(entry: &AppEntry) -> Result<ParsedApp, InvalidApp> {
-    entry.parse()
+    let parsed = entry.parse()?;
+    crate::raft::check_entry_fits(&entry.name, &ClusterCommand::PutApp(entry.clone()))?;
+    Ok(parsed)
 }
+
+/// Encoded statuses kept for paging, newest last: (token, bytes, when encoded).
+type StatusEncodings = std::collections::VecDeque<(u64, Arc<Vec<u8>>, tokio::time::Instant)>;
+type StatusCache = std::sync::Mutex<StatusEncodings>;
+
+/// How many encoded statuses the coordinator keeps for clients fetching their pages, and for
+/// how long.
+const STATUS_CACHE: usize = 4;
+const STATUS_CACHE_FOR: Duration = Duration::from_secs(60);
 
 /// The coordinator as this node knows it (name, address), shared by the tasks that learn it.
 type Hint = Arc<watch::Sender<Option<(String, String)>>>;
@@ -196,6 +210,8 @@ struct Operator {
     sm: Option<StateMachine>,
     coordinator: Option<CoordinatorHandle>,
     hint: Hint,
+    /// Statuses too large for one frame, kept while clients fetch their pages.
+    pages: StatusCache,
 }
 
 impl Operator {
@@ -207,34 +223,80 @@ impl Operator {
         ClientReply::NotCoordinator { coordinator: self.hint.borrow().clone() }
     }
 
+    /// The cluster status, when this node coordinates (`None`: ask the coordinator).
+    async fn status(&self) -> Option<ClusterStatus> {
+        let (Some(raft), Some(coordinator)) = (&self.raft, &self.coordinator) else { return None };
+        coordinator.leading()?;
+        let Ok(Some((nodes, observed))) = coordinator.status().await else { return None };
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.name.clone())).collect();
+        let mut state = self.state();
+        // Request ids are the state machine's bookkeeping, not status.
+        state.requests.clear();
+        Some(ClusterStatus { coordinator: self.name.clone(), term: m.current_term, voters, state, nodes, observed })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatusEncodings> {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The status as a reply that fits a frame: whole when it encodes to at most
+    /// [`wire::STATUS_PAGE`] bytes, else its first page (the encoding is kept for the rest).
+    async fn status_reply(&self, page: Option<StatusCursor>) -> ClientReply {
+        if let Some(StatusCursor { token, offset }) = page {
+            let now = tokio::time::Instant::now();
+            let mut cache = self.cache();
+            cache.retain(|(_, _, at)| now.duration_since(*at) < STATUS_CACHE_FOR);
+            let found = cache.iter().find(|(t, _, _)| *t == token).map(|(_, b, _)| b.clone());
+            drop(cache);
+            return match found.and_then(|bytes| wire::status_page(token, &bytes, offset)) {
+                Some(p) => ClientReply::StatusPage(p),
+                None => ClientReply::Invalid {
+                    message: format!("status page {token}@{offset} is gone (expired or past the end); ask again"),
+                },
+            };
+        }
+        let Some(status) = self.status().await else { return self.redirect() };
+        let bytes = match wire::encode_status(&status) {
+            Ok(b) => b,
+            Err(e) => return ClientReply::Invalid { message: format!("the status does not encode: {e}") },
+        };
+        if bytes.len() <= wire::STATUS_PAGE {
+            return ClientReply::Status(Box::new(status));
+        }
+        let token = jigsaw_protocol::cluster::RequestId::fresh();
+        let token = token.client ^ token.seq.rotate_left(32);
+        let bytes = Arc::new(bytes);
+        {
+            let mut cache = self.cache();
+            if cache.len() >= STATUS_CACHE {
+                cache.pop_front();
+            }
+            cache.push_back((token, bytes.clone(), tokio::time::Instant::now()));
+        }
+        match wire::status_page(token, &bytes, 0) {
+            Some(p) => ClientReply::StatusPage(p),
+            None => ClientReply::Invalid { message: "empty status".into() },
+        }
+    }
+
     async fn serve(&self, req: ClientRequest) -> ClientReply {
         let (Some(raft), Some(coordinator)) = (&self.raft, &self.coordinator) else { return self.redirect() };
         if coordinator.leading().is_none() {
             return self.redirect();
         }
-        let cmd = match req {
-            ClientRequest::Status => {
-                let Ok(Some((nodes, observed))) = coordinator.status().await else { return self.redirect() };
-                let m = raft.metrics().borrow().clone();
-                let membership = m.membership_config.membership();
-                let voters =
-                    membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.name.clone())).collect();
-                return ClientReply::Status(Box::new(ClusterStatus {
-                    coordinator: self.name.clone(),
-                    term: m.current_term,
-                    voters,
-                    state: self.state(),
-                    nodes,
-                    observed,
-                }));
-            }
-            ClientRequest::RegisterApp(entry) => match validate_app(&entry) {
-                Ok(_) => ClusterCommand::PutApp(entry),
+        let (id, cmd) = match req {
+            ClientRequest::Status { page } => return self.status_reply(page).await,
+            ClientRequest::RegisterApp { id, entry } => match validate_app(&entry) {
+                Ok(_) => (id, ClusterCommand::PutApp(entry)),
                 Err(e) => return ClientReply::Invalid { message: e.to_string() },
             },
-            ClientRequest::RemoveApp { name } => ClusterCommand::RemoveApp { name },
+            ClientRequest::RemoveApp { id, name } => (id, ClusterCommand::RemoveApp { name }),
         };
-        match raft.client_write(cmd).await {
+        // Applied at most once per request id: a retry (its first reply was lost) gets the
+        // first outcome.
+        match raft.client_write(ClusterCommand::Once { id, command: Box::new(cmd) }).await {
             Ok(r) if r.data.applied => {
                 coordinator.kick();
                 ClientReply::Done { message: r.data.message, epoch: r.data.epoch }
@@ -250,6 +312,38 @@ impl Operator {
     }
 }
 
+/// Fetch the cluster status from node `to` (the coordinator): one request when it fits a
+/// frame, else page by page ([`StatusPages`]; started over, up to three times, when the
+/// coordinator no longer has the pages). `Err` carries the reply or failure that stopped it
+/// (a redirect, for one).
+pub async fn fetch_status<T: Transport>(
+    transport: &T,
+    to: &str,
+    addr: &str,
+    timeout: Duration,
+) -> Result<ClusterStatus, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let mut pages = StatusPages::default();
+        loop {
+            let req = WireMessage::Client(pages.next_request());
+            match transport.request(to, addr, req, timeout).await {
+                Ok(WireMessage::ClientReply(ClientReply::Status(s))) => return Ok(*s),
+                Ok(WireMessage::ClientReply(ClientReply::StatusPage(p))) => match pages.add(p) {
+                    Ok(Some(s)) => return Ok(s),
+                    Ok(None) => continue,
+                    Err(e) => last = e.to_string(),
+                },
+                Ok(WireMessage::ClientReply(ClientReply::Invalid { message })) => last = message,
+                Ok(other) => return Err(format!("{to}: unexpected reply {other:?}")),
+                Err(e) => return Err(format!("{to}: {e}")),
+            }
+            break;
+        }
+    }
+    Err(format!("{to}: status pages: {last}"))
+}
+
 /// The status page's source: the local coordinator's answer, or the coordinator's over the
 /// transport.
 fn status_source<T: Transport>(
@@ -261,16 +355,12 @@ fn status_source<T: Transport>(
     Arc::new(move || {
         let (operator, transport, hint) = (operator.clone(), transport.clone(), hint.clone());
         Box::pin(async move {
-            let target = match operator.serve(ClientRequest::Status).await {
-                ClientReply::Status(s) => return Some(*s),
-                ClientReply::NotCoordinator { coordinator } => coordinator.or_else(|| hint.borrow().clone())?,
-                _ => return None,
-            };
-            let timeout = Duration::from_millis(timing.heartbeat_ms * 3);
-            match transport.request(&target.0, &target.1, WireMessage::Client(ClientRequest::Status), timeout).await {
-                Ok(WireMessage::ClientReply(ClientReply::Status(s))) => Some(*s),
-                _ => None,
+            if let Some(s) = operator.status().await {
+                return Some(s);
             }
+            let target = hint.borrow().clone()?;
+            let timeout = Duration::from_millis(timing.heartbeat_ms * 3);
+            fetch_status(transport.as_ref(), &target.0, &target.1, timeout).await.ok()
         })
     })
 }
@@ -665,6 +755,7 @@ impl<T: Transport> NodeHandle<T> {
             sm: sm.clone(),
             coordinator: coordinator.clone(),
             hint: hint.clone(),
+            pages: StatusCache::default(),
         };
         let operator = Arc::new(operator);
         plane.set_status_source(status_source(operator.clone(), transport.clone(), hint.clone(), spec.timing));

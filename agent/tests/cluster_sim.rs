@@ -209,9 +209,11 @@ impl Sim {
             profiles_csv: include_str!("../../examples/profiles/social-h100-80gb.csv").into(),
             demand_rps: demand,
         };
+        // One request id for every attempt: a retry of a registration whose reply was lost is
+        // answered with the first outcome.
+        let req = ClientRequest::register(entry);
         for i in 0..self.sc.eligible {
-            let req = WireMessage::Client(ClientRequest::RegisterApp(entry.clone()));
-            let r = client.request(&node_name(i), "", req, Duration::from_secs(2)).await;
+            let r = client.request(&node_name(i), "", WireMessage::Client(req.clone()), Duration::from_secs(2)).await;
             if let Ok(WireMessage::ClientReply(ClientReply::Done { .. })) = r {
                 return true;
             }
@@ -353,9 +355,8 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
         let mut seen = false;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(sc.step_ms)).await;
-            let r =
-                client.request(&leader, "", WireMessage::Client(ClientRequest::Status), Duration::from_secs(2)).await;
-            if let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = r {
+            let r = client.request(&leader, "", WireMessage::Client(ClientRequest::status()), Duration::from_secs(2));
+            if let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = r.await {
                 if s.observed.contains(&row) {
                     seen = true;
                     break;
@@ -638,12 +639,154 @@ fn heartbeats_are_checked_at_the_coordinators_edge() {
         let r = n1.request("n0", "", WireMessage::Heartbeat(hb(vec![gpu(0)], rows)), t).await;
         assert!(matches!(r, Ok(WireMessage::HeartbeatReply { accepted: true, .. })), "accepted: {r:?}");
         let operator = SimTransport::new(sim.hub.clone(), "operator");
-        let status = operator.request("n0", "", WireMessage::Client(ClientRequest::Status), t).await;
+        let status = operator.request("n0", "", WireMessage::Client(ClientRequest::status()), t).await;
         let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = status else { panic!("status: {status:?}") };
         assert_eq!(s.observed, vec![good], "only the good row reaches the planner's observed set");
         let n1_status = s.nodes.iter().find(|n| n.node == "n1").expect("n1 recorded");
         assert_eq!(n1_status.gpus.len(), 1, "from the accepted heartbeat, not the refused one");
         sim.crash(0).await;
         let _ = std::fs::remove_dir_all(&root);
+    });
+}
+
+/// A simulation of `sc` with no random faults (the tests below inject their own).
+fn quiet_sim(sc: Scenario, tag: &str) -> Sim {
+    let root = std::path::Path::new(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
+        .join(format!("jigsaw-sim-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    Sim {
+        hub: SimHub::start(1, sc.link),
+        sc,
+        seed: 1,
+        root,
+        planner: toy_planner(),
+        nodes: BTreeMap::new(),
+        leaders: BTreeMap::new(),
+        applied: BTreeMap::new(),
+    }
+}
+
+impl Sim {
+    /// Wait (virtual time) until a node coordinates; its index.
+    async fn coordinator(&self) -> usize {
+        for _ in 0..300 {
+            if let Some((i, _)) = self.nodes.iter().find(|(_, h)| h.is_coordinator()) {
+                return *i;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no coordinator within 30 s");
+    }
+
+    /// Send `req` to node `i` as the operator.
+    async fn ask(&self, i: usize, req: &ClientRequest) -> Option<ClientReply> {
+        let client = SimTransport::new(self.hub.clone(), "operator");
+        match client.request(&node_name(i), "", WireMessage::Client(req.clone()), Duration::from_secs(2)).await {
+            Ok(WireMessage::ClientReply(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+const QUIET: Scenario = Scenario {
+    crash_p: 0.0,
+    cut_p: 0.0,
+    app_p: 0.0,
+    link: LinkConfig { min_delay_us: 200, max_delay_us: 2_000, drop: 0.0 },
+    ..DEFAULT
+};
+
+/// An operator change whose reply is lost: the client retries with the same request id and
+/// is told the outcome of the first attempt (the app was removed, once), where a plain
+/// resend used to report "no app named `social`" for a removal that had succeeded. A new
+/// request (new id) for the same change is applied afresh and says what it finds.
+#[test]
+fn a_retried_operator_change_reports_its_first_outcome() {
+    runtime().block_on(async {
+        let mut sim = quiet_sim(Scenario { nodes: 1, eligible: 1, ..QUIET }, "lost-reply");
+        sim.start(0).await;
+        let c = sim.coordinator().await;
+        assert!(sim.register(100.0).await, "registered");
+        assert!(sim.nodes[&c].committed().apps.contains_key("social"));
+
+        let remove = ClientRequest::remove("social");
+        sim.hub.lose_replies(&node_name(c), 1);
+        assert_eq!(sim.ask(c, &remove).await, None, "the first reply is lost");
+        assert!(sim.nodes[&c].committed().apps.is_empty(), "yet the app was removed");
+        let retry = sim.ask(c, &remove).await;
+        match retry {
+            Some(ClientReply::Done { message, .. }) => assert!(message.contains("`social` removed"), "{message}"),
+            other => panic!("the retry must report the removal: {other:?}"),
+        }
+        let state = sim.nodes[&c].committed();
+        let ClientRequest::RemoveApp { id, .. } = remove else { unreachable!() };
+        assert_eq!(state.requests.iter().filter(|(r, _)| *r == id).count(), 1, "applied once");
+        match sim.ask(c, &ClientRequest::remove("social")).await {
+            Some(ClientReply::Invalid { message }) => assert!(message.contains("no app named"), "{message}"),
+            other => panic!("a new removal finds no app: {other:?}"),
+        }
+        sim.crash(0).await;
+        let _ = std::fs::remove_dir_all(&sim.root);
+    });
+}
+
+/// An app whose profile table is mostly a comment of control characters, `bytes` long in
+/// all: valid, and the worst case for JSON (each such byte was six in a JSON log entry).
+fn big_app(i: usize, bytes: usize) -> AppEntry {
+    let spec =
+        include_str!("../../examples/apps/social.toml").replacen("name = \"social\"", &format!("name = \"big{i}\""), 1);
+    let csv = include_str!("../../examples/profiles/social-h100-80gb.csv");
+    let pad = bytes.saturating_sub(csv.len() + 3);
+    let profiles_csv = format!("# {}\n{csv}", "\u{1}".repeat(pad));
+    let (entry, _) = AppEntry::from_sources(spec, "big.toml", profiles_csv, "big.csv", 10.0).expect("a valid app");
+    entry
+}
+
+/// Registrations that together exceed a frame (five of nearly 4 MiB) reach a voter that was
+/// down while they were made: the catch-up AppendEntries is split rather than retried
+/// forever. The status, too large for one frame, arrives in pages.
+#[test]
+fn large_registrations_replicate_and_the_status_pages() {
+    runtime().block_on(async {
+        let mut sim = quiet_sim(Scenario { nodes: 3, eligible: 3, gpus_per_node: 1, ..QUIET }, "large");
+        for i in 0..3 {
+            sim.start(i).await;
+        }
+        let c = sim.coordinator().await;
+        let f = (c + 1) % 3;
+        sim.crash(f).await;
+        let apps: Vec<AppEntry> =
+            (0..5).map(|i| big_app(i, jigsaw_protocol::cluster::MAX_APP_PROFILES - 4096)).collect();
+        let total: usize = apps.iter().map(|a| a.profiles_csv.len()).sum();
+        assert!(total > jigsaw_protocol::wire::MAX_FRAME, "{total} bytes of profiles");
+        for a in &apps {
+            match sim.ask(c, &ClientRequest::register(a.clone())).await {
+                Some(ClientReply::Done { .. }) => {}
+                other => panic!("register {}: {other:?}", a.name),
+            }
+        }
+        sim.start(f).await;
+        let mut caught_up = false;
+        for _ in 0..600 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if sim.nodes[&f].committed().apps.len() == apps.len() {
+                caught_up = true;
+                break;
+            }
+        }
+        assert!(caught_up, "the restarted voter has {} of {} apps", sim.nodes[&f].committed().apps.len(), apps.len());
+        let client = SimTransport::new(sim.hub.clone(), "operator");
+        let c = sim.coordinator().await;
+        let status = jigsaw_agent::node::fetch_status(client.as_ref(), &node_name(c), "", Duration::from_secs(5))
+            .await
+            .expect("the status arrives");
+        assert_eq!(status.state.apps.len(), apps.len());
+        for a in &apps {
+            assert_eq!(status.state.apps.get(&a.name), Some(a), "{} arrives whole", a.name);
+        }
+        for i in 0..3 {
+            sim.crash(i).await;
+        }
+        let _ = std::fs::remove_dir_all(&sim.root);
     });
 }

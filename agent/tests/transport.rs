@@ -203,3 +203,78 @@ async fn sim_transport_conformance() {
     let client = SimTransport::new(hub.clone(), "node-c");
     transport_conformance(client.as_ref(), "node-a").await;
 }
+
+/// A server that reads every request, counts it and, for the first `lose` of them, closes
+/// the connection instead of replying (the request ran; its reply is lost); later ones get a
+/// Hello back.
+fn losing_server(server: QuicNode, lose: usize) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(conn)) = server.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    if recv_frame(&mut recv).await.is_err() {
+                        continue;
+                    }
+                    if count.fetch_add(1, Ordering::SeqCst) < lose {
+                        conn.close(0u32.into(), b"reply lost");
+                        return;
+                    }
+                    let hello = WireMessage::Hello { node: "n0".into(), applied_epoch: 0 };
+                    if send_frame(&mut send, &hello).await.is_ok() {
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// A lost reply: the transport resends a request that is safe to run twice on a fresh
+/// connection, but never a stage, which reached the peer and may have run (the data plane
+/// decides what to do with the failure).
+#[tokio::test]
+async fn a_lost_reply_is_resent_only_when_running_twice_is_safe() {
+    use jigsaw_agent::transport::net::{QuicTransport, Transport};
+    use jigsaw_protocol::route::StageRequest;
+    use std::sync::atomic::Ordering;
+    let dir = tmp("lost");
+    ca_init(&dir, "c").expect("ca");
+    let client = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "n1")).expect("bind"));
+    let t = Duration::from_secs(10);
+
+    let server = QuicNode::bind(loopback(), &node(&dir, "n0")).expect("bind");
+    let addr = server.local_addr().expect("addr").to_string();
+    let seen = losing_server(server, 1);
+    let stage = WireMessage::Stage(StageRequest {
+        id: 1,
+        item: 0,
+        app: "a".into(),
+        task: "t".into(),
+        gpu: "GPU-0".into(),
+        start: 0,
+        budget_us: 1_000_000,
+        input: vec![1.0],
+    });
+    let r = client.request("n0", &addr, stage.clone(), t).await;
+    assert!(r.is_err(), "the stage's reply was lost: {r:?}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the stage ran once: not resent");
+    // The connection is replaced for the next request, which gets through.
+    let r = client.request("n0", &addr, stage, t).await.expect("a later stage is answered");
+    assert!(matches!(r, WireMessage::Hello { .. }));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+    let server = QuicNode::bind(loopback(), &node(&dir, "n0")).expect("bind");
+    let addr = server.local_addr().expect("addr").to_string();
+    let seen = losing_server(server, 1);
+    let hello = WireMessage::Hello { node: "n1".into(), applied_epoch: 0 };
+    let r = client.request("n0", &addr, hello, t).await.expect("resent on a fresh connection");
+    assert!(matches!(r, WireMessage::Hello { .. }));
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "sent twice: once lost, once answered");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,7 @@ use jigsaw_agent::node::{highs_planner, NodeHandle, NodeSpec, Timing};
 use jigsaw_agent::transport::net::{QuicTransport, Transport};
 use jigsaw_agent::transport::{tls, QuicNode};
 use jigsaw_protocol::cluster::{fnv64, AppEntry};
-use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, WireMessage};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, StatusPages, WireMessage};
 use jigsaw_protocol::GpuModel;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -222,12 +222,28 @@ impl<T: Transport> Operator<T> {
         Err(said)
     }
 
-    /// The cluster status.
+    /// The cluster status: one request when it fits a frame, else page by page
+    /// ([`StatusPages`]; started over, up to three times, when the coordinator changed or
+    /// dropped the pages meanwhile).
     pub async fn status(&self) -> Result<ClusterStatus> {
-        match self.request(ClientRequest::Status).await? {
-            ClientReply::Status(s) => Ok(*s),
-            other => bail!("unexpected reply {other:?}"),
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut pages = StatusPages::default();
+            loop {
+                match self.request(pages.next_request()).await? {
+                    ClientReply::Status(s) => return Ok(*s),
+                    ClientReply::StatusPage(p) => match pages.add(p) {
+                        Ok(Some(s)) => return Ok(s),
+                        Ok(None) => continue,
+                        Err(e) => last = e.to_string(),
+                    },
+                    ClientReply::Invalid { message } => last = message,
+                    other => bail!("unexpected reply {other:?}"),
+                }
+                break;
+            }
         }
+        bail!("the status did not arrive whole ({last})")
     }
 }
 
@@ -375,7 +391,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         );
         if !o.apps.is_empty() {
             for app in &o.apps {
-                match op.request(ClientRequest::RegisterApp(app.clone())).await? {
+                match op.request(ClientRequest::register(app.clone())).await? {
                     ClientReply::Done { message, .. } => writeln!(out, "{message}")?,
                     other => bail!("registering {}: {other:?}", app.name),
                 }
@@ -618,7 +634,7 @@ pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> R
         &profiles.display().to_string(),
         rps,
     )?;
-    operator_request(dir, ClientRequest::RegisterApp(entry))
+    operator_request(dir, ClientRequest::register(entry))
 }
 
 /// Send one operator request and render the reply.

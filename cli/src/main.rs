@@ -115,7 +115,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
         }
         Command::App(AppCmd::Remove { name, dir }) => cluster::operator_request(
             &dir.clone().unwrap_or_else(cluster::default_dir),
-            jigsaw_protocol::wire::ClientRequest::RemoveApp { name: name.clone() },
+            jigsaw_protocol::wire::ClientRequest::remove(name.clone()),
         )?,
     };
     print!("{out}");

@@ -111,7 +111,7 @@ fn failover_agent_loss_and_full_restart() {
         assert!(s.state.plan.as_ref().is_some_and(|p| p.apps.iter().any(|a| a.app == "social" && a.gpus >= 1)));
 
         // A removed app leaves the next plan.
-        match op.request(ClientRequest::RemoveApp { name: "social".into() }).await.expect("remove") {
+        match op.request(ClientRequest::remove("social")).await.expect("remove") {
             ClientReply::Done { .. } => {}
             other => panic!("remove: {other:?}"),
         }

@@ -210,6 +210,10 @@ fn two_nodes(attach_b: bool) -> Two {
 }
 
 fn two_nodes_with(attach_b: bool, cfg: PlaneConfig) -> Two {
+    two_nodes_on(attach_b, cfg, table())
+}
+
+fn two_nodes_on(attach_b: bool, cfg: PlaneConfig, table: RoutingTable) -> Two {
     let hub = SimHub::start(7, LinkConfig { min_delay_us: 50, max_delay_us: 200, drop: 0.0 });
     let launcher = Arc::new(InProcessLauncher(ExecutorKind::Timed));
     let la = LocalPlane::new(cfg, launcher.clone());
@@ -217,8 +221,8 @@ fn two_nodes_with(attach_b: bool, cfg: PlaneConfig) -> Two {
     let a = DataPlane::new("a", la.clone(), SimTransport::new(hub.clone(), "a"));
     let handler = stage_handler(lb.clone());
     hub.attach("b", handler);
-    la.set_routes(table());
-    lb.set_routes(table());
+    la.set_routes(table.clone());
+    lb.set_routes(table);
     let mut att = vec![la.attach("GPU-a", "MIG-GPU-a", &inst("detect", "det", 0, 4.0))];
     if attach_b {
         att.push(lb.attach("GPU-b", "MIG-GPU-b", &inst("classify", "cls", 0, 3.0)));
@@ -391,4 +395,69 @@ async fn frontend_admission_limit_refuses_at_once() {
     first.await.expect("the admitted request succeeds");
     n.a.infer("pipe", request(), None).await.expect("the slot came back");
     assert_eq!(n.a.answered().get("overloaded"), Some(&1));
+}
+
+/// A stage whose budget no deadline can have (only a broken or hostile peer sends one) gets
+/// an error reply, not a panic in the instance's queue driver, and the instance keeps
+/// serving; an item with such a budget submitted to a pool directly is served too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbounded_stage_budget_is_refused_and_the_instance_keeps_serving() {
+    use jigsaw_agent::transport::net::Peer;
+    use jigsaw_protocol::route::{StageReply, StageRequest};
+    use jigsaw_protocol::wire::WireMessage;
+    let n = two_nodes(true);
+    let handler = stage_handler(n.b.clone());
+    let stage = |budget_us: u64| {
+        WireMessage::Stage(StageRequest {
+            id: 1,
+            item: 0,
+            app: "pipe".into(),
+            task: "classify".into(),
+            gpu: "GPU-b".into(),
+            start: 0,
+            budget_us,
+            input: vec![0.5; 768],
+        })
+    };
+    match handler(Peer::Sim("a".into()), stage(u64::MAX - 1)).await {
+        WireMessage::StageReply(StageReply { outcome: StageOutcome::Failed { message, retry: false }, .. }) => {
+            assert!(message.contains("exceeds the cap"), "{message}")
+        }
+        other => panic!("an error reply: {other:?}"),
+    }
+    match handler(Peer::Sim("a".into()), stage(1_000_000)).await {
+        WireMessage::StageReply(StageReply { outcome: StageOutcome::Done { .. }, .. }) => {}
+        other => panic!("the instance still serves: {other:?}"),
+    }
+    let pool = n.b.pool("GPU-b", 0).expect("b's instance runs");
+    for budget_us in [u64::MAX - 1, 1_000_000] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        pool.submit(Item { input: vec![1.0; 768], budget_us, reply: tx });
+        let o = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered in time").expect("answered");
+        assert!(matches!(o, StageOutcome::Done { .. }), "{budget_us}: {o:?}");
+    }
+    n.a.infer("pipe", request(), None).await.expect("requests still succeed");
+}
+
+/// A routing table from before the bounds (an SLO of 1.8e22 ms once panicked the frontend,
+/// a fan-out of 5000 would have spawned 5000 stages per request): the SLO is clamped to an
+/// hour, and a request whose fan-out would pass the per-request item cap is refused before
+/// any of its children is spawned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_slos_and_fanouts_in_a_table_are_contained() {
+    let mut t = table();
+    t.apps[0].spec.latency_slo_ms = 1.8e22;
+    let n = two_nodes_on(true, PlaneConfig::default(), t.clone());
+    let r = n.a.infer("pipe", request(), None).await.expect("served under an hour's deadline");
+    assert_eq!(r.outputs[0].shape, vec![2, 4]);
+
+    t.apps[0].spec.tasks[0].variants[0].fanout.insert("classify".into(), 5000.0);
+    let n = two_nodes_on(true, PlaneConfig::default(), t);
+    match n.a.infer("pipe", request(), None).await {
+        Err(ServeError::Failed(m)) => assert!(m.contains("4096 items") && m.contains("classify"), "{m}"),
+        other => panic!("refused: {other:?}"),
+    }
+    let pool = n.b.pool("GPU-b", 0).expect("b's instance runs");
+    assert_eq!(pool.stats.items.load(std::sync::atomic::Ordering::Relaxed), 0, "no classify stage was spawned");
+    assert_eq!(n.b.stages_taken(), 0);
 }

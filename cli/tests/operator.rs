@@ -45,7 +45,7 @@ async fn gives_up_within_its_patience_against_a_self_naming_leader_and_a_dead_no
     let nodes = vec![("dead".to_string(), "dead:1".to_string()), ("stale".to_string(), "stale:1".to_string())];
     let op = Operator::new(SimTransport::new(hub.clone(), "admin"), nodes).with_patience(Duration::from_secs(3));
     let t = tokio::time::Instant::now();
-    let err = op.request(ClientRequest::Status).await.expect_err("no node can serve");
+    let err = op.request(ClientRequest::status()).await.expect_err("no node can serve");
     let took = t.elapsed();
     assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3_500), "gave up after {took:?}");
     let e = err.to_string();
@@ -64,7 +64,7 @@ async fn backs_off_between_rounds_and_follows_a_redirect_to_the_coordinator() {
     hub.attach("stale", names_itself("stale", asked.clone()));
     let op = Operator::new(SimTransport::new(hub.clone(), "admin"), vec![("stale".into(), "stale:1".into())])
         .with_patience(Duration::from_secs(10));
-    let err = op.request(ClientRequest::Status).await.expect_err("nobody serves");
+    let err = op.request(ClientRequest::status()).await.expect_err("nobody serves");
     // Backoff 100 ms doubling to 2 s with ±25 % jitter: in 10 s that is about 10 rounds
     // (a fixed 200 ms pause would be ~50).
     let n = asked.load(Ordering::Relaxed);
@@ -84,7 +84,7 @@ async fn backs_off_between_rounds_and_follows_a_redirect_to_the_coordinator() {
     );
     let op = Operator::new(SimTransport::new(hub, "admin2"), vec![("follower".into(), "follower:1".into())]);
     let t = tokio::time::Instant::now();
-    let reply = op.request(ClientRequest::RemoveApp { name: "x".into() }).await.expect("served via the redirect");
+    let reply = op.request(ClientRequest::remove("x")).await.expect("served via the redirect");
     assert_eq!(reply, ClientReply::Done { message: "ok".into(), epoch: 7 });
     assert!(t.elapsed() < Duration::from_millis(100), "{:?}", t.elapsed());
 }

@@ -26,6 +26,18 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Longest end-to-end latency SLO an app may have, ms (one hour). Deadlines derived from it
+/// must stay representable (as durations, instants and microsecond budgets) on every node.
+pub const MAX_LATENCY_SLO_MS: f64 = 3_600_000.0;
+
+/// Largest fan-out factor F(t, v, t') an app may declare.
+pub const MAX_FANOUT: f64 = 64.0;
+
+/// Most items (stages) one request may spawn in total, its roots included. A registration
+/// whose worst case (every task on its widest variant, every fan-out rounded up) exceeds it
+/// is refused; a frontend also refuses, at run time, to spawn beyond it.
+pub const MAX_REQUEST_ITEMS: u32 = 4096;
+
 /// A compact description of a model variant, used by the analytic profile model and,
 /// later, to build the layer graph that the executors run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,10 +193,14 @@ impl AppSpec {
         if self.name.trim().is_empty() {
             return Err(self.field("name", "must not be empty"));
         }
-        if !(self.latency_slo_ms.is_finite() && self.latency_slo_ms > 0.0) {
+        if !(self.latency_slo_ms.is_finite() && self.latency_slo_ms > 0.0 && self.latency_slo_ms <= MAX_LATENCY_SLO_MS)
+        {
             return Err(self.field(
                 "latency_slo_ms",
-                format!("must be a positive number of milliseconds, got {}", self.latency_slo_ms),
+                format!(
+                    "must be a positive number of milliseconds up to {MAX_LATENCY_SLO_MS} (one hour), got {}",
+                    self.latency_slo_ms
+                ),
             ));
         }
         if !(self.accuracy_slo > 0.0 && self.accuracy_slo <= 1.0) {
@@ -258,14 +274,42 @@ impl AppSpec {
                     if !self.edges.iter().any(|e| e.from == t.name && &e.to == down) {
                         return Err(self.field(at, format!("there is no edge {} -> {down}", t.name)));
                     }
-                    if !(f.is_finite() && *f >= 0.0) {
-                        return Err(self.field(at, format!("must be a finite number >= 0, got {f}")));
+                    if !(f.is_finite() && *f >= 0.0 && *f <= MAX_FANOUT) {
+                        return Err(self.field(at, format!("must be a number in [0, {MAX_FANOUT}], got {f}")));
                     }
                 }
             }
         }
-        self.topo_order()?;
+        let order = self.topo_order()?;
+        let worst = self.worst_case_items(&order);
+        if worst > f64::from(MAX_REQUEST_ITEMS) {
+            return Err(self.field(
+                "tasks",
+                format!(
+                    "one request could spawn up to {worst:.0} items (every task on its widest variant, \
+                     fan-outs rounded up); the cap is {MAX_REQUEST_ITEMS}: lower the fan-outs"
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The most items one request can spawn (roots included): per task, the items of each
+    /// parent times the parent's largest fan-out towards it, rounded up (a stage emits
+    /// `floor(F)` or `ceil(F)` items). `order` is a topological order.
+    fn worst_case_items(&self, order: &[usize]) -> f64 {
+        let mut items = vec![0.0f64; self.tasks.len()];
+        for &t in order {
+            let parents = self.parents(t);
+            if parents.is_empty() {
+                items[t] = 1.0;
+            }
+            for p in parents {
+                let widest = (0..self.tasks[p].variants.len()).map(|v| self.fanout(p, v, t).ceil()).fold(0.0, f64::max);
+                items[t] += items[p] * widest;
+            }
+        }
+        items.iter().sum()
     }
 
     /// Index of a task by name.
@@ -442,6 +486,39 @@ to = "b"
         assert!(AppSpec::parse(&neg, "x").unwrap_err().to_string().contains("fanout.b"));
         let slo = app("", "0.7").replace("latency_slo_ms = 100.0", "latency_slo_ms = 0.0");
         assert!(AppSpec::parse(&slo, "x").unwrap_err().to_string().contains("latency_slo_ms"));
+    }
+
+    /// SLOs beyond an hour (1.8e22 ms once panicked a frontend) and fan-outs beyond the caps
+    /// are refused with the field named.
+    #[test]
+    fn slos_and_fanouts_are_bounded() {
+        for slo in ["1.8e22", "3600000.5", "inf", "nan"] {
+            let text = app("", "0.7").replace("latency_slo_ms = 100.0", &format!("latency_slo_ms = {slo}"));
+            let e = AppSpec::parse(&text, "x").unwrap_err().to_string();
+            assert!(e.contains("latency_slo_ms") && e.contains("one hour"), "{slo}: {e}");
+        }
+        let hour = app("", "0.7").replace("latency_slo_ms = 100.0", "latency_slo_ms = 3600000.0");
+        assert!(AppSpec::parse(&hour, "x").is_ok());
+        let wide = app("", "0.7").replace("fanout = { b = 2.0 }", "fanout = { b = 1e7 }");
+        let e = AppSpec::parse(&wide, "x").unwrap_err().to_string();
+        assert!(e.contains("fanout.b") && e.contains("[0, 64]"), "{e}");
+        assert!(AppSpec::parse(&app("", "0.7").replace("b = 2.0", "b = 64.0"), "x").is_ok());
+        // Three levels of fan-out 64 (and 63.5, rounded up): 1 + 64 + 4096 items > 4096.
+        let deep = |f: &str| {
+            app("", "0.7").replace("fanout = { b = 2.0 }", &format!("fanout = {{ b = {f} }}")).replace(
+                "[[edges]]",
+                "[[tasks]]\nname = \"c\"\n[[tasks.variants]]\nname = \"c1\"\naccuracy = 0.5\n\
+                 model = { family = \"resnet\", gflops = 1.0, params_m = 1.0, activation_mb = 1.0 }\n\
+                 [[edges]]\nfrom = \"b\"\nto = \"c\"\n[[edges]]",
+            )
+        };
+        let ok = deep("2.0").replace("name = \"b1\"", "name = \"b1\"\nfanout = { c = 64.0 }");
+        assert!(AppSpec::parse(&ok, "x").is_ok(), "1 + 2 + 128 items");
+        for f in ["64.0", "63.5"] {
+            let text = deep(f).replace("name = \"b1\"", "name = \"b1\"\nfanout = { c = 64.0 }");
+            let e = AppSpec::parse(&text, "x").unwrap_err().to_string();
+            assert!(e.contains("4161 items") && e.contains("4096"), "{f}: {e}");
+        }
     }
 
     proptest::proptest! {

@@ -19,7 +19,7 @@ use crate::catalogue::GpuModel;
 use crate::plan::InstancePlan;
 use crate::profile::{ProfileError, ProfileTable};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// One GPU as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +64,11 @@ pub struct AppEntry {
 pub const MAX_APP_SPEC: usize = 256 * 1024;
 /// Largest profile table a registration may carry, bytes.
 pub const MAX_APP_PROFILES: usize = 4 * 1024 * 1024;
+/// Largest Raft log entry a registration may become, bytes, as the agent encodes it for an
+/// AppendEntries RPC (checked at registration, against the real encoding). Half a frame
+/// ([`crate::wire::MAX_FRAME`]): an AppendEntries of one entry always fits, with room to
+/// spare for the envelope, so replication can always make progress one entry at a time.
+pub const MAX_ENTRY: usize = crate::wire::MAX_FRAME / 2;
 
 /// Why an app registration is invalid (the message names the file, line or field at fault).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,6 +103,17 @@ pub enum InvalidApp {
     /// A task has no profile row.
     #[error("the profiles have no row for task `{0}`")]
     NoProfile(String),
+    /// The registration, encoded as the Raft log entry that replicates it, exceeds
+    /// [`MAX_ENTRY`] (or the cap the caller checks against).
+    #[error("app `{name}` does not fit one Raft log entry: it encodes to {size} bytes, the cap is {cap} bytes (shrink the profile table or the spec)")]
+    EntryTooLarge {
+        /// App name.
+        name: String,
+        /// Encoded entry size, bytes.
+        size: usize,
+        /// The cap, bytes.
+        cap: usize,
+    },
 }
 
 /// An app registration in parsed form.
@@ -279,6 +295,47 @@ impl Default for ClusterConfig {
     }
 }
 
+/// An operator request's id, chosen by the client: a random per-process `client` part and a
+/// sequence number. A client that retries a request (its reply was lost) sends the same id,
+/// and the state machine answers the retry with the first outcome instead of applying the
+/// change again ([`ClusterCommand::Once`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// Random per client process.
+    pub client: u64,
+    /// Sequence number within the client.
+    pub seq: u64,
+}
+
+impl RequestId {
+    /// A fresh id: this process's random client part and the next sequence number.
+    pub fn fresh() -> RequestId {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static SEQ: AtomicU64 = AtomicU64::new(1);
+        let client = *CLIENT.get_or_init(|| {
+            // std's RandomState is keyed from the OS's randomness; mix in the pid and the time
+            // as well so two processes never share a client part in practice.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            h.write_u128(now.as_nanos());
+            h.finish()
+        });
+        RequestId { client, seq: SEQ.fetch_add(1, Ordering::Relaxed) }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.client, self.seq)
+    }
+}
+
+/// How many operator request ids (with their outcomes) the state remembers.
+pub const RECENT_REQUESTS: usize = 256;
+
 /// A change to the replicated state (one Raft log entry).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClusterCommand {
@@ -300,6 +357,16 @@ pub enum ClusterCommand {
     SetConfig(ClusterConfig),
     /// Commit a plan; its epoch must be exactly the current epoch + 1.
     CommitPlan(ClusterPlan),
+    /// An operator's change, applied at most once per request id: applying a `Once` whose
+    /// id the state remembers ([`ClusterState::requests`]) changes nothing and returns the
+    /// outcome recorded the first time. (Appended after the JSON log format shipped, so
+    /// existing logs still decode.)
+    Once {
+        /// The operator request's id.
+        id: RequestId,
+        /// The change.
+        command: Box<ClusterCommand>,
+    },
 }
 
 /// What applying a command did.
@@ -326,12 +393,27 @@ pub struct ClusterState {
     pub plan: Option<ClusterPlan>,
     /// The current plan epoch (0 = no plan yet).
     pub epoch: u64,
+    /// The latest [`RECENT_REQUESTS`] operator request ids applied, oldest first, with their
+    /// outcomes: a retried request is answered from here.
+    #[serde(default)]
+    pub requests: VecDeque<(RequestId, CommandOutcome)>,
 }
 
 impl ClusterState {
     /// Apply one command. Deterministic: every replica gets the same outcome.
     pub fn apply(&mut self, cmd: &ClusterCommand) -> CommandOutcome {
         let (applied, message) = match cmd {
+            ClusterCommand::Once { id, command } => {
+                if let Some((_, first)) = self.requests.iter().find(|(r, _)| r == id) {
+                    return first.clone();
+                }
+                let outcome = self.apply(command);
+                if self.requests.len() >= RECENT_REQUESTS {
+                    self.requests.pop_front();
+                }
+                self.requests.push_back((*id, outcome.clone()));
+                return outcome;
+            }
             ClusterCommand::PutApp(app) => {
                 let verb = if self.apps.contains_key(&app.name) { "replaced" } else { "registered" };
                 self.apps.insert(app.name.clone(), app.clone());
@@ -437,6 +519,32 @@ mod tests {
         assert!(matches!(bad(header_only), InvalidApp::NoProfile(_)));
         let e = AppEntry::from_sources("name = ".into(), "apps/x.toml", csv, "p.csv", 1.0).expect_err("bad toml");
         assert!(e.to_string().contains("apps/x.toml"), "the error names the file: {e}");
+    }
+
+    /// A retried operator request (same id) gets the first outcome and changes nothing; a
+    /// new request for the same change is applied (and reports what it finds).
+    #[test]
+    fn operator_requests_apply_once_per_id() {
+        let mut s = ClusterState::default();
+        let app = AppEntry { name: "a".into(), spec_toml: "x".into(), profiles_csv: "y".into(), demand_rps: 5.0 };
+        s.apply(&ClusterCommand::PutApp(app));
+        let (first, other) = (RequestId::fresh(), RequestId::fresh());
+        assert_ne!(first, other);
+        let remove =
+            |id| ClusterCommand::Once { id, command: Box::new(ClusterCommand::RemoveApp { name: "a".into() }) };
+        let o1 = s.apply(&remove(first));
+        assert!(o1.applied && o1.message.contains("removed"), "{o1:?}");
+        let o2 = s.apply(&remove(first));
+        assert_eq!(o2, o1, "the retry is answered with the first outcome");
+        assert!(s.apps.is_empty());
+        let o3 = s.apply(&remove(other));
+        assert!(!o3.applied && o3.message.contains("no app"), "{o3:?}");
+        // Only the latest RECENT_REQUESTS ids are kept.
+        for _ in 0..RECENT_REQUESTS {
+            s.apply(&remove(RequestId::fresh()));
+        }
+        assert_eq!(s.requests.len(), RECENT_REQUESTS);
+        assert!(!s.requests.iter().any(|(r, _)| *r == first));
     }
 
     #[test]

@@ -14,6 +14,11 @@ use crate::app::AppSpec;
 use crate::profile::ProfileRow;
 use serde::{Deserialize, Serialize};
 
+/// Largest remaining budget a [`StageRequest`] may carry, µs: one hour, the longest latency
+/// SLO an app may have ([`crate::app::MAX_LATENCY_SLO_MS`]). A node refuses a stage with a
+/// larger budget (an error reply) rather than compute a deadline from it.
+pub const MAX_STAGE_BUDGET_US: u64 = 3_600_000_000;
+
 /// Where every application's tasks run, as of one plan epoch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoutingTable {
@@ -145,7 +150,8 @@ pub struct StageRequest {
     pub gpu: String,
     /// Start slice.
     pub start: u8,
-    /// Time left until the request's end-to-end deadline, µs, as of sending.
+    /// Time left until the request's end-to-end deadline, µs, as of sending (at most
+    /// [`MAX_STAGE_BUDGET_US`]).
     pub budget_us: u64,
     /// Input values (row-major `f32`); the worker adapts them to its model's input shape.
     pub input: Vec<f32>,

@@ -13,7 +13,7 @@
 //! with the same cap as a bincode limit. [`decode_frame`] never panics on any input (fuzzed
 //! in CI; see `protocol/fuzz`). Design note: `docs/protocol.md`.
 
-use crate::cluster::{AppEntry, ClusterState, GpuInventory};
+use crate::cluster::{AppEntry, ClusterState, GpuInventory, RequestId};
 use crate::plan::InstancePlan;
 use crate::profile::ProfileRow;
 use crate::route::{RoutingTable, StageReply, StageRequest};
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -76,7 +76,8 @@ pub enum WireMessage {
         epoch: u64,
     },
     /// A Raft RPC between coordinator-eligible nodes. The body is an openraft request,
-    /// JSON-encoded by the agent (openraft's types are the contract; see `docs/mesh.md`).
+    /// encoded by the agent with bincode 2 (standard config) through openraft's serde
+    /// types (openraft's types are the contract; see `docs/mesh.md`).
     Raft {
         /// Which RPC.
         rpc: RaftRpc,
@@ -168,18 +169,71 @@ pub enum ApplyOutcome {
     },
 }
 
-/// An operator request.
+impl WireMessage {
+    /// Whether sending this request again after its reply was lost is harmless, so a
+    /// transport may resend it on a fresh connection when the first exchange broke after the
+    /// request left. Everything but a [`WireMessage::Stage`] is: Raft RPCs are idempotent by
+    /// Raft's design, plan pushes are fenced by epoch, heartbeats and leaves only record
+    /// state, and operator changes carry a [`RequestId`] that the state machine applies once.
+    /// A stage would run its item again (a transport resends one only when the request
+    /// provably never reached the peer).
+    pub fn retry_safe(&self) -> bool {
+        !matches!(self, WireMessage::Stage(_))
+    }
+}
+
+/// An operator request. The changes carry a client-chosen [`RequestId`]: a client that
+/// retries (its reply was lost) sends the same request, id included, and gets the first
+/// outcome rather than a second application.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Cluster status.
-    Status,
+    /// Cluster status. `page: None` asks for it from the start; a status too large for one
+    /// frame comes back as [`ClientReply::StatusPage`]s, and the next page is asked for with
+    /// the cursor of the last one ([`StatusPages`] does it).
+    Status {
+        /// Where to continue a paged status.
+        page: Option<StatusCursor>,
+    },
     /// Register (or replace) an application.
-    RegisterApp(AppEntry),
+    RegisterApp {
+        /// The request's id.
+        id: RequestId,
+        /// The application.
+        entry: AppEntry,
+    },
     /// Remove an application.
     RemoveApp {
+        /// The request's id.
+        id: RequestId,
         /// Name.
         name: String,
     },
+}
+
+impl ClientRequest {
+    /// The status, from the start.
+    pub fn status() -> ClientRequest {
+        ClientRequest::Status { page: None }
+    }
+
+    /// Register `entry` under a fresh request id.
+    pub fn register(entry: AppEntry) -> ClientRequest {
+        ClientRequest::RegisterApp { id: RequestId::fresh(), entry }
+    }
+
+    /// Remove app `name` under a fresh request id.
+    pub fn remove(name: impl Into<String>) -> ClientRequest {
+        ClientRequest::RemoveApp { id: RequestId::fresh(), name: name.into() }
+    }
+}
+
+/// Where a paged status continues: the status it is cut from and the byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCursor {
+    /// The encoded status the pages are cut from (pages of different tokens never mix).
+    pub token: u64,
+    /// Offset of the next page, bytes.
+    pub offset: u64,
 }
 
 /// An operator reply.
@@ -204,6 +258,114 @@ pub enum ClientReply {
         /// What is wrong.
         message: String,
     },
+    /// One page of a status too large for one frame (appended in version 5).
+    StatusPage(StatusPage),
+}
+
+/// A slice of an encoded [`ClusterStatus`] (bincode 2, standard config) too large for one
+/// frame. Pages are at most [`STATUS_PAGE`] bytes; the coordinator keeps the encoded status
+/// for a while so that the client can fetch the rest ([`StatusPages`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusPage {
+    /// The encoded status this page is cut from.
+    pub token: u64,
+    /// Length of the whole encoded status, bytes.
+    pub total: u64,
+    /// Offset of `bytes` in it.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Largest page of a paged status, bytes (half a frame). A status that encodes to at most
+/// this many bytes is answered whole, as [`ClientReply::Status`].
+pub const STATUS_PAGE: usize = MAX_FRAME / 2;
+
+/// Largest encoded status a client reassembles, bytes.
+pub const MAX_STATUS: usize = 256 * 1024 * 1024;
+
+fn status_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_STATUS>()
+}
+
+/// Encode a status for paging.
+pub fn encode_status(status: &ClusterStatus) -> Result<Vec<u8>, FrameError> {
+    let bytes = bincode::serde::encode_to_vec(status, status_config()).map_err(|e| FrameError::Body(e.to_string()))?;
+    if bytes.len() > MAX_STATUS {
+        return Err(FrameError::TooLarge { len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// Decode a status reassembled from its pages.
+pub fn decode_status(bytes: &[u8]) -> Result<ClusterStatus, FrameError> {
+    let (s, used): (ClusterStatus, usize) =
+        bincode::serde::decode_from_slice(bytes, status_config()).map_err(|e| FrameError::Body(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(FrameError::Trailing(bytes.len() - used));
+    }
+    Ok(s)
+}
+
+/// The page of `encoded` (under `token`) that starts at `offset`, or `None` past its end.
+pub fn status_page(token: u64, encoded: &[u8], offset: u64) -> Option<StatusPage> {
+    let start = usize::try_from(offset).ok().filter(|&o| o < encoded.len())?;
+    let end = encoded.len().min(start + STATUS_PAGE);
+    Some(StatusPage { token, total: encoded.len() as u64, offset, bytes: encoded[start..end].to_vec() })
+}
+
+/// Reassembles a paged status on the client: feed it every [`ClientReply::StatusPage`] and
+/// ask for [`StatusPages::next_request`] until [`StatusPages::add`] returns the status.
+#[derive(Debug, Default)]
+pub struct StatusPages {
+    token: Option<u64>,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+impl StatusPages {
+    /// The request for the next page (the first one when nothing was received yet).
+    pub fn next_request(&self) -> ClientRequest {
+        match self.token {
+            Some(token) => {
+                ClientRequest::Status { page: Some(StatusCursor { token, offset: self.bytes.len() as u64 }) }
+            }
+            None => ClientRequest::status(),
+        }
+    }
+
+    /// Add the next page: `Ok(Some(status))` once complete, `Ok(None)` when more pages
+    /// follow, an error when the page does not continue what was received (start over).
+    pub fn add(&mut self, page: StatusPage) -> Result<Option<ClusterStatus>, FrameError> {
+        let bad = |why: String| FrameError::Body(format!("status page: {why}"));
+        if page.total > MAX_STATUS as u64 {
+            return Err(FrameError::TooLarge { len: usize::try_from(page.total).unwrap_or(usize::MAX) });
+        }
+        match self.token {
+            None => {
+                self.token = Some(page.token);
+                self.total = page.total;
+            }
+            Some(t) if t != page.token || self.total != page.total => {
+                return Err(bad(format!(
+                    "token {} of {} bytes, expected {t} of {}",
+                    page.token, page.total, self.total
+                )))
+            }
+            Some(_) => {}
+        }
+        if page.offset != self.bytes.len() as u64 {
+            return Err(bad(format!("offset {}, expected {}", page.offset, self.bytes.len())));
+        }
+        if page.bytes.is_empty() || self.bytes.len() as u64 + page.bytes.len() as u64 > self.total {
+            return Err(bad(format!("{} bytes at {} of {}", page.bytes.len(), page.offset, self.total)));
+        }
+        self.bytes.extend_from_slice(&page.bytes);
+        if (self.bytes.len() as u64) < self.total {
+            return Ok(None);
+        }
+        decode_status(&self.bytes).map(Some)
+    }
 }
 
 /// Status as the coordinator sees it.
@@ -489,6 +651,63 @@ mod tests {
         }
     }
 
+    /// A status larger than a frame travels as pages that reassemble to the same status;
+    /// a page of another token, a gap or an overrun is an error (the client starts over).
+    #[test]
+    fn large_status_pages_reassemble() {
+        let mut state = ClusterState::default();
+        for i in 0..5 {
+            let name = format!("app{i}");
+            let entry = AppEntry {
+                name: name.clone(),
+                spec_toml: String::new(),
+                profiles_csv: format!("# {}\n", "\u{1}".repeat(4 << 20)),
+                demand_rps: 1.0,
+            };
+            state.apps.insert(name, entry);
+        }
+        let status = ClusterStatus {
+            coordinator: "n1".into(),
+            term: 2,
+            voters: vec!["n1".into()],
+            state,
+            nodes: vec![],
+            observed: vec![],
+        };
+        assert!(
+            matches!(
+                encode_frame(&WireMessage::ClientReply(ClientReply::Status(Box::new(status.clone())))),
+                Err(FrameError::TooLarge { .. })
+            ),
+            "too large for one frame"
+        );
+        let encoded = encode_status(&status).expect("encodes");
+        let mut pages = StatusPages::default();
+        let mut got = None;
+        let mut n = 0;
+        while got.is_none() {
+            let ClientRequest::Status { page } = pages.next_request() else { panic!("a status request") };
+            let offset = page.map_or(0, |c| c.offset);
+            let p = status_page(7, &encoded, offset).expect("a page");
+            // Every page fits a frame.
+            let frame = encode_frame(&WireMessage::ClientReply(ClientReply::StatusPage(p.clone()))).expect("fits");
+            assert!(frame.len() <= MAX_FRAME);
+            got = pages.add(p).expect("continues");
+            n += 1;
+        }
+        assert_eq!(n, encoded.len().div_ceil(STATUS_PAGE));
+        assert!(n >= 3);
+        assert_eq!(got, Some(status));
+        assert_eq!(status_page(7, &encoded, encoded.len() as u64), None, "nothing past the end");
+        let mut pages = StatusPages::default();
+        let first = status_page(7, &encoded, 0).expect("page");
+        pages.add(first.clone()).expect("first page");
+        assert!(pages
+            .add(StatusPage { token: 8, ..status_page(7, &encoded, first.bytes.len() as u64).expect("p") })
+            .is_err());
+        assert!(pages.add(first).is_err(), "the same page twice is a gap");
+    }
+
     #[test]
     fn typed_rejections() {
         let f = encode_frame(&hello("n".into(), 1)).expect("encodes");
@@ -516,14 +735,15 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
-    /// The version-4 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v4-*`).
+    /// The version-5 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v5-*`).
     fn seeds() -> Vec<(&'static str, WireMessage)> {
         use crate::route::{StageOutcome, StageReply, StageRequest};
+        let id = RequestId { client: 0x1234_5678_9abc_def0, seq: 3 };
         vec![
-            ("v4-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
-            ("v4-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            ("v5-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v5-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
             (
-                "v4-stage",
+                "v5-stage",
                 WireMessage::Stage(StageRequest {
                     id: 7,
                     item: 1,
@@ -536,7 +756,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v4-stage-reply",
+                "v5-stage-reply",
                 WireMessage::StageReply(StageReply {
                     id: 7,
                     item: 1,
@@ -544,7 +764,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v4-plan-push",
+                "v5-plan-push",
                 WireMessage::PlanPush {
                     epoch: 3,
                     coordinator: "n1".into(),
@@ -552,14 +772,41 @@ mod fuzz_seeds {
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
                 },
             ),
-            ("v4-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
-            ("v4-leave", WireMessage::Leave { node: "n4".into() }),
+            ("v5-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            ("v5-leave", WireMessage::Leave { node: "n4".into() }),
+            ("v5-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            (
+                "v5-status",
+                WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
+            ),
+            ("v5-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            (
+                "v5-register-app",
+                WireMessage::Client(ClientRequest::RegisterApp {
+                    id,
+                    entry: AppEntry {
+                        name: "a".into(),
+                        spec_toml: "name = \"a\"".into(),
+                        profiles_csv: "task,variant\n".into(),
+                        demand_rps: 10.0,
+                    },
+                }),
+            ),
+            (
+                "v5-status-page",
+                WireMessage::ClientReply(ClientReply::StatusPage(StatusPage {
+                    token: 9,
+                    total: 12,
+                    offset: 8,
+                    bytes: vec![1, 2, 3, 4],
+                })),
+            ),
         ]
     }
 
     /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_4_seeds_decode_and_round_trip() {
+    fn version_5_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
         if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
             for (name, m) in seeds() {

@@ -102,8 +102,14 @@ impl TaskQueue {
         self.queue.len()
     }
 
+    /// The earliest a request arriving `now` can be through the rest of the graph (saturating:
+    /// no figure from a peer or a plan may overflow the queue's arithmetic).
+    fn earliest_done(&self, now: u64) -> u64 {
+        now.saturating_add(self.cfg.exec1_us).saturating_add(self.cfg.downstream_us)
+    }
+
     fn hopeless(&self, now: u64, r: &Request) -> bool {
-        now + self.cfg.exec1_us + self.cfg.downstream_us > r.deadline_us
+        self.earliest_done(now) > r.deadline_us
     }
 
     /// A request arrives.
@@ -133,7 +139,7 @@ impl TaskQueue {
         let mut out = self.expire(now);
         while let Some(i) = self.busy.iter().position(|b| !b) {
             let full = self.queue.len() >= self.cfg.max_batch as usize;
-            let due = self.queue.front().is_some_and(|r| now >= r.arrived_us + self.cfg.wait_us);
+            let due = self.queue.front().is_some_and(|r| now >= r.arrived_us.saturating_add(self.cfg.wait_us));
             if !(full || due) {
                 break;
             }
@@ -149,9 +155,10 @@ impl TaskQueue {
     /// When [`TaskQueue::poll`] must run next (a batch timer or a stale deadline), if ever.
     pub fn next_wakeup(&self) -> Option<u64> {
         let r = self.queue.front()?;
-        let batch = r.arrived_us + self.cfg.wait_us;
-        let stale = r.arrived_us + self.cfg.stale_us;
-        let hopeless = r.deadline_us.saturating_sub(self.cfg.exec1_us + self.cfg.downstream_us) + 1;
+        let batch = r.arrived_us.saturating_add(self.cfg.wait_us);
+        let stale = r.arrived_us.saturating_add(self.cfg.stale_us);
+        let hopeless =
+            r.deadline_us.saturating_sub(self.cfg.exec1_us.saturating_add(self.cfg.downstream_us)).saturating_add(1);
         Some(batch.min(stale).min(hopeless))
     }
 
@@ -162,10 +169,11 @@ impl TaskQueue {
         let room = self.busy.len() * self.cfg.max_batch as usize;
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.queue.len());
+        let earliest = self.earliest_done(now);
         for r in self.queue.drain(..) {
-            if now + self.cfg.exec1_us + self.cfg.downstream_us > r.deadline_us {
+            if earliest > r.deadline_us {
                 out.push(Event::Drop { request: r, reason: DropReason::Early });
-            } else if all_busy && keep.len() >= room && now >= r.arrived_us + self.cfg.stale_us {
+            } else if all_busy && keep.len() >= room && now >= r.arrived_us.saturating_add(self.cfg.stale_us) {
                 out.push(Event::Drop { request: r, reason: DropReason::Stale });
             } else {
                 keep.push_back(r);

@@ -22,11 +22,14 @@ use super::{AppMeta, Inference, ServeError, TensorMeta};
 use crate::core::batch::{DropReason, QueueConfig};
 use crate::metrics::{labels, Metrics};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
+use jigsaw_protocol::app::{MAX_LATENCY_SLO_MS, MAX_REQUEST_ITEMS};
 use jigsaw_protocol::infer::{InferError, InferRequest, InferResponse, Tensor, TensorData};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::profile::{latency_curve, mean_ms, p95_mean};
 use jigsaw_protocol::rng::SplitMix64;
-use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, StageRequest, Target};
+use jigsaw_protocol::route::{
+    AppRoute, RoutingTable, StageOutcome, StageReply, StageRequest, Target, MAX_STAGE_BUDGET_US,
+};
 use jigsaw_protocol::wire::WireMessage;
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
@@ -38,6 +41,22 @@ use tokio::time::Instant;
 
 /// Per-item input every application takes: one FP32 image, 3 x 16 x 16.
 pub const INPUT_SHAPE: [u64; 4] = [1, 3, 16, 16];
+
+/// Longest deadline a frontend gives a request: [`MAX_STAGE_BUDGET_US`] (one hour, the
+/// longest latency SLO an app may have), whatever the app's SLO or the caller asked for.
+pub const MAX_DEADLINE: Duration = Duration::from_micros(MAX_STAGE_BUDGET_US);
+
+/// An app's latency SLO as a request budget, within 0 ..= [`MAX_DEADLINE`] (a routing table
+/// from before the SLO was bounded may carry any number; 1.8e22 ms once panicked here).
+pub fn slo_budget(latency_slo_ms: f64) -> Duration {
+    let ms = if latency_slo_ms.is_nan() { MAX_LATENCY_SLO_MS } else { latency_slo_ms.clamp(0.0, MAX_LATENCY_SLO_MS) };
+    Duration::from_secs_f64(ms / 1e3).min(MAX_DEADLINE)
+}
+
+/// `ms` milliseconds as microseconds, within 0 ..= [`MAX_STAGE_BUDGET_US`].
+fn bounded_us(ms: f64) -> u64 {
+    ((ms * 1e3) as u64).min(MAX_STAGE_BUDGET_US)
+}
 
 fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -221,16 +240,17 @@ impl LocalPlane {
             device: None,
             mps_percent: Some((100 / plan.mps.max(1)).max(1)),
         };
+        // Every figure within an hour, so queue arithmetic on them cannot overflow.
         let q = QueueConfig {
             max_batch: plan.batch.max(1),
-            wait_us: (task.budget_ms * 1e3) as u64,
-            exec1_us: (exec1_ms * 1e3) as u64,
-            downstream_us: (task.downstream_ms * 1e3) as u64,
+            wait_us: bounded_us(task.budget_ms),
+            exec1_us: bounded_us(exec1_ms),
+            downstream_us: bounded_us(task.downstream_ms),
             // At least one batching period: the planner's latency bound (Σ 2·L̂) budgets L̂(t)
             // of waiting per task, and a fan-out burst larger than one batch must be able to
             // wait for the next batch without being called stale (a deviation from the
             // paper's fixed 20 ms; see docs/dataplane.md).
-            stale_us: (app.stale_ms.max(task.budget_ms) * 1e3) as u64,
+            stale_us: bounded_us(app.stale_ms.max(task.budget_ms)),
         };
         Some((spec, q))
     }
@@ -309,9 +329,19 @@ impl LocalPlane {
         out
     }
 
-    /// Run one item on a local instance.
+    /// Run one item on a local instance. A budget over [`MAX_STAGE_BUDGET_US`] (only a
+    /// broken or hostile peer sends one) is refused with an error outcome.
     pub async fn serve_stage(&self, req: StageRequest) -> StageOutcome {
         self.stages.fetch_add(1, Ordering::Relaxed);
+        if req.budget_us > MAX_STAGE_BUDGET_US {
+            return StageOutcome::Failed {
+                message: format!(
+                    "stage budget of {} µs exceeds the cap of {MAX_STAGE_BUDGET_US} µs (one hour)",
+                    req.budget_us
+                ),
+                retry: false,
+            };
+        }
         let pool = {
             let local = lock(&self.local);
             match local.get(&(req.gpu.clone(), req.start)) {
@@ -640,7 +670,16 @@ impl<T: Transport> DataPlane<T> {
                     for c in spec.children(task) {
                         let mean = spec.fanout(task, v, c);
                         let mut rng = SplitMix64::new(id ^ (u64::from(item) << 32) ^ c as u64);
-                        let k = mean.floor() as u32 + u32::from(rng.unit() < mean.fract());
+                        // `as` saturates (NaN: 0); the sum is checked against the cap before
+                        // anything is spawned.
+                        let k = (mean.floor() as u32).saturating_add(u32::from(rng.unit() < mean.fract()));
+                        if u64::from(next_item) + u64::from(k) > u64::from(MAX_REQUEST_ITEMS) {
+                            return Err(ServeError::Failed(format!(
+                                "task {name}: fan-out to {} would take request {id} past {MAX_REQUEST_ITEMS} items \
+                                 ({next_item} spawned, {k} more asked)",
+                                spec.tasks[c].name
+                            )));
+                        }
                         for _ in 0..k {
                             spawn(&mut set, c, next_item);
                             pending.insert(next_item, c);
@@ -871,7 +910,7 @@ impl<T: Transport> Inference for DataPlane<T> {
             return Box::pin(std::future::ready(Err(ServeError::Overloaded(msg))));
         }
         let guard = InFlight(self.in_flight.clone());
-        let budget = deadline.unwrap_or(Duration::from_secs_f64(route.spec.latency_slo_ms.max(0.0) / 1e3));
+        let budget = deadline.unwrap_or_else(|| slo_budget(route.spec.latency_slo_ms)).min(MAX_DEADLINE);
         let deadline = Instant::now() + budget;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let req_id = req.id.clone();

@@ -203,7 +203,9 @@ impl Driver {
         let now = self.now_us();
         let id = self.next_id;
         self.next_id += 1;
-        let r = Request { id, arrived_us: now, deadline_us: now + item.budget_us, weight: 1 };
+        // Saturating: a budget is bounded where it enters (a peer's stage), but the driver
+        // must never panic on one.
+        let r = Request { id, arrived_us: now, deadline_us: now.saturating_add(item.budget_us), weight: 1 };
         self.waiting.insert(id, Waiting { input: item.input, arrived: Instant::now(), request: r, reply: item.reply });
         self.queue.push(now, r)
     }
@@ -310,7 +312,8 @@ async fn drive(
         d.stats.depth.store(d.queue.waiting() as u64, Ordering::Relaxed);
         d.stats.pending.store(d.waiting.len() as u64, Ordering::Relaxed);
         d.roll_window();
-        let wake = d.queue.next_wakeup().map(|us| d.origin + std::time::Duration::from_micros(us));
+        // A wake-up beyond what an Instant can hold is never.
+        let wake = d.queue.next_wakeup().and_then(|us| d.origin.checked_add(std::time::Duration::from_micros(us)));
         tokio::select! {
             _ = second.tick() => {}
             item = rx.recv() => {

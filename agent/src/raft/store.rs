@@ -1,11 +1,16 @@
 //! Durable Raft storage in one redb file under the node's data dir.
 //!
 //! Tables:
-//! * `log`: index → JSON entry;
-//! * `meta`: `vote`, `committed`, `purged` → JSON;
-//! * `sm`: `state` → JSON of the applied [`ClusterState`] with its last applied log id and
+//! * `log`: index → entry;
+//! * `meta`: `vote`, `committed`, `purged`;
+//! * `sm`: `state` → the applied [`ClusterState`] with its last applied log id and
 //!   membership, written in the same transaction as the apply, and `snapshot` → the last
 //!   built or installed snapshot (meta + data).
+//!
+//! Values are a `0xB1` byte and then bincode 2 (standard config), as in Raft RPCs: compact,
+//! where JSON escaped control characters up to six-fold and spelled bytes as decimal
+//! numbers. Values an earlier build wrote as JSON still decode (JSON never starts with
+//! `0xB1`), so data directories carry over; snapshot data is encoded the same way.
 //!
 //! Every write is one redb transaction committed with immediate durability, and writes are
 //! serialised by `&mut self` (openraft's storage contract). The state machine keeps the
@@ -79,7 +84,32 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
     Ok((LogStore { db }, sm))
 }
 
-fn get_json<T: for<'a> Deserialize<'a>>(
+/// Marks a value stored in bincode (JSON never starts with this byte).
+const BINCODE: u8 = 0xB1;
+
+/// Encode a stored value (or snapshot data): [`BINCODE`], then bincode.
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
+    let mut out = vec![BINCODE];
+    bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard()).map_err(any)?;
+    Ok(out)
+}
+
+/// Decode a stored value: bincode after [`BINCODE`], else JSON (an earlier build's).
+fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, AnyError> {
+    match bytes.split_first() {
+        Some((&BINCODE, rest)) => {
+            let (v, used): (T, usize) =
+                bincode::serde::decode_from_slice(rest, bincode::config::standard()).map_err(any)?;
+            if used != rest.len() {
+                return Err(AnyError::error(format!("{} trailing bytes after a stored value", rest.len() - used)));
+            }
+            Ok(v)
+        }
+        _ => serde_json::from_slice(bytes).map_err(any),
+    }
+}
+
+fn get<T: for<'a> Deserialize<'a>>(
     db: &Db,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
@@ -87,7 +117,7 @@ fn get_json<T: for<'a> Deserialize<'a>>(
     let r = db.get()?.begin_read().map_err(any)?;
     let t = r.open_table(table).map_err(any)?;
     match t.get(key).map_err(any)? {
-        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(any)?)),
+        Some(v) => Ok(Some(decode(v.value())?)),
         None => Ok(None),
     }
 }
@@ -101,13 +131,13 @@ fn put_snapshot(
     state: Option<&Applied>,
     only_if_newer: bool,
 ) -> Result<(), AnyError> {
-    let snap = serde_json::to_vec(snapshot).map_err(any)?;
-    let state = state.map(serde_json::to_vec).transpose().map_err(any)?;
+    let snap = encode(snapshot)?;
+    let state = state.map(encode).transpose()?;
     let w = db.get()?.begin_write().map_err(any)?;
     {
         let mut t = w.open_table(SM).map_err(any)?;
         let newer_stored = match t.get("snapshot").map_err(any)? {
-            Some(v) => serde_json::from_slice::<StoredSnapshot>(v.value())
+            Some(v) => decode::<StoredSnapshot>(v.value())
                 .map(|old| old.meta.last_log_id > snapshot.meta.last_log_id)
                 .unwrap_or(false),
             None => false,
@@ -122,8 +152,8 @@ fn put_snapshot(
     w.commit().map_err(any)
 }
 
-fn put_json<T: Serialize>(db: &Db, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> Result<(), AnyError> {
-    let bytes = serde_json::to_vec(value).map_err(any)?;
+fn put<T: Serialize>(db: &Db, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> Result<(), AnyError> {
+    let bytes = encode(value)?;
     let w = db.get()?.begin_write().map_err(any)?;
     {
         let mut t = w.open_table(table).map_err(any)?;
@@ -145,7 +175,7 @@ impl LogStore {
         let mut out = Vec::new();
         for item in t.range(range).map_err(any)? {
             let (_, v) = item.map_err(any)?;
-            out.push(serde_json::from_slice(v.value()).map_err(any)?);
+            out.push(decode(v.value())?);
         }
         Ok(out)
     }
@@ -154,7 +184,7 @@ impl LogStore {
         let r = self.db.get()?.begin_read().map_err(any)?;
         let t = r.open_table(LOG).map_err(any)?;
         let last = match t.last().map_err(any)? {
-            Some((_, v)) => Some(serde_json::from_slice(v.value()).map_err(any)?),
+            Some((_, v)) => Some(decode(v.value())?),
             None => None,
         };
         Ok(last)
@@ -174,7 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
-        let purged: Option<LogId<Nid>> = get_json(&self.db, META, "purged").map_err(StorageIOError::read_logs)?;
+        let purged: Option<LogId<Nid>> = get(&self.db, META, "purged").map_err(StorageIOError::read_logs)?;
         let last = self.last_entry().map_err(StorageIOError::read_logs)?.map(|e| e.log_id).or(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
@@ -184,19 +214,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<Nid>) -> Result<(), SErr> {
-        Ok(put_json(&self.db, META, "vote", vote).map_err(StorageIOError::write_vote)?)
+        Ok(put(&self.db, META, "vote", vote).map_err(StorageIOError::write_vote)?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<Nid>>, SErr> {
-        Ok(get_json(&self.db, META, "vote").map_err(StorageIOError::read_vote)?)
+        Ok(get(&self.db, META, "vote").map_err(StorageIOError::read_vote)?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<Nid>>) -> Result<(), SErr> {
-        Ok(put_json(&self.db, META, "committed", &committed).map_err(StorageIOError::write_logs)?)
+        Ok(put(&self.db, META, "committed", &committed).map_err(StorageIOError::write_logs)?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<Nid>>, SErr> {
-        let c: Option<Option<LogId<Nid>>> = get_json(&self.db, META, "committed").map_err(StorageIOError::read_logs)?;
+        let c: Option<Option<LogId<Nid>>> = get(&self.db, META, "committed").map_err(StorageIOError::read_logs)?;
         Ok(c.flatten())
     }
 
@@ -210,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             {
                 let mut t = w.open_table(LOG).map_err(any)?;
                 for e in entries {
-                    let bytes = serde_json::to_vec(&e).map_err(any)?;
+                    let bytes = encode(&e)?;
                     t.insert(e.log_id.index, bytes.as_slice()).map_err(any)?;
                 }
             }
@@ -242,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<Nid>) -> Result<(), SErr> {
         let res = (|| -> Result<(), AnyError> {
-            let bytes = serde_json::to_vec(&Some(log_id)).map_err(any)?;
+            let bytes = encode(&log_id)?;
             let w = self.db.get()?.begin_write().map_err(any)?;
             {
                 let mut m = w.open_table(META).map_err(any)?;
@@ -284,8 +314,7 @@ pub struct StateMachine {
 impl StateMachine {
     #[allow(clippy::result_large_err)] // openraft's StorageError, as above
     fn load(db: Db) -> Result<StateMachine, SErr> {
-        let applied: Applied =
-            get_json(&db, SM, "state").map_err(StorageIOError::read_state_machine)?.unwrap_or_default();
+        let applied: Applied = get(&db, SM, "state").map_err(StorageIOError::read_state_machine)?.unwrap_or_default();
         Ok(StateMachine { db, applied: Arc::new(Mutex::new(applied)), snapshots: Arc::new(Mutex::new(0)) })
     }
 
@@ -305,14 +334,14 @@ impl StateMachine {
     }
 
     fn persist(&self, a: &Applied) -> Result<(), AnyError> {
-        put_json(&self.db, SM, "state", a)
+        put(&self.db, SM, "state", a)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let a = self.snapshot_state();
-        let data = serde_json::to_vec(&a.state).map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        let data = encode(&a.state).map_err(StorageIOError::read_state_machine)?;
         let n = {
             let mut s = self.snapshots.lock().map_err(|e| StorageIOError::read_state_machine(any(e)))?;
             *s += 1;
@@ -378,7 +407,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), SErr> {
         let data = snapshot.into_inner();
         let state: ClusterState =
-            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         let a = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         // Snapshot and state in one transaction: a crash cannot leave them apart.
@@ -391,8 +420,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let s: Option<StoredSnapshot> =
-            get_json(&self.db, SM, "snapshot").map_err(StorageIOError::read_state_machine)?;
+        let s: Option<StoredSnapshot> = get(&self.db, SM, "snapshot").map_err(StorageIOError::read_state_machine)?;
         Ok(s.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jigsaw_protocol::cluster::ClusterCommand;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// Values are stored in bincode, and values an earlier build stored as JSON still read.
+    #[test]
+    fn values_are_bincode_and_json_still_reads() {
+        let e: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 7), 5),
+            payload: EntryPayload::Normal(ClusterCommand::RemoveApp { name: "x\u{1}".into() }),
+        };
+        let stored = encode(&e).expect("encodes");
+        assert_eq!(stored[0], BINCODE);
+        assert_eq!(decode::<Entry<TypeConfig>>(&stored).expect("decodes"), e);
+        let legacy = serde_json::to_vec(&e).expect("json");
+        assert_eq!(decode::<Entry<TypeConfig>>(&legacy).expect("legacy decodes"), e);
+        let mut bad = stored.clone();
+        bad.push(0);
+        assert!(decode::<Entry<TypeConfig>>(&bad).is_err());
+        let committed: Option<LogId<Nid>> = None;
+        assert_eq!(decode::<Option<LogId<Nid>>>(&serde_json::to_vec(&committed).expect("json")).expect("null"), None);
+        let a = Applied::default();
+        let back: Applied = decode(&encode(&a).expect("encodes")).expect("decodes");
+        assert_eq!(back.state, a.state);
     }
 }

@@ -8,7 +8,7 @@
 //! node id (the certificate's DNS names are the node id): a message that claims to come from
 //! a node is only believed when the certificate says so.
 
-use super::{recv_frame, request, send_frame, QuicNode, TransportError};
+use super::{exchange, recv_frame_within, send_frame, QuicNode, RecvBudget, TransportError, RECV_BUDGET};
 use crate::core::netsim::{LinkConfig, SimNet};
 use jigsaw_protocol::wire::{self, FrameError, WireMessage};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -82,7 +82,10 @@ impl QuicTransport {
     }
 
     /// Serve inbound connections until the endpoint closes: every stream is one request
-    /// frame answered by `handler`. A bad frame closes that stream only.
+    /// frame answered by `handler`. A bad frame closes that stream only. The partial frames
+    /// of one connection share a [`RecvBudget`] of [`RECV_BUDGET`] bytes, and a reply that
+    /// does not fit a frame is answered with an [`WireMessage::Error`] saying so (the
+    /// requester then knows not to retry it unchanged).
     pub async fn serve(self: Arc<Self>, handler: Handler) {
         while let Some(incoming) = self.node.accept_incoming().await {
             let handler = handler.clone();
@@ -95,14 +98,25 @@ impl QuicTransport {
                     .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
                     .and_then(|certs| certs.first().cloned());
                 let Some(cert) = peer else { return };
+                let budget = Arc::new(RecvBudget::new(RECV_BUDGET));
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let (handler, cert) = (handler.clone(), cert.clone());
+                    let (handler, cert, budget) = (handler.clone(), cert.clone(), budget.clone());
                     tokio::spawn(async move {
-                        let reply = match recv_frame(&mut recv).await {
+                        let reply = match recv_frame_within(&mut recv, Some(&budget)).await {
                             Ok(msg) => handler(Peer::Tls(cert), msg).await,
                             Err(e) => WireMessage::Error { message: e.to_string(), retry: false },
                         };
-                        if send_frame(&mut send, &reply).await.is_ok() {
+                        let sent = match send_frame(&mut send, &reply).await {
+                            Err(TransportError::Frame(e)) => {
+                                let why = WireMessage::Error {
+                                    message: format!("reply does not fit in a frame: {e}"),
+                                    retry: false,
+                                };
+                                send_frame(&mut send, &why).await
+                            }
+                            r => r,
+                        };
+                        if sent.is_ok() {
                             let _ = send.finish();
                             let _ = send.stopped().await;
                         }
@@ -150,16 +164,22 @@ impl Transport for QuicTransport {
         timeout: Duration,
     ) -> Result<WireMessage, TransportError> {
         let sock: SocketAddr = addr.parse().map_err(|e| TransportError::Setup(format!("address `{addr}`: {e}")))?;
+        let frame = wire::encode_frame(&msg)?;
         let fut = async {
             let conn = self.conn(to, sock).await?;
-            match request(&conn, &msg).await {
-                Err(TransportError::Stream(_)) => {
-                    // The cached connection may be dead (peer restarted): one fresh try.
+            match exchange(&conn, &frame).await {
+                // The cached connection may be dead (peer restarted): one fresh try, unless the
+                // request may have been handled already and must not run twice (see
+                // `resend_after`).
+                Err((sent, e @ TransportError::Stream(_))) => {
                     self.conns().remove(to);
+                    if !resend_after(sent, &msg, &conn) {
+                        return Err(e);
+                    }
                     let conn = self.conn(to, sock).await?;
-                    request(&conn, &msg).await
+                    exchange(&conn, &frame).await.map_err(|(_, e)| e)
                 }
-                r => r,
+                r => r.map_err(|(_, e)| e),
             }
         };
         match tokio::time::timeout(timeout, fut).await {
@@ -172,6 +192,20 @@ impl Transport for QuicTransport {
             }
         }
     }
+}
+
+/// Whether a request whose exchange broke may be sent again on a fresh connection:
+/// * nothing was sent (no stream could be opened on the cached connection), or
+/// * the request is [`WireMessage::retry_safe`] (running it twice is harmless), or
+/// * the peer answered with a stateless reset: the endpoint at that address holds no state
+///   for the connection (it restarted), so the request was not handled by the process that
+///   serves there now.
+///
+/// Otherwise (a [`WireMessage::Stage`] whose stream broke or whose connection the peer
+/// closed after the request left) the request may have run, and its failure is returned: the
+/// caller decides (the data plane tries another instance or answers the client).
+fn resend_after(sent: bool, msg: &WireMessage, conn: &quinn::Connection) -> bool {
+    !sent || msg.retry_safe() || matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset))
 }
 
 /// What travels on the simulated network: encoded frames, exactly the bytes QUIC would
@@ -187,6 +221,8 @@ struct HubInner {
     handlers: BTreeMap<String, Handler>,
     pending: HashMap<u64, oneshot::Sender<Result<WireMessage, FrameError>>>,
     next_id: u64,
+    /// Replies still to lose, per replying node (after the request was handled).
+    lose_replies: BTreeMap<String, usize>,
 }
 
 /// The simulated network all [`SimTransport`]s of one simulation share.
@@ -213,6 +249,7 @@ impl SimHub {
                 handlers: BTreeMap::new(),
                 pending: HashMap::new(),
                 next_id: 0,
+                lose_replies: BTreeMap::new(),
             }),
             origin: tokio::time::Instant::now(),
             wake: Notify::new(),
@@ -277,6 +314,12 @@ impl SimHub {
         });
     }
 
+    /// Lose the next `n` replies node `from` sends, after their requests were handled (a reply
+    /// lost on the way back: the requester times out though the request took effect).
+    pub fn lose_replies(&self, from: &str, n: usize) {
+        self.with(|i| i.lose_replies.insert(from.to_string(), n));
+    }
+
     /// Heal every link.
     pub fn heal_all(&self) {
         self.with(|i| i.net.heal_all());
@@ -323,7 +366,12 @@ impl SimHub {
                         });
                         let Ok(frame) = frame else { return };
                         // The node may have crashed while handling: then no reply.
-                        if hub.with(|i| i.handlers.contains_key(&to_name)) {
+                        let deliver = hub.with(|i| {
+                            let lose = i.lose_replies.get_mut(&to_name).filter(|n| **n > 0);
+                            let lost = lose.map(|n| *n -= 1).is_some();
+                            i.handlers.contains_key(&to_name) && !lost
+                        });
+                        if deliver {
                             hub.send(&to_name, &from, Envelope::Reply { id, frame });
                         }
                     });

@@ -206,14 +206,33 @@ impl Identity {
 /// no longer reused) this long after its last packet.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// QUIC settings for agent-to-agent connections: room for many concurrent request streams
-/// (the data plane opens one per stage item; quinn's default of 100 would make a busy
-/// frontend wait for stream credit), keep-alives every second so a live but idle connection
-/// never times out, and a short idle timeout ([`IDLE_TIMEOUT`]) so a dead peer's connection
-/// is given up in seconds rather than quinn's default 30 s.
+/// Concurrent bidirectional streams (requests) one peer may have open on a connection. A
+/// data-plane frontend opens one per stage item in flight; more wait for stream credit
+/// (bounded by their deadlines) rather than each holding a receive buffer on the peer.
+pub const MAX_STREAMS: u32 = 256;
+
+/// Unread bytes one stream may have in flight to the receiver, bytes (QUIC flow control).
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Unread bytes one connection may have in flight to the receiver, over all its streams,
+/// bytes: what one peer can make the receiver's QUIC stack buffer. Bytes the receiver has
+/// read count against its per-connection budget of partial frames instead
+/// ([`super::RECV_BUDGET`]).
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// QUIC settings for agent-to-agent connections: [`MAX_STREAMS`] concurrent request streams
+/// per peer (quinn's default of 100 would make a busy frontend wait for stream credit; the
+/// 4096 used before let one peer open thousands of streams, each announcing a frame), no
+/// unidirectional streams, bounded receive windows ([`STREAM_WINDOW`], [`CONNECTION_WINDOW`];
+/// quinn's default connection window is unbounded), keep-alives every second so a live but
+/// idle connection never times out, and a short idle timeout ([`IDLE_TIMEOUT`]) so a dead
+/// peer's connection is given up in seconds rather than quinn's default 30 s.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4096u32.into());
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(CONNECTION_WINDOW.into());
     t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     Arc::new(t)

@@ -204,7 +204,7 @@ async fn bench_one(n: usize, reps: usize, gpus: u32) -> Result<String> {
             demand_rps: 100.0 + 50.0 * r as f64,
         };
         let t0 = Instant::now();
-        match b.ask(leader, ClientRequest::RegisterApp(entry)).await? {
+        match b.ask(leader, ClientRequest::register(entry)).await? {
             ClientReply::Done { .. } => {}
             other => bail!("register: {other:?}"),
         }
@@ -229,7 +229,7 @@ async fn bench_one(n: usize, reps: usize, gpus: u32) -> Result<String> {
         let killed = t0.elapsed();
         loop {
             if let Some(nl) = b.leader().filter(|&x| x != l) {
-                if let Ok(ClientReply::Status(s)) = b.ask(nl, ClientRequest::Status).await {
+                if let Ok(ClientReply::Status(s)) = b.ask(nl, ClientRequest::status()).await {
                     if s.state.epoch >= epoch {
                         break;
                     }
