@@ -141,7 +141,13 @@ pub fn timed_ms(curve: &[(u32, f64, f64)], n: u32, rng: &mut SplitMix64) -> f64 
     let (Some(hi), Some(m)) = (batch_latency(&p95, n), batch_latency(&mean, n)) else { return 1.0 };
     let m = m.min(hi);
     let lo = (2.0 * m - hi).max(m / 2.0);
-    (lo + rng.unit() * (hi - lo)).max(0.0)
+    let ms = lo + rng.unit() * (hi - lo);
+    // An absurd profile (1e300, NaN) must not panic the sleep: at most the hang cap.
+    if ms.is_finite() {
+        ms.clamp(0.0, HANG_CAP.as_secs_f64() * 1e3)
+    } else {
+        0.0
+    }
 }
 
 struct Timed {
@@ -868,6 +874,16 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn timed_latency_of_an_absurd_profile_is_bounded() {
+        let mut rng = SplitMix64::new(3);
+        for curve in [vec![(1, 1e300, 1e300)], vec![(1, f64::INFINITY, 1.0)], vec![(1, f64::NAN, f64::NAN)]] {
+            let ms = timed_ms(&curve, 1, &mut rng);
+            assert!(ms.is_finite() && (0.0..=HANG_CAP.as_secs_f64() * 1e3).contains(&ms), "{curve:?}: {ms}");
+            let _ = Duration::from_secs_f64(ms / 1e3); // what the executors sleep: no panic
+        }
     }
 
     #[test]
