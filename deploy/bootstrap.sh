@@ -30,7 +30,7 @@ for spec in "$@"; do
 done
 ca="$out/ca"
 "$jigsaw" ca init --dir "$ca" --cluster "${CLUSTER:-jigsaw}"
-"$jigsaw" ca issue admin --dir "$ca" >/dev/null
+"$jigsaw" ca issue --admin --dir "$ca" >/dev/null
 voter_list=$(printf '"%s", ' "${names[@]:0:$voters}"); voter_list=${voter_list%, }
 for i in "${!names[@]}"; do
   n=${names[$i]}; a=${addrs[$i]}; port=${a##*:}

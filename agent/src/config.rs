@@ -22,6 +22,7 @@
 //! voters = ["node-1", "node-2", "node-3"]   # initial Raft voters, the same on every eligible node
 //! data_dir = "/var/lib/jigsaw"
 //! tls = { ca = "/etc/jigsaw/ca/ca.pem", cert = "/etc/jigsaw/ca/node-1.pem", key = "/etc/jigsaw/ca/node-1.key" }
+//!                       # optional: deny = "/etc/jigsaw/ca/deny.txt" (revoked serials; SIGHUP re-reads all four)
 //! gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }   # or { backend = "nvml" }
 //!
 //! [node.serve]          # the inference API (every key optional)
@@ -135,6 +136,10 @@ pub struct TlsSection {
     pub cert: std::path::PathBuf,
     /// This node's key.
     pub key: std::path::PathBuf,
+    /// Certificate serials to refuse (revoked), one hex serial per line; re-read with the
+    /// certificates on SIGHUP. Optional.
+    #[serde(default)]
+    pub deny: Option<std::path::PathBuf>,
 }
 
 /// `[node.gpu]`.
@@ -174,6 +179,8 @@ pub struct NodeConfig {
     pub data_dir: std::path::PathBuf,
     /// CA, cert, key.
     pub tls: (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf),
+    /// Deny list of certificate serials (`[node.tls] deny`).
+    pub tls_deny: Option<std::path::PathBuf>,
     /// GPU backend.
     pub gpu: GpuBackendConfig,
     /// HTTP inference API address.
@@ -233,6 +240,8 @@ impl NodeSection {
         if !valid_id(&self.id) {
             return Err(bad("id", format!("`{}` must be 1-63 ASCII letters, digits, `-` or `.`", self.id)));
         }
+        // Reserved names (`admin`, `ca`, loopback) and addresses cannot be a node's identity.
+        crate::transport::tls::check_node_name(&self.id).map_err(|e| bad("id", e.to_string()))?;
         let listen = self
             .listen
             .parse()
@@ -244,6 +253,7 @@ impl NodeSection {
             if !valid_id(id) {
                 return Err(bad(&field, format!("peer id `{id}` must be ASCII letters, digits, `-` or `.`")));
             }
+            crate::transport::tls::check_node_name(id).map_err(|e| bad(&field, e.to_string()))?;
             if id == self.id {
                 return Err(bad(&field, format!("`{id}` is this node itself")));
             }
@@ -370,6 +380,7 @@ impl NodeSection {
             advertise,
             data_dir: self.data_dir.clone(),
             tls: (self.tls.ca.clone(), self.tls.cert.clone(), self.tls.key.clone()),
+            tls_deny: self.tls.deny.clone(),
             gpu,
         })
     }
@@ -635,6 +646,11 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
             (NODE.replace(r#"["node-1", "node-2"]"#, r#"["node-1", "node-3"]"#), "node.voters[1]"),
             (NODE.replace(r#"["node-1", "node-2"]"#, r#"["node-2"]"#), "node.voters"),
             (NODE.replace("127.0.0.1:7400", "0.0.0.0:7400"), "node.advertise"),
+            // Reserved names and addresses are never node identities.
+            (NODE.replace("id = \"node-1\"", "id = \"admin\""), "node.id"),
+            (NODE.replace("id = \"node-1\"", "id = \"localhost\""), "node.id"),
+            (NODE.replace("id = \"node-1\"", "id = \"127.0.0.1\""), "node.id"),
+            (NODE.replace("node-2@127.0.0.1:7401", "ca@127.0.0.1:7401"), "node.peers[0]"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(&text, "n.toml").unwrap_err().to_string();

@@ -35,7 +35,8 @@ use jigsaw_coordinator::cluster_plan::plan_cluster;
 use jigsaw_coordinator::{Clock, HighsSolver, PlannerConfig};
 use jigsaw_protocol::cluster::{AppEntry, ClusterCommand, ClusterState, GpuInventory, InvalidApp, ParsedApp};
 use jigsaw_protocol::wire::{
-    self, ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, Heartbeat, StatusCursor, StatusPages, WireMessage,
+    self, ApplyOutcome, ClientReply, ClientRequest, ClusterStatus, Heartbeat, Role, StatusCursor, StatusPages,
+    WireMessage,
 };
 use jigsaw_protocol::ProfileRow;
 use ractor::{Actor, ActorRef};
@@ -414,12 +415,15 @@ impl Router {
     }
 
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
+        if let Err(refused) = authorize(&peer, &msg) {
+            return refused;
+        }
         match msg {
             WireMessage::Raft { .. } | WireMessage::PlanPush { .. } if !self.voters.iter().any(|v| peer.is(v)) => {
-                WireMessage::Error {
-                    message: "only coordinator-eligible nodes may send Raft RPCs or plans".into(),
-                    retry: false,
-                }
+                forbidden(format!(
+                    "only coordinator-eligible nodes may send Raft RPCs or plans, and `{}` is not one",
+                    peer.name()
+                ))
             }
             WireMessage::Raft { rpc, body } => match &self.raft {
                 Some(r) => serve_rpc(r, rpc, &body).await,
@@ -429,10 +433,11 @@ impl Router {
             },
             WireMessage::Heartbeat(hb) => {
                 if !peer.is(&hb.node) {
-                    return WireMessage::Error {
-                        message: format!("heartbeat claims node `{}` but the certificate says otherwise", hb.node),
-                        retry: false,
-                    };
+                    return forbidden(format!(
+                        "heartbeat claims node `{}` but the certificate is node `{}`'s",
+                        hb.node,
+                        peer.name()
+                    ));
                 }
                 let verdict = match &self.operator.coordinator {
                     Some(c) => c.heartbeat(hb).await.unwrap_or(HeartbeatVerdict::NotLeading),
@@ -446,10 +451,10 @@ impl Router {
             msg @ WireMessage::Stage(_) => (self.stage)(peer, msg).await,
             WireMessage::Leave { node } => {
                 if !peer.is(&node) {
-                    return WireMessage::Error {
-                        message: format!("leave names node `{node}` but the certificate says otherwise"),
-                        retry: false,
-                    };
+                    return forbidden(format!(
+                        "leave names node `{node}` but the certificate is node `{}`'s",
+                        peer.name()
+                    ));
                 }
                 let accepted = match &self.operator.coordinator {
                     Some(c) if c.leading().is_some() => c.leave(&node).await.unwrap_or(false),
@@ -459,12 +464,10 @@ impl Router {
             }
             WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
-                    return WireMessage::Error {
-                        message: format!(
-                            "plan push claims coordinator `{coordinator}` but the certificate says otherwise"
-                        ),
-                        retry: false,
-                    };
+                    return forbidden(format!(
+                        "plan push claims coordinator `{coordinator}` but the certificate is node `{}`'s",
+                        peer.name()
+                    ));
                 }
                 if let Err(why) = self.fence(&coordinator, epoch).await {
                     tracing::warn!(node = %self.name, "plan push refused: {why}");
@@ -484,6 +487,55 @@ impl Router {
             WireMessage::Client(req) => WireMessage::ClientReply(self.operator.serve(req).await),
             other => WireMessage::Error { message: format!("unexpected request {other:?}"), retry: false },
         }
+    }
+}
+
+/// A refusal of something only a node certificate may send.
+fn forbidden(message: String) -> WireMessage {
+    WireMessage::Forbidden { needed: Role::Node, message }
+}
+
+/// The role a request needs from its sender's certificate:
+///
+/// * operator commands that change the cluster (`RegisterApp`, `RemoveApp`): admin;
+/// * `Status`, the one read-only operator query: admin or node (every node's status page
+///   asks the coordinator for it with the node's own certificate);
+/// * everything a node sends another (heartbeats, leaves, plan pushes, Raft RPCs,
+///   data-plane stages, and anything else): node. Which node may send it (a heartbeat's
+///   own name, a voter for Raft and plans) is checked after this, by the handler.
+pub fn needed_role(msg: &WireMessage) -> Option<Role> {
+    match msg {
+        WireMessage::Client(ClientRequest::Status { .. }) => None,
+        WireMessage::Client(ClientRequest::RegisterApp { .. } | ClientRequest::RemoveApp { .. }) => Some(Role::Admin),
+        _ => Some(Role::Node),
+    }
+}
+
+/// Refuse `msg` (with [`WireMessage::Forbidden`]) when `peer`'s role may not send it
+/// ([`needed_role`]).
+fn authorize(peer: &Peer, msg: &WireMessage) -> Result<(), WireMessage> {
+    match needed_role(msg) {
+        Some(needed) if needed != peer.role() => {
+            let what = match msg {
+                WireMessage::Client(ClientRequest::RegisterApp { .. }) => "registering an app",
+                WireMessage::Client(ClientRequest::RemoveApp { .. }) => "removing an app",
+                WireMessage::Heartbeat(_) => "a heartbeat",
+                WireMessage::Leave { .. } => "a leave",
+                WireMessage::PlanPush { .. } => "a plan push",
+                WireMessage::Raft { .. } => "a Raft RPC",
+                WireMessage::Stage(_) => "a data-plane stage",
+                _ => "this request",
+            };
+            Err(WireMessage::Forbidden {
+                needed,
+                message: format!(
+                    "{what} needs a certificate with role {needed}; `{}` presented one with role {}",
+                    peer.name(),
+                    peer.role()
+                ),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

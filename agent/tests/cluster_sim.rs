@@ -25,7 +25,7 @@ use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::rng::SplitMix64;
-use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, WireMessage};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, Role, WireMessage};
 use jigsaw_protocol::GpuModel;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -202,7 +202,7 @@ impl Sim {
     }
 
     async fn register(&self, demand: f64) -> bool {
-        let client = SimTransport::new(self.hub.clone(), "operator");
+        let client = SimTransport::admin(self.hub.clone(), "operator");
         let entry = AppEntry {
             name: "social".into(),
             spec_toml: include_str!("../../examples/apps/social.toml").into(),
@@ -351,7 +351,7 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
         sim.nodes[&last].report_observed(vec![row.clone()]);
         let leader = sim.nodes.values().find(|h| h.is_coordinator()).map(|h| h.name().to_string());
         let leader = leader.unwrap_or_else(|| panic!("seed {seed}: no coordinator after convergence"));
-        let client = SimTransport::new(sim.hub.clone(), "operator");
+        let client = SimTransport::admin(sim.hub.clone(), "operator");
         let mut seen = false;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(sc.step_ms)).await;
@@ -451,11 +451,11 @@ fn non_voters_cannot_push_plans_or_vote() {
                 routes: Default::default(),
             };
             let r = rogue.request("n0", "", push, t).await.expect("reply");
-            assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{coordinator}: {r:?}");
+            assert!(matches!(r, WireMessage::Forbidden { needed: Role::Node, .. }), "{coordinator}: {r:?}");
         }
         let vote = WireMessage::Raft { rpc: jigsaw_protocol::wire::RaftRpc::Vote, body: b"{}".to_vec() };
         let r = rogue.request("n0", "", vote, t).await.expect("reply");
-        assert!(matches!(r, WireMessage::Error { retry: false, .. }), "{r:?}");
+        assert!(matches!(r, WireMessage::Forbidden { needed: Role::Node, .. }), "{r:?}");
         assert_eq!(sim.nodes[&0].applied().0, 0, "no plan was applied");
         sim.crash(0).await;
         let _ = std::fs::remove_dir_all(&root);
@@ -638,7 +638,7 @@ fn heartbeats_are_checked_at_the_coordinators_edge() {
         rows.push(good.clone());
         let r = n1.request("n0", "", WireMessage::Heartbeat(hb(vec![gpu(0)], rows)), t).await;
         assert!(matches!(r, Ok(WireMessage::HeartbeatReply { accepted: true, .. })), "accepted: {r:?}");
-        let operator = SimTransport::new(sim.hub.clone(), "operator");
+        let operator = SimTransport::admin(sim.hub.clone(), "operator");
         let status = operator.request("n0", "", WireMessage::Client(ClientRequest::status()), t).await;
         let Ok(WireMessage::ClientReply(ClientReply::Status(s))) = status else { panic!("status: {status:?}") };
         assert_eq!(s.observed, vec![good], "only the good row reaches the planner's observed set");
@@ -680,7 +680,7 @@ impl Sim {
 
     /// Send `req` to node `i` as the operator.
     async fn ask(&self, i: usize, req: &ClientRequest) -> Option<ClientReply> {
-        let client = SimTransport::new(self.hub.clone(), "operator");
+        let client = SimTransport::admin(self.hub.clone(), "operator");
         match client.request(&node_name(i), "", WireMessage::Client(req.clone()), Duration::from_secs(2)).await {
             Ok(WireMessage::ClientReply(r)) => Some(r),
             _ => None,
@@ -775,7 +775,7 @@ fn large_registrations_replicate_and_the_status_pages() {
             }
         }
         assert!(caught_up, "the restarted voter has {} of {} apps", sim.nodes[&f].committed().apps.len(), apps.len());
-        let client = SimTransport::new(sim.hub.clone(), "operator");
+        let client = SimTransport::admin(sim.hub.clone(), "operator");
         let c = sim.coordinator().await;
         let status = jigsaw_agent::node::fetch_status(client.as_ref(), &node_name(c), "", Duration::from_secs(5))
             .await
@@ -788,5 +788,87 @@ fn large_registrations_replicate_and_the_status_pages() {
             sim.crash(i).await;
         }
         let _ = std::fs::remove_dir_all(&sim.root);
+    });
+}
+
+/// The node handler's role checks, on the in-memory twin (the same handler QUIC serves; the
+/// sender's role stands in for its certificate's): a node may ask for the status but not
+/// register or remove apps; the operator (admin) may, but cannot heartbeat, leave or send
+/// stages; a node's heartbeat must carry its own name, never another node's or a loopback
+/// name.
+#[test]
+fn roles_are_enforced_by_the_node_handler() {
+    runtime().block_on(async {
+        let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
+        let root = std::env::temp_dir().join(format!("jigsaw-sim-roles-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut sim = Sim {
+            sc,
+            seed: 2,
+            hub: SimHub::start(2, LinkConfig { drop: 0.0, ..DEFAULT.link }),
+            root: root.clone(),
+            planner: toy_planner(),
+            nodes: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        };
+        sim.start(0).await;
+        for _ in 0..100 {
+            if sim.nodes[&0].is_coordinator() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(sim.nodes[&0].is_coordinator(), "n0 leads its one-voter group");
+        let t = Duration::from_secs(2);
+        let node = SimTransport::new(sim.hub.clone(), "n1");
+        let admin = SimTransport::admin(sim.hub.clone(), "admin");
+        let entry = AppEntry {
+            name: "social".into(),
+            spec_toml: include_str!("../../examples/apps/social.toml").into(),
+            profiles_csv: include_str!("../../examples/profiles/social-h100-80gb.csv").into(),
+            demand_rps: 10.0,
+        };
+        // Operator commands that change the cluster: admin only.
+        for req in [ClientRequest::register(entry.clone()), ClientRequest::remove("social")] {
+            let r = node.request("n0", "", WireMessage::Client(req), t).await.expect("reply");
+            assert!(
+                matches!(&r, WireMessage::Forbidden { needed: Role::Admin, message } if message.contains("admin")),
+                "{r:?}"
+            );
+        }
+        assert!(sim.nodes[&0].committed().apps.is_empty(), "nothing registered by a node certificate");
+        // The status is the one query a node may make (its status page asks the coordinator).
+        let r = node.request("n0", "", WireMessage::Client(ClientRequest::status()), t).await.expect("reply");
+        assert!(matches!(r, WireMessage::ClientReply(ClientReply::Status(_))), "{r:?}");
+        let r = admin.request("n0", "", WireMessage::Client(ClientRequest::register(entry)), t).await;
+        assert!(matches!(r, Ok(WireMessage::ClientReply(ClientReply::Done { .. }))), "{r:?}");
+        // Node messages: node certificates only, each under its own name.
+        let hb = |name: &str| {
+            WireMessage::Heartbeat(jigsaw_protocol::wire::Heartbeat {
+                node: name.into(),
+                addr: "sim:1".into(),
+                eligible: false,
+                gpus: vec![],
+                applied_epoch: 0,
+                observed: vec![],
+            })
+        };
+        for msg in [hb("admin"), WireMessage::Leave { node: "admin".into() }] {
+            let r = admin.request("n0", "", msg, t).await.expect("reply");
+            assert!(matches!(r, WireMessage::Forbidden { needed: Role::Node, .. }), "{r:?}");
+        }
+        for claim in ["n0", "localhost", "127.0.0.1", "admin"] {
+            let r = node.request("n0", "", hb(claim), t).await.expect("reply");
+            assert!(
+                matches!(&r, WireMessage::Forbidden { needed: Role::Node, message } if message.contains(claim)),
+                "heartbeat claiming {claim}: {r:?}"
+            );
+        }
+        let r = node.request("n0", "", hb("n1"), t).await.expect("reply");
+        assert!(matches!(r, WireMessage::HeartbeatReply { accepted: true, .. }), "own name: {r:?}");
+        assert!(sim.nodes[&0].committed().members.keys().all(|m| m == "n0" || m == "n1"), "no forged member");
+        sim.crash(0).await;
+        let _ = std::fs::remove_dir_all(&root);
     });
 }

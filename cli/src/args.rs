@@ -349,14 +349,40 @@ pub enum CaCmd {
         /// Cluster name (goes into the CA's subject).
         #[arg(long, default_value = "jigsaw")]
         cluster: String,
+        /// Validity of the CA certificate, days.
+        #[arg(long, default_value_t = jigsaw_agent::transport::tls::DEFAULT_CA_DAYS)]
+        days: u32,
     },
-    /// Issue NODE's certificate and key (`NODE.pem`, `NODE.key`) from the CA in DIR.
+    /// Issue NODE's certificate and key (`NODE.pem`, `NODE.key`, role node) from the CA in
+    /// DIR; with --admin, the operator certificate (`admin.pem`, `admin.key`, role admin).
+    /// Existing files are never overwritten without --force.
     Issue {
-        /// Node id (the name peers dial it by).
-        node: String,
+        /// Node id (the name peers dial it by); not `admin`, `ca`, `localhost` or an address.
+        /// With --admin: the operator's name (default `admin`).
+        node: Option<String>,
         /// Directory holding the CA.
         #[arg(long)]
         dir: PathBuf,
+        /// An operator (admin) certificate: may register and remove apps, cannot act as a node.
+        #[arg(long)]
+        admin: bool,
+        /// Validity, days.
+        #[arg(long, default_value_t = jigsaw_agent::transport::tls::DEFAULT_NODE_DAYS)]
+        days: u32,
+        /// An extra DNS name or IP address for the node certificate (repeatable), for tools
+        /// outside jigsaw; jigsaw itself only ever uses the node name, and an extra name never
+        /// identifies a node.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Replace an existing certificate and key of that name (rotation: issue anew, then
+        /// SIGHUP the agent).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print what a certificate file says: name, role, serial (for a deny list), validity.
+    Show {
+        /// Certificate (PEM; the first certificate in the file).
+        cert: PathBuf,
     },
 }
 

@@ -87,6 +87,19 @@ impl LocalCluster {
     }
 }
 
+/// A node refused the operator's certificate for a request (wrong role): asking again or
+/// elsewhere will not help; use a certificate of the role named.
+#[derive(Debug, thiserror::Error)]
+#[error("{node} refused the request: {message} (use a certificate with role `{needed}`; the operator's is `jigsaw ca issue --admin`)")]
+pub struct Forbidden {
+    /// The node that refused.
+    pub node: String,
+    /// The role needed.
+    pub needed: jigsaw_protocol::wire::Role,
+    /// Its words.
+    pub message: String,
+}
+
 /// How long an operator request keeps trying by default: it waits out an election
 /// (about a second) and a slow commit, and then gives up with what every node said.
 pub const OPERATOR_PATIENCE: Duration = Duration::from_secs(15);
@@ -97,6 +110,14 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Backoff between rounds: doubling from the first to the last value, with jitter.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// Why one round of an operator request did not get an answer.
+enum Round {
+    /// What each node said (empty: not asked, out of time).
+    Said(Vec<(String, String)>),
+    /// A node refused the certificate: final.
+    Forbidden(Forbidden),
+}
 
 /// An operator's connection to a cluster: a transport (QUIC with the admin certificate, or
 /// the in-memory twin in tests) and the nodes to ask.
@@ -132,7 +153,8 @@ impl<T: Transport> Operator<T> {
     /// Send a request to the coordinator, following redirects from any node. While no node
     /// can serve it (an election, a partitioned leader that still names itself, dead nodes)
     /// it asks again in rounds with exponential backoff and jitter, each node's wait capped
-    /// by what is left, and gives up after the patience with every node's last answer.
+    /// by what is left, and gives up after the patience with every node's last answer. A
+    /// refusal of the certificate ([`Forbidden`]) is final.
     pub async fn request(&self, req: ClientRequest) -> Result<ClientReply> {
         let start = tokio::time::Instant::now();
         let give_up = start + self.patience;
@@ -145,7 +167,8 @@ impl<T: Transport> Operator<T> {
             rounds += 1;
             match self.request_once(&req, give_up).await {
                 Ok(r) => return Ok(r),
-                Err(said) => {
+                Err(Round::Forbidden(f)) => return Err(f.into()),
+                Err(Round::Said(said)) => {
                     for (name, what) in said {
                         match answers.iter_mut().find(|(n, _)| *n == name) {
                             Some(_) if what.is_empty() => {}
@@ -176,11 +199,7 @@ impl<T: Transport> Operator<T> {
     /// One round: every node once, plus the coordinators they point to (each at most once),
     /// each waited for no later than `give_up`. The error lists what each node said (empty:
     /// not asked, out of time).
-    async fn request_once(
-        &self,
-        req: &ClientRequest,
-        give_up: tokio::time::Instant,
-    ) -> Result<ClientReply, Vec<(String, String)>> {
+    async fn request_once(&self, req: &ClientRequest, give_up: tokio::time::Instant) -> Result<ClientReply, Round> {
         let mut tried = Vec::new();
         let mut queue: Vec<(String, String)> = self.nodes.clone();
         queue.reverse();
@@ -214,12 +233,15 @@ impl<T: Transport> Operator<T> {
                     None => said.push((name, "not the coordinator, knows none".into())),
                 },
                 Ok(WireMessage::ClientReply(r)) => return Ok(r),
+                Ok(WireMessage::Forbidden { needed, message }) => {
+                    return Err(Round::Forbidden(Forbidden { node: name, needed, message }))
+                }
                 Ok(WireMessage::Error { message, .. }) => said.push((name, message)),
                 Ok(other) => said.push((name, format!("unexpected reply {other:?}"))),
                 Err(e) => said.push((name, e.to_string())),
             }
         }
-        Err(said)
+        Err(Round::Said(said))
     }
 
     /// The cluster status: one request when it fits a frame, else page by page
@@ -320,7 +342,9 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let ca_dir = o.dir.join("ca");
     tls::ca_init(&ca_dir, "jigsaw-local")?;
-    tls::ca_issue(&ca_dir, "admin")?;
+    // The operator's certificate (role admin); node certificates name their node only (the
+    // agents dial each other by node name, so no loopback names are needed on loopback).
+    tls::ca_issue_admin(&ca_dir)?;
     let mut nodes = Vec::new();
     for i in 1..=o.nodes {
         let name = format!("node-{i}");
@@ -675,9 +699,10 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let identity = tls::Identity::load(&node.tls.0, &node.tls.1, &node.tls.2)?;
+        let identity = load_identity(&node)?;
         let quic = QuicNode::bind(node.listen, &identity)?;
         let transport = QuicTransport::new(quic);
+        let reloader = tokio::spawn(reload_on_sighup(node.clone(), transport.clone()));
         let (gpus, simulate) = match &node.gpu {
             GpuBackendConfig::Sim { model, count, reconfig } => (sim_gpus(&node.id, *model, *count, *reconfig), true),
             GpuBackendConfig::Nvml => (nvml_gpus()?, false),
@@ -770,9 +795,63 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), g).await;
         }
         handle.stop().await;
+        reloader.abort();
         transport.close();
         Ok(())
     })
+}
+
+/// Certificates expiring sooner than this are warned about at every (re)load.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// The node's TLS identity from `[node.tls]`: CA bundle, certificate, key and deny list.
+/// The certificate must be a node certificate for this node's id.
+fn load_identity(node: &NodeConfig) -> Result<tls::Identity> {
+    let identity = tls::Identity::load(&node.tls.0, &node.tls.1, &node.tls.2)?;
+    let info = tls::CertInfo::from_pem_file(&node.tls.1)?;
+    if info.role != jigsaw_protocol::wire::Role::Node || info.name != node.id {
+        bail!(
+            "{}: a {} certificate for `{}`, but this is node `{}`: issue one with `jigsaw ca issue {}`",
+            node.tls.1.display(),
+            info.role,
+            info.name,
+            node.id,
+            node.id
+        );
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    if info.not_after <= now {
+        bail!("{}: the certificate expired at {}", node.tls.1.display(), tls::utc_time(info.not_after));
+    }
+    if info.not_after - now < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(
+            node = %node.id,
+            expires = %tls::utc_time(info.not_after),
+            "the node certificate expires soon: issue a new one (`jigsaw ca issue --force`) and SIGHUP the agent"
+        );
+    }
+    let deny = match &node.tls_deny {
+        Some(p) => tls::DenyList::load(p)?,
+        None => tls::DenyList::default(),
+    };
+    Ok(identity.with_deny(deny))
+}
+
+/// On SIGHUP, re-read the CA bundle, certificate, key and deny list and use them for new
+/// connections (no restart, no downtime); a set that does not load is logged and the old
+/// one kept.
+async fn reload_on_sighup(node: NodeConfig, transport: Arc<QuicTransport>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match load_identity(&node).and_then(|id| {
+            let denied = id.deny().len();
+            transport.reload(&id)?;
+            Ok(denied)
+        }) {
+            Ok(denied) => tracing::info!(node = %node.id, denied, "TLS identity reloaded"),
+            Err(e) => tracing::error!(node = %node.id, "TLS reload failed, keeping the previous identity: {e:#}"),
+        }
+    }
 }
 
 /// Bind an inference API's listener; the returned future completes when `stop` turns true.

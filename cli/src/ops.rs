@@ -34,14 +34,49 @@ pub fn cmd_config_check(path: &Path) -> Result<String> {
 
 /// `jigsaw ca`.
 pub fn cmd_ca(c: &CaCmd) -> Result<String> {
+    use jigsaw_agent::transport::tls::{self, CertInfo, Issue};
     match c {
-        CaCmd::Init { dir, cluster } => {
-            jigsaw_agent::transport::tls::ca_init(dir, cluster)?;
-            Ok(format!("cluster CA `{cluster}` written to {}\n", dir.display()))
+        CaCmd::Init { dir, cluster, days } => {
+            tls::ca_init_for(dir, cluster, *days)?;
+            Ok(format!("cluster CA `{cluster}` written to {} (valid {days} days)\n", dir.display()))
         }
-        CaCmd::Issue { node, dir } => {
-            let (cert, key) = jigsaw_agent::transport::tls::ca_issue(dir, node)?;
-            Ok(format!("certificate {} and key {} issued for node `{node}`\n", cert.display(), key.display()))
+        CaCmd::Issue { node, dir, admin, days, sans, force } => {
+            let req = match (node, admin) {
+                (None, false) => anyhow::bail!("name the node: `jigsaw ca issue NODE --dir DIR` (or --admin)"),
+                (Some(n), false) => Issue::node(n),
+                (n, true) => Issue::admin(n.as_deref().unwrap_or("admin")),
+            };
+            if *days == 0 {
+                anyhow::bail!("--days must be at least 1");
+            }
+            let req = Issue { extra_names: sans.clone(), force: *force, ..req.days(*days) };
+            let i = tls::issue(dir, &req)?;
+            let mut out = format!(
+                "{} certificate {} and key {} issued for `{}`\n",
+                i.info.role,
+                i.cert.display(),
+                i.key.display(),
+                i.info.name
+            );
+            out += &describe(&i.info);
+            Ok(out)
+        }
+        CaCmd::Show { cert } => {
+            let info = CertInfo::from_pem_file(cert)?;
+            Ok(format!("{}: `{}`\n{}", cert.display(), info.name, describe(&info)))
         }
     }
+}
+
+/// A certificate in words: role, serial, names, validity (UTC).
+fn describe(i: &jigsaw_agent::transport::tls::CertInfo) -> String {
+    let date = jigsaw_agent::transport::tls::utc_time;
+    format!(
+        "  role {}, serial {}\n  names [{}]\n  valid {} to {}\n",
+        i.role,
+        i.serial,
+        i.dns_names.join(", "),
+        date(i.not_before),
+        date(i.not_after)
+    )
 }

@@ -158,6 +158,35 @@ fn ca_commands_write_files_and_refuse_to_overwrite() {
     let pem = std::fs::read_to_string(dir.join("node-1.pem")).expect("cert");
     assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "node certificate then the CA");
     fails_with(&["ca", "issue", "bad name!", "--dir", d], &["node name"]);
+    // Reserved names: `ca` would be the CA's own files, `admin` the operator's.
+    let ca_key = std::fs::read(dir.join("ca.key")).expect("ca key");
+    fails_with(&["ca", "issue", "ca", "--dir", d], &["reserved"]);
+    fails_with(&["ca", "issue", "ca", "--dir", d, "--force"], &["reserved"]);
+    fails_with(&["ca", "issue", "admin", "--dir", d], &["reserved", "--admin"]);
+    fails_with(&["ca", "issue", "localhost", "--dir", d], &["reserved"]);
+    fails_with(&["ca", "issue", "127.0.0.1", "--dir", d], &["IP address"]);
+    assert_eq!(std::fs::read(dir.join("ca.key")).expect("ca key"), ca_key, "the CA key is untouched");
+    // Never overwrite without --force.
+    let key = std::fs::read(dir.join("node-1.key")).expect("key");
+    fails_with(&["ca", "issue", "node-1", "--dir", d], &["already exists", "--force"]);
+    assert_eq!(std::fs::read(dir.join("node-1.key")).expect("key"), key);
+    let out = jigsaw(&["ca", "issue", "node-1", "--dir", d, "--force", "--days", "30", "--san", "localhost"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("node certificate") && text.contains("serial ") && text.contains("names [node-1, localhost]")
+    );
+    assert_ne!(std::fs::read(dir.join("node-1.key")).expect("key"), key, "replaced with --force");
+    fails_with(&["ca", "issue", "node-2", "--dir", d, "--days", "0"], &["--days"]);
+    // The operator certificate.
+    let out = jigsaw(&["ca", "issue", "--admin", "--dir", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin certificate"));
+    let admin = dir.join("admin.pem");
+    let out = jigsaw(&["ca", "show", admin.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("role admin") && text.contains("names []"), "{text}");
+    fails_with(&["ca", "issue", "--dir", d], &["name the node"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

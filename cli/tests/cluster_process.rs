@@ -311,3 +311,70 @@ fn rolling_restart_under_load_answers_every_accepted_request() {
     let (ok, out) = jigsaw(&["down", "--dir", d]);
     assert!(ok, "{out}");
 }
+
+/// Certificates in a local cluster from `jigsaw up`: node certificates name their node only
+/// (no loopback names; the cluster works without them), the operator CLI with a node's
+/// certificate may read the status but not register an app, and an agent reloads its TLS
+/// identity on SIGHUP without leaving the cluster.
+#[test]
+fn local_cluster_certificates_roles_and_reload() {
+    use jigsaw_agent::transport::tls::CertInfo;
+    use jigsaw_protocol::wire::Role;
+    let dir = std::env::temp_dir().join(format!("jigsaw-proc-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8 path");
+    let (ok, out) = jigsaw(&["up", "--nodes", "2", "--gpus-per-node", "1", "--no-apps", "--dir", d]);
+    let _guard = Cluster(dir.clone());
+    assert!(ok, "jigsaw up: {out}");
+    let ca = dir.join("ca");
+    for n in ["node-1", "node-2"] {
+        let info = CertInfo::from_pem_file(&ca.join(format!("{n}.pem"))).expect("node certificate");
+        assert_eq!((info.name.as_str(), info.role, info.dns_names.clone()), (n, Role::Node, vec![n.to_string()]));
+    }
+    let admin = CertInfo::from_pem_file(&ca.join("admin.pem")).expect("admin certificate");
+    assert_eq!(admin.role, Role::Admin);
+
+    // An operator directory whose "admin" certificate is really node-1's.
+    let fake = dir.join("not-admin");
+    std::fs::create_dir_all(fake.join("ca")).expect("mkdir");
+    std::fs::copy(ca.join("ca.pem"), fake.join("ca/ca.pem")).expect("copy");
+    std::fs::copy(ca.join("node-1.pem"), fake.join("ca/admin.pem")).expect("copy");
+    std::fs::copy(ca.join("node-1.key"), fake.join("ca/admin.key")).expect("copy");
+    let mut c = LocalCluster::load(&dir).expect("cluster.json");
+    c.ca_dir = fake.join("ca");
+    c.local = false;
+    c.save(&fake).expect("save");
+    let f = fake.to_str().expect("utf-8 path");
+    let (ok, out) = jigsaw(&["status", "--dir", f]);
+    assert!(ok && out.contains("node-1"), "a node certificate may read the status: {out}");
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/apps/social.toml");
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/profiles/social-h100-80gb.csv");
+    let (ok, out) = jigsaw(&["app", "register", spec, "--profiles", csv, "--rps", "10", "--dir", f]);
+    assert!(!ok && out.contains("role `admin`") && out.contains("--admin"), "{out}");
+
+    // SIGHUP: the agent reloads its identity and stays in the cluster.
+    let pid = pid_of(&dir, "node-2");
+    local::signal(pid, "HUP").expect("SIGHUP");
+    let log = dir.join("node-2.log");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("TLS identity reloaded") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no reload in the log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let op = Operator::for_dir(&dir).expect("operator");
+        let s = wait_for(&op, Duration::from_secs(30), "both nodes alive after the reload", |s| {
+            s.state.alive_members().count() == 2 && s.nodes.iter().all(|n| n.last_seen_ms.is_some_and(|t| t < 2_000))
+        })
+        .await
+        .expect("alive");
+        assert_eq!(s.state.alive_members().count(), 2);
+    });
+    let (ok, out) = jigsaw(&["app", "register", spec, "--profiles", csv, "--rps", "10", "--dir", d]);
+    assert!(ok, "the admin certificate registers apps: {out}");
+}

@@ -419,13 +419,13 @@ async fn an_unbounded_stage_budget_is_refused_and_the_instance_keeps_serving() {
             input: vec![0.5; 768],
         })
     };
-    match handler(Peer::Sim("a".into()), stage(u64::MAX - 1)).await {
+    match handler(Peer::new("a", jigsaw_protocol::wire::Role::Node), stage(u64::MAX - 1)).await {
         WireMessage::StageReply(StageReply { outcome: StageOutcome::Failed { message, retry: false }, .. }) => {
             assert!(message.contains("exceeds the cap"), "{message}")
         }
         other => panic!("an error reply: {other:?}"),
     }
-    match handler(Peer::Sim("a".into()), stage(1_000_000)).await {
+    match handler(Peer::new("a", jigsaw_protocol::wire::Role::Node), stage(1_000_000)).await {
         WireMessage::StageReply(StageReply { outcome: StageOutcome::Done { .. }, .. }) => {}
         other => panic!("the instance still serves: {other:?}"),
     }

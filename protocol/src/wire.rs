@@ -114,6 +114,55 @@ pub enum WireMessage {
         /// The leaving node (must match the sender's certificate).
         node: String,
     },
+    /// The sender's certificate does not allow this request: `needed` is the certificate
+    /// role that would (an operator command from a node certificate needs
+    /// [`Role::Admin`]; a heartbeat, plan push, Raft RPC or stage needs [`Role::Node`]), and
+    /// `message` says what was refused and why (e.g. a heartbeat naming another node than
+    /// the certificate). Do not retry with the same certificate. Appended after version 4
+    /// shipped, at the end of the enum: an older peer fails to decode it (a frame error).
+    Forbidden {
+        /// The certificate role the request needs.
+        needed: Role,
+        /// What was refused.
+        message: String,
+    },
+}
+
+/// What a certificate of the cluster CA may do, carried in the certificate as the SAN URI
+/// `jigsaw:role:node` or `jigsaw:role:admin` (see `docs/mesh.md`, "Identity").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// An agent: heartbeats, leaves, plan pushes and Raft RPCs (voters only), data-plane
+    /// stages, and the read-only operator query [`ClientRequest::Status`] (every node's
+    /// status page asks the coordinator).
+    Node,
+    /// An operator (the CLI's `admin` certificate): every [`ClientRequest`]; nothing a node
+    /// sends to another node.
+    Admin,
+}
+
+impl Role {
+    /// The SAN URI that carries this role in a certificate.
+    pub fn uri(self) -> &'static str {
+        match self {
+            Role::Node => "jigsaw:role:node",
+            Role::Admin => "jigsaw:role:admin",
+        }
+    }
+
+    /// The role a SAN URI names, if it is one of [`Role::uri`].
+    pub fn from_uri(uri: &str) -> Option<Role> {
+        [Role::Node, Role::Admin].into_iter().find(|r| r.uri() == uri)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Node => "node",
+            Role::Admin => "admin",
+        })
+    }
 }
 
 /// The Raft RPCs.
@@ -801,6 +850,7 @@ mod fuzz_seeds {
                     bytes: vec![1, 2, 3, 4],
                 })),
             ),
+            ("v5-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
         ]
     }
 

@@ -12,7 +12,7 @@
 //! Errors keep "retry / redirect" apart from "this peer is dead or hostile": see
 //! [`TransportError`]. [`net`] holds the request/reply [`net::Transport`] trait the node
 //! runtime uses, its QUIC implementation and its in-memory twin, and binds certificate names
-//! to node ids ([`net::Peer::is`]).
+//! and roles to the peer of every inbound request ([`net::Peer`]).
 
 pub mod net;
 pub mod tls;
@@ -53,16 +53,31 @@ pub enum TransportError {
 #[derive(Debug, Clone)]
 pub struct QuicNode {
     endpoint: quinn::Endpoint,
+    /// The client config dials use (replaced by [`QuicNode::reload`]).
+    client: std::sync::Arc<std::sync::RwLock<quinn::ClientConfig>>,
+    /// The deny list of the identity bound (or last reloaded) at creation.
+    deny: std::sync::Arc<tls::DenyList>,
 }
 
 impl QuicNode {
     /// Bind `addr` (port 0 for any) with `identity` for both accepting and dialing.
     pub fn bind(addr: SocketAddr, identity: &tls::Identity) -> Result<QuicNode, TransportError> {
         let setup = |e: tls::TlsError| TransportError::Setup(e.to_string());
-        let mut endpoint = quinn::Endpoint::server(identity.server_config().map_err(setup)?, addr)
+        let endpoint = quinn::Endpoint::server(identity.server_config().map_err(setup)?, addr)
             .map_err(|e| TransportError::Setup(format!("bind {addr}: {e}")))?;
-        endpoint.set_default_client_config(identity.client_config().map_err(setup)?);
-        Ok(QuicNode { endpoint })
+        let client = std::sync::Arc::new(std::sync::RwLock::new(identity.client_config().map_err(setup)?));
+        Ok(QuicNode { endpoint, client, deny: identity.deny().clone() })
+    }
+
+    /// Use `identity` for every handshake from now on, accepting and dialing (connections
+    /// already open keep theirs). Nothing changes if the new identity does not make a
+    /// valid configuration.
+    pub fn reload(&self, identity: &tls::Identity) -> Result<(), TransportError> {
+        let setup = |e: tls::TlsError| TransportError::Setup(e.to_string());
+        let (server, client) = (identity.server_config().map_err(setup)?, identity.client_config().map_err(setup)?);
+        self.endpoint.set_server_config(Some(server));
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
     }
 
     /// The bound address.
@@ -73,7 +88,12 @@ impl QuicNode {
     /// Dial `peer`, expecting its certificate to name `server_name`.
     pub async fn connect(&self, peer: SocketAddr, server_name: &str) -> Result<quinn::Connection, TransportError> {
         let err = |message: String| TransportError::Connect { peer, message };
-        self.endpoint.connect(peer, server_name).map_err(|e| err(e.to_string()))?.await.map_err(|e| err(e.to_string()))
+        let config = self.client.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.endpoint
+            .connect_with(config, peer, server_name)
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))
     }
 
     /// The next incoming connection attempt, before its handshake (`None` once closed).

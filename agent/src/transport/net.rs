@@ -3,48 +3,58 @@
 //! in-memory twin over [`SimNet`]: seeded delay, loss and link cuts on tokio's clock, which
 //! tests pause so that virtual time drives everything).
 //!
-//! Inbound messages go to a [`Handler`] with the sender's [`Peer`] identity. With QUIC the
-//! identity is the verified client certificate, and [`Peer::is`] checks that it names a given
-//! node id (the certificate's DNS names are the node id): a message that claims to come from
-//! a node is only believed when the certificate says so.
+//! Inbound messages go to a [`Handler`] with the sender's [`Peer`] identity: its name and
+//! [`Role`]. With QUIC both come from the verified client certificate, read once per
+//! connection ([`super::tls::CertInfo`]: the subject common name and the `jigsaw:role:*`
+//! SAN URI); the in-memory twin gives each simulated sender a name and role
+//! ([`SimTransport::new`] for a node, [`SimTransport::admin`] for an operator), so the same
+//! handler code sees the same identities in both. [`Peer::is`] checks that a peer is a
+//! given node: a message that claims to come from a node is only believed when the
+//! certificate says so.
 
-use super::{exchange, recv_frame_within, send_frame, QuicNode, RecvBudget, TransportError, RECV_BUDGET};
+use super::{exchange, recv_frame_within, send_frame, tls, QuicNode, RecvBudget, TransportError, RECV_BUDGET};
 use crate::core::netsim::{LinkConfig, SimNet};
-use jigsaw_protocol::wire::{self, FrameError, WireMessage};
-use rustls::pki_types::{CertificateDer, ServerName};
+use jigsaw_protocol::wire::{self, FrameError, Role, WireMessage};
+use rustls::pki_types::CertificateDer;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 /// A boxed future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Who sent an inbound message.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    /// A TLS peer and its end-entity certificate.
-    Tls(CertificateDer<'static>),
-    /// A simulated peer (trusted by construction).
-    Sim(String),
+/// Who sent an inbound message: the name and role of its certificate (or of the simulated
+/// sender).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    name: String,
+    role: Role,
 }
 
 impl Peer {
-    /// Whether the peer is node `name`.
+    /// A peer with this identity.
+    pub fn new(name: &str, role: Role) -> Peer {
+        Peer { name: name.to_string(), role }
+    }
+
+    /// The certificate's name (a node id, or the operator's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The certificate's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the peer is node `name`: a node certificate for exactly that name (never an
+    /// extra DNS name of the certificate, never an admin certificate).
     pub fn is(&self, name: &str) -> bool {
-        match self {
-            Peer::Sim(n) => n == name,
-            Peer::Tls(cert) => {
-                let Ok(server_name) = ServerName::try_from(name.to_string()) else { return false };
-                match rustls::server::ParsedCertificate::try_from(cert) {
-                    Ok(parsed) => rustls::client::verify_server_name(&parsed, &server_name).is_ok(),
-                    Err(_) => false,
-                }
-            }
-        }
+        self.role == Role::Node && self.name.eq_ignore_ascii_case(name)
     }
 }
 
@@ -68,12 +78,16 @@ pub trait Transport: Send + Sync + 'static {
 pub struct QuicTransport {
     node: QuicNode,
     conns: Mutex<HashMap<String, quinn::Connection>>,
+    /// The serials refused now: checked by the TLS verifiers at each handshake, and here
+    /// before every request on a connection opened earlier.
+    deny: RwLock<Arc<tls::DenyList>>,
 }
 
 impl QuicTransport {
     /// Wrap a bound endpoint.
     pub fn new(node: QuicNode) -> Arc<QuicTransport> {
-        Arc::new(QuicTransport { node, conns: Mutex::new(HashMap::new()) })
+        let deny = node.deny.clone();
+        Arc::new(QuicTransport { node, conns: Mutex::new(HashMap::new()), deny: RwLock::new(deny) })
     }
 
     /// The bound address.
@@ -81,29 +95,54 @@ impl QuicTransport {
         self.node.local_addr()
     }
 
+    fn denied(&self, serial: &str) -> bool {
+        self.deny.read().unwrap_or_else(|p| p.into_inner()).denies(serial)
+    }
+
+    /// Take a new identity (a rotated certificate and key, a new CA bundle, a new deny
+    /// list) without a restart: new handshakes in both directions use it at once; cached
+    /// outbound connections are dropped, so the next request to each peer dials afresh
+    /// (presenting the new certificate, checking the peer against the new CA bundle and
+    /// deny list); an inbound connection whose peer is now denied is closed at its next
+    /// request. Connections in use finish their requests.
+    pub fn reload(&self, identity: &tls::Identity) -> Result<(), TransportError> {
+        self.node.reload(identity)?;
+        *self.deny.write().unwrap_or_else(|p| p.into_inner()) = identity.deny().clone();
+        self.conns().clear();
+        Ok(())
+    }
+
     /// Serve inbound connections until the endpoint closes: every stream is one request
-    /// frame answered by `handler`. A bad frame closes that stream only. The partial frames
-    /// of one connection share a [`RecvBudget`] of [`RECV_BUDGET`] bytes, and a reply that
-    /// does not fit a frame is answered with an [`WireMessage::Error`] saying so (the
-    /// requester then knows not to retry it unchanged).
+    /// frame answered by `handler`, which gets the peer's certificate identity (read once
+    /// per connection). A bad frame closes that stream only; a peer whose certificate is
+    /// denied after it connected loses the connection. The partial frames of one connection
+    /// share a [`RecvBudget`] of [`RECV_BUDGET`] bytes, and a reply that does not fit a frame
+    /// is answered with an [`WireMessage::Error`] saying so (the requester then knows not to
+    /// retry it unchanged).
     pub async fn serve(self: Arc<Self>, handler: Handler) {
         while let Some(incoming) = self.node.accept_incoming().await {
-            let handler = handler.clone();
+            let (handler, me) = (handler.clone(), self.clone());
             // Each handshake in its own task: a stalled or hostile handshake must not hold up
             // the next connection.
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return }; // e.g. not from our CA
-                let peer = conn
+                let info = conn
                     .peer_identity()
                     .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
-                    .and_then(|certs| certs.first().cloned());
-                let Some(cert) = peer else { return };
+                    .and_then(|certs| certs.first().and_then(|c| tls::CertInfo::parse(c).ok()));
+                // The verifier already refused certificates without a jigsaw identity.
+                let Some(info) = info else { return };
+                let peer = Peer::new(&info.name, info.role);
                 let budget = Arc::new(RecvBudget::new(RECV_BUDGET));
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let (handler, cert, budget) = (handler.clone(), cert.clone(), budget.clone());
+                    if me.denied(&info.serial) {
+                        conn.close(0u32.into(), b"certificate revoked");
+                        return;
+                    }
+                    let (handler, peer, budget) = (handler.clone(), peer.clone(), budget.clone());
                     tokio::spawn(async move {
                         let reply = match recv_frame_within(&mut recv, Some(&budget)).await {
-                            Ok(msg) => handler(Peer::Tls(cert), msg).await,
+                            Ok(msg) => handler(peer, msg).await,
                             Err(e) => WireMessage::Error { message: e.to_string(), retry: false },
                         };
                         let sent = match send_frame(&mut send, &reply).await {
@@ -211,7 +250,7 @@ fn resend_after(sent: bool, msg: &WireMessage, conn: &quinn::Connection) -> bool
 /// What travels on the simulated network: encoded frames, exactly the bytes QUIC would
 /// carry, so the twin exercises the codec and its size cap.
 enum Envelope {
-    Request { id: u64, from: String, frame: Vec<u8> },
+    Request { id: u64, from: String, role: Role, frame: Vec<u8> },
     Reply { id: u64, frame: Vec<u8> },
 }
 
@@ -344,7 +383,7 @@ impl SimHub {
         let ready = self.with(|i| i.net.deliver_until(now));
         for (_, _, to, env) in ready {
             match env {
-                Envelope::Request { id, from, frame } => {
+                Envelope::Request { id, from, role, frame } => {
                     let to_name = self.with(|i| i.ids.iter().find(|(_, &v)| v == to).map(|(k, _)| k.clone()));
                     let Some(to_name) = to_name else { continue };
                     let Some(handler) = self.with(|i| i.handlers.get(&to_name).cloned()) else { continue };
@@ -352,7 +391,7 @@ impl SimHub {
                     tokio::spawn(async move {
                         // As the QUIC server does: a frame that does not decode gets no handler.
                         let reply = match wire::decode_frame(&frame) {
-                            Ok((msg, _)) => handler(Peer::Sim(from.clone()), msg).await,
+                            Ok((msg, _)) => handler(Peer::new(&from, role), msg).await,
                             Err(e) => WireMessage::Error { message: format!("bad frame: {e}"), retry: false },
                         };
                         // A reply that does not fit a frame fails the request at once, as a
@@ -386,17 +425,29 @@ impl SimHub {
     }
 }
 
-/// One node's view of a [`SimHub`].
+/// One sender's view of a [`SimHub`], with the identity its requests carry (what a
+/// certificate would say over QUIC).
 #[derive(Debug, Clone)]
 pub struct SimTransport {
     hub: Arc<SimHub>,
     me: String,
+    role: Role,
 }
 
 impl SimTransport {
-    /// Node `me` on `hub`.
+    /// Node `me` on `hub` (role [`Role::Node`]).
     pub fn new(hub: Arc<SimHub>, me: &str) -> Arc<SimTransport> {
-        Arc::new(SimTransport { hub, me: me.to_string() })
+        SimTransport::with_role(hub, me, Role::Node)
+    }
+
+    /// An operator `me` on `hub` (role [`Role::Admin`], as the CLI's admin certificate).
+    pub fn admin(hub: Arc<SimHub>, me: &str) -> Arc<SimTransport> {
+        SimTransport::with_role(hub, me, Role::Admin)
+    }
+
+    /// Sender `me` with `role`.
+    pub fn with_role(hub: Arc<SimHub>, me: &str, role: Role) -> Arc<SimTransport> {
+        Arc::new(SimTransport { hub, me: me.to_string(), role })
     }
 }
 
@@ -415,7 +466,7 @@ impl Transport for SimTransport {
             i.pending.insert(i.next_id, tx);
             i.next_id
         });
-        self.hub.send(&self.me, to, Envelope::Request { id, from: self.me.clone(), frame });
+        self.hub.send(&self.me, to, Envelope::Request { id, from: self.me.clone(), role: self.role, frame });
         let r = tokio::time::timeout(timeout, rx).await;
         self.hub.with(|i| i.pending.remove(&id));
         match r {

@@ -157,7 +157,7 @@ async fn bench_one(n: usize, reps: usize, gpus: u32) -> Result<String> {
     let _ = std::fs::remove_dir_all(&dir);
     let ca = dir.join("ca");
     tls::ca_init(&ca, "bench")?;
-    tls::ca_issue(&ca, "admin")?;
+    tls::ca_issue_admin(&ca)?;
     let mut names = Vec::new();
     let mut addrs = Vec::new();
     for i in 1..=n {
