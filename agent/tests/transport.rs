@@ -247,8 +247,9 @@ async fn a_lost_reply_is_resent_only_when_running_twice_is_safe() {
     ca_init(&dir, "c").expect("ca");
     let client = QuicTransport::new(QuicNode::bind(loopback(), &node(&dir, "n1")).expect("bind"));
     let t = Duration::from_secs(10);
+    let n0 = node(&dir, "n0");
 
-    let server = QuicNode::bind(loopback(), &node(&dir, "n0")).expect("bind");
+    let server = QuicNode::bind(loopback(), &n0).expect("bind");
     let addr = server.local_addr().expect("addr").to_string();
     let seen = losing_server(server, 1);
     let stage = WireMessage::Stage(StageRequest {
@@ -269,7 +270,7 @@ async fn a_lost_reply_is_resent_only_when_running_twice_is_safe() {
     assert!(matches!(r, WireMessage::Hello { .. }));
     assert_eq!(seen.load(Ordering::SeqCst), 2);
 
-    let server = QuicNode::bind(loopback(), &node(&dir, "n0")).expect("bind");
+    let server = QuicNode::bind(loopback(), &n0).expect("bind");
     let addr = server.local_addr().expect("addr").to_string();
     let seen = losing_server(server, 1);
     let hello = WireMessage::Hello { node: "n1".into(), applied_epoch: 0 };
