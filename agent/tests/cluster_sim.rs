@@ -428,18 +428,8 @@ fn real_planner_cluster() {
 fn non_voters_cannot_push_plans_or_vote() {
     runtime().block_on(async {
         let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
-        let root = std::env::temp_dir().join(format!("jigsaw-sim-auth-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let mut sim = Sim {
-            sc,
-            seed: 1,
-            hub: SimHub::start(1, DEFAULT.link),
-            root: root.clone(),
-            planner: toy_planner(),
-            nodes: BTreeMap::new(),
-            leaders: BTreeMap::new(),
-            applied: BTreeMap::new(),
-        };
+        let mut sim = sim_of(sc, "auth", 1, DEFAULT.link);
+        let root = sim.root.clone();
         sim.start(0).await;
         let rogue = SimTransport::new(sim.hub.clone(), "n1");
         let t = Duration::from_secs(2);
@@ -473,19 +463,9 @@ fn non_voters_cannot_push_plans_or_vote() {
 fn a_rogue_voter_cannot_wedge_a_node_and_torn_state_files_are_set_aside() {
     runtime().block_on(async {
         let sc = Scenario { nodes: 4, eligible: 3, ..DEFAULT };
-        let root = std::env::temp_dir().join(format!("jigsaw-sim-rogue-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
         let quiet = LinkConfig { min_delay_us: 200, max_delay_us: 2_000, drop: 0.0 };
-        let mut sim = Sim {
-            sc: sc.clone(),
-            seed: 3,
-            hub: SimHub::start(3, quiet),
-            root: root.clone(),
-            planner: toy_planner(),
-            nodes: BTreeMap::new(),
-            leaders: BTreeMap::new(),
-            applied: BTreeMap::new(),
-        };
+        let mut sim = sim_of(sc.clone(), "rogue", 3, quiet);
+        let root = sim.root.clone();
         // The non-voter n3 crashed mid-write on a file system that did not keep the order.
         let dir3 = root.join(node_name(3));
         std::fs::create_dir_all(&dir3).expect("data dir");
@@ -583,19 +563,9 @@ fn a_rogue_voter_cannot_wedge_a_node_and_torn_state_files_are_set_aside() {
 fn heartbeats_are_checked_at_the_coordinators_edge() {
     runtime().block_on(async {
         let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
-        let root = std::env::temp_dir().join(format!("jigsaw-sim-edge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
         let quiet = LinkConfig { min_delay_us: 200, max_delay_us: 2_000, drop: 0.0 };
-        let mut sim = Sim {
-            sc,
-            seed: 5,
-            hub: SimHub::start(5, quiet),
-            root: root.clone(),
-            planner: toy_planner(),
-            nodes: BTreeMap::new(),
-            leaders: BTreeMap::new(),
-            applied: BTreeMap::new(),
-        };
+        let mut sim = sim_of(sc, "edge", 5, quiet);
+        let root = sim.root.clone();
         sim.start(0).await;
         let mut registered = false;
         for _ in 0..100 {
@@ -651,13 +621,20 @@ fn heartbeats_are_checked_at_the_coordinators_edge() {
 
 /// A simulation of `sc` with no random faults (the tests below inject their own).
 fn quiet_sim(sc: Scenario, tag: &str) -> Sim {
+    let link = sc.link;
+    sim_of(sc, tag, 1, link)
+}
+
+/// A simulation of `sc` on links `link` with seed `seed`, its data under a fresh directory
+/// named by `tag` (in memory where `/dev/shm` exists).
+fn sim_of(sc: Scenario, tag: &str, seed: u64, link: LinkConfig) -> Sim {
     let root = std::path::Path::new(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
         .join(format!("jigsaw-sim-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     Sim {
-        hub: SimHub::start(1, sc.link),
+        hub: SimHub::start(seed, link),
         sc,
-        seed: 1,
+        seed,
         root,
         planner: toy_planner(),
         nodes: BTreeMap::new(),
@@ -800,18 +777,8 @@ fn large_registrations_replicate_and_the_status_pages() {
 fn roles_are_enforced_by_the_node_handler() {
     runtime().block_on(async {
         let sc = Scenario { nodes: 2, eligible: 1, ..DEFAULT };
-        let root = std::env::temp_dir().join(format!("jigsaw-sim-roles-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let mut sim = Sim {
-            sc,
-            seed: 2,
-            hub: SimHub::start(2, LinkConfig { drop: 0.0, ..DEFAULT.link }),
-            root: root.clone(),
-            planner: toy_planner(),
-            nodes: BTreeMap::new(),
-            leaders: BTreeMap::new(),
-            applied: BTreeMap::new(),
-        };
+        let mut sim = sim_of(sc, "roles", 2, LinkConfig { drop: 0.0, ..DEFAULT.link });
+        let root = sim.root.clone();
         sim.start(0).await;
         for _ in 0..100 {
             if sim.nodes[&0].is_coordinator() {
