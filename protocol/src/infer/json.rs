@@ -101,9 +101,16 @@ impl Ctx {
     }
 }
 
-/// Generates the scalar `visit_*` methods of a visitor as calls to its `other()`.
+/// Generates the scalar `visit_*` methods of a visitor as calls to its `other()`;
+/// `scalars_via_other!(but_unit)` leaves `visit_unit` (JSON `null`) to the visitor.
 macro_rules! scalars_via_other {
     () => {
+        scalars_via_other!(but_unit);
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            self.other()
+        }
+    };
+    (but_unit) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             self.other()
         }
@@ -117,9 +124,6 @@ macro_rules! scalars_via_other {
             self.other()
         }
         fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            self.other()
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             self.other()
         }
     };
@@ -496,21 +500,7 @@ impl<'de> Visitor<'de> for Outputs<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of outputs")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        self.other()
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        self.other()
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        self.other()
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        self.other()
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        self.other()
-    }
+    scalars_via_other!(but_unit);
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
