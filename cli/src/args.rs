@@ -145,12 +145,23 @@ pub enum Command {
     /// Applications.
     #[command(subcommand)]
     App(AppCmd),
+    /// Demand forecasting.
+    #[command(subcommand)]
+    Forecast(ForecastCmd),
     /// Plan the shipped example applications on 4 simulated H100s (the default demo).
     Demo {
         /// Directory holding `apps/` and `profiles/`.
         #[arg(long, default_value = "examples")]
         examples: PathBuf,
     },
+}
+
+/// `jigsaw forecast ...`.
+#[derive(Debug, Subcommand)]
+pub enum ForecastCmd {
+    /// Replay a trace through every forecaster: share of intervals under-predicted, mean
+    /// over-provisioning, p95 shortfall.
+    Backtest(crate::forecast::BacktestArgs),
 }
 
 /// `jigsaw config ...`.

@@ -16,6 +16,7 @@
 //!   `profiles calibrate` (cross-validation of the calibrated profile model).
 //! * [`bench`](mod@bench): `bench cluster` (the joint planner against its bounds), `bench mesh`
 //!   (failover and plan distribution) and `bench dataplane`.
+//! * [`forecast`]: `forecast backtest` (the demand forecasters on a real or synthetic trace).
 //! * [`appset`]: app-set files (several apps with profiles and demands).
 //! * [`ops`]: `config check` and `ca init|issue`.
 //! * [`chaos`]: `jigsaw chaos`, kills and restarts agents under load and reports every window.
@@ -25,6 +26,7 @@ pub mod args;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
+pub mod forecast;
 pub mod load;
 pub mod measured;
 pub mod ops;

@@ -2,7 +2,7 @@
 //! [`jigsaw_cli`].
 
 use clap::Parser;
-use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ProfilesCmd};
+use jigsaw_cli::args::{AnalyzeCmd, AppCmd, BenchCmd, Cli, Command, ConfigCmd, ForecastCmd, ProfilesCmd};
 use jigsaw_cli::{bench, chaos, cluster, load, measured, ops, planning, profile};
 use std::process::ExitCode;
 
@@ -66,6 +66,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             measured::cmd_import(*format, dir, *gpu, out.as_deref())?
         }
         Command::Profiles(ProfilesCmd::Calibrate { data, apps }) => measured::cmd_calibrate(data, apps)?,
+        Command::Forecast(ForecastCmd::Backtest(a)) => jigsaw_cli::forecast::cmd_backtest(a)?,
         Command::Demo { examples } => planning::cmd_demo(examples, config)?,
         Command::Ca(c) => ops::cmd_ca(c)?,
         Command::Config(ConfigCmd::Check) => {

@@ -24,6 +24,9 @@
 //!   priority.
 //! * [`cluster_plan`]: planning every registered app on the cluster's alive GPUs (joint,
 //!   sticky to what runs, spread over nodes).
+//! * [`forecast`]: demand forecasters (the paper's rule, Holt with quantile headroom) and
+//!   their backtest; [`trace`]: arrival traces (the Azure LLM trace format, binning, a seeded
+//!   synthetic diurnal trace).
 //! * [`control`]: the coordinator's control loop (membership, failure detection, re-planning,
 //!   plan distribution) as a pure state machine; the agent's Raft leader drives it.
 
@@ -33,6 +36,7 @@ pub mod calibrate;
 pub mod cluster_plan;
 pub mod control;
 pub mod evaluate;
+pub mod forecast;
 #[cfg(feature = "highs")]
 pub mod highs;
 pub mod joint;
@@ -43,6 +47,7 @@ pub mod randapp;
 pub mod routing;
 pub mod spaces;
 pub mod synth;
+pub mod trace;
 
 #[cfg(feature = "highs")]
 pub use highs::HighsSolver;
