@@ -208,6 +208,7 @@ impl Sim {
             spec_toml: include_str!("../../examples/apps/social.toml").into(),
             profiles_csv: include_str!("../../examples/profiles/social-h100-80gb.csv").into(),
             demand_rps: demand,
+            demand_auto: false,
         };
         // One request id for every attempt: a retry of a registration whose reply was lost is
         // answered with the first outcome.
@@ -795,6 +796,7 @@ fn roles_are_enforced_by_the_node_handler() {
             spec_toml: include_str!("../../examples/apps/social.toml").into(),
             profiles_csv: include_str!("../../examples/profiles/social-h100-80gb.csv").into(),
             demand_rps: 10.0,
+            demand_auto: false,
         };
         // Operator commands that change the cluster: admin only.
         for req in [ClientRequest::register(entry.clone()), ClientRequest::remove("social")] {

@@ -634,6 +634,7 @@ async fn roles_over_quic_reach_the_node_router() {
         spec_toml: include_str!("../../examples/apps/social.toml").into(),
         profiles_csv: include_str!("../../examples/profiles/social-h100-80gb.csv").into(),
         demand_rps: 10.0,
+        demand_auto: false,
     };
     let register = WireMessage::Client(ClientRequest::register(entry));
     let r = peer.request("node-1", &addr, register.clone(), t).await.expect("reply");

@@ -307,6 +307,7 @@ pub fn example_apps() -> Vec<AppEntry> {
         spec_toml: spec.into(),
         profiles_csv: csv.into(),
         demand_rps: rps,
+        demand_auto: false,
     };
     vec![
         e(

@@ -374,6 +374,7 @@ mod tests {
             spec_toml: String::new(),
             profiles_csv: String::new(),
             demand_rps: 1.0,
+            demand_auto: false,
         }));
         let acts = c.tick(30, &st);
         let Some(Action::Solve { inputs, epoch }) = acts.first().cloned() else { panic!("solve expected: {acts:?}") };
@@ -440,6 +441,7 @@ mod tests {
             spec_toml: include_str!("../../examples/apps/social.toml").into(),
             profiles_csv: csv.into(),
             demand_rps: 10.0,
+            demand_auto: false,
         }));
         (st, row.expect("a row"))
     }

@@ -102,8 +102,13 @@ mod tests {
     #[test]
     fn targets_weights_budgets_and_downstream_follow_the_plan() {
         let mut st = ClusterState::default();
-        let entry =
-            AppEntry { name: "traffic".into(), spec_toml: SPEC.into(), profiles_csv: CSV.into(), demand_rps: 100.0 };
+        let entry = AppEntry {
+            name: "traffic".into(),
+            spec_toml: SPEC.into(),
+            profiles_csv: CSV.into(),
+            demand_rps: 100.0,
+            demand_auto: false,
+        };
         st.apps.insert("traffic".into(), entry);
         for (n, a) in [("n1", "10.0.0.1:7400"), ("n2", "10.0.0.2:7400")] {
             let m = Member { node: n.into(), addr: a.into(), eligible: true, gpus: vec![], alive: true };

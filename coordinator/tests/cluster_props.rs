@@ -63,8 +63,13 @@ fn cluster(seeds: &[u64], frac: f64, nodes: usize, gpus: usize) -> (ClusterState
             continue;
         }
         let spec_toml = toml_of(&app);
-        let entry =
-            AppEntry { name: app.name.clone(), spec_toml, profiles_csv: profiles.to_csv(&[]), demand_rps: demand };
+        let entry = AppEntry {
+            name: app.name.clone(),
+            spec_toml,
+            profiles_csv: profiles.to_csv(&[]),
+            demand_rps: demand,
+            demand_auto: false,
+        };
         entry.parse().expect("generated registrations are valid");
         st.apply(&ClusterCommand::PutApp(entry));
         apps.push((app, profiles));
@@ -239,6 +244,7 @@ fn spread_on_the_demo_cluster_survives_any_one_node() {
             spec_toml: read(format!("{ex}/apps/{name}.toml")),
             profiles_csv: read(format!("{ex}/profiles/{name}-h100-80gb.csv")),
             demand_rps: rps,
+            demand_auto: false,
         };
         st.apply(&ClusterCommand::PutApp(entry));
     }

@@ -56,8 +56,13 @@ pub struct AppEntry {
     pub spec_toml: String,
     /// The profile table, as CSV text.
     pub profiles_csv: String,
-    /// Root demand to plan for, requests/s.
+    /// Root demand to plan for, requests/s: at registration the operator's figure; later
+    /// the demand the coordinator set from measurements ([`ClusterCommand::SetDemand`]).
     pub demand_rps: f64,
+    /// Registered with `--rps auto`: the registered figure is only the initial demand, not
+    /// a floor for the measured one. (Added later; absent in older states: `false`.)
+    #[serde(default)]
+    pub demand_auto: bool,
 }
 
 /// Largest app spec a registration may carry, bytes.
@@ -140,7 +145,7 @@ impl AppEntry {
             return Err(InvalidApp::TooLarge { name, spec: spec_toml.len(), profiles: profiles_csv.len() });
         }
         let spec = AppSpec::parse(&spec_toml, spec_origin)?;
-        let entry = AppEntry { name: spec.name.clone(), spec_toml, profiles_csv, demand_rps };
+        let entry = AppEntry { name: spec.name.clone(), spec_toml, profiles_csv, demand_rps, demand_auto: false };
         let parsed = entry.check(spec, profiles_origin)?;
         Ok((entry, parsed))
     }
@@ -280,6 +285,21 @@ pub struct ClusterPlan {
     pub stats: ClusterPlanStats,
 }
 
+/// What the coordinator knows about an app's demand beyond its entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemandRecord {
+    /// The demand the operator registered, requests/s.
+    pub registered_rps: f64,
+    /// Why the planned demand (`AppEntry::demand_rps`) is what it is (`registered`, or the
+    /// re-plan policy's reason).
+    pub reason: String,
+    /// Demand changes since registration.
+    pub changes: u64,
+}
+
+/// Smallest planned demand, requests/s (a registration must be positive).
+pub const MIN_PLANNED_RPS: f64 = 0.01;
+
 /// Cluster-wide settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -367,6 +387,19 @@ pub enum ClusterCommand {
         /// The change.
         command: Box<ClusterCommand>,
     },
+    /// The coordinator's new planned demand for `app` from measured load (its re-plan
+    /// policy decided it): sets `AppEntry::demand_rps`, raised to the registered demand
+    /// unless the app was registered with `demand_auto`, so `plan_inputs` changes and the
+    /// app is re-planned. Ignored for an unknown app or a rate that is not a positive
+    /// number. Idempotent. (Appended later, so existing logs still decode.)
+    SetDemand {
+        /// App.
+        app: String,
+        /// Requests/s.
+        rps: f64,
+        /// Why (for `status`).
+        reason: String,
+    },
 }
 
 /// What applying a command did.
@@ -397,6 +430,10 @@ pub struct ClusterState {
     /// outcomes: a retried request is answered from here.
     #[serde(default)]
     pub requests: VecDeque<(RequestId, CommandOutcome)>,
+    /// Per app: registered demand and why its planned demand is what it is (an app
+    /// registered before this field existed has none: its entry's demand is the registered one).
+    #[serde(default)]
+    pub demand: BTreeMap<String, DemandRecord>,
 }
 
 impl ClusterState {
@@ -417,12 +454,19 @@ impl ClusterState {
             ClusterCommand::PutApp(app) => {
                 let verb = if self.apps.contains_key(&app.name) { "replaced" } else { "registered" };
                 self.apps.insert(app.name.clone(), app.clone());
-                (true, format!("app `{}` {verb} at {:.1} req/s", app.name, app.demand_rps))
+                let record = DemandRecord { registered_rps: app.demand_rps, reason: "registered".into(), changes: 0 };
+                self.demand.insert(app.name.clone(), record);
+                let auto = if app.demand_auto { " (auto)" } else { "" };
+                (true, format!("app `{}` {verb} at {:.1} req/s{auto}", app.name, app.demand_rps))
             }
             ClusterCommand::RemoveApp { name } => match self.apps.remove(name) {
-                Some(_) => (true, format!("app `{name}` removed")),
+                Some(_) => {
+                    self.demand.remove(name);
+                    (true, format!("app `{name}` removed"))
+                }
                 None => (false, format!("no app named `{name}`")),
             },
+            ClusterCommand::SetDemand { app, rps, reason } => self.set_demand(app, *rps, reason),
             ClusterCommand::PutMember(m) => {
                 let same = self.members.get(&m.node) == Some(m);
                 self.members.insert(m.node.clone(), m.clone());
@@ -451,6 +495,41 @@ impl ClusterState {
             }
         };
         CommandOutcome { applied, message, epoch: self.epoch }
+    }
+
+    /// The demand registered for `app`, requests/s (its entry's demand when no record).
+    pub fn registered_rps(&self, app: &str) -> Option<f64> {
+        let entry = self.apps.get(app)?;
+        Some(self.demand.get(app).map_or(entry.demand_rps, |d| d.registered_rps))
+    }
+
+    /// The lowest demand `app` may be planned for: its registered demand, or
+    /// [`MIN_PLANNED_RPS`] when it was registered with `demand_auto`.
+    pub fn floor_rps(&self, app: &str) -> Option<f64> {
+        let entry = self.apps.get(app)?;
+        Some(if entry.demand_auto { MIN_PLANNED_RPS } else { self.registered_rps(app)?.max(MIN_PLANNED_RPS) })
+    }
+
+    fn set_demand(&mut self, app: &str, rps: f64, reason: &str) -> (bool, String) {
+        let Some(floor) = self.floor_rps(app) else { return (false, format!("no app named `{app}`")) };
+        if !(rps.is_finite() && rps > 0.0) {
+            return (false, format!("demand for `{app}` must be a positive number, got {rps}"));
+        }
+        let registered = self.registered_rps(app).unwrap_or(rps);
+        let rps = rps.max(floor);
+        let Some(entry) = self.apps.get_mut(app) else { return (false, format!("no app named `{app}`")) };
+        if entry.demand_rps == rps {
+            return (false, format!("app `{app}` is already planned at {rps:.2} req/s"));
+        }
+        entry.demand_rps = rps;
+        let record = self.demand.entry(app.to_string()).or_insert(DemandRecord {
+            registered_rps: registered,
+            reason: String::new(),
+            changes: 0,
+        });
+        record.reason = reason.to_string();
+        record.changes += 1;
+        (true, format!("app `{app}` planned at {rps:.2} req/s ({reason})"))
     }
 
     /// Alive members that have GPUs, in id order.
@@ -526,7 +605,13 @@ mod tests {
     #[test]
     fn operator_requests_apply_once_per_id() {
         let mut s = ClusterState::default();
-        let app = AppEntry { name: "a".into(), spec_toml: "x".into(), profiles_csv: "y".into(), demand_rps: 5.0 };
+        let app = AppEntry {
+            name: "a".into(),
+            spec_toml: "x".into(),
+            profiles_csv: "y".into(),
+            demand_rps: 5.0,
+            demand_auto: false,
+        };
         s.apply(&ClusterCommand::PutApp(app));
         let (first, other) = (RequestId::fresh(), RequestId::fresh());
         assert_ne!(first, other);
@@ -559,6 +644,55 @@ mod tests {
         assert_eq!(s.plan.as_ref().map(|p| p.epoch), Some(2));
     }
 
+    /// Measured demand moves the planned demand (and so the plan inputs), never below the
+    /// registered floor unless the app is `demand_auto`; re-registration resets it.
+    #[test]
+    fn set_demand_follows_measurements_above_the_floor() {
+        let mut s = ClusterState::default();
+        let app = AppEntry {
+            name: "a".into(),
+            spec_toml: "x".into(),
+            profiles_csv: "y".into(),
+            demand_rps: 50.0,
+            demand_auto: false,
+        };
+        s.apply(&ClusterCommand::PutApp(app.clone()));
+        let before = s.plan_inputs();
+        let set = |rps: f64| ClusterCommand::SetDemand { app: "a".into(), rps, reason: "forecast".into() };
+        assert!(s.apply(&set(80.0)).applied);
+        assert_eq!(s.apps["a"].demand_rps, 80.0);
+        assert_ne!(s.plan_inputs(), before, "a new demand re-plans");
+        assert!(s.apply(&set(10.0)).applied);
+        assert_eq!(s.apps["a"].demand_rps, 50.0, "floored at the registered demand");
+        assert!(!s.apply(&set(20.0)).applied, "already at the floor");
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(!s.apply(&set(bad)).applied, "{bad}");
+        }
+        assert!(!s.apply(&ClusterCommand::SetDemand { app: "b".into(), rps: 1.0, reason: String::new() }).applied);
+        assert_eq!(s.demand["a"].changes, 2);
+        assert_eq!(s.demand["a"].reason, "forecast");
+        // `auto`: no floor.
+        s.apply(&ClusterCommand::PutApp(AppEntry { demand_auto: true, ..app.clone() }));
+        assert_eq!((s.demand["a"].changes, s.apps["a"].demand_rps), (0, 50.0), "re-registration resets");
+        assert!(s.apply(&set(10.0)).applied);
+        assert_eq!(s.apps["a"].demand_rps, 10.0);
+        assert_eq!(s.registered_rps("a"), Some(50.0));
+        s.apply(&ClusterCommand::RemoveApp { name: "a".into() });
+        assert!(s.demand.is_empty());
+    }
+
+    /// A state and an app encoded before the demand fields existed still decode (the Raft
+    /// log and snapshots are JSON).
+    #[test]
+    fn states_without_demand_fields_still_decode() {
+        let old = r#"{"apps":{"a":{"name":"a","spec_toml":"x","profiles_csv":"y","demand_rps":5.0}},
+            "members":{},"config":{"dead_after_ms":3000,"space":"A+S+T"},"plan":null,"epoch":0}"#;
+        let s: ClusterState = serde_json::from_str(old).expect("decodes");
+        assert!(!s.apps["a"].demand_auto);
+        assert_eq!(s.registered_rps("a"), Some(5.0));
+        assert_eq!(s.floor_rps("a"), Some(5.0));
+    }
+
     #[test]
     fn plan_inputs_follow_apps_and_alive_gpus() {
         let mut s = ClusterState::default();
@@ -575,7 +709,13 @@ mod tests {
         s.apply(&ClusterCommand::MarkDown { node: "n1".into() });
         assert!(!s.plan_inputs().contains("GPU-1"));
         assert!(!s.apply(&ClusterCommand::MarkDown { node: "n1".into() }).applied);
-        let app = AppEntry { name: "a".into(), spec_toml: "x".into(), profiles_csv: "y".into(), demand_rps: 5.0 };
+        let app = AppEntry {
+            name: "a".into(),
+            spec_toml: "x".into(),
+            profiles_csv: "y".into(),
+            demand_rps: 5.0,
+            demand_auto: false,
+        };
         s.apply(&ClusterCommand::PutApp(app.clone()));
         let with_app = s.plan_inputs();
         s.apply(&ClusterCommand::PutApp(AppEntry { profiles_csv: "z".into(), ..app }));

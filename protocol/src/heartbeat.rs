@@ -17,6 +17,11 @@
 //!   names are at most [`MAX_NAME_LEN`] bytes, and its latency and throughput are finite,
 //!   positive and at most [`MAX_P95_MS`] / [`MAX_THROUGHPUT_RPS`]. At most
 //!   [`MAX_OBSERVED_ROWS`] good rows are kept; the rest are dropped as over the cap.
+//! * **what the node's frontends counted** (demand rows, [`DemandRow`]): the same, row by
+//!   row: a row is kept only if it names a registered app and, when its task is not empty,
+//!   a task of that app, its counters are at most [`MAX_DEMAND_COUNT`] with `violations ≤
+//!   completions`, and no earlier row of the heartbeat has the same (app, task); at most
+//!   [`MAX_DEMAND_ROWS`] are kept.
 //!
 //! [`check_heartbeat`] is a pure function; the coordinator calls it on every heartbeat.
 
@@ -24,7 +29,7 @@ use crate::app::AppSpec;
 use crate::catalogue::{Placement, MPS_LEVELS};
 use crate::cluster::{AppEntry, GpuInventory};
 use crate::profile::{ProfileRow, BATCH_SIZES};
-use crate::wire::Heartbeat;
+use crate::wire::{DemandRow, Heartbeat};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most GPUs one node may report (the largest single servers hold 16); a node's config may
@@ -40,6 +45,10 @@ pub const MAX_ADDR_LEN: usize = 256;
 pub const MAX_P95_MS: f64 = 60_000.0;
 /// Largest plausible segment throughput, items/s.
 pub const MAX_THROUGHPUT_RPS: f64 = 1e7;
+/// Most demand rows kept from one heartbeat.
+pub const MAX_DEMAND_ROWS: usize = 1024;
+/// Largest plausible cumulative demand counter (2^53: exact in an f64).
+pub const MAX_DEMAND_COUNT: u64 = 1 << 53;
 /// Dropped rows described one by one in a [`CheckedHeartbeat`]; the rest are only counted.
 pub const MAX_DROPPED_LISTED: usize = 8;
 
@@ -82,6 +91,16 @@ impl KnownKeys {
         }
     }
 
+    /// Whether `app` is registered.
+    pub fn has_app(&self, app: &str) -> bool {
+        self.apps.contains_key(app)
+    }
+
+    /// Whether registered app `app` has a task `task`.
+    pub fn has_task(&self, app: &str, task: &str) -> bool {
+        self.apps.get(app).is_some_and(|(_, pairs)| pairs.iter().any(|(t, _)| t == task))
+    }
+
     /// Whether a registered app has task `task` with variant `variant`.
     pub fn contains(&self, task: &str, variant: &str) -> bool {
         // Pairs are few (tasks × variants of each app), so a scan of each app's set is cheap.
@@ -99,7 +118,7 @@ pub struct InvalidHeartbeat {
     pub problem: String,
 }
 
-/// One observed row that was dropped.
+/// One observed or demand row that was dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DroppedRow {
     /// Its index in the heartbeat's `observed`.
@@ -116,7 +135,7 @@ impl std::fmt::Display for DroppedRow {
     }
 }
 
-/// The observed rows a check dropped.
+/// The observed and demand rows a check dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dropped {
     /// How many, in all.
@@ -140,7 +159,7 @@ impl std::fmt::Display for Dropped {
         if self.count == 0 {
             return Ok(());
         }
-        write!(f, "dropped {} observed row(s): ", self.count)?;
+        write!(f, "dropped {} row(s): ", self.count)?;
         for (i, r) in self.listed.iter().enumerate() {
             write!(f, "{}{r}", if i > 0 { "; " } else { "" })?;
         }
@@ -226,6 +245,39 @@ fn row_problem(r: &ProfileRow, known: &KnownKeys) -> Option<(&'static str, Strin
     None
 }
 
+/// Why a demand row must be dropped: (field, reason), or `None` to keep it.
+fn demand_problem(r: &DemandRow, known: &KnownKeys) -> Option<(&'static str, String)> {
+    for (name, s, may_be_empty) in [("app", &r.app, false), ("task", &r.task, true)] {
+        if (s.is_empty() && !may_be_empty) || s.len() > MAX_NAME_LEN {
+            return Some((
+                name,
+                format!("must be {} to {MAX_NAME_LEN} bytes, is {}", u8::from(!may_be_empty), s.len()),
+            ));
+        }
+    }
+    if !known.has_app(&r.app) {
+        return Some(("app", format!("`{}` is no registered app", r.app)));
+    }
+    if !r.task.is_empty() && !known.has_task(&r.app, &r.task) {
+        return Some(("task", format!("`{}` is no task of app `{}`", r.task, r.app)));
+    }
+    for (name, x) in [("arrivals", r.arrivals), ("completions", r.completions), ("violations", r.violations)] {
+        if x > MAX_DEMAND_COUNT {
+            return Some((name, format!("must be at most {MAX_DEMAND_COUNT}, got {x}")));
+        }
+    }
+    if r.violations > r.completions {
+        return Some(("violations", format!("{} is more than the {} completions", r.violations, r.completions)));
+    }
+    None
+}
+
+/// Whether a demand row would be kept on its own (see the module docs; duplicates and the
+/// cap are per heartbeat).
+pub fn demand_row_ok(r: &DemandRow, known: &KnownKeys) -> bool {
+    demand_problem(r, known).is_none()
+}
+
 /// Whether an observed row would be kept (see the module docs).
 pub fn row_ok(r: &ProfileRow, known: &KnownKeys) -> bool {
     row_problem(r, known).is_none()
@@ -266,6 +318,30 @@ pub fn check_heartbeat(mut hb: Heartbeat, known: &KnownKeys) -> Result<CheckedHe
         });
     }
     hb.observed = kept;
+    let mut kept = Vec::with_capacity(hb.demand.len().min(MAX_DEMAND_ROWS));
+    let mut seen = BTreeSet::new();
+    for (index, r) in std::mem::take(&mut hb.demand).into_iter().enumerate() {
+        let problem = match demand_problem(&r, known) {
+            None if seen.contains(&(r.app.clone(), r.task.clone())) => {
+                ("task", format!("(`{}`, `{}`) is listed twice", r.app, r.task))
+            }
+            None if kept.len() < MAX_DEMAND_ROWS => {
+                seen.insert((r.app.clone(), r.task.clone()));
+                kept.push(r);
+                continue;
+            }
+            None => ("", format!("is over the cap of {MAX_DEMAND_ROWS} demand rows per heartbeat")),
+            Some(p) => p,
+        };
+        dropped.add(|| {
+            let field = match problem.0 {
+                "" => format!("demand[{index}]"),
+                f => format!("demand[{index}].{f}"),
+            };
+            DroppedRow { index, field, reason: problem.1 }
+        });
+    }
+    hb.demand = kept;
     Ok(CheckedHeartbeat { hb, dropped })
 }
 
@@ -278,7 +354,13 @@ mod tests {
 
     fn known() -> KnownKeys {
         let spec = include_str!("../../examples/apps/social.toml").to_string();
-        let app = AppEntry { name: "social".into(), spec_toml: spec, profiles_csv: String::new(), demand_rps: 1.0 };
+        let app = AppEntry {
+            name: "social".into(),
+            spec_toml: spec,
+            profiles_csv: String::new(),
+            demand_rps: 1.0,
+            demand_auto: false,
+        };
         KnownKeys::of_apps([&app])
     }
 
@@ -293,7 +375,15 @@ mod tests {
     }
 
     fn hb(gpus: Vec<GpuInventory>, observed: Vec<ProfileRow>) -> Heartbeat {
-        Heartbeat { node: "n1".into(), addr: "10.0.0.1:7000".into(), eligible: false, gpus, applied_epoch: 0, observed }
+        Heartbeat {
+            node: "n1".into(),
+            addr: "10.0.0.1:7000".into(),
+            eligible: false,
+            gpus,
+            applied_epoch: 0,
+            observed,
+            demand: vec![],
+        }
     }
 
     fn live(profile: &str, start: u8) -> InstancePlan {
@@ -339,7 +429,7 @@ mod tests {
         assert_eq!(d.listed[6].field, "observed[6].variant");
         assert_eq!(d.listed[7].field, "observed[7].mig_profile");
         let s = d.to_string();
-        assert!(s.starts_with("dropped 10 observed row(s)") && s.ends_with("and 2 more"), "{s}");
+        assert!(s.starts_with("dropped 10 row(s)") && s.ends_with("and 2 more"), "{s}");
     }
 
     #[test]
@@ -386,7 +476,13 @@ mod tests {
     #[test]
     fn known_keys_follow_the_registered_apps() {
         let spec = include_str!("../../examples/apps/social.toml").to_string();
-        let app = AppEntry { name: "social".into(), spec_toml: spec, profiles_csv: String::new(), demand_rps: 1.0 };
+        let app = AppEntry {
+            name: "social".into(),
+            spec_toml: spec,
+            profiles_csv: String::new(),
+            demand_rps: 1.0,
+            demand_auto: false,
+        };
         let r = good_row();
         let mut k = KnownKeys::default();
         assert!(!k.contains(&r.task, &r.variant));
@@ -400,6 +496,57 @@ mod tests {
         apps.remove("social");
         k.refresh(&apps);
         assert!(!k.contains(&r.task, &r.variant), "a removed app's keys go");
+    }
+
+    fn demand(app: &str, task: &str, arrivals: u64, completions: u64, violations: u64) -> DemandRow {
+        DemandRow { app: app.into(), task: task.into(), at_ms: 1_000, arrivals, completions, violations }
+    }
+
+    #[test]
+    fn bad_demand_rows_are_dropped_with_the_field_named() {
+        let task = good_row().task;
+        let rows = vec![
+            demand("social", "", 10, 9, 1),
+            demand("social", &task, 20, 0, 0),
+            demand("nope", "", 1, 1, 0),
+            demand("social", "no-such-task", 1, 0, 0),
+            demand("social", "", 1, 1, 0),
+            demand("", "", 1, 1, 0),
+            demand("social", "x", u64::MAX, 0, 0),
+            demand("social", "y", 5, 1, 2),
+        ];
+        let h = Heartbeat { demand: rows.clone(), ..hb(vec![], vec![]) };
+        let c = check_heartbeat(h, &known()).expect("accepted: only rows are bad");
+        assert_eq!(c.hb.demand, rows[..2].to_vec());
+        let fields: Vec<&str> = c.dropped.listed.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["demand[2].app", "demand[3].task", "demand[4].task", "demand[5].app", "demand[6].task", "demand[7].task"]
+        );
+        assert!(c.dropped.listed[2].reason.contains("twice"), "{}", c.dropped);
+        let h = Heartbeat { demand: vec![demand("social", "", u64::MAX, u64::MAX, 0)], ..hb(vec![], vec![]) };
+        let c = check_heartbeat(h, &known()).expect("accepted");
+        assert_eq!(c.dropped.listed[0].field, "demand[0].arrivals");
+    }
+
+    fn any_demand_row() -> impl Strategy<Value = DemandRow> {
+        let task = good_row().task;
+        let count = prop_oneof![0u64..1000, Just(MAX_DEMAND_COUNT), Just(MAX_DEMAND_COUNT + 1), Just(u64::MAX)];
+        (
+            prop_oneof![Just("social".to_string()), "[a-z]{0,6}", Just("a".repeat(MAX_NAME_LEN + 1))],
+            prop_oneof![Just(String::new()), Just(task), "[a-z]{1,6}"],
+            count.clone(),
+            count.clone(),
+            count,
+        )
+            .prop_map(|(app, task, arrivals, completions, violations)| DemandRow {
+                app,
+                task,
+                at_ms: 0,
+                arrivals,
+                completions,
+                violations,
+            })
     }
 
     fn any_f64() -> impl Strategy<Value = f64> {
@@ -459,6 +606,28 @@ mod tests {
             }
             let expected: Vec<&ProfileRow> = rows.iter().filter(|r| row_ok(r, &k)).collect();
             prop_assert_eq!(c.hb.observed.iter().collect::<Vec<_>>(), expected);
+        }
+
+        /// Whatever demand rows a heartbeat carries, the check keeps a capped subset, in
+        /// order, of sane rows naming registered apps and tasks, each (app, task) once.
+        #[test]
+        fn only_sane_known_demand_rows_get_through(rows in prop::collection::vec(any_demand_row(), 0..100)) {
+            let k = known();
+            let n = rows.len();
+            let c = check_heartbeat(Heartbeat { demand: rows.clone(), ..hb(vec![], vec![]) }, &k).expect("fine");
+            prop_assert_eq!(c.hb.demand.len() + c.dropped.count, n);
+            let mut seen = BTreeSet::new();
+            for r in &c.hb.demand {
+                prop_assert!(demand_row_ok(r, &k));
+                prop_assert!(r.violations <= r.completions && r.arrivals <= MAX_DEMAND_COUNT);
+                prop_assert!(seen.insert((r.app.clone(), r.task.clone())), "each key once");
+            }
+            let mut first = BTreeSet::new();
+            let expected: Vec<&DemandRow> = rows
+                .iter()
+                .filter(|r| demand_row_ok(r, &k) && first.insert((r.app.clone(), r.task.clone())))
+                .collect();
+            prop_assert_eq!(c.hb.demand.iter().collect::<Vec<_>>(), expected);
         }
 
         /// A node may report up to the cap of distinct GPUs; more is refused, naming `gpus`.

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -192,6 +192,48 @@ pub struct Heartbeat {
     /// Profile points measured on this node at run time (latest per configuration); the
     /// coordinator uses them in place of the registered rows at its next re-plan.
     pub observed: Vec<ProfileRow>,
+    /// Load this node's frontends measured (cumulative counters since the node started;
+    /// added in version 6): one row per app (`task` empty) and per task after fan-out.
+    pub demand: Vec<DemandRow>,
+}
+
+/// Cumulative load counters of one app (or one task of it) at one node's frontends.
+///
+/// Counters only grow while the node runs, so the coordinator takes rates from the
+/// difference of two heartbeats: a heartbeat lost, delayed or resent changes nothing, and
+/// a counter that went down means the node restarted (that interval is skipped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemandRow {
+    /// App.
+    pub app: String,
+    /// Task of the app (items after fan-out), or empty for the app's requests.
+    pub task: String,
+    /// When the counters were read, ms on the node's monotonic clock (since it started).
+    pub at_ms: u64,
+    /// Requests (or items) that arrived, whatever became of them.
+    pub arrivals: u64,
+    /// Requests answered (any outcome); 0 for task rows.
+    pub completions: u64,
+    /// Requests answered with an SLO violation (dropped, late, overloaded, failed); at most
+    /// `completions`.
+    pub violations: u64,
+}
+
+/// One app's demand in [`ClusterStatus`]: measured, forecast and planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppDemand {
+    /// App.
+    pub app: String,
+    /// Arrival rate over the last closed control interval, all frontends, requests/s.
+    pub measured_rps: Option<f64>,
+    /// The forecaster's rate for the next interval, requests/s.
+    pub forecast_rps: Option<f64>,
+    /// SLO-violation rate over the last interval (violations / completions).
+    pub violation_rate: Option<f64>,
+    /// Per task, items/s over the last interval.
+    pub tasks: Vec<(String, f64)>,
+    /// Control intervals measured since this coordinator took over.
+    pub intervals: u64,
 }
 
 /// What a node did with a pushed plan.
@@ -432,6 +474,8 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// Profile points observed at run time and gossiped to the coordinator.
     pub observed: Vec<ProfileRow>,
+    /// Per app: measured and forecast demand as the coordinator sees them (version 6).
+    pub demand: Vec<AppDemand>,
 }
 
 /// One node in [`ClusterStatus`].
@@ -684,6 +728,14 @@ mod tests {
                     last_outcome: Some((7, ApplyOutcome::Failed { gpu: "GPU-1".into(), error: "e".into() })),
                 }],
                 observed: vec![],
+                demand: vec![AppDemand {
+                    app: "a".into(),
+                    measured_rps: Some(12.5),
+                    forecast_rps: Some(13.0),
+                    violation_rate: Some(0.01),
+                    tasks: vec![("t".into(), 25.0)],
+                    intervals: 4,
+                }],
             };
             for m in [
                 WireMessage::PlanPush {
@@ -712,6 +764,7 @@ mod tests {
                 spec_toml: String::new(),
                 profiles_csv: format!("# {}\n", "\u{1}".repeat(4 << 20)),
                 demand_rps: 1.0,
+                demand_auto: false,
             };
             state.apps.insert(name, entry);
         }
@@ -722,6 +775,7 @@ mod tests {
             state,
             nodes: vec![],
             observed: vec![],
+            demand: vec![],
         };
         assert!(
             matches!(
@@ -789,10 +843,10 @@ mod fuzz_seeds {
         use crate::route::{StageOutcome, StageReply, StageRequest};
         let id = RequestId { client: 0x1234_5678_9abc_def0, seq: 3 };
         vec![
-            ("v5-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
-            ("v5-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            ("v6-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v6-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
             (
-                "v5-stage",
+                "v6-stage",
                 WireMessage::Stage(StageRequest {
                     id: 7,
                     item: 1,
@@ -805,7 +859,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v5-stage-reply",
+                "v6-stage-reply",
                 WireMessage::StageReply(StageReply {
                     id: 7,
                     item: 1,
@@ -813,7 +867,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v5-plan-push",
+                "v6-plan-push",
                 WireMessage::PlanPush {
                     epoch: 3,
                     coordinator: "n1".into(),
@@ -821,16 +875,35 @@ mod fuzz_seeds {
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
                 },
             ),
-            ("v5-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
-            ("v5-leave", WireMessage::Leave { node: "n4".into() }),
-            ("v5-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            ("v6-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            ("v6-leave", WireMessage::Leave { node: "n4".into() }),
             (
-                "v5-status",
+                "v6-heartbeat",
+                WireMessage::Heartbeat(Heartbeat {
+                    node: "n2".into(),
+                    addr: "127.0.0.1:7001".into(),
+                    eligible: true,
+                    gpus: vec![],
+                    applied_epoch: 3,
+                    observed: vec![],
+                    demand: vec![DemandRow {
+                        app: "a".into(),
+                        task: String::new(),
+                        at_ms: 1_000,
+                        arrivals: 50,
+                        completions: 48,
+                        violations: 1,
+                    }],
+                }),
+            ),
+            ("v6-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            (
+                "v6-status",
                 WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
             ),
-            ("v5-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            ("v6-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
             (
-                "v5-register-app",
+                "v6-register-app",
                 WireMessage::Client(ClientRequest::RegisterApp {
                     id,
                     entry: AppEntry {
@@ -838,11 +911,12 @@ mod fuzz_seeds {
                         spec_toml: "name = \"a\"".into(),
                         profiles_csv: "task,variant\n".into(),
                         demand_rps: 10.0,
+                        demand_auto: false,
                     },
                 }),
             ),
             (
-                "v5-status-page",
+                "v6-status-page",
                 WireMessage::ClientReply(ClientReply::StatusPage(StatusPage {
                     token: 9,
                     total: 12,
@@ -850,13 +924,13 @@ mod fuzz_seeds {
                     bytes: vec![1, 2, 3, 4],
                 })),
             ),
-            ("v5-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
+            ("v6-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
         ]
     }
 
     /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_5_seeds_decode_and_round_trip() {
+    fn version_6_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
         if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
             for (name, m) in seeds() {

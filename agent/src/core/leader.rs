@@ -235,6 +235,7 @@ mod tests {
             spec_toml: String::new(),
             profiles_csv: String::new(),
             demand_rps: 1.0,
+            demand_auto: false,
         }));
         let mut l = Leader::new(ControlConfig { solve_timeout_ms: 1_000_000, ..ControlConfig::default() });
         let mut now = 0;

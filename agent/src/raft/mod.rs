@@ -318,6 +318,7 @@ mod tests {
             spec_toml: String::new(),
             profiles_csv: format!("# {}\n", "\u{1}".repeat(bytes)),
             demand_rps: 1.0,
+            demand_auto: false,
         })
     }
 

@@ -202,6 +202,7 @@ async fn bench_one(n: usize, reps: usize, gpus: u32) -> Result<String> {
             spec_toml: spec.into(),
             profiles_csv: csv.into(),
             demand_rps: 100.0 + 50.0 * r as f64,
+            demand_auto: false,
         };
         let t0 = Instant::now();
         match b.ask(leader, ClientRequest::register(entry)).await? {
