@@ -81,7 +81,7 @@ pub fn cmd_backtest(a: &BacktestArgs) -> anyhow::Result<String> {
     if rates.len() <= a.warmup {
         anyhow::bail!("{} intervals of {} s: not more than --warmup {}", rates.len(), a.interval_s, a.warmup);
     }
-    let rows = ForecasterKind::ALL.iter().map(|k| backtest(&rates, k.build().as_mut(), a.warmup)).collect();
+    let rows = ForecasterKind::ALL.iter().map(|k| backtest(&rates, &mut k.build(), a.warmup)).collect();
     let report = BacktestReport {
         source,
         synthetic,

@@ -25,22 +25,35 @@
 //! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
 //!   per configuration is kept and handed to the planner at the next re-plan (observations
 //!   alone do not trigger one, so noisy measurements cannot make plans flap).
+//! * **Demand.** Heartbeats carry each node's cumulative arrival, completion and
+//!   SLO-violation counters per app (and arrivals per task after fan-out). Every
+//!   `policy.interval_ms` the leader closes a control interval: per app, the measured rate
+//!   is the sum over nodes of the counter increase since the last close over the node's
+//!   own elapsed time (a node restarted, with counters gone down, is skipped for that
+//!   interval); it feeds the app's forecaster ([`crate::forecast`]), and the re-plan policy
+//!   ([`crate::replan`]) decides from planned demand, forecast and violation rate whether
+//!   to propose `SetDemand`. The committed demand changes `plan_inputs`, so the re-plan
+//!   runs like any other: every voter plans from the same committed demand. The
+//!   forecasters live on the leader only; a new leader starts them afresh (and waits
+//!   `warmup_intervals` before deciding).
 //! * **The edge.** Every heartbeat is checked first ([`check_heartbeat`]) against the
 //!   registered apps' tasks and variants (followed at each tick): an implausible inventory
 //!   refuses it whole, so nothing of it is recorded; bad observed rows (non-finite, zero or
 //!   absurd figures, unknown keys, over the cap) are dropped and the rest recorded.
 
+use crate::forecast::{AnyForecaster, Forecaster, ForecasterKind};
+use crate::replan::{Decision, DemandView, ReplanPolicy};
 use crate::routing::routing_table;
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::heartbeat::{check_heartbeat, Dropped, InvalidHeartbeat, KnownKeys};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::RoutingTable;
-use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
+use jigsaw_protocol::wire::{AppDemand, ApplyOutcome, DemandRow, Heartbeat, NodeStatus};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
 
-/// Timing knobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timing knobs, and how demand is followed.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControlConfig {
     /// Re-send a push that got no answer after this long, ms.
     pub push_timeout_ms: u64,
@@ -50,13 +63,42 @@ pub struct ControlConfig {
     pub solve_timeout_ms: u64,
     /// Push an epoch again this long after a node reported it failed or still in progress, ms.
     pub retry_ms: u64,
+    /// Follow measured demand (`false`: plan for the registered demand only).
+    pub follow_demand: bool,
+    /// The forecaster of every app.
+    pub forecaster: ForecasterKind,
+    /// When to re-plan for a new demand.
+    pub policy: ReplanPolicy,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { push_timeout_ms: 10_000, propose_retry_ms: 2_000, solve_timeout_ms: 120_000, retry_ms: 5_000 }
+        ControlConfig {
+            push_timeout_ms: 10_000,
+            propose_retry_ms: 2_000,
+            solve_timeout_ms: 120_000,
+            retry_ms: 5_000,
+            follow_demand: true,
+            forecaster: ForecasterKind::Holt,
+            policy: ReplanPolicy::default(),
+        }
     }
 }
+
+/// One app's demand as the leader follows it.
+#[derive(Debug, Clone)]
+struct AppDemandState {
+    forecaster: AnyForecaster,
+    intervals: u64,
+    measured: Option<f64>,
+    forecast: Option<f64>,
+    violations: Option<(f64, u64)>,
+    tasks: Vec<(String, f64)>,
+    last_change_ms: Option<u64>,
+}
+
+/// (node, app, task) of a demand row.
+type DemandKey = (String, String, String);
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +152,13 @@ pub struct Control {
     leaving: BTreeMap<String, u64>,
     /// The registered apps' (task, variant) pairs, as of the last tick.
     known: KnownKeys,
+    /// Latest demand counters per (node, app, task), and those at the last interval close.
+    demand_latest: BTreeMap<DemandKey, DemandRow>,
+    demand_base: BTreeMap<DemandKey, DemandRow>,
+    /// Per app: forecaster and last interval's figures.
+    demand: BTreeMap<String, AppDemandState>,
+    /// When the current control interval closes, ms.
+    next_close_ms: u64,
 }
 
 /// Heartbeats from a node this soon after it announced it is leaving are stale (sent before
@@ -133,6 +182,10 @@ impl Control {
             routes: None,
             leaving: BTreeMap::new(),
             known: KnownKeys::default(),
+            demand_latest: BTreeMap::new(),
+            demand_base: BTreeMap::new(),
+            demand: BTreeMap::new(),
+            next_close_ms: now_ms + cfg.policy.interval_ms,
         }
     }
 
@@ -163,6 +216,21 @@ impl Control {
         for r in &hb.observed {
             let key = (r.task.clone(), r.variant.clone(), r.gpu, r.mig_profile.clone(), r.mps, r.batch);
             self.observed.insert(key, r.clone());
+        }
+        for r in &hb.demand {
+            let key = (hb.node.clone(), r.app.clone(), r.task.clone());
+            match self.demand_latest.get(&key) {
+                // Newer and grown: the usual case.
+                Some(l) if r.at_ms > l.at_ms && r.arrivals >= l.arrivals && r.completions >= l.completions => {}
+                // Counters went down: the node restarted; start its interval over.
+                Some(l) if r.arrivals < l.arrivals || r.completions < l.completions => {
+                    self.demand_base.insert(key.clone(), r.clone());
+                }
+                // The same reading again (a resent heartbeat) or an older one.
+                Some(_) => continue,
+                None => {}
+            }
+            self.demand_latest.insert(key, r.clone());
         }
         let acked = self.acked.entry(hb.node.clone()).or_default();
         // A restarted node may report less than before; trust its latest word.
@@ -262,7 +330,12 @@ impl Control {
                 self.propose(now_ms, format!("member/{}", m.node), cmd, &mut out);
             }
         }
-        // Re-plan once membership is settled.
+        // Demand: close the control interval, forecast, maybe propose a new demand.
+        if now_ms >= self.next_close_ms {
+            self.next_close_ms = now_ms + self.cfg.policy.interval_ms;
+            self.close_interval(now_ms, state, &mut out);
+        }
+        // Re-plan once membership and demand are settled.
         let inputs = state.plan_inputs();
         let current = state.plan.as_ref().map(|p| p.inputs.as_str());
         let wanted = current != Some(inputs.as_str()) && (state.plan.is_some() || !state.apps.is_empty());
@@ -312,6 +385,87 @@ impl Control {
         out
     }
 
+    /// Close a control interval at `now_ms` (see the module docs).
+    fn close_interval(&mut self, now_ms: u64, state: &ClusterState, out: &mut Vec<Action>) {
+        // Forget apps that are gone and nodes that are down.
+        let alive = |node: &str| state.members.get(node).is_none_or(|m| m.alive);
+        self.demand_latest.retain(|(n, a, _), _| state.apps.contains_key(a) && alive(n));
+        self.demand_base.retain(|k, _| self.demand_latest.contains_key(k));
+        self.demand.retain(|a, _| state.apps.contains_key(a));
+        // Per (app, task): Σ over nodes of Δcount / Δt, and Δcompletions, Δviolations.
+        let mut rates: BTreeMap<(String, String), (f64, u64, u64)> = BTreeMap::new();
+        for (key, l) in &self.demand_latest {
+            let Some(b) = self.demand_base.get(key) else { continue };
+            if l.at_ms <= b.at_ms || l.arrivals < b.arrivals {
+                continue;
+            }
+            let dt_s = (l.at_ms - b.at_ms) as f64 / 1000.0;
+            let e = rates.entry((key.1.clone(), key.2.clone())).or_default();
+            e.0 += (l.arrivals - b.arrivals) as f64 / dt_s;
+            e.1 += l.completions.saturating_sub(b.completions);
+            e.2 += l.violations.saturating_sub(b.violations);
+        }
+        self.demand_base = self.demand_latest.clone();
+        for (name, entry) in &state.apps {
+            let d = self.demand.entry(name.clone()).or_insert_with(|| AppDemandState {
+                forecaster: self.cfg.forecaster.build(),
+                intervals: 0,
+                measured: None,
+                forecast: None,
+                violations: None,
+                tasks: vec![],
+                last_change_ms: None,
+            });
+            let Some(&(rate, completions, violations)) = rates.get(&(name.clone(), String::new())) else {
+                continue; // no frontend measured this app over the interval
+            };
+            d.forecaster.observe(rate);
+            d.intervals += 1;
+            d.measured = Some(rate);
+            let forecast = d.forecaster.predict();
+            d.forecast = Some(forecast);
+            d.violations = (completions > 0).then(|| (violations as f64 / completions as f64, completions));
+            d.tasks = rates
+                .iter()
+                .filter(|((a, t), _)| a == name && !t.is_empty())
+                .map(|((_, t), r)| (t.clone(), r.0))
+                .collect();
+            if !self.cfg.follow_demand {
+                continue;
+            }
+            let view = DemandView {
+                planned: entry.demand_rps,
+                forecast,
+                violations: d.violations,
+                floor: state.floor_rps(name).unwrap_or(jigsaw_protocol::cluster::MIN_PLANNED_RPS),
+                intervals: d.intervals,
+                now_ms,
+                last_change_ms: d.last_change_ms,
+            };
+            if let Decision::Set { rps, reason } = self.cfg.policy.decide(&view) {
+                d.last_change_ms = Some(now_ms);
+                let cmd = ClusterCommand::SetDemand { app: name.clone(), rps, reason: reason.to_string() };
+                self.proposed.insert(format!("demand/{name}"), (cmd.clone(), now_ms));
+                out.push(Action::Propose(cmd));
+            }
+        }
+    }
+
+    /// Per app: measured, forecast and violation figures of the last control interval.
+    pub fn demand_status(&self) -> Vec<AppDemand> {
+        self.demand
+            .iter()
+            .map(|(app, d)| AppDemand {
+                app: app.clone(),
+                measured_rps: d.measured,
+                forecast_rps: d.forecast,
+                violation_rate: d.violations.map(|v| v.0),
+                tasks: d.tasks.clone(),
+                intervals: d.intervals,
+            })
+            .collect()
+    }
+
     /// Per-node status as this leader sees it.
     pub fn status(&self, now_ms: u64, state: &ClusterState) -> Vec<NodeStatus> {
         let mut names: Vec<&String> = state.members.keys().chain(self.seen.keys()).collect();
@@ -347,6 +501,7 @@ mod tests {
             gpus: vec![GpuInventory { uuid: format!("GPU-{node}"), model: GpuModel::H100_80gb, live: vec![] }],
             applied_epoch: applied,
             observed: vec![],
+            demand: vec![],
         }
     }
 
@@ -484,6 +639,104 @@ mod tests {
         assert_eq!(c.observed_profiles(), vec![]);
         let acts = c.tick(3, &st);
         assert!(!acts.iter().any(|a| matches!(a, Action::Propose(ClusterCommand::PutMember(m)) if m.node == "big")));
+    }
+
+    /// Load measured at the frontends (heartbeat counters) leads, after the warm-up
+    /// intervals, to a `SetDemand` proposal; once committed, the plan inputs change and a
+    /// solve follows. Steady load after that does not re-plan again (hysteresis); a node
+    /// restart (counters reset) does not read as a drop in demand.
+    #[test]
+    fn measured_demand_leads_to_set_demand_and_then_a_solve() {
+        let (mut st, _) = social();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        // 100 req/s from t=0 on node `a`, registered at 10 req/s.
+        let beat = |t: u64, since: u64| {
+            let n = (t - since) / 10; // 100 req/s
+            let row = DemandRow {
+                app: "social".into(),
+                task: String::new(),
+                at_ms: t - since,
+                arrivals: n,
+                completions: n,
+                violations: 0,
+            };
+            Heartbeat { demand: vec![row], ..hb("a", 0) }
+        };
+        let mut set = vec![];
+        let mut solved_for = vec![];
+        for t in (0..=200_000u64).step_by(1_000) {
+            // The node restarts at t = 120 s: its counters start again from zero.
+            let since = if t >= 120_000 { 120_000 } else { 0 };
+            c.heartbeat(t, beat(t, since)).expect("valid");
+            let acts = c.tick(t, &st);
+            for a in &acts {
+                match a {
+                    Action::Propose(ClusterCommand::SetDemand { app, rps, reason }) => {
+                        set.push((t, app.clone(), *rps, reason.clone()))
+                    }
+                    Action::Solve { inputs, epoch } => {
+                        solved_for.push(inputs.clone());
+                        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
+                            epoch: *epoch,
+                            inputs: inputs.clone(),
+                            nodes: BTreeMap::new(),
+                            apps: vec![],
+                            stats: Default::default(),
+                        }));
+                        c.solve_done(inputs);
+                    }
+                    _ => {}
+                }
+            }
+            apply_all(&mut st, &acts);
+        }
+        // Intervals close at 10, 20, 30, 40 s; the first has no earlier reading, so the
+        // third measured interval (at 40 s) is the first decision.
+        assert_eq!(set.len(), 1, "{set:?}");
+        let (t, app, rps, reason) = &set[0];
+        assert_eq!((*t, app.as_str()), (40_000, "social"));
+        assert!((105.0..=130.0).contains(rps), "forecast of 100 req/s plus headroom and margin: {rps}");
+        assert_eq!(reason, "forecast above the band");
+        assert_eq!(st.apps["social"].demand_rps, *rps);
+        assert!(solved_for.last().is_some_and(|i| i.contains(&format!("app=social@{rps}#"))), "{solved_for:?}");
+        let d = &c.demand_status()[0];
+        assert!(d.measured_rps.is_some_and(|r| (r - 100.0).abs() < 1.0), "{d:?}");
+        assert_eq!(d.violation_rate, Some(0.0));
+    }
+
+    /// SLO violations measured at the frontends add capacity even at a steady rate.
+    #[test]
+    fn slo_violations_add_capacity() {
+        let (mut st, _) = social();
+        let cfg = ControlConfig {
+            policy: ReplanPolicy { warmup_intervals: 1, ..ReplanPolicy::default() },
+            ..ControlConfig::default()
+        };
+        let mut c = Control::new(cfg, 0);
+        let mut set = None;
+        for t in (0..=40_000u64).step_by(1_000) {
+            // 10 req/s (the registered demand), a fifth of the answers violate the SLO.
+            let n = t / 100;
+            let row = DemandRow {
+                app: "social".into(),
+                task: String::new(),
+                at_ms: t,
+                arrivals: n,
+                completions: n,
+                violations: n / 5,
+            };
+            c.heartbeat(t, Heartbeat { demand: vec![row], ..hb("a", 0) }).expect("valid");
+            let acts = c.tick(t, &st);
+            for a in &acts {
+                if let Action::Propose(ClusterCommand::SetDemand { rps, reason, .. }) = a {
+                    set.get_or_insert((*rps, reason.clone()));
+                }
+            }
+            apply_all(&mut st, &acts);
+        }
+        let (rps, reason) = set.expect("a demand change");
+        assert_eq!(reason, "SLO violations");
+        assert!(rps >= 11.0, "{rps}");
     }
 
     #[test]

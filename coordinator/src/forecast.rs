@@ -54,10 +54,40 @@ impl ForecasterKind {
     pub const ALL: [ForecasterKind; 2] = [ForecasterKind::Paper, ForecasterKind::Holt];
 
     /// A fresh forecaster of this kind.
-    pub fn build(self) -> Box<dyn Forecaster> {
+    pub fn build(self) -> AnyForecaster {
         match self {
-            ForecasterKind::Paper => Box::new(PaperRule::default()),
-            ForecasterKind::Holt => Box::new(HoltHeadroom::new(HoltConfig::default())),
+            ForecasterKind::Paper => AnyForecaster::Paper(PaperRule::default()),
+            ForecasterKind::Holt => AnyForecaster::Holt(HoltHeadroom::new(HoltConfig::default())),
+        }
+    }
+}
+
+/// One of the forecasters, by value (cloneable, for state machines that hold one per app).
+#[derive(Debug, Clone)]
+pub enum AnyForecaster {
+    /// [`PaperRule`].
+    Paper(PaperRule),
+    /// [`HoltHeadroom`].
+    Holt(HoltHeadroom),
+}
+
+impl Forecaster for AnyForecaster {
+    fn name(&self) -> String {
+        match self {
+            AnyForecaster::Paper(f) => f.name(),
+            AnyForecaster::Holt(f) => f.name(),
+        }
+    }
+    fn observe(&mut self, rate: f64) {
+        match self {
+            AnyForecaster::Paper(f) => f.observe(rate),
+            AnyForecaster::Holt(f) => f.observe(rate),
+        }
+    }
+    fn predict(&self) -> f64 {
+        match self {
+            AnyForecaster::Paper(f) => f.predict(),
+            AnyForecaster::Holt(f) => f.predict(),
         }
     }
 }
@@ -264,7 +294,7 @@ mod tests {
     use super::*;
 
     fn run(kind: ForecasterKind, rates: &[f64], warmup: usize) -> BacktestRow {
-        backtest(rates, kind.build().as_mut(), warmup)
+        backtest(rates, &mut kind.build(), warmup)
     }
 
     #[test]

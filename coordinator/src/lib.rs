@@ -27,6 +27,8 @@
 //! * [`forecast`]: demand forecasters (the paper's rule, Holt with quantile headroom) and
 //!   their backtest; [`trace`]: arrival traces (the Azure LLM trace format, binning, a seeded
 //!   synthetic diurnal trace).
+//! * [`replan`]: when to re-plan for a new demand (hysteresis band, SLO violations, minimum
+//!   interval, floor), a pure policy.
 //! * [`control`]: the coordinator's control loop (membership, failure detection, re-planning,
 //!   plan distribution) as a pure state machine; the agent's Raft leader drives it.
 
@@ -44,6 +46,7 @@ pub mod measured;
 pub mod milp;
 pub mod planner;
 pub mod randapp;
+pub mod replan;
 pub mod routing;
 pub mod spaces;
 pub mod synth;
