@@ -13,6 +13,19 @@
 //!                       # allows; "none"; "auto" = "node" with >= 2 alive nodes
 //! keep_weight = 0.5     # cluster plan: bonus per instance kept in place, in slices (0-0.99)
 //!
+//! [control]             # following measured demand (the coordinator; same on every voter)
+//! follow_demand = true  # false: plan for the registered demand only
+//! forecaster = "holt"   # "holt" (trend + quantile headroom) or "paper" (mean of last 5 + 5 %)
+//! interval_s = 10.0     # control interval: demand is measured and forecast per interval
+//! band_low = 0.7        # re-plan down when the forecast < band_low x planned demand
+//! band_high = 1.0       # re-plan up when the forecast > band_high x planned demand
+//! step_margin = 0.1     # a re-plan plans for forecast x (1 + step_margin); needs
+//!                       # band_low x (1 + step_margin) < 1
+//! slo_violation_rate = 0.05   # re-plan up when more answers than this violate the SLO
+//! min_completions = 20  # answers an interval needs before its violation rate counts
+//! min_replan_interval_s = 60.0   # shortest time between two demand changes of an app
+//! warmup_intervals = 3  # intervals measured before the first decision
+//!
 //! [node]                # the agent on this machine (`jigsaw agent`)
 //! id = "node-1"         # also the DNS name in its certificate
 //! listen = "0.0.0.0:7400"
@@ -35,6 +48,8 @@
 //! http_tls = { cert = "/etc/jigsaw/https.pem", key = "/etc/jigsaw/https.key" }   # HTTPS
 //! ```
 
+use jigsaw_coordinator::control::ControlConfig;
+use jigsaw_coordinator::replan::ReplanPolicy;
 use jigsaw_coordinator::PlannerConfig;
 use serde::Deserialize;
 
@@ -47,6 +62,35 @@ pub struct Config {
     pub planner: PlannerSection,
     /// This node's agent (absent for CLI-only use).
     pub node: Option<NodeSection>,
+    /// Demand following (`[control]`).
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[control]` as written in the file (see the module docs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Follow measured demand.
+    pub follow_demand: Option<bool>,
+    /// `holt` or `paper`.
+    pub forecaster: Option<String>,
+    /// Control interval, s.
+    pub interval_s: Option<f64>,
+    /// Lower band edge (share of the planned demand).
+    pub band_low: Option<f64>,
+    /// Upper band edge (multiple of the planned demand).
+    pub band_high: Option<f64>,
+    /// Margin over the forecast when re-planning.
+    pub step_margin: Option<f64>,
+    /// SLO-violation rate that triggers a re-plan up.
+    pub slo_violation_rate: Option<f64>,
+    /// Answers an interval needs before its violation rate counts.
+    pub min_completions: Option<u64>,
+    /// Shortest time between demand changes of one app, s.
+    pub min_replan_interval_s: Option<f64>,
+    /// Intervals measured before the first decision.
+    pub warmup_intervals: Option<u64>,
 }
 
 /// `[node]` as written in the file.
@@ -453,10 +497,52 @@ impl Config {
         let c: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         c.planner_config(path)?;
+        c.control_config(path)?;
         if let Some(n) = &c.node {
             n.validate(path)?;
         }
         Ok(c)
+    }
+
+    /// The control loop's demand settings, with defaults for what is unset.
+    pub fn control_config(&self, path: &str) -> Result<ControlConfig, ConfigError> {
+        let c = &self.control;
+        let d = ControlConfig::default();
+        let bad = |field: &str, message: String| ConfigError::Value {
+            path: path.into(),
+            field: format!("control.{field}"),
+            message,
+        };
+        let secs = |field: &str, v: Option<f64>, dflt_ms: u64| -> Result<u64, ConfigError> {
+            match v {
+                Some(x) if !(x.is_finite() && (0.0..=86_400.0).contains(&x)) => {
+                    Err(bad(field, format!("must be a number of seconds in [0, 86400], got {x}")))
+                }
+                Some(x) => Ok((x * 1000.0).round() as u64),
+                None => Ok(dflt_ms),
+            }
+        };
+        let p = d.policy;
+        let policy = ReplanPolicy {
+            interval_ms: secs("interval_s", c.interval_s, p.interval_ms)?,
+            band_low: c.band_low.unwrap_or(p.band_low),
+            band_high: c.band_high.unwrap_or(p.band_high),
+            step_margin: c.step_margin.unwrap_or(p.step_margin),
+            slo_violation_rate: c.slo_violation_rate.unwrap_or(p.slo_violation_rate),
+            min_completions: c.min_completions.unwrap_or(p.min_completions),
+            min_interval_ms: secs("min_replan_interval_s", c.min_replan_interval_s, p.min_interval_ms)?,
+            warmup_intervals: c.warmup_intervals.unwrap_or(p.warmup_intervals),
+        };
+        policy.validate().map_err(|e| bad(e.knob, e.message))?;
+        Ok(ControlConfig {
+            follow_demand: c.follow_demand.unwrap_or(d.follow_demand),
+            forecaster: match &c.forecaster {
+                Some(f) => f.parse().map_err(|m| bad("forecaster", m))?,
+                None => d.forecaster,
+            },
+            policy,
+            ..d
+        })
     }
 
     /// The planner settings, with defaults for what is unset.
@@ -538,6 +624,35 @@ mod tests {
         assert!(e.to_string().contains("planner.keep_weight"), "{e}");
         let e = Config::parse("[planner]\nthreads = 0\n", "c.toml").unwrap_err();
         assert!(e.to_string().contains("planner.threads"), "{e}");
+    }
+
+    #[test]
+    fn control_section_defaults_and_errors_name_the_key() {
+        let c = Config::parse("", "c.toml").expect("empty is fine");
+        assert_eq!(c.control_config("c.toml").expect("valid"), ControlConfig::default());
+        let c = Config::parse(
+            "[control]\nforecaster = \"paper\"\ninterval_s = 5\nmin_replan_interval_s = 30\nfollow_demand = false\n",
+            "c.toml",
+        )
+        .expect("valid");
+        let k = c.control_config("c.toml").expect("valid");
+        assert_eq!((k.policy.interval_ms, k.policy.min_interval_ms, k.follow_demand), (5_000, 30_000, false));
+        assert_eq!(k.forecaster, jigsaw_coordinator::forecast::ForecasterKind::Paper);
+        for (text, key) in [
+            ("forecaster = \"arima\"", "control.forecaster"),
+            ("interval_s = 0.1", "control.interval_s"),
+            ("interval_s = -1", "control.interval_s"),
+            ("band_low = 0.95", "control.band_low"),
+            ("band_high = 0.5", "control.band_high"),
+            ("slo_violation_rate = 0", "control.slo_violation_rate"),
+            ("min_replan_interval_s = 1e9", "control.min_replan_interval_s"),
+            ("step_margin = 2", "control.step_margin"),
+        ] {
+            let e = Config::parse(&format!("[control]\n{text}\n"), "c.toml").expect_err(text);
+            assert!(e.to_string().contains(key) && e.to_string().contains("c.toml"), "{text}: {e}");
+        }
+        let e = Config::parse("[control]\nband = 1\n", "c.toml").expect_err("unknown key");
+        assert!(e.to_string().contains("band"), "{e}");
     }
 
     const NODE: &str = r#"

@@ -38,8 +38,9 @@ use tokio::task::JoinSet;
 /// Computes a cluster plan: `(state, epoch, live layouts, observed profiles) → plan`.
 pub type PlanFn = Arc<dyn Fn(&ClusterState, u64, &LiveLayouts, &[ProfileRow]) -> ClusterPlan + Send + Sync>;
 
-/// Members as the coordinator sees them, and the profile points observed at run time.
-pub type StatusView = (Vec<NodeStatus>, Vec<ProfileRow>);
+/// Members as the coordinator sees them, the profile points observed at run time and the
+/// measured demand per app.
+pub type StatusView = (Vec<NodeStatus>, Vec<ProfileRow>, Vec<jigsaw_protocol::wire::AppDemand>);
 
 /// Messages of the coordinator actor.
 pub enum CoordMsg {
@@ -97,6 +98,8 @@ pub struct CoordinatorArgs<T: Transport> {
     pub election_min_ms: u64,
     /// Plan push timeout, ms.
     pub push_timeout_ms: u64,
+    /// The control loop's other knobs (demand following, re-plan policy).
+    pub control: ControlConfig,
     /// The planner.
     pub planner: PlanFn,
     /// Transport for plan pushes.
@@ -205,7 +208,7 @@ impl<T: Transport> CoordinatorState<T> {
         if let Some((lead, actions)) = self.core.tick(now, &state) {
             self.execute(myself, lead, actions, &state);
         }
-        if let Some((members, _)) = self.core.status(now, &state) {
+        if let Some((members, _, _)) = self.core.status(now, &state) {
             for n in members {
                 let age = n.last_seen_ms.map_or(f64::NAN, |ms| ms as f64 / 1e3);
                 self.args.metrics.heartbeat_age.get_or_create(&labels(&[("node", &n.node)])).set(age);
@@ -287,7 +290,7 @@ impl<T: Transport> Actor for CoordinatorActor<T> {
         myself: ActorRef<CoordMsg>,
         args: CoordinatorArgs<T>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let cfg = ControlConfig { push_timeout_ms: args.push_timeout_ms, ..ControlConfig::default() };
+        let cfg = ControlConfig { push_timeout_ms: args.push_timeout_ms, ..args.control };
         let period = Duration::from_millis(args.tick_ms.max(1));
         let me = myself.clone();
         let ticker = tokio::spawn(async move {

@@ -125,6 +125,9 @@ pub struct NodeSpec {
     pub launcher: Option<Arc<dyn Launcher>>,
     /// Requests this node's frontend runs at once before answering 429.
     pub max_in_flight: usize,
+    /// The control loop's knobs when this node coordinates (demand following, the re-plan
+    /// policy; `push_timeout_ms` comes from `timing`).
+    pub control: jigsaw_coordinator::control::ControlConfig,
 }
 
 /// (task, variant, MIG profile, MPS level, batch) of an observed profile point.
@@ -228,14 +231,22 @@ impl Operator {
     async fn status(&self) -> Option<ClusterStatus> {
         let (Some(raft), Some(coordinator)) = (&self.raft, &self.coordinator) else { return None };
         coordinator.leading()?;
-        let Ok(Some((nodes, observed))) = coordinator.status().await else { return None };
+        let Ok(Some((nodes, observed, demand))) = coordinator.status().await else { return None };
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters = membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.name.clone())).collect();
         let mut state = self.state();
         // Request ids are the state machine's bookkeeping, not status.
         state.requests.clear();
-        Some(ClusterStatus { coordinator: self.name.clone(), term: m.current_term, voters, state, nodes, observed })
+        Some(ClusterStatus {
+            coordinator: self.name.clone(),
+            term: m.current_term,
+            voters,
+            state,
+            nodes,
+            observed,
+            demand,
+        })
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, StatusEncodings> {
@@ -416,7 +427,7 @@ impl Router {
 
     async fn handle(self: Arc<Self>, peer: Peer, msg: WireMessage) -> WireMessage {
         if let Err(refused) = authorize(&peer, &msg) {
-            return refused;
+            return *refused;
         }
         match msg {
             WireMessage::Raft { .. } | WireMessage::PlanPush { .. } if !self.voters.iter().any(|v| peer.is(v)) => {
@@ -513,7 +524,7 @@ pub fn needed_role(msg: &WireMessage) -> Option<Role> {
 
 /// Refuse `msg` (with [`WireMessage::Forbidden`]) when `peer`'s role may not send it
 /// ([`needed_role`]).
-fn authorize(peer: &Peer, msg: &WireMessage) -> Result<(), WireMessage> {
+fn authorize(peer: &Peer, msg: &WireMessage) -> Result<(), Box<WireMessage>> {
     match needed_role(msg) {
         Some(needed) if needed != peer.role() => {
             let what = match msg {
@@ -526,14 +537,14 @@ fn authorize(peer: &Peer, msg: &WireMessage) -> Result<(), WireMessage> {
                 WireMessage::Stage(_) => "a data-plane stage",
                 _ => "this request",
             };
-            Err(WireMessage::Forbidden {
+            Err(Box::new(WireMessage::Forbidden {
                 needed,
                 message: format!(
                     "{what} needs a certificate with role {needed}; `{}` presented one with role {}",
                     peer.name(),
                     peer.role()
                 ),
-            })
+            }))
         }
         _ => Ok(()),
     }
@@ -610,6 +621,7 @@ impl<T: Transport> Heartbeats<T> {
             gpus,
             applied_epoch,
             observed: self.observed.values().cloned().collect(),
+            demand: self.plane.demand_rows(),
         }
     }
 
@@ -786,6 +798,7 @@ impl<T: Transport> NodeHandle<T> {
                 tick_ms: spec.timing.tick_ms,
                 election_min_ms: spec.timing.election_ms.0,
                 push_timeout_ms: spec.timing.push_timeout_ms,
+                control: spec.control,
                 planner: spec.planner,
                 transport: transport.clone(),
                 raft: raft.clone(),

@@ -240,6 +240,7 @@ mod tests {
                 last_outcome: None,
             }],
             observed: vec![],
+            demand: vec![],
         }
     }
 

@@ -152,6 +152,7 @@ impl Sim {
             simulate_latency: true,
             launcher: None,
             max_in_flight: 4096,
+            control: Default::default(),
         }
     }
 
@@ -591,6 +592,7 @@ fn heartbeats_are_checked_at_the_coordinators_edge() {
             gpus,
             applied_epoch: 0,
             observed,
+            demand: vec![],
         };
         let huge = WireMessage::Heartbeat(hb((0..10_000).map(gpu).collect(), vec![]));
         match n1.request("n0", "", huge, t).await {
@@ -821,6 +823,7 @@ fn roles_are_enforced_by_the_node_handler() {
                 gpus: vec![],
                 applied_epoch: 0,
                 observed: vec![],
+                demand: vec![],
             })
         };
         for msg in [hb("admin"), WireMessage::Leave { node: "admin".into() }] {

@@ -609,6 +609,7 @@ async fn roles_over_quic_reach_the_node_router() {
         simulate_latency: false,
         launcher: None,
         max_in_flight: 64,
+        control: Default::default(),
     };
     let q = quic.clone();
     let node = NodeHandle::start(spec, quic.clone(), move |h| Some(tokio::spawn(q.serve(h)))).await.expect("start");
@@ -650,6 +651,7 @@ async fn roles_over_quic_reach_the_node_router() {
             gpus: vec![],
             applied_epoch: 0,
             observed: vec![],
+            demand: vec![],
         })
     };
     let r = peer.request("node-1", &addr, hb("node-1"), t).await.expect("reply");

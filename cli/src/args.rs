@@ -181,9 +181,10 @@ pub enum AppCmd {
         /// Profile CSV.
         #[arg(long)]
         profiles: PathBuf,
-        /// Demand to plan for, requests/s.
+        /// Demand to plan for, requests/s: the initial planned demand and a floor for the
+        /// measured one; `auto` (1 req/s initially) or `auto:N` (N initially): no floor.
         #[arg(long)]
-        rps: f64,
+        rps: Rps,
         /// Cluster directory.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -196,6 +197,46 @@ pub enum AppCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `--rps`: a registered demand (initial and floor) or `auto[:initial]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rps {
+    /// Plan for at least this many requests/s.
+    Floor(f64),
+    /// Start at this many requests/s and follow measured demand without a floor.
+    Auto(f64),
+}
+
+impl Rps {
+    /// The initial planned demand, requests/s.
+    pub fn initial(self) -> f64 {
+        match self {
+            Rps::Floor(x) | Rps::Auto(x) => x,
+        }
+    }
+
+    /// Whether the demand has no floor.
+    pub fn auto(self) -> bool {
+        matches!(self, Rps::Auto(_))
+    }
+}
+
+impl std::str::FromStr for Rps {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rps, String> {
+        let num = |t: &str| match t.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!("`{t}` is not a positive number of requests/s (or `auto`, `auto:N`)")),
+        };
+        match s.strip_prefix("auto") {
+            Some("") => Ok(Rps::Auto(1.0)),
+            Some(rest) => rest
+                .strip_prefix(':')
+                .map_or_else(|| Err(format!("`{s}`: write `auto` or `auto:N`")), |n| num(n).map(Rps::Auto)),
+            None => num(s).map(Rps::Floor),
+        }
+    }
 }
 
 /// Inputs shared by the planner commands.

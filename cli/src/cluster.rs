@@ -593,6 +593,29 @@ pub fn render_status(s: &ClusterStatus) -> String {
             );
         }
     }
+    if !s.state.apps.is_empty() {
+        let _ = writeln!(out, "demand (req/s; measured over the last control interval):");
+    }
+    for (name, entry) in &s.state.apps {
+        let d = s.demand.iter().find(|d| d.app == *name);
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+        let rec = s.state.demand.get(name);
+        let floor = if entry.demand_auto {
+            "auto".to_string()
+        } else {
+            format!("floor {:.1}", s.state.registered_rps(name).unwrap_or(entry.demand_rps))
+        };
+        let _ = writeln!(
+            out,
+            "  app {:<10} measured {:>7}  forecast {:>7}  planned {:>7.1} ({floor}; {})  violations {}",
+            name,
+            opt(d.and_then(|d| d.measured_rps)),
+            opt(d.and_then(|d| d.forecast_rps)),
+            entry.demand_rps,
+            rec.map_or("registered", |r| r.reason.as_str()),
+            d.and_then(|d| d.violation_rate).map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)),
+        );
+    }
     let _ = writeln!(out, "members:");
     for n in &s.nodes {
         let m = s.state.members.get(&n.node);
@@ -649,7 +672,7 @@ pub fn cmd_status(dir: &Path, json: bool, html: Option<&Path>) -> Result<String>
 }
 
 /// `jigsaw app register`.
-pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> Result<String> {
+pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: crate::args::Rps) -> Result<String> {
     let spec_toml = std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
     let profiles_csv = std::fs::read_to_string(profiles).with_context(|| format!("reading {}", profiles.display()))?;
     let (entry, _) = AppEntry::from_sources(
@@ -657,8 +680,9 @@ pub fn cmd_app_register(dir: &Path, spec: &Path, profiles: &Path, rps: f64) -> R
         &spec.display().to_string(),
         profiles_csv,
         &profiles.display().to_string(),
-        rps,
+        rps.initial(),
     )?;
+    let entry = AppEntry { demand_auto: rps.auto(), ..entry };
     operator_request(dir, ClientRequest::register(entry))
 }
 
@@ -693,6 +717,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
     let section = cfg.node.as_ref().ok_or_else(|| anyhow!("{path}: no [node] section; see deploy/jigsaw.toml"))?;
     let node: NodeConfig = section.validate(&path)?;
     let planner = cfg.planner_config(&path)?;
+    let control = cfg.control_config(&path)?;
     // One HiGHS thread unless the config says otherwise: the agent shares its cores.
     let threads = cfg.planner.threads.or(Some(1));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -725,6 +750,7 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
                 Arc::new(ProcessLauncher::new(std::env::current_exe()?, node.executor).with_hang(node.hang))
             }),
             max_in_flight: node.max_in_flight,
+            control,
         };
         let t = transport.clone();
         let handle = NodeHandle::start(spec, transport.clone(), move |h| Some(tokio::spawn(t.serve(h)))).await?;

@@ -11,7 +11,8 @@ pub fn cmd_config_check(path: &Path) -> Result<String> {
     let p = path.display().to_string();
     let cfg = Config::load(&p)?;
     let planner = cfg.planner_config(&p)?;
-    let mut out = format!("{p}: valid\nplanner: {planner:?}\n");
+    let control = cfg.control_config(&p)?;
+    let mut out = format!("{p}: valid\nplanner: {planner:?}\ncontrol: {control:?}\n");
     if let Some(n) = &cfg.node {
         let n = n.validate(&p)?;
         let voters: Vec<&str> = n.voters.iter().map(|v| v.0.as_str()).collect();

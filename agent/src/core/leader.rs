@@ -13,7 +13,7 @@
 use jigsaw_coordinator::control::{Action, Control, ControlConfig};
 use jigsaw_protocol::cluster::ClusterState;
 use jigsaw_protocol::heartbeat::{Dropped, InvalidHeartbeat};
-use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
+use jigsaw_protocol::wire::{AppDemand, ApplyOutcome, Heartbeat, NodeStatus};
 use jigsaw_protocol::ProfileRow;
 
 /// One leadership of this node: the Raft term and this node's leadership count.
@@ -159,9 +159,15 @@ impl Leader {
         self.lead.as_ref().map(|l| &l.1)
     }
 
-    /// Members as the coordinator sees them and the observed profiles, when leading.
-    pub fn status(&self, now_ms: u64, state: &ClusterState) -> Option<(Vec<NodeStatus>, Vec<ProfileRow>)> {
-        self.control().map(|c| (c.status(now_ms, state), c.observed_profiles()))
+    /// Members as the coordinator sees them, the observed profiles and the measured
+    /// demand, when leading.
+    #[allow(clippy::type_complexity)]
+    pub fn status(
+        &self,
+        now_ms: u64,
+        state: &ClusterState,
+    ) -> Option<(Vec<NodeStatus>, Vec<ProfileRow>, Vec<AppDemand>)> {
+        self.control().map(|c| (c.status(now_ms, state), c.observed_profiles(), c.demand_status()))
     }
 }
 
@@ -179,6 +185,7 @@ mod tests {
             gpus: vec![GpuInventory { uuid: format!("GPU-{node}"), model: GpuModel::H100_80gb, live: Vec::new() }],
             applied_epoch: 0,
             observed: Vec::new(),
+            demand: Vec::new(),
         }
     }
 

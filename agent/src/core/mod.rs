@@ -5,6 +5,8 @@
 //! other module of the crate opts out of that list in `lib.rs`.
 //!
 //! * [`batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
+//! * [`demand`]: the frontend's demand meter (cumulative per-app and per-task counters for
+//!   heartbeats).
 //! * [`node_plan`]: a node's epoch fencing and the order it applies a plan in.
 //! * [`plan_fence`]: which plan pushes a node may take (the sender is the coordinator it
 //!   knows, the epoch at most the committed one it can verify).
@@ -14,6 +16,7 @@
 //! * [`leader`]: which Raft term this node coordinates and the term-fenced control state.
 
 pub mod batch;
+pub mod demand;
 pub mod diff;
 pub mod leader;
 pub mod netsim;

@@ -124,6 +124,10 @@ pub struct LocalPlane {
     metrics: Arc<Metrics>,
     /// Stage requests taken so far (a draining node waits until they stop arriving).
     stages: AtomicU64,
+    /// What this node's frontend counted (requests per app, items per task), for heartbeats.
+    demand: Mutex<crate::core::demand::DemandMeter>,
+    /// The meter's time origin.
+    started: Instant,
 }
 
 impl LocalPlane {
@@ -149,7 +153,19 @@ impl LocalPlane {
             me: me.clone(),
             metrics: Arc::new(Metrics::new()),
             stages: AtomicU64::new(0),
+            demand: Mutex::new(crate::core::demand::DemandMeter::default()),
+            started: Instant::now(),
         })
+    }
+
+    /// The frontend's demand counters as heartbeat rows (see [`crate::core::demand`]).
+    pub fn demand_rows(&self) -> Vec<jigsaw_protocol::wire::DemandRow> {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        lock(&self.demand).rows(now_ms)
+    }
+
+    fn meter(&self) -> std::sync::MutexGuard<'_, crate::core::demand::DemandMeter> {
+        lock(&self.demand)
     }
 
     /// Stage requests this plane has taken so far (local and from other frontends).
@@ -569,6 +585,7 @@ impl<T: Transport> DataPlane<T> {
         input: Arc<Vec<f32>>,
         deadline: Instant,
     ) -> StageOutcome {
+        self.local.meter().item(&route.spec.name, &route.tasks[task].task);
         let targets = &route.tasks[task].targets;
         let mut rng = SplitMix64::new(id ^ (u64::from(item) << 48) ^ (task as u64) << 40);
         let mut tried: Vec<usize> = Vec::new();
@@ -893,12 +910,14 @@ impl<T: Transport> Inference for DataPlane<T> {
         let Some(route) = routes.app(app).cloned() else {
             return Box::pin(std::future::ready(Err(ServeError::UnknownApp(app.to_string()))));
         };
+        self.local.meter().arrive(app);
         let input = match input_of(&req) {
             Ok(i) => i,
             Err(e) => return Box::pin(std::future::ready(Err(ServeError::BadInput(e)))),
         };
         if self.draining.load(Ordering::SeqCst) {
             self.count("unavailable");
+            self.local.meter().complete(app, true);
             let msg = format!("{} is shutting down; retry on another agent", self.me);
             return Box::pin(std::future::ready(Err(ServeError::Unavailable(msg))));
         }
@@ -906,6 +925,7 @@ impl<T: Transport> Inference for DataPlane<T> {
         let admitted = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         if let Err(n) = admitted {
             self.count("overloaded");
+            self.local.meter().complete(app, true);
             let msg = format!("{n} requests in flight on {}", self.me);
             return Box::pin(std::future::ready(Err(ServeError::Overloaded(msg))));
         }
@@ -928,6 +948,7 @@ impl<T: Transport> Inference for DataPlane<T> {
                 Err(e) => e.outcome(),
             };
             me.count(outcome);
+            me.local.meter().complete(&app, crate::core::demand::violates_slo(outcome));
             if r.is_ok() {
                 Self::tick_window(&me.goodput, &app);
             }

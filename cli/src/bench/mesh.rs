@@ -79,6 +79,7 @@ impl Bench {
             simulate_latency: true,
             launcher: None,
             max_in_flight: 4096,
+            control: Default::default(),
         };
         let t = transport.clone();
         let h = NodeHandle::start(spec, transport.clone(), move |handler| Some(tokio::spawn(t.serve(handler)))).await?;
