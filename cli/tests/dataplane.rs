@@ -250,6 +250,24 @@ async fn frontend_routes_fans_out_and_joins_across_nodes() {
     assert_eq!(n.a.answered().get("ok"), Some(&5), "the frontend counts its answers");
 }
 
+/// The frontend's demand meter counts what enters: requests per app (answered or not) and
+/// items per task after fan-out; heartbeats carry these rows to the coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_meters_requests_and_fanned_out_items() {
+    let n = two_nodes(true);
+    for _ in 0..5 {
+        n.a.infer("pipe", request(), None).await.expect("request succeeds");
+    }
+    assert!(n.a.infer("nope", request(), None).await.is_err(), "an unknown app is not metered");
+    let rows = n.a.local().demand_rows();
+    let get = |task: &str| rows.iter().find(|r| r.app == "pipe" && r.task == task).cloned().expect("row");
+    let app = get("");
+    assert_eq!((app.arrivals, app.completions, app.violations), (5, 5, 0), "{rows:?}");
+    assert_eq!(get("detect").arrivals, 5, "one detect item per request");
+    assert_eq!(get("classify").arrivals, 10, "fan-out 2: two classify items per request");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_errors_name_the_cause() {
     let n = two_nodes(false);
