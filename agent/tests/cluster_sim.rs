@@ -129,6 +129,7 @@ struct Sim {
     nodes: BTreeMap<usize, NodeHandle<SimTransport>>,
     leaders: BTreeMap<u64, BTreeSet<String>>,
     applied: BTreeMap<String, u64>,
+    control: jigsaw_coordinator::control::ControlConfig,
 }
 
 impl Sim {
@@ -152,7 +153,7 @@ impl Sim {
             simulate_latency: true,
             launcher: None,
             max_in_flight: 4096,
-            control: Default::default(),
+            control: self.control,
         }
     }
 
@@ -273,6 +274,7 @@ async fn run(seed: u64, sc: Scenario, planner: PlanFn) -> (ClusterPlan, usize) {
         nodes: BTreeMap::new(),
         leaders: BTreeMap::new(),
         applied: BTreeMap::new(),
+        control: Default::default(),
     };
     for i in 0..sc.nodes {
         sim.start(i).await;
@@ -643,6 +645,7 @@ fn sim_of(sc: Scenario, tag: &str, seed: u64, link: LinkConfig) -> Sim {
         nodes: BTreeMap::new(),
         leaders: BTreeMap::new(),
         applied: BTreeMap::new(),
+        control: Default::default(),
     }
 }
 
@@ -842,5 +845,95 @@ fn roles_are_enforced_by_the_node_handler() {
         assert!(sim.nodes[&0].committed().members.keys().all(|m| m == "n0" || m == "n1"), "no forged member");
         sim.crash(0).await;
         let _ = std::fs::remove_dir_all(&root);
+    });
+}
+
+/// Load on the simulated cluster changes and the planned demand follows it: the frontends'
+/// counters travel with heartbeats, the coordinator forecasts per control interval and
+/// commits `SetDemand`, and the real planner re-plans for it; when the load stops, the
+/// planned demand falls back to the registered floor. Waits on committed state only.
+#[test]
+fn planned_demand_follows_measured_load() {
+    use jigsaw_agent::dataplane::Inference as _;
+    use jigsaw_protocol::infer::{InferRequest, Tensor, TensorData};
+    runtime().block_on(async {
+        let sc = Scenario { nodes: 2, eligible: 1, ..QUIET };
+        let mut sim = sim_of(sc.clone(), "demand", 11, sc.link);
+        sim.planner = highs_planner(PlannerConfig::default(), Some(1));
+        let policy = jigsaw_coordinator::replan::ReplanPolicy {
+            interval_ms: 2_000,
+            min_interval_ms: 6_000,
+            warmup_intervals: 2,
+            ..Default::default()
+        };
+        sim.control = jigsaw_coordinator::control::ControlConfig { policy, ..Default::default() };
+        for i in 0..sc.nodes {
+            sim.start(i).await;
+        }
+        let c = sim.coordinator().await;
+        assert!(sim.register(10.0).await, "registered");
+        let planned = |sim: &Sim| sim.nodes[&c].committed().apps.get("social").map_or(0.0, |a| a.demand_rps);
+        // Wait until node 0's frontend routes the app.
+        let plane = sim.nodes[&0].plane();
+        let mut meta = None;
+        for _ in 0..600 {
+            meta = plane.app("social");
+            if meta.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let meta = meta.expect("social is routed within 60 s");
+        let shape: Vec<u64> = meta.inputs[0].shape.iter().map(|&d| d.max(1) as u64).collect();
+        let len = shape.iter().product::<u64>() as usize;
+        let request = InferRequest {
+            id: None,
+            inputs: vec![Tensor {
+                name: meta.inputs[0].name.clone(),
+                shape,
+                datatype: "FP32".into(),
+                data: TensorData::Fp32(vec![0.5; len]),
+            }],
+            outputs: vec![],
+        };
+        // 40 req/s, open loop, until the planned demand follows (at most 120 s).
+        let mut followed = None;
+        for tick in 0..4_800u64 {
+            let (p, r) = (plane.clone(), request.clone());
+            tokio::spawn(async move {
+                let _ = p.infer("social", r, None).await;
+            });
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if tick % 40 == 0 && planned(&sim) >= 30.0 {
+                followed = Some(planned(&sim));
+                break;
+            }
+        }
+        let up = followed.unwrap_or_else(|| panic!("planned demand did not follow 40 req/s: {}", planned(&sim)));
+        assert!(up <= 80.0, "planned for about the measured rate plus headroom, got {up}");
+        let st = sim.nodes[&c].committed();
+        eprintln!(
+            "seed 11: 40 req/s offered; planned {up} req/s ({}); plan {:?}",
+            st.demand["social"].reason,
+            st.plan.map(|p| p.apps)
+        );
+        let state = sim.nodes[&c].committed();
+        let record = &state.demand["social"];
+        assert!(record.changes >= 1 && record.registered_rps == 10.0, "{record:?}");
+        // Load stops: back to the registered floor, and a plan is committed for it.
+        let mut down = false;
+        for _ in 0..1_200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let st = sim.nodes[&c].committed();
+            if planned(&sim) == 10.0 && st.plan.as_ref().is_some_and(|p| p.inputs == st.plan_inputs()) {
+                down = true;
+                break;
+            }
+        }
+        assert!(down, "planned demand did not return to the floor: {}", planned(&sim));
+        for i in 0..sc.nodes {
+            sim.crash(i).await;
+        }
+        let _ = std::fs::remove_dir_all(&sim.root);
     });
 }
