@@ -672,6 +672,7 @@ gpu = { backend = "sim", model = "h100-80gb", count = 4, reconfig_ms = 250 }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/jigsaw.toml");
         let c = Config::load(path).expect("deploy/jigsaw.toml parses");
         c.planner_config(path).expect("valid planner section");
+        assert_eq!(c.control_config(path).expect("valid control section"), ControlConfig::default());
         // Its commented [node] example is valid too once uncommented.
         let text = std::fs::read_to_string(path).expect("read");
         let node: String = text

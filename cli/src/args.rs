@@ -487,3 +487,20 @@ pub enum ImportFormat {
     /// ParvaGPU `prof_data/*.csv`: `Mig instance,Batch size,Workload Number,Throughput,Latency`.
     Parvagpu,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Rps;
+
+    #[test]
+    fn rps_is_a_floor_or_auto() {
+        assert_eq!("400".parse::<Rps>(), Ok(Rps::Floor(400.0)));
+        assert_eq!("auto".parse::<Rps>(), Ok(Rps::Auto(1.0)));
+        assert_eq!("auto:50".parse::<Rps>(), Ok(Rps::Auto(50.0)));
+        for bad in ["0", "-3", "nan", "inf", "auto:", "auto:0", "autox", "x"] {
+            assert!(bad.parse::<Rps>().is_err(), "{bad}");
+        }
+        assert!(Rps::Auto(2.0).auto() && !Rps::Floor(2.0).auto());
+        assert_eq!(Rps::Auto(2.0).initial(), 2.0);
+    }
+}

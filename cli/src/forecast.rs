@@ -107,12 +107,12 @@ pub fn table(r: &BacktestReport) -> String {
         r.mean_rps
     );
     s += &format!(
-        "{:<38} {:>9} {:>11} {:>10} {:>12}\n",
+        "{:<38} {:>9} {:>11} {:>11} {:>13}\n",
         "forecaster", "under %", "mean over %", "p95 short %", "provisioned %"
     );
     for row in &r.rows {
         s += &format!(
-            "{:<38} {:>9.1} {:>11.1} {:>10.1} {:>12.1}\n",
+            "{:<38} {:>9.1} {:>11.1} {:>11.1} {:>13.1}\n",
             row.forecaster,
             100.0 * row.under_share,
             row.mean_over_pct,

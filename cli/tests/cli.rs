@@ -234,3 +234,34 @@ fn agent_refuses_a_config_without_a_node_section() {
     fails_with(&["--config", cfg.to_str().expect("utf8"), "agent"], &["no [node] section"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `jigsaw forecast backtest` on the real Azure trace and on the synthetic one: one row
+/// per forecaster with figures in range; the synthetic source is labelled so; a bad trace
+/// names the file, line and column.
+#[test]
+fn forecast_backtest_reports_every_forecaster() {
+    let out = jigsaw(&["forecast", "backtest", "--trace", "examples/traces/azure-llm-2023-conv.csv", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(v["synthetic"], false);
+    assert_eq!(v["intervals"], 58, "one hour in 60 s intervals (the partial last one dropped)");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let under = r["under_share"].as_f64().expect("share");
+        assert!((0.0..=1.0).contains(&under), "{r}");
+        assert!(r["mean_over_pct"].as_f64().is_some_and(|x| x >= 0.0), "{r}");
+    }
+    let out = jigsaw(&["forecast", "backtest", "--synthetic", "diurnal", "--seed", "3", "--days", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[SYNTHETIC]") && text.contains("paper") && text.contains("holt"), "{text}");
+    let dir = std::env::temp_dir().join(format!("jigsaw-bad-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("t.csv");
+    std::fs::write(&bad, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,x\n").expect("w");
+    let path = bad.display().to_string();
+    fails_with(&["forecast", "backtest", "--trace", &path], &[&format!("{path}:2:33"), "GeneratedTokens"]);
+    fails_with(&["forecast", "backtest"], &["--trace"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
