@@ -156,6 +156,28 @@ pub fn render(s: &ClusterStatus, local: &FrontendFigures) -> String {
         }
         o.push_str("(shade: task; grey: idle instance)</p>");
     }
+    o.push_str("<h2>Demand (all frontends, last control interval)</h2><table id=\"demand\"><tr><th>app</th><th>measured req/s</th><th>forecast req/s</th><th>planned req/s</th><th>floor</th><th>why</th><th>SLO violations</th></tr>");
+    for (name, entry) in &s.state.apps {
+        let d = s.demand.iter().find(|d| d.app == *name);
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+        let floor = if entry.demand_auto {
+            "auto".to_string()
+        } else {
+            format!("{:.1}", s.state.registered_rps(name).unwrap_or(entry.demand_rps))
+        };
+        let why = s.state.demand.get(name).map_or("registered", |r| r.reason.as_str());
+        let viol = d.and_then(|d| d.violation_rate).map_or("-".to_string(), |v| format!("{:.2} %", 100.0 * v));
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{floor}</td><td>{}</td><td>{viol}</td></tr>",
+            esc(name),
+            opt(d.and_then(|d| d.measured_rps)),
+            opt(d.and_then(|d| d.forecast_rps)),
+            entry.demand_rps,
+            esc(why)
+        );
+    }
+    o.push_str("</table>");
     let _ = write!(
         o,
         "<h2>Requests through {}'s frontend</h2><table id=\"traffic\"><tr><th>app</th><th>demand req/s</th><th>goodput req/s</th><th>ok</th><th>not ok</th><th>violations</th><th>served accuracy</th><th>accuracy SLO</th></tr>",
@@ -253,5 +275,34 @@ mod tests {
         assert!(html.contains("data-app=\"a&lt;b\""), "escaped: {html}");
         assert!(!html.contains("<script"), "no script");
         assert!(html.contains("fill=\"#cfcfcf\""), "idle instances are grey");
+    }
+
+    #[test]
+    fn demand_rows_show_measured_forecast_and_planned() {
+        let mut s = status();
+        let entry = jigsaw_protocol::cluster::AppEntry {
+            name: "a<b".into(),
+            spec_toml: String::new(),
+            profiles_csv: String::new(),
+            demand_rps: 10.0,
+            demand_auto: false,
+        };
+        s.state.apply(&jigsaw_protocol::cluster::ClusterCommand::PutApp(entry));
+        s.state.apply(&jigsaw_protocol::cluster::ClusterCommand::SetDemand {
+            app: "a<b".into(),
+            rps: 46.2,
+            reason: "forecast above the band".into(),
+        });
+        s.demand = vec![jigsaw_protocol::wire::AppDemand {
+            app: "a<b".into(),
+            measured_rps: Some(40.0),
+            forecast_rps: Some(42.0),
+            violation_rate: Some(0.125),
+            tasks: vec![],
+            intervals: 5,
+        }];
+        let html = render(&s, &FrontendFigures::default());
+        let row = "<tr><td>a&lt;b</td><td>40.0</td><td>42.0</td><td>46.2</td><td>10.0</td><td>forecast above the band</td><td>12.50 %</td></tr>";
+        assert!(html.contains(row), "{html}");
     }
 }

@@ -12,7 +12,7 @@
 //! * [`cluster`]: the replicated cluster state (apps, members, plan and epoch) and the
 //!   commands of the Raft log that change it.
 //! * [`heartbeat`]: the coordinator's edge check of a heartbeat (bounded inventory, sane
-//!   observed rows naming registered tasks).
+//!   observed rows naming registered tasks, demand rows naming registered apps).
 //! * [`infer`]: the inference API's bodies (KServe Open Inference Protocol v2) and their
 //!   validation.
 //! * [`route`]: the routing table pushed with every plan, and the data plane's stage
