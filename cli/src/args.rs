@@ -227,7 +227,7 @@ impl std::str::FromStr for Rps {
     fn from_str(s: &str) -> Result<Rps, String> {
         let num = |t: &str| match t.parse::<f64>() {
             Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(format!("`{t}` is not a positive number of requests/s (or `auto`, `auto:N`)")),
+            _ => Err(format!("demand `{t}` is not a positive number of requests/s (or `auto`, `auto:N`)")),
         };
         match s.strip_prefix("auto") {
             Some("") => Ok(Rps::Auto(1.0)),
