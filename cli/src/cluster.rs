@@ -615,6 +615,10 @@ pub fn render_status(s: &ClusterStatus) -> String {
             rec.map_or("registered", |r| r.reason.as_str()),
             d.and_then(|d| d.violation_rate).map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)),
         );
+        if let Some(d) = d.filter(|d| !d.tasks.is_empty()) {
+            let tasks: Vec<String> = d.tasks.iter().map(|(t, r)| format!("{t} {r:.1}")).collect();
+            let _ = writeln!(out, "    items/s per task: {}", tasks.join(", "));
+        }
     }
     let _ = writeln!(out, "members:");
     for n in &s.nodes {
