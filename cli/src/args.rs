@@ -71,6 +71,9 @@ pub enum Command {
         /// latency (simulated GPU time), `cpu` runs scaled-down models on the CPU.
         #[arg(long, default_value = "timed")]
         executor: jigsaw_agent::dataplane::worker::ExecutorKind,
+        /// Planner search space of the cluster: `A+S+T` (default), `A+T`, `S+T`, `A+S`, ...
+        #[arg(long)]
+        space: Option<String>,
     },
     /// Measure a profile table by running the serving workers on each configuration
     /// (resumable: rows already in --out are kept and skipped).

@@ -257,6 +257,14 @@ pub enum ClientRequest {
         /// Name.
         name: String,
     },
+    /// Replace the cluster settings (the planner's search space, the failure-detection
+    /// timeout); the coordinator re-plans (appended in version 5).
+    SetConfig {
+        /// The request's id.
+        id: RequestId,
+        /// The settings.
+        config: crate::cluster::ClusterConfig,
+    },
 }
 
 impl ClientRequest {
@@ -273,6 +281,11 @@ impl ClientRequest {
     /// Remove app `name` under a fresh request id.
     pub fn remove(name: impl Into<String>) -> ClientRequest {
         ClientRequest::RemoveApp { id: RequestId::fresh(), name: name.into() }
+    }
+
+    /// Replace the cluster settings under a fresh request id.
+    pub fn set_config(config: crate::cluster::ClusterConfig) -> ClientRequest {
+        ClientRequest::SetConfig { id: RequestId::fresh(), config }
     }
 }
 
@@ -829,6 +842,13 @@ mod fuzz_seeds {
                 WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
             ),
             ("v5-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            (
+                "v5-set-config",
+                WireMessage::Client(ClientRequest::SetConfig {
+                    id,
+                    config: crate::cluster::ClusterConfig { dead_after_ms: 3_000, space: "A+T".into() },
+                }),
+            ),
             (
                 "v5-register-app",
                 WireMessage::Client(ClientRequest::RegisterApp {
