@@ -124,6 +124,9 @@ pub enum Command {
     },
     /// A bounded chaos run under load: kill and restart random agents, report every window.
     Chaos(crate::chaos::ChaosArgs),
+    /// Replay a trace on local simulated clusters under A+S+T and the baselines (the
+    /// paper's Figure 4): slices, accuracy, SLO violations and transitions per interval.
+    Replay(crate::replay::ReplayArgs),
     /// Stop a local cluster and remove its directory.
     Down {
         /// Cluster directory.

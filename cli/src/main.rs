@@ -107,6 +107,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             cluster::cmd_up(&o, &std::env::current_exe()?)?
         }
         Command::Chaos(a) => chaos::cmd_chaos(a, &std::env::current_exe()?)?,
+        Command::Replay(a) => jigsaw_cli::replay::cmd_replay(a, &std::env::current_exe()?)?,
         Command::Down { dir, keep } => cluster::cmd_down(&dir.clone().unwrap_or_else(cluster::default_dir), *keep)?,
         Command::Status { dir, json, html } => {
             cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json, html.as_deref())?
