@@ -341,6 +341,8 @@ pub struct Run {
     pub intervals: Vec<Interval>,
     /// Overall.
     pub summary: Summary,
+    /// Requests that were not ok, by cause (`503 stale_drop`, `200 after deadline`, ...).
+    pub causes: std::collections::BTreeMap<String, u64>,
 }
 
 /// The comparison table across spaces, with the paper's statements beside ours.
@@ -373,6 +375,7 @@ pub fn comparison_table(runs: &[Run], accuracy_slo_pct: f64) -> String {
 /// The per-interval table of one run (compact).
 pub fn interval_table(r: &Run) -> String {
     let mut out = format!("{}: interval  start_s  req/s  slices%  acc%  viol%  trans  trans_fail\n", r.space);
+    let causes: Vec<String> = r.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
     for (k, i) in r.intervals.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -386,6 +389,9 @@ pub fn interval_table(r: &Run) -> String {
             i.transitions,
             i.transition_failures
         );
+    }
+    if !causes.is_empty() {
+        let _ = writeln!(out, "  not ok, by cause: {}", causes.join(", "));
     }
     out
 }
@@ -582,7 +588,7 @@ mod tests {
             .map(|sp| {
                 let intervals = intervals(&sv, &samples, 1_000_000, 2_000_000);
                 let summary = summarize(&intervals, &sv);
-                Run { space: sp.to_string(), intervals, summary }
+                Run { space: sp.to_string(), intervals, summary, causes: Default::default() }
             })
             .collect();
         let t = comparison_table(&runs, 90.0);

@@ -231,7 +231,7 @@ fn replay_on(a: &ReplayArgs, p: &Plan, space: &str, dir: &Path) -> Result<core::
     }
     let intervals = core::intervals(&report.requests, &samples, p.interval_us, p.span_us);
     let summary = core::summarize(&intervals, &report.requests);
-    Ok(core::Run { space: space.to_string(), intervals, summary })
+    Ok(core::Run { space: space.to_string(), intervals, summary, causes: report.causes })
 }
 
 /// `jigsaw replay`.
