@@ -341,6 +341,9 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     if o.dir.join("cluster.json").exists() {
         bail!("{} already holds a cluster; run `jigsaw down --dir {}` first", o.dir.display(), o.dir.display());
     }
+    if let Some(space) = &o.space {
+        space.parse::<jigsaw_coordinator::spaces::SearchSpace>().map_err(|e| anyhow!("--space: {e}"))?;
+    }
     let eligible = o.eligible.clamp(1, o.nodes);
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let ca_dir = o.dir.join("ca");

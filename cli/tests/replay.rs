@@ -75,3 +75,46 @@ fn a_tiny_trace_replays_with_consistent_figures() {
     assert!(left.is_empty(), "left behind: {:?}", left.iter().map(|e| e.path()).collect::<Vec<_>>());
     drop(guard);
 }
+
+/// `jigsaw up --space A+T` sets the cluster's search space (`SetConfig`); the coordinator
+/// refuses settings it cannot plan with.
+#[test]
+fn up_sets_the_search_space_and_bad_settings_are_refused() {
+    use jigsaw_cli::cluster::Operator;
+    use jigsaw_protocol::cluster::ClusterConfig;
+    use jigsaw_protocol::wire::{ClientReply, ClientRequest};
+    let dir = std::env::temp_dir().join(format!("jigsaw-space-test-{}", std::process::id()));
+    let _guard = Cluster(dir.clone());
+    let out = Command::new(env!("CARGO_BIN_EXE_jigsaw"))
+        .args(["up", "--nodes", "1", "--gpus-per-node", "1", "--no-apps", "--space", "a+t", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run jigsaw up");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("search space A+T"), "{text}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let op = Operator::for_dir(&dir).expect("operator");
+        let s = op.status().await.expect("status");
+        assert_eq!(s.state.config.space, "A+T");
+        for (config, why) in [
+            (ClusterConfig { space: "A+X".into(), ..s.state.config.clone() }, "space"),
+            (ClusterConfig { dead_after_ms: 0, ..s.state.config.clone() }, "dead_after_ms"),
+        ] {
+            match op.request(ClientRequest::set_config(config)).await.expect("an answer") {
+                ClientReply::Invalid { message } => assert!(message.contains(why), "{message}"),
+                other => panic!("accepted a bad setting: {other:?}"),
+            }
+        }
+        assert_eq!(op.status().await.expect("status").state.config.space, "A+T", "unchanged");
+    });
+    let bad = Command::new(env!("CARGO_BIN_EXE_jigsaw"))
+        .args(["up", "--nodes", "1", "--no-apps", "--space", "Q", "--dir"])
+        .arg(dir.join("other"))
+        .output()
+        .expect("run jigsaw up");
+    let _other = Cluster(dir.join("other"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown search space `Q`"));
+}
