@@ -305,6 +305,10 @@ impl Operator {
                 Err(e) => return ClientReply::Invalid { message: e.to_string() },
             },
             ClientRequest::RemoveApp { id, name } => (id, ClusterCommand::RemoveApp { name }),
+            ClientRequest::SetConfig { id, config } => match validate_config(&config) {
+                Ok(()) => (id, ClusterCommand::SetConfig(config)),
+                Err(message) => return ClientReply::Invalid { message },
+            },
         };
         // Applied at most once per request id: a retry (its first reply was lost) gets the
         // first outcome.
@@ -322,6 +326,16 @@ impl Operator {
             },
         }
     }
+}
+
+/// Check operator-supplied cluster settings: a known search space, a failure timeout of
+/// 0.5 s to 10 min.
+fn validate_config(c: &jigsaw_protocol::cluster::ClusterConfig) -> Result<(), String> {
+    c.space.parse::<jigsaw_coordinator::spaces::SearchSpace>().map_err(|e| format!("space: {e}"))?;
+    if !(500..=600_000).contains(&c.dead_after_ms) {
+        return Err(format!("dead_after_ms must be in 500..=600000, not {}", c.dead_after_ms));
+    }
+    Ok(())
 }
 
 /// Fetch the cluster status from node `to` (the coordinator): one request when it fits a
@@ -508,7 +522,8 @@ fn forbidden(message: String) -> WireMessage {
 
 /// The role a request needs from its sender's certificate:
 ///
-/// * operator commands that change the cluster (`RegisterApp`, `RemoveApp`): admin;
+/// * operator commands that change the cluster (`RegisterApp`, `RemoveApp`, `SetConfig`):
+///   admin;
 /// * `Status`, the one read-only operator query: admin or node (every node's status page
 ///   asks the coordinator for it with the node's own certificate);
 /// * everything a node sends another (heartbeats, leaves, plan pushes, Raft RPCs,
@@ -517,7 +532,9 @@ fn forbidden(message: String) -> WireMessage {
 pub fn needed_role(msg: &WireMessage) -> Option<Role> {
     match msg {
         WireMessage::Client(ClientRequest::Status { .. }) => None,
-        WireMessage::Client(ClientRequest::RegisterApp { .. } | ClientRequest::RemoveApp { .. }) => Some(Role::Admin),
+        WireMessage::Client(
+            ClientRequest::RegisterApp { .. } | ClientRequest::RemoveApp { .. } | ClientRequest::SetConfig { .. },
+        ) => Some(Role::Admin),
         _ => Some(Role::Node),
     }
 }
@@ -530,6 +547,7 @@ fn authorize(peer: &Peer, msg: &WireMessage) -> Result<(), Box<WireMessage>> {
             let what = match msg {
                 WireMessage::Client(ClientRequest::RegisterApp { .. }) => "registering an app",
                 WireMessage::Client(ClientRequest::RemoveApp { .. }) => "removing an app",
+                WireMessage::Client(ClientRequest::SetConfig { .. }) => "changing the cluster settings",
                 WireMessage::Heartbeat(_) => "a heartbeat",
                 WireMessage::Leave { .. } => "a leave",
                 WireMessage::PlanPush { .. } => "a plan push",

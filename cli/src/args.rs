@@ -71,6 +71,9 @@ pub enum Command {
         /// latency (simulated GPU time), `cpu` runs scaled-down models on the CPU.
         #[arg(long, default_value = "timed")]
         executor: jigsaw_agent::dataplane::worker::ExecutorKind,
+        /// Planner search space of the cluster: `A+S+T` (default), `A+T`, `S+T`, `A+S`, ...
+        #[arg(long)]
+        space: Option<String>,
     },
     /// Measure a profile table by running the serving workers on each configuration
     /// (resumable: rows already in --out are kept and skipped).
@@ -121,6 +124,9 @@ pub enum Command {
     },
     /// A bounded chaos run under load: kill and restart random agents, report every window.
     Chaos(crate::chaos::ChaosArgs),
+    /// Replay a trace on local simulated clusters under A+S+T and the baselines (the
+    /// paper's Figure 4): slices, accuracy, SLO violations and transitions per interval.
+    Replay(crate::replay::ReplayArgs),
     /// Stop a local cluster and remove its directory.
     Down {
         /// Cluster directory.

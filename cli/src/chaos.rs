@@ -148,6 +148,7 @@ pub fn cmd_chaos(a: &ChaosArgs, exe: &Path) -> Result<String> {
         apps: cluster::example_apps(),
         reconfig_ms: 100,
         executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
+        space: None,
     };
     eprint!("{}", cluster::cmd_up(&up, exe)?);
     let result = run(a, exe, &dir);

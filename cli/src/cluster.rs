@@ -298,6 +298,9 @@ pub struct UpOptions {
     pub reconfig_ms: u64,
     /// Worker executor of the agents.
     pub executor: jigsaw_agent::dataplane::worker::ExecutorKind,
+    /// Planner search space (`A+S+T`, `A+T`, …), set before the apps are registered (none:
+    /// the cluster's default, A+S+T).
+    pub space: Option<String>,
 }
 
 /// The example apps with their synthetic profiles and the demand `up` registers.
@@ -338,6 +341,9 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
     }
     if o.dir.join("cluster.json").exists() {
         bail!("{} already holds a cluster; run `jigsaw down --dir {}` first", o.dir.display(), o.dir.display());
+    }
+    if let Some(space) = &o.space {
+        space.parse::<jigsaw_coordinator::spaces::SearchSpace>().map_err(|e| anyhow!("--space: {e}"))?;
     }
     let eligible = o.eligible.clamp(1, o.nodes);
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
@@ -414,6 +420,9 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             st.coordinator,
             st.term
         );
+        if let Some(space) = &o.space {
+            writeln!(out, "{}", set_space(&op, space).await?)?;
+        }
         if !o.apps.is_empty() {
             for app in &o.apps {
                 match op.request(ClientRequest::register(app.clone())).await? {
@@ -433,6 +442,19 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
         Ok(out)
     })
     .with_context(|| hint)
+}
+
+/// Set the planner's search space of the cluster (`A+S+T`, `A+T`, …): the other settings
+/// stay as they are; the coordinator re-plans.
+pub async fn set_space(op: &Operator, space: &str) -> Result<String> {
+    let sp: jigsaw_coordinator::spaces::SearchSpace = space.parse().map_err(|e| anyhow!("--space: {e}"))?;
+    let mut config = op.status().await?.state.config;
+    config.space = sp.to_string();
+    match op.request(ClientRequest::set_config(config)).await? {
+        ClientReply::Done { message, .. } => Ok(format!("search space {sp}: {message}")),
+        ClientReply::Invalid { message } => bail!("setting the search space {sp}: {message}"),
+        other => bail!("setting the search space {sp}: unexpected reply {other:?}"),
+    }
 }
 
 /// Whether every alive member reports the committed epoch applied.

@@ -20,6 +20,9 @@
 //! * [`appset`]: app-set files (several apps with profiles and demands).
 //! * [`ops`]: `config check` and `ca init|issue`.
 //! * [`chaos`]: `jigsaw chaos`, kills and restarts agents under load and reports every window.
+//! * [`replay`]: `jigsaw replay`, the paper's Figure 4: a trace replayed on local simulated
+//!   clusters under A+S+T and the baselines, per interval and overall, with its pure core
+//!   ([`replay::core`]: trace scaling, interval figures, tables, SVG).
 
 pub mod appset;
 pub mod args;
@@ -32,3 +35,4 @@ pub mod measured;
 pub mod ops;
 pub mod planning;
 pub mod profile;
+pub mod replay;

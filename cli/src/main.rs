@@ -89,7 +89,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
             String::new()
         }
         Command::Load { args, dir } => load::cmd_load(args, &dir.clone().unwrap_or_else(cluster::default_dir))?,
-        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, apps, reconfig_ms, executor } => {
+        Command::Up { nodes, gpus_per_node, gpu, eligible, dir, no_apps, apps, reconfig_ms, executor, space } => {
             let o = cluster::UpOptions {
                 nodes: *nodes,
                 gpus_per_node: *gpus_per_node,
@@ -103,10 +103,12 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 },
                 reconfig_ms: *reconfig_ms,
                 executor: *executor,
+                space: space.clone(),
             };
             cluster::cmd_up(&o, &std::env::current_exe()?)?
         }
         Command::Chaos(a) => chaos::cmd_chaos(a, &std::env::current_exe()?)?,
+        Command::Replay(a) => jigsaw_cli::replay::cmd_replay(a, &std::env::current_exe()?)?,
         Command::Down { dir, keep } => cluster::cmd_down(&dir.clone().unwrap_or_else(cluster::default_dir), *keep)?,
         Command::Status { dir, json, html } => {
             cluster::cmd_status(&dir.clone().unwrap_or_else(cluster::default_dir), *json, html.as_deref())?

@@ -65,7 +65,16 @@ async fn worker_crash_under_load_loses_no_request() {
         (0..2).map(|_| Arc::new(ProcessWorker::start(exe.clone(), &s)) as Arc<dyn WorkerConn>).collect();
     let victim = workers[0].clone();
     wait_until("worker 0 to start", || victim.pid().is_some()).await;
-    let cfg = QueueConfig { max_batch: 4, wait_us: 2_000, exec1_us: 4_000, downstream_us: 0, stale_us: 10_000_000 };
+    let cfg = QueueConfig {
+        max_batch: 4,
+        wait_us: 2_000,
+        exec1_us: 4_000,
+        exec_batch_us: 8_000,
+        downstream_us: 0,
+        stale_us: 10_000_000,
+        capacity_per_window: 0,
+        rate_window_us: 0,
+    };
     let pool = Pool::start(cfg, workers, "v".into());
     let n = 400;
     let mut replies = Vec::new();
@@ -117,7 +126,16 @@ async fn worker_crash_under_load_loses_no_request() {
 async fn pool_answers_hopeless_items_with_early_drop() {
     let s = spec(ExecutorKind::Timed, vec![(1, 20.0, 20.0)]);
     let w: Arc<dyn WorkerConn> = Arc::new(jigsaw_agent::dataplane::worker::InProcessWorker::new(&s));
-    let cfg = QueueConfig { max_batch: 2, wait_us: 1_000, exec1_us: 20_000, downstream_us: 5_000, stale_us: 20_000 };
+    let cfg = QueueConfig {
+        max_batch: 2,
+        wait_us: 1_000,
+        exec1_us: 20_000,
+        exec_batch_us: 20_000,
+        downstream_us: 5_000,
+        stale_us: 20_000,
+        capacity_per_window: 0,
+        rate_window_us: 0,
+    };
     let pool = Pool::start(cfg, vec![w], "v".into());
     let (tx, rx) = tokio::sync::oneshot::channel();
     pool.submit(Item { input: vec![1.0], budget_us: 10_000, reply: tx });

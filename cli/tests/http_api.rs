@@ -152,7 +152,7 @@ impl Fake {
                     Err(ServeError::Dropped { task: "classify".into(), reason: DropReason::Early, weight: 3 })
                 }
                 Behaviour::StaleDrop => {
-                    Err(ServeError::Dropped { task: "detect".into(), reason: DropReason::Stale, weight: 1 })
+                    Err(ServeError::Dropped { task: "detect".into(), reason: DropReason::OverCapacity, weight: 1 })
                 }
                 Behaviour::Fail => Err(ServeError::Failed("worker crashed".into())),
                 Behaviour::Never => std::future::pending().await,

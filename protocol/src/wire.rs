@@ -299,6 +299,14 @@ pub enum ClientRequest {
         /// Name.
         name: String,
     },
+    /// Replace the cluster settings (the planner's search space, the failure-detection
+    /// timeout); the coordinator re-plans (appended in version 5).
+    SetConfig {
+        /// The request's id.
+        id: RequestId,
+        /// The settings.
+        config: crate::cluster::ClusterConfig,
+    },
 }
 
 impl ClientRequest {
@@ -315,6 +323,11 @@ impl ClientRequest {
     /// Remove app `name` under a fresh request id.
     pub fn remove(name: impl Into<String>) -> ClientRequest {
         ClientRequest::RemoveApp { id: RequestId::fresh(), name: name.into() }
+    }
+
+    /// Replace the cluster settings under a fresh request id.
+    pub fn set_config(config: crate::cluster::ClusterConfig) -> ClientRequest {
+        ClientRequest::SetConfig { id: RequestId::fresh(), config }
     }
 }
 
@@ -838,7 +851,7 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
-    /// The version-5 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v5-*`).
+    /// The version-6 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v6-*`).
     fn seeds() -> Vec<(&'static str, WireMessage)> {
         use crate::route::{StageOutcome, StageReply, StageRequest};
         let id = RequestId { client: 0x1234_5678_9abc_def0, seq: 3 };
@@ -902,6 +915,13 @@ mod fuzz_seeds {
                 WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
             ),
             ("v6-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            (
+                "v6-set-config",
+                WireMessage::Client(ClientRequest::SetConfig {
+                    id,
+                    config: crate::cluster::ClusterConfig { dead_after_ms: 3_000, space: "A+T".into() },
+                }),
+            ),
             (
                 "v6-register-app",
                 WireMessage::Client(ClientRequest::RegisterApp {

@@ -64,8 +64,9 @@ pub enum ServeError {
     /// No plan or no instance can serve a task right now (503): retry later or elsewhere.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// A task dropped the request (503): early (it could not meet its deadline) or stale
-    /// (every instance stayed busy). `weight` items of the fan-out were lost.
+    /// A task dropped the request (503): early (it could not meet its deadline) or over
+    /// capacity (`stale_drop`: its instance received more than its planned throughput and
+    /// every replica stayed busy). `weight` items of the fan-out were lost.
     #[error("{reason} drop at task {task:?} ({weight} item(s))")]
     Dropped {
         /// Task that dropped it.
@@ -96,7 +97,7 @@ impl ServeError {
             ServeError::Overloaded(_) => "overloaded",
             ServeError::Unavailable(_) => "unavailable",
             ServeError::Dropped { reason: DropReason::Early, .. } => "early_drop",
-            ServeError::Dropped { reason: DropReason::Stale, .. } => "stale_drop",
+            ServeError::Dropped { reason: DropReason::OverCapacity, .. } => "stale_drop",
             ServeError::DeadlineExceeded { .. } => "deadline_miss",
             ServeError::Failed(_) => "error",
         }

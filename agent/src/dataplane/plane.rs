@@ -244,6 +244,8 @@ impl LocalPlane {
             curve.push((plan.batch.max(1), plan.p95_ms, mean));
         }
         let exec1_ms = app.batch_ms(&plan.task, &target, 1).unwrap_or(plan.p95_ms);
+        let means: Vec<(u32, f64)> = curve.iter().map(|p| (p.0, p.2)).collect();
+        let exec_batch_ms = jigsaw_protocol::route::batch_latency(&means, plan.batch.max(1)).unwrap_or(plan.p95_ms);
         let spec = WorkerSpec {
             app: plan.app.clone(),
             task: plan.task.clone(),
@@ -267,6 +269,11 @@ impl LocalPlane {
             // wait for the next batch without being called stale (a deviation from the
             // paper's fixed 20 ms; see docs/dataplane.md).
             stale_us: bounded_us(app.stale_ms.max(task.budget_ms)),
+            // Burst-aware dropping (docs/dataplane.md): the queue's batch times and the
+            // instance's planned throughput per second.
+            exec_batch_us: bounded_us(exec_batch_ms),
+            capacity_per_window: (plan.throughput_rps.ceil() as u64).min(u64::from(u32::MAX)),
+            rate_window_us: 1_000_000,
         };
         Some((spec, q))
     }
@@ -715,7 +722,7 @@ impl<T: Transport> DataPlane<T> {
                 StageOutcome::StaleDrop => {
                     return Err(ServeError::Dropped {
                         task: name,
-                        reason: DropReason::Stale,
+                        reason: DropReason::OverCapacity,
                         weight: 1 + pending.len() as u32,
                     })
                 }

@@ -173,7 +173,7 @@ impl Driver {
                                 self.stats.early.fetch_add(1, Ordering::Relaxed);
                                 StageOutcome::EarlyDrop
                             }
-                            DropReason::Stale => {
+                            DropReason::OverCapacity => {
                                 self.stats.stale.fetch_add(1, Ordering::Relaxed);
                                 StageOutcome::StaleDrop
                             }

@@ -79,6 +79,30 @@ pub struct LoadArgs {
     pub window: Option<Duration>,
 }
 
+/// How one request ended, times in µs from the first scheduled arrival (for `jigsaw replay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Scheduled arrival.
+    pub at_us: u64,
+    /// Latency from the scheduled arrival to the answer.
+    pub latency_us: u64,
+    /// Fan-out weight (a drop counts this many violations; 1 otherwise).
+    pub weight: u32,
+    /// Outcome.
+    pub outcome: Outcome,
+}
+
+/// A schedule given by the caller instead of `--rps`/`--trace` ([`run_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    /// Arrival offsets, µs, sorted.
+    pub arrivals: Vec<u64>,
+    /// Length of the schedule, s.
+    pub duration_s: f64,
+    /// How the report names it.
+    pub name: String,
+}
+
 /// One window of a run, by scheduled arrival.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Window {
@@ -230,6 +254,9 @@ pub struct LoadReport {
     pub connect_retries: u64,
     /// Per-window counts (with `--window`).
     pub windows: Vec<Window>,
+    /// Every request, in the order they ended (not in the JSON report).
+    #[serde(skip)]
+    pub requests: Vec<Served>,
 }
 
 impl LoadReport {
@@ -570,11 +597,13 @@ struct Acc {
     connect_retries: u64,
     window_us: Option<u64>,
     windows: BTreeMap<u64, Window>,
+    requests: Vec<Served>,
 }
 
 impl Acc {
     fn record(&mut self, e: Ended) {
         self.connect_retries += u64::from(e.retried);
+        self.requests.push(Served { at_us: e.at_us, latency_us: e.latency_us, weight: e.weight, outcome: e.outcome });
         if let Some(w) = self.window_us.filter(|w| *w > 0) {
             let k = e.at_us / w;
             let win = self.windows.entry(k).or_insert(Window { start_s: (k * w) as f64 / 1e6, ..Window::default() });
@@ -633,6 +662,11 @@ fn quantiles_ms(mut v: Vec<u64>) -> Percentiles {
 
 /// Run `jigsaw load`: send the schedule, wait for every answer, and report.
 pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    run_with(args, None).await
+}
+
+/// [`run`] with the caller's `schedule` in place of `--rps`/`--trace` when given.
+pub async fn run_with(args: &LoadArgs, schedule: Option<Schedule>) -> anyhow::Result<LoadReport> {
     ensure!(!args.targets.is_empty(), "give at least one --target http://HOST:PORT");
     let targets: Vec<Target> = args.targets.iter().map(|t| Target::parse(t)).collect::<anyhow::Result<_>>()?;
     if let Some(ms) = args.deadline_ms {
@@ -651,8 +685,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let meta = meta?;
     let body = Bytes::from(request_body(&meta, args.seed)?);
 
-    let (arrivals, duration_s, schedule) = match &args.trace {
-        Some(path) => {
+    let (arrivals, duration_s, schedule) = match (schedule, &args.trace) {
+        (Some(s), _) => (s.arrivals, s.duration_s.max(1e-3), s.name),
+        (None, Some(path)) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("cannot read trace {}", path.display()))?;
             let mut offsets = parse_trace(&text, &path.display().to_string())?;
@@ -665,7 +700,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
                 .map_or_else(|| offsets.last().map_or(0.0, |&t| t as f64 / 1e6).max(1e-3), |d| d.as_secs_f64());
             (offsets, span_s, format!("trace {}", path.display()))
         }
-        None => {
+        (None, None) => {
             let rps = args.rps.context("give --rps or --trace")?;
             ensure!(rps.is_finite() && rps > 0.0, "--rps must be a positive number, not {rps}");
             let d = args.duration.context("give --duration (e.g. 30s) with --rps")?;
@@ -757,6 +792,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1e3,
         connect_retries: acc.connect_retries,
         windows: std::mem::take(&mut acc.windows).into_values().collect(),
+        requests: std::mem::take(&mut acc.requests),
     })
 }
 
