@@ -1,4 +1,4 @@
-//! The pure core of `jigsaw replay`: trace parsing and scaling, binning, per-interval
+//! The pure core of `jigsaw replay`: trace scaling (parsing is `jigsaw_coordinator::trace`), binning, per-interval
 //! aggregation of request outcomes and cluster samples, the summary, the comparison table
 //! and the SVG chart. No clocks, sockets or processes: times are µs from the start of the
 //! replay, passed in.
@@ -12,99 +12,20 @@ use std::fmt::Write as _;
 /// Most arrivals a replay schedule may hold (after scaling).
 pub const MAX_ARRIVALS: usize = 5_000_000;
 
-/// A trace that cannot be used, with where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TraceError {
-    /// A line does not parse.
-    #[error("{file}:{line}: {message}")]
-    Line {
-        /// File name.
-        file: String,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// The trace as a whole is unusable.
-    #[error("{file}: {message}")]
-    Trace {
-        /// File name.
-        file: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// Days from 1970-01-01 to the civil date `y-m-d` (proleptic Gregorian; H. Hinnant's
-/// algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD HH:MM:SS[.fraction]` as µs since 1970 (UTC, no zone).
-fn parse_timestamp(s: &str) -> Result<i64, String> {
-    let bad = || format!("timestamp `{s}` is not `YYYY-MM-DD HH:MM:SS[.fraction]`");
-    let (date, time) = s.trim().split_once([' ', 'T']).ok_or_else(bad)?;
-    let num = |p: &str, lo: i64, hi: i64| -> Result<i64, String> {
-        let v: i64 = p.parse().map_err(|_| bad())?;
-        if (lo..=hi).contains(&v) {
-            Ok(v)
-        } else {
-            Err(bad())
-        }
-    };
-    let d: Vec<&str> = date.split('-').collect();
-    let [y, mo, da] = d[..] else { return Err(bad()) };
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let t: Vec<&str> = hms.split(':').collect();
-    let [h, mi, se] = t[..] else { return Err(bad()) };
-    let days = days_from_civil(num(y, 1900, 9999)?, num(mo, 1, 12)?, num(da, 1, 31)?);
-    let secs = days * 86_400 + num(h, 0, 23)? * 3_600 + num(mi, 0, 59)? * 60 + num(se, 0, 60)?;
-    if !frac.chars().all(|c| c.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let digits: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-    Ok(secs * 1_000_000 + digits.parse::<i64>().map_err(|_| bad())?)
-}
+/// A trace that cannot be used: the parser's error (file, line, column) or a trace too
+/// large for a replay.
+pub type TraceError = jigsaw_coordinator::trace::TraceError;
 
 /// Parse an Azure LLM inference trace (`TIMESTAMP,ContextTokens,GeneratedTokens`, one
-/// request per line, header first): arrival offsets in µs from the first request, sorted.
-/// Only the timestamp is used.
+/// request per line, header first; [`jigsaw_coordinator::trace::parse_trace`], shared with
+/// `jigsaw forecast backtest`): arrival offsets in µs from the first request, sorted.
 pub fn parse_azure_trace(text: &str, file: &str) -> Result<Vec<u64>, TraceError> {
-    let mut lines = text.lines().enumerate();
-    let header = lines.next().map(|(_, l)| l.trim_start_matches('\u{feff}').trim()).unwrap_or("");
-    if !header.to_ascii_uppercase().starts_with("TIMESTAMP") {
-        return Err(TraceError::Line {
-            file: file.into(),
-            line: 1,
-            message: format!("expected the header `TIMESTAMP,ContextTokens,GeneratedTokens`, found `{header}`"),
-        });
+    let secs = jigsaw_coordinator::trace::parse_trace(text, file)?;
+    if secs.len() > MAX_ARRIVALS {
+        let message = format!("{} requests, more than {MAX_ARRIVALS}", secs.len());
+        return Err(TraceError { origin: file.into(), line: 1, column: 1, message });
     }
-    let mut ts = Vec::new();
-    for (i, line) in lines {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if ts.len() >= MAX_ARRIVALS {
-            return Err(TraceError::Trace { file: file.into(), message: format!("more than {MAX_ARRIVALS} requests") });
-        }
-        let stamp = line.split(',').next().unwrap_or("");
-        let t =
-            parse_timestamp(stamp).map_err(|message| TraceError::Line { file: file.into(), line: i + 1, message })?;
-        ts.push(t);
-    }
-    ts.sort_unstable();
-    let Some(&first) = ts.first() else {
-        return Err(TraceError::Trace { file: file.into(), message: "no requests".into() });
-    };
-    Ok(ts.into_iter().map(|t| (t - first) as u64).collect())
+    Ok(secs.into_iter().map(|t| (t * 1e6).round() as u64).collect())
 }
 
 /// Scale a trace: time runs `time_scale` times faster (an offset `t` becomes
@@ -499,15 +420,16 @@ mod tests {
         let t = parse_azure_trace(TRACE, "t.csv").expect("parses");
         assert_eq!(t, vec![0, 319_410, 3_819_410, 60_000_000]);
         // Across midnight and a month end.
-        let t = parse_azure_trace("TIMESTAMP,a,b\n2023-11-30 23:59:59.5,1,1\n2023-12-01 00:00:00.25,1,1\n", "m")
+        let h = "TIMESTAMP,ContextTokens,GeneratedTokens";
+        let t = parse_azure_trace(&format!("{h}\n2023-11-30 23:59:59.5,1,1\n2023-12-01 00:00:00.25,1,1\n"), "m")
             .expect("parses");
         assert_eq!(t, vec![0, 750_000]);
-        let e = parse_azure_trace("TIMESTAMP,a\n2023-11-16 25:00:00,1\n", "x.csv").unwrap_err().to_string();
-        assert!(e.starts_with("x.csv:2: timestamp `2023-11-16 25:00:00`"), "{e}");
+        let e = parse_azure_trace(&format!("{h}\n2023-11-16 25:00:00,1,1\n"), "x.csv").unwrap_err().to_string();
+        assert!(e.starts_with("x.csv:2:1: `2023-11-16 25:00:00`"), "{e}");
         let e = parse_azure_trace("time,a\n", "x.csv").unwrap_err().to_string();
-        assert!(e.contains("x.csv:1: expected the header"), "{e}");
-        assert!(parse_azure_trace("TIMESTAMP,a\n", "x").unwrap_err().to_string().contains("no requests"));
-        assert!(parse_azure_trace("TIMESTAMP\n2023-11-16 18:15:46.68x,1\n", "x").is_err());
+        assert!(e.contains("x.csv:1:1: the header"), "{e}");
+        assert!(parse_azure_trace(&format!("{h}\n"), "x").unwrap_err().to_string().contains("no requests"));
+        assert!(parse_azure_trace(&format!("{h}\n2023-11-16 18:15:46.68x,1,1\n"), "x").is_err());
     }
 
     #[test]
