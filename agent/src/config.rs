@@ -23,6 +23,7 @@
 //!                       # band_low x (1 + step_margin) < 1
 //! slo_violation_rate = 0.05   # re-plan up when more answers than this violate the SLO
 //! min_completions = 20  # answers an interval needs before its violation rate counts
+//! slo_max_headroom = 1.0  # violations add capacity up to forecast x (1 + this), no more
 //! min_replan_interval_s = 60.0   # shortest time between two demand changes of an app
 //! warmup_intervals = 3  # intervals measured before the first decision
 //!
@@ -87,6 +88,8 @@ pub struct ControlSection {
     pub slo_violation_rate: Option<f64>,
     /// Answers an interval needs before its violation rate counts.
     pub min_completions: Option<u64>,
+    /// Most capacity SLO violations may add above the forecast.
+    pub slo_max_headroom: Option<f64>,
     /// Shortest time between demand changes of one app, s.
     pub min_replan_interval_s: Option<f64>,
     /// Intervals measured before the first decision.
@@ -530,6 +533,7 @@ impl Config {
             step_margin: c.step_margin.unwrap_or(p.step_margin),
             slo_violation_rate: c.slo_violation_rate.unwrap_or(p.slo_violation_rate),
             min_completions: c.min_completions.unwrap_or(p.min_completions),
+            slo_max_headroom: c.slo_max_headroom.unwrap_or(p.slo_max_headroom),
             min_interval_ms: secs("min_replan_interval_s", c.min_replan_interval_s, p.min_interval_ms)?,
             warmup_intervals: c.warmup_intervals.unwrap_or(p.warmup_intervals),
         };
@@ -647,6 +651,7 @@ mod tests {
             ("slo_violation_rate = 0", "control.slo_violation_rate"),
             ("min_replan_interval_s = 1e9", "control.min_replan_interval_s"),
             ("step_margin = 2", "control.step_margin"),
+            ("slo_max_headroom = -1", "control.slo_max_headroom"),
         ] {
             let e = Config::parse(&format!("[control]\n{text}\n"), "c.toml").expect_err(text);
             assert!(e.to_string().contains(key) && e.to_string().contains("c.toml"), "{text}: {e}");

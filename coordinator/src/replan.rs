@@ -10,7 +10,10 @@
 //! * **SLO violations**: when the violation rate of the last interval exceeds
 //!   `slo_violation_rate` (with at least `min_completions` answers in it), plan for
 //!   `max(planned, forecast) × (1 + step_margin)`: more capacity, even when the forecast
-//!   says demand did not grow (the profiles may be optimistic);
+//!   says demand did not grow (the profiles may be optimistic), but never more than
+//!   `forecast × (1 + slo_max_headroom)`: violations that extra capacity does not cure
+//!   (deadlines shorter than any configuration's latency) must not ratchet the demand up
+//!   at every minimum interval. At that cap the plan is kept, not lowered by the band;
 //! * **hysteresis band**: when the forecast is above `band_high × planned` or below
 //!   `band_low × planned`, plan for `forecast × (1 + step_margin)`. The margin puts the new
 //!   planned demand inside the band with room on both sides, so noise around a steady rate
@@ -36,6 +39,8 @@ pub struct ReplanPolicy {
     pub slo_violation_rate: f64,
     /// Answers an interval needs before its violation rate counts.
     pub min_completions: u64,
+    /// Most capacity SLO violations may add above the forecast (fraction).
+    pub slo_max_headroom: f64,
     /// Shortest time between two demand changes of one app, ms.
     pub min_interval_ms: u64,
     /// Intervals measured before the first decision.
@@ -51,6 +56,7 @@ impl Default for ReplanPolicy {
             step_margin: 0.1,
             slo_violation_rate: 0.05,
             min_completions: 20,
+            slo_max_headroom: 1.0,
             min_interval_ms: 60_000,
             warmup_intervals: 3,
         }
@@ -158,6 +164,9 @@ impl ReplanPolicy {
         if !(self.slo_violation_rate > 0.0 && self.slo_violation_rate <= 1.0) {
             return bad("slo_violation_rate", format!("must be in (0, 1], got {}", self.slo_violation_rate));
         }
+        if !(self.slo_max_headroom.is_finite() && (0.0..=10.0).contains(&self.slo_max_headroom)) {
+            return bad("slo_max_headroom", format!("must be in [0, 10], got {}", self.slo_max_headroom));
+        }
         if self.min_interval_ms > 86_400_000 {
             return bad("min_replan_interval_s", format!("must be at most a day, got {} ms", self.min_interval_ms));
         }
@@ -178,7 +187,11 @@ impl ReplanPolicy {
         let violating =
             v.violations.is_some_and(|(rate, n)| n >= self.min_completions && rate > self.slo_violation_rate);
         let (want, reason) = if violating {
-            (v.planned.max(v.forecast) * (1.0 + self.step_margin), Reason::SloViolations)
+            let cap = (v.forecast * (1.0 + self.slo_max_headroom)).max(v.floor);
+            if v.planned >= cap {
+                return Decision::Keep; // more capacity would not cure these violations
+            }
+            ((v.planned.max(v.forecast) * (1.0 + self.step_margin)).min(cap), Reason::SloViolations)
         } else if v.forecast > self.band_high * v.planned {
             (v.forecast * (1.0 + self.step_margin), Reason::AboveBand)
         } else if v.forecast < self.band_low * v.planned {
@@ -259,6 +272,28 @@ mod tests {
         // At or under the threshold, or too few answers to tell: nothing.
         assert_eq!(p().decide(&DemandView { violations: Some((0.05, 100)), ..view(100.0, 90.0) }), Decision::Keep);
         assert_eq!(p().decide(&DemandView { violations: Some((0.5, 19)), ..view(100.0, 90.0) }), Decision::Keep);
+    }
+
+    /// Violations that persist whatever the capacity raise the plan only up to the cap of
+    /// forecast × (1 + slo_max_headroom), then hold it there (no ratchet, no flapping down).
+    #[test]
+    fn slo_violations_do_not_ratchet_without_bound() {
+        let mut planned = 100.0;
+        let mut seen = vec![];
+        for step in 0..20u64 {
+            let v = DemandView {
+                violations: Some((0.3, 100)),
+                now_ms: step * 60_000,
+                last_change_ms: None,
+                ..view(planned, 100.0)
+            };
+            if let Decision::Set { rps, .. } = p().decide(&v) {
+                planned = rps;
+                seen.push(rps);
+            }
+        }
+        assert_eq!(planned, 200.0, "capped at 2 x the forecast: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] > w[0]), "only up, then held: {seen:?}");
     }
 
     #[test]
