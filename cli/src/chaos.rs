@@ -149,6 +149,7 @@ pub fn cmd_chaos(a: &ChaosArgs, exe: &Path) -> Result<String> {
         reconfig_ms: 100,
         executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
         space: None,
+        control: String::new(),
     };
     eprint!("{}", cluster::cmd_up(&up, exe)?);
     let result = run(a, exe, &dir);

@@ -301,6 +301,10 @@ pub struct UpOptions {
     /// Planner search space (`A+S+T`, `A+T`, …), set before the apps are registered (none:
     /// the cluster's default, A+S+T).
     pub space: Option<String>,
+    /// Body of a `[control]` table written into every agent's config (the demand-following
+    /// knobs of `docs/demand.md`; empty: the defaults). `jigsaw replay` scales the control
+    /// interval with its time scale.
+    pub control: String,
 }
 
 /// The example apps with their synthetic profiles and the demand `up` registers.
@@ -384,6 +388,7 @@ pub fn cmd_up(o: &UpOptions, exe: &Path) -> Result<String> {
             o.reconfig_ms,
             o.executor.name(),
         );
+        let text = if o.control.trim().is_empty() { text } else { format!("{text}[control]\n{}\n", o.control.trim()) };
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let log = o.dir.join(format!("{name}.log"));
         let pid = spawn_agent(exe, &config, &log)?;

@@ -104,6 +104,7 @@ fn run(c: Cli) -> anyhow::Result<()> {
                 reconfig_ms: *reconfig_ms,
                 executor: *executor,
                 space: space.clone(),
+                control: String::new(),
             };
             cluster::cmd_up(&o, &std::env::current_exe()?)?
         }

@@ -58,10 +58,17 @@ pub struct ReplayArgs {
     /// Replay only the first part of the trace, trace time (`30m`).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Demand the app is registered with: `first` (the first interval's rate), `peak`,
-    /// `mean`, or a number of requests per second.
+    /// Demand the app is first planned for: `first` (the first interval's rate), `peak`,
+    /// `mean`, or a number of requests per second. It is registered as `--rps auto:N` (no
+    /// floor), so with `--follow` the cluster re-plans from measured demand.
     #[arg(long, default_value = "first")]
     pub demand: String,
+    /// Follow demand (`[control] follow_demand`): the control interval is one replay
+    /// interval in real time (`--interval` / `--time-scale`, at least 1 s), re-plans at most
+    /// once an interval, after one interval of warm-up. `--follow false` plans once for
+    /// `--demand`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub follow: bool,
     /// Agent processes of each cluster.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
@@ -166,7 +173,19 @@ fn prepare(a: &ReplayArgs) -> Result<Plan> {
         .with_context(|| format!("--app: no example app `{}` (social, traffic, ar)", a.app))?;
     // The planner needs a positive demand; an empty first interval plans for one request/s.
     entry.demand_rps = (demand * 10.0).round().max(10.0) / 10.0;
+    entry.demand_auto = true;
     Ok(Plan { arrivals, span_us, interval_us, entry })
+}
+
+/// The `[control]` table of a replay's agents: the control interval is one replay interval
+/// of real time (at least 1 s), as is the shortest time between re-plans; one interval of
+/// warm-up.
+fn control_table(follow: bool, interval_us: u64) -> String {
+    if !follow {
+        return "follow_demand = false".into();
+    }
+    let s = (interval_us as f64 / 1e6).max(1.0);
+    format!("follow_demand = true\ninterval_s = {s:.3}\nmin_replan_interval_s = {s:.3}\nwarmup_intervals = 1")
 }
 
 fn sample(s: &ClusterStatus, app: &str, at_us: u64) -> core::Sample {
@@ -268,6 +287,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
             reconfig_ms: 100,
             executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
             space: Some(space.clone()),
+            control: control_table(a.follow, p.interval_us),
         };
         let started = cluster::cmd_up(&up, exe);
         let result = started.and_then(|_| replay_on(a, &p, space, &dir));
