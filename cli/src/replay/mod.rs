@@ -46,6 +46,11 @@ pub struct ReplayArgs {
     /// Requests per trace request (0.5 keeps about half, 3 sends three).
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
+    /// Instead of `--rate-scale`: scale the trace so its busiest interval asks for this share
+    /// of the app's maximum serviceable demand under A+S+T on the replay's GPUs (the paper
+    /// scales its trace to JigsawServe's maximum demand; 0.8 leaves headroom for bursts).
+    #[arg(long, conflicts_with = "rate_scale")]
+    pub peak_of_max: Option<f64>,
     /// Trace seconds per replay second (60: an hour of trace in a minute, at 60x the rate).
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
@@ -122,6 +127,8 @@ pub struct ReplayReport {
 
 /// What a replay needs besides the arguments.
 struct Plan {
+    /// Requests per trace request (`--rate-scale`, or derived from `--peak-of-max`).
+    rate_scale: f64,
     arrivals: Vec<u64>,
     span_us: u64,
     interval_us: u64,
@@ -149,11 +156,31 @@ fn prepare(a: &ReplayArgs) -> Result<Plan> {
     let text = std::fs::read_to_string(&a.trace).with_context(|| format!("reading trace {}", a.trace.display()))?;
     let offsets = core::parse_azure_trace(&text, &a.trace.display().to_string())?;
     let limit = a.duration.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let arrivals =
-        core::scale_arrivals(&offsets, a.rate_scale, a.time_scale, limit, a.seed).map_err(anyhow::Error::msg)?;
     let trace_span_us = limit.unwrap_or_else(|| offsets.last().copied().unwrap_or(0) + 1);
     let span_us = ((trace_span_us as f64 / a.time_scale) as u64).max(1);
     let interval_us = ((a.interval.as_micros() as f64 / a.time_scale) as u64).max(1);
+    let mut entry = cluster::example_apps()
+        .into_iter()
+        .find(|e| e.name == a.app)
+        .with_context(|| format!("--app: no example app `{}` (social, traffic, ar)", a.app))?;
+    let rate_scale = match a.peak_of_max {
+        None => a.rate_scale,
+        Some(f) => {
+            if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+                bail!("--peak-of-max must be in (0, 1], not {f}");
+            }
+            let max = max_demand(&entry, a.nodes * a.gpus_per_node as usize)?;
+            let unscaled =
+                core::scale_arrivals(&offsets, 1.0, a.time_scale, limit, a.seed).map_err(anyhow::Error::msg)?;
+            let peak = rates(&unscaled, interval_us, span_us).into_iter().fold(0.0, f64::max);
+            if peak <= 0.0 {
+                bail!("{}: no requests in the part replayed", a.trace.display());
+            }
+            f * max / peak
+        }
+    };
+    let arrivals =
+        core::scale_arrivals(&offsets, rate_scale, a.time_scale, limit, a.seed).map_err(anyhow::Error::msg)?;
     if arrivals.is_empty() {
         bail!("{}: no requests in the part replayed", a.trace.display());
     }
@@ -167,14 +194,27 @@ fn prepare(a: &ReplayArgs) -> Result<Plan> {
                 format!("--demand must be first, peak, mean or a positive number of req/s, not `{n}`")
             })?,
         };
-    let mut entry = cluster::example_apps()
-        .into_iter()
-        .find(|e| e.name == a.app)
-        .with_context(|| format!("--app: no example app `{}` (social, traffic, ar)", a.app))?;
     // The planner needs a positive demand; an empty first interval plans for one request/s.
     entry.demand_rps = (demand * 10.0).round().max(10.0) / 10.0;
     entry.demand_auto = true;
-    Ok(Plan { arrivals, span_us, interval_us, entry })
+    Ok(Plan { rate_scale, arrivals, span_us, interval_us, entry })
+}
+
+/// The app's maximum serviceable demand under A+S+T on `gpus` H100s (planner defaults).
+fn max_demand(entry: &jigsaw_protocol::cluster::AppEntry, gpus: usize) -> Result<f64> {
+    use jigsaw_coordinator::{Goal, Problem};
+    let app = jigsaw_protocol::app::AppSpec::parse(&entry.spec_toml, &entry.name)?;
+    let profiles = jigsaw_protocol::profile::ProfileTable::parse_csv(&entry.profiles_csv, &entry.name)?;
+    let (cfg, solver) = crate::planning::planner_config(None)?;
+    let pb = Problem {
+        app: &app,
+        profiles: &profiles,
+        gpu: jigsaw_protocol::GpuModel::H100_80gb,
+        gpus,
+        space: SearchSpace::FULL,
+    };
+    let p = jigsaw_coordinator::plan(pb, Goal::MaxDemand, &cfg, &solver, &jigsaw_agent::node::WallClock::new())?;
+    Ok(p.demand_rps)
 }
 
 /// The `[control]` table of a replay's agents: the control interval is one replay interval
@@ -219,7 +259,7 @@ fn replay_on(a: &ReplayArgs, p: &Plan, space: &str, dir: &Path) -> Result<core::
     let schedule = Schedule {
         arrivals: p.arrivals.clone(),
         duration_s: p.span_us as f64 / 1e6,
-        name: format!("trace {} x{} rate, x{} time", a.trace.display(), a.rate_scale, a.time_scale),
+        name: format!("trace {} x{:.3} rate, x{} time", a.trace.display(), p.rate_scale, a.time_scale),
     };
     let app = p.entry.name.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -305,7 +345,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
         a.nodes,
         a.gpus_per_node,
         a.trace.display(),
-        a.rate_scale,
+        (p.rate_scale * 1000.0).round() / 1000.0,
         a.time_scale
     );
     let svg_path = a.svg.clone().unwrap_or_else(|| PathBuf::from(format!("replay-{}.svg", p.entry.name)));
@@ -314,7 +354,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
     let report = ReplayReport {
         app: p.entry.name.clone(),
         trace: a.trace.display().to_string(),
-        rate_scale: a.rate_scale,
+        rate_scale: p.rate_scale,
         time_scale: a.time_scale,
         interval_s: p.interval_us as f64 / 1e6,
         demand_rps: p.entry.demand_rps,
