@@ -3,7 +3,7 @@
 //!
 //! * [`samples`]: the measured points of one model: its mean-latency profile table (from
 //!   `jigsaw profiles import`) with the app spec that describes the model.
-//! * [`fit`]: the seven [`Constants`] minimising a robust loss on the log latency ratio
+//! * [`fit`]: the eight [`Constants`] minimising a robust loss on the log latency ratio
 //!   (`Σ 2·(√(1 + (r/0.1)²) − 1)`, `r = ln(predicted / measured mean)`: least squares for
 //!   errors under ~10 %, linear beyond, so a few odd rows do not dominate), by Nelder–Mead on
 //!   the constants' logarithms from a fixed generic start ([`START`]), restarted until it
@@ -28,6 +28,7 @@ pub const START: Constants = Constants {
     eff_mem: 0.5,
     sharp: 4.0,
     host_mps: 0.02,
+    copy_mps: 0.05,
 };
 
 /// One measured configuration of one model.
@@ -137,14 +138,14 @@ pub fn loss(c: &Constants, samples: &[Sample]) -> f64 {
         .sum()
 }
 
-fn to_x(c: &Constants) -> [f64; 7] {
+fn to_x(c: &Constants) -> [f64; 8] {
     let a = c.to_array();
     let mut x = a.map(f64::ln);
     x[5] = (a[5] - 1.0).max(1e-9).ln(); // sharp > 1
     x
 }
 
-fn from_x(x: &[f64; 7]) -> Constants {
+fn from_x(x: &[f64; 8]) -> Constants {
     let mut a = x.map(f64::exp);
     a[5] = 1.0 + x[5].exp();
     Constants::from_array(a)
@@ -152,7 +153,7 @@ fn from_x(x: &[f64; 7]) -> Constants {
 
 /// Fit the constants to `samples` (see the module doc).
 pub fn fit(samples: &[Sample]) -> Constants {
-    let f = |x: &[f64; 7]| loss(&from_x(x), samples);
+    let f = |x: &[f64; 8]| loss(&from_x(x), samples);
     let mut best = to_x(&START);
     let mut fbest = f(&best);
     for _ in 0..20 {
@@ -170,8 +171,12 @@ pub fn fit(samples: &[Sample]) -> Constants {
 }
 
 /// Nelder–Mead minimisation of `f` from `x0` with initial step `step` on every coordinate.
-fn nelder_mead(f: &dyn Fn(&[f64; 7]) -> f64, x0: [f64; 7], step: f64, max_iter: usize) -> ([f64; 7], f64) {
-    const N: usize = 7;
+fn nelder_mead<const N: usize>(
+    f: &dyn Fn(&[f64; N]) -> f64,
+    x0: [f64; N],
+    step: f64,
+    max_iter: usize,
+) -> ([f64; N], f64) {
     let mut simplex: Vec<([f64; N], f64)> = Vec::with_capacity(N + 1);
     simplex.push((x0, f(&x0)));
     for i in 0..N {
@@ -329,6 +334,7 @@ mod tests {
             eff_mem: 0.6,
             sharp: 5.0,
             host_mps: 0.03,
+            copy_mps: 0.4,
         };
         let gpu = GpuModel::A100_80gb;
         let mut s = Vec::new();

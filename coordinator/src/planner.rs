@@ -33,6 +33,9 @@
 //!
 //! Splits are solved best-LP-bound first and skipped when their LP bound cannot beat the
 //! incumbent by more than the MIP gap, so the reported gap covers the whole enumeration.
+//! At fixed demand, each later split's MILP also carries the incumbent as a cutoff row
+//! (objective ≥ incumbent + relative gap): the solver stops once it proves the split cannot
+//! beat it (reported as infeasible; the cutoff then stands in for that split's bound).
 
 use crate::milp::{Milp, SolveOptions, Solver, SolverError, Status};
 use crate::spaces::SearchSpace;
@@ -969,12 +972,41 @@ pub fn plan(
             bound = bound.max(*lp_bound);
             continue;
         }
+        // At fixed demand, a split only matters if it beats the incumbent by more than the
+        // gap: ask for that as a row (objective ≥ cutoff), so the solver can stop as soon
+        // as it proves the split cannot. Infeasible under the cutoff = the split's optimum
+        // is below it. (Not when maximising demand: there the first split usually decides
+        // and the plain model is kept.)
+        let cutoff = match (goal, &best) {
+            (Goal::MinCost { .. }, Some((obj, _, _))) => Some(obj + cfg.mip_rel_gap * obj.abs().max(1e-9)),
+            _ => None,
+        };
+        let cut_milp;
+        let milp = match cutoff {
+            Some(c) => {
+                let mut m = built.milp.clone();
+                let coefs = m
+                    .cols
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, col)| col.cost != 0.0)
+                    .map(|(j, col)| (j, col.cost))
+                    .collect();
+                m.row(c - m.offset, f64::INFINITY, coefs);
+                cut_milp = m;
+                &cut_milp
+            }
+            None => &built.milp,
+        };
         let sol = solver.solve(
-            &built.milp,
+            milp,
             SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
         )?;
         solved += 1;
         match sol.status {
+            Status::Infeasible if cutoff.is_some() => {
+                bound = bound.max(cutoff.unwrap_or(f64::NEG_INFINITY));
+            }
             Status::Optimal | Status::TimeLimitFeasible => {
                 bound = bound.max(if sol.bound.is_finite() { sol.bound } else { *lp_bound });
                 if best.as_ref().is_none_or(|(o, _, _)| sol.objective > *o) {

@@ -3,7 +3,7 @@
 //!
 //! Every number this module produces is synthetic: it is computed from a model's
 //! description (FLOPs, parameters, activation bytes, kernels per pass) and from the
-//! segment's SMs and memory bandwidth, never measured. Its seven constants ([`CALIBRATED`])
+//! segment's SMs and memory bandwidth, never measured. Its eight constants ([`CALIBRATED`])
 //! were fitted ([`crate::calibrate`]) to the measured ParvaGPU profiles of eight PyTorch
 //! models on an A100 80GB (`examples/profiles/measured-a100-80gb/`), so it models *that*
 //! software setup (PyTorch eager, FP32 tensors, one host thread per MPS process); it was
@@ -11,18 +11,23 @@
 //! the leave-one-model-out errors.
 //!
 //! For a segment = (MIG profile with `sms` SMs and memory bandwidth `bw`, MPS level `k`) and
-//! batch `b`, the mean latency of one batch in one process is a soft maximum of a host and a
-//! device time, because the host dispatches kernels while the device runs earlier ones:
+//! batch `b`, the mean latency of one batch in one process is the input copy plus a soft
+//! maximum of a host dispatch and a device time, because the host dispatches kernels while
+//! the device runs earlier ones, but the (pageable, synchronous) copy of the batch's input
+//! waits for the device to drain and the dispatch waits for the copy:
 //!
-//! * host `H = (steps · kernels · HOST_OP + b · HOST_ITEM) · (1 + HOST_MPS · (k − 1))`:
-//!   framework dispatch per kernel and per-item input handling, on the process's own CPU
-//!   thread; this is the per-batch floor (about 5 ms for resnet50 on every MIG size);
+//! * copy `C = b · HOST_ITEM · (1 + COPY_MPS · (k − 1))`: per-item input handling and
+//!   host-to-device copy, slowed by the `k − 1` other processes copying over the same host
+//!   memory and PCIe link;
+//! * dispatch `H = steps · kernels · HOST_OP · (1 + HOST_MPS · (k − 1))`: framework dispatch
+//!   per kernel on the process's own CPU thread; this is the per-batch floor (about 5 ms for
+//!   resnet50 on every MIG size);
 //! * device `D = k·b·F / (peak · sms/sms_gpu · EFF · u) + k · (steps · W + 2·b·A) / (bw · EFF_MEM)`:
 //!   the `k` processes share the instance's SMs and bandwidth (MPS), so one round serves `k`
 //!   batches; `u = kbF / (kbF + W_HALF · sms)` is the SM occupancy, low at small combined
 //!   work, which is where MPS co-location gains; `W` = FP32 weight bytes, `A` = activation
 //!   bytes per item;
-//! * mean `t = (H^SHARP + D^SHARP)^(1/SHARP)`; p95 = [`P95_OVER_MEAN`] · t; segment
+//! * mean `t = C + (H^SHARP + D^SHARP)^(1/SHARP)`; p95 = [`P95_OVER_MEAN`] · t; segment
 //!   throughput `k · b / t`;
 //! * a row exists only if `k · (W + b · A + CONTEXT)` fits the instance's memory.
 
@@ -40,7 +45,8 @@ pub const BYTES_PER_VALUE: f64 = 4.0;
 pub struct Constants {
     /// Host dispatch time per kernel, µs (`HOST_OP`).
     pub host_op_us: f64,
-    /// Host time per item of a batch, µs (`HOST_ITEM`: input handling and copy).
+    /// Host time per item of a batch, µs (`HOST_ITEM`: input handling and the synchronous
+    /// host-to-device copy; not overlapped with dispatch or device work).
     pub host_item_us: f64,
     /// GFLOP of combined work per SM at which SM occupancy reaches one half (`W_HALF`).
     pub w_half: f64,
@@ -50,22 +56,33 @@ pub struct Constants {
     pub eff_mem: f64,
     /// Sharpness of the host/device soft maximum (`SHARP`; ∞ = plain max, 1 = sum).
     pub sharp: f64,
-    /// Host slow-down per extra MPS process sharing the CPU (`HOST_MPS`).
+    /// Dispatch slow-down per extra MPS process sharing the CPU (`HOST_MPS`).
     pub host_mps: f64,
+    /// Input-copy slow-down per extra MPS process sharing host memory and PCIe (`COPY_MPS`).
+    pub copy_mps: f64,
 }
 
 impl Constants {
     /// Names, in [`Constants::to_array`] order.
-    pub const NAMES: [&'static str; 7] =
-        ["host_op_us", "host_item_us", "w_half", "eff", "eff_mem", "sharp", "host_mps"];
+    pub const NAMES: [&'static str; 8] =
+        ["host_op_us", "host_item_us", "w_half", "eff", "eff_mem", "sharp", "host_mps", "copy_mps"];
 
     /// The constants as an array.
-    pub fn to_array(self) -> [f64; 7] {
-        [self.host_op_us, self.host_item_us, self.w_half, self.eff, self.eff_mem, self.sharp, self.host_mps]
+    pub fn to_array(self) -> [f64; 8] {
+        [
+            self.host_op_us,
+            self.host_item_us,
+            self.w_half,
+            self.eff,
+            self.eff_mem,
+            self.sharp,
+            self.host_mps,
+            self.copy_mps,
+        ]
     }
 
     /// From an array in [`Constants::NAMES`] order.
-    pub fn from_array(a: [f64; 7]) -> Self {
+    pub fn from_array(a: [f64; 8]) -> Self {
         Constants {
             host_op_us: a[0],
             host_item_us: a[1],
@@ -74,6 +91,7 @@ impl Constants {
             eff_mem: a[4],
             sharp: a[5],
             host_mps: a[6],
+            copy_mps: a[7],
         }
     }
 }
@@ -81,13 +99,14 @@ impl Constants {
 /// The constants fitted to all eight measured models (`jigsaw profiles calibrate` prints
 /// the fit; a test checks that refitting reproduces these).
 pub const CALIBRATED: Constants = Constants {
-    host_op_us: 27.05,
-    host_item_us: 158.5,
-    w_half: 0.541,
-    eff: 0.398,
-    eff_mem: 0.527,
-    sharp: 4.40,
-    host_mps: 0.026,
+    host_op_us: 27.74,
+    host_item_us: 104.26,
+    w_half: 0.5522,
+    eff: 0.4096,
+    eff_mem: 0.5774,
+    sharp: 5.212,
+    host_mps: 0.01435,
+    copy_mps: 0.4991,
 };
 
 /// Kernels per pass of a family, for a model description that does not give `kernels`.
@@ -126,14 +145,15 @@ pub fn mean_latency_ms(c: &Constants, model: &ModelDesc, gpu: GpuModel, p: &MigP
     let kernels = model.kernels.map_or_else(|| family_kernels(&model.family), f64::from);
     let weight_gb = model.params_m * 1e6 * BYTES_PER_VALUE / 1e9;
     let act_gb = model.activation_mb / 1e3;
-    let host = (steps * kernels * c.host_op_us + b * c.host_item_us) * 1e-6 * (1.0 + c.host_mps * (k - 1.0));
+    let copy = b * c.host_item_us * 1e-6 * (1.0 + c.copy_mps * (k - 1.0));
+    let host = steps * kernels * c.host_op_us * 1e-6 * (1.0 + c.host_mps * (k - 1.0));
     let sms = f64::from(p.sms);
     let peak = spec.fp16_tflops * 1e3 * sms / f64::from(spec.total_sms); // GFLOP/s
     let bw = spec.mem_bw_gbs * f64::from(p.mem_slices) / 8.0; // GB/s
     let work = k * b * model.gflops;
     let fill = work / (work + c.w_half * sms);
     let device = work / (peak * c.eff * fill) + k * (steps * weight_gb + 2.0 * b * act_gb) / (bw * c.eff_mem);
-    (host.powf(c.sharp) + device.powf(c.sharp)).powf(1.0 / c.sharp) * 1e3
+    (copy + (host.powf(c.sharp) + device.powf(c.sharp)).powf(1.0 / c.sharp)) * 1e3
 }
 
 /// Synthetic latency (p95, ms) and segment throughput (items/s) of the calibrated model,
