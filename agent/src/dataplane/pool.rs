@@ -51,6 +51,7 @@ pub struct PoolStats {
 /// A running pool; dropping it stops the driver and answers queued items with an error.
 pub struct Pool {
     tx: mpsc::UnboundedSender<Item>,
+    settings: mpsc::UnboundedSender<QueueConfig>,
     driver: tokio::task::JoinHandle<()>,
     /// Counters.
     pub stats: Arc<PoolStats>,
@@ -79,9 +80,22 @@ impl Pool {
         batches: Option<prometheus_client::metrics::histogram::Histogram>,
     ) -> Pool {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (settings, settings_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(PoolStats::default());
-        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, stats.clone(), batches));
-        Pool { tx, driver, stats, workers }
+        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, settings_rx, stats.clone(), batches));
+        Pool { tx, settings, driver, stats, workers }
+    }
+
+    /// Apply new queue settings to the running pool: its workers, waiting items and running
+    /// batches stay (a re-plan that only changes queue figures cuts no work).
+    pub fn reconfigure(&self, cfg: QueueConfig) {
+        let _ = self.settings.send(cfg);
+    }
+
+    /// Items taken and not yet answered (queued or in a running batch), as of the driver's
+    /// last turn.
+    pub fn pending(&self) -> u64 {
+        self.stats.pending.load(Ordering::Relaxed)
     }
 
     /// Submit an item; its outcome arrives on `item.reply`.
@@ -285,6 +299,7 @@ async fn drive(
     workers: Vec<Arc<dyn WorkerConn>>,
     variant: String,
     mut rx: mpsc::UnboundedReceiver<Item>,
+    mut settings: mpsc::UnboundedReceiver<QueueConfig>,
     stats: Arc<PoolStats>,
     batches: Option<prometheus_client::metrics::histogram::Histogram>,
 ) {
@@ -321,6 +336,10 @@ async fn drive(
                 events = d.arrive(item);
             }
             Some(fin) = done_rx.recv() => events = d.finished(fin),
+            Some(cfg) = settings.recv() => {
+                d.queue.set_config(cfg);
+                events = d.queue.poll(d.now_us());
+            }
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 events = d.queue.poll(d.now_us());
             }
