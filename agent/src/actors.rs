@@ -26,7 +26,7 @@ use crate::gpu::{GpuBackend, GpuError};
 use crate::metrics::{labels, Metrics};
 use jigsaw_protocol::cluster::GpuInventory;
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::wire::ApplyOutcome;
+use jigsaw_protocol::wire::{ApplyOutcome, PushPhase};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +37,10 @@ use tokio::sync::watch;
 
 /// Longest a GPU actor waits for an instance to drain before stopping its workers.
 pub const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Longest a GPU actor waits for the instances it started to serve (their pools to run)
+/// before it reports the step done anyway.
+pub const READY_MAX: Duration = Duration::from_secs(5);
 
 /// Longest a GPU actor retries a destroy refused with `IN_USE` (worker processes release
 /// their CUDA contexts a moment after they are told to stop).
@@ -179,6 +183,14 @@ impl Actor for SegmentActor {
                 let _ = reply.send(state.plan.clone());
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<SegmentMsg>, state: &mut SegmentState) -> Result<(), ActorProcessingErr> {
+        // Stop the workers now: ractor hands the stopped actor's state to its supervisor in
+        // the termination event, which the GPU actor reads only after its current step, and
+        // the destroy that follows must find the workers gone.
+        state.attachment = None;
         Ok(())
     }
 }
@@ -438,6 +450,21 @@ impl Actor for GpuActor {
                     }
                 }
                 st.reconcile(&me).await?;
+                // Ready means serving: wait (bounded) until the started instances' pools run.
+                if let Some(plane) = &st.plane {
+                    let gpu = st.backend().uuid().to_string();
+                    let started: Vec<u8> = done
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::StartWorkers { start, assignment } if assignment.mps > 0 => Some(*start),
+                            _ => None,
+                        })
+                        .collect();
+                    let t0 = tokio::time::Instant::now();
+                    while !started.iter().all(|s| plane.serving(&gpu, *s)) && t0.elapsed() < READY_MAX {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
                 let _ = reply.send(result);
             }
         }
@@ -492,6 +519,8 @@ pub enum NodeMsg {
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// The transition step asked for (`docs/transitions.md`).
+        phase: PushPhase,
         /// Run once the push is accepted and persisted, before it is applied.
         on_accept: Option<OnAccept>,
         /// Outcome.
@@ -554,10 +583,18 @@ impl NodeState {
         &mut self,
         epoch: u64,
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        phase: PushPhase,
         on_accept: Option<OnAccept>,
     ) -> ApplyOutcome {
-        if !self.core.would_accept(epoch) {
+        if !self.core.would_take(epoch, phase) {
             return ApplyOutcome::Stale { accepted: self.core.accepted_epoch() };
+        }
+        if phase == PushPhase::Routes {
+            // Routes only: no GPU is touched and nothing is persisted but the table.
+            if let Some(OnAccept(f)) = on_accept {
+                f();
+            }
+            return ApplyOutcome::Applied;
         }
         let mut live = BTreeMap::new();
         for (uuid, a) in &self.gpus {
@@ -571,7 +608,7 @@ impl NodeState {
         let part = PlanPart { epoch, gpus: gpus.clone() };
         // Check first, persist second: a refused plan is neither written nor, after a
         // restart, restored.
-        let cmds = match self.core.check(&part, &live) {
+        let (cmds, deferred) = match self.core.check_phase(&part, &live, phase) {
             Ok(c) => c,
             Err(crate::core::node_plan::PushRejected::Stale { accepted, .. }) => {
                 return ApplyOutcome::Stale { accepted }
@@ -585,7 +622,7 @@ impl NodeState {
                 return ApplyOutcome::Rejected { reason: format!("cannot persist the plan before applying it: {e}") };
             }
         }
-        self.core.begin(epoch);
+        self.core.begin_phase(epoch, phase, deferred);
         if let Some(OnAccept(f)) = on_accept {
             f();
         }
@@ -593,7 +630,11 @@ impl NodeState {
         let mut queue: Vec<NodeCommand> = cmds;
         if queue.is_empty() {
             // A node without GPUs applies any epoch trivially.
-            outcome = ApplyOutcome::Applied;
+            outcome = if phase == PushPhase::Make {
+                ApplyOutcome::Prepared { deferred: Vec::new() }
+            } else {
+                ApplyOutcome::Applied
+            };
         }
         while let Some(cmd) = queue.pop() {
             match cmd {
@@ -609,6 +650,7 @@ impl NodeState {
                     queue.extend(self.core.gpu_done(epoch, &gpu, res));
                 }
                 NodeCommand::ReportApplied { .. } => outcome = ApplyOutcome::Applied,
+                NodeCommand::ReportPrepared { deferred, .. } => outcome = ApplyOutcome::Prepared { deferred },
                 NodeCommand::ReportFailed { gpu, error, .. } => {
                     outcome = ApplyOutcome::Failed { gpu, error };
                     queue.clear();
@@ -654,7 +696,7 @@ impl Actor for NodeAgent {
             // e.g. MIG instances on a real GPU) so the fence resumes where it was.
             let known: BTreeMap<_, _> =
                 saved.gpus.clone().into_iter().filter(|(g, _)| st.gpus.contains_key(g)).collect();
-            let outcome = st.push(saved.epoch, known, None).await;
+            let outcome = st.push(saved.epoch, known, PushPhase::All, None).await;
             tracing::info!(epoch = saved.epoch, ?outcome, "restored the last applied plan");
         }
         st.publish().await?;
@@ -663,8 +705,8 @@ impl Actor for NodeAgent {
 
     async fn handle(&self, _me: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeState) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Push { epoch, gpus, on_accept, reply } => {
-                let outcome = st.push(epoch, gpus, on_accept).await;
+            NodeMsg::Push { epoch, gpus, phase, on_accept, reply } => {
+                let outcome = st.push(epoch, gpus, phase, on_accept).await;
                 st.publish().await?;
                 let _ = reply.send(outcome);
             }

@@ -18,8 +18,9 @@
 //!   of epoch `epoch + 1`. A solve result that lost a race is rejected by the state machine
 //!   (epochs grow by exactly one), and the next tick asks again.
 //! * **Distribution.** Once the committed plan is for the current inputs, every alive member
-//!   that has sent a heartbeat to this leader and has not applied its epoch gets a push, one in
-//!   flight per node. A push that failed, was refused, found the node busy or got no answer
+//!   that has sent a heartbeat to this leader goes through the epoch's make-before-break
+//!   transition ([`crate::transition`]): make, switch routes, break, final routes, each step
+//!   pushed once every such member finished the one before; one push in flight per node. A push that failed, was refused, found the node busy or got no answer
 //!   is sent again after `retry_ms` (`push_timeout_ms` without an answer); the last outcome is
 //!   kept for `status`.
 //! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
@@ -31,11 +32,12 @@
 //!   absurd figures, unknown keys, over the cap) are dropped and the rest recorded.
 
 use crate::routing::routing_table;
+use crate::transition::{Transition, STEPS};
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::heartbeat::{check_heartbeat, Dropped, InvalidHeartbeat, KnownKeys};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::RoutingTable;
-use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus};
+use jigsaw_protocol::wire::{ApplyOutcome, Heartbeat, NodeStatus, PushPhase};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
 
@@ -81,9 +83,13 @@ pub enum Action {
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
-        /// The epoch's routing table (shared by every push of the epoch).
+        /// The routing table the push carries (see [`PushPhase`]).
         routes: std::sync::Arc<RoutingTable>,
+        /// The transition step it asks for.
+        phase: PushPhase,
     },
+    /// Log this (a transition had to fall back: no free capacity for some new instances).
+    Warn(String),
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +104,9 @@ pub struct Control {
     cfg: ControlConfig,
     since_ms: u64,
     seen: BTreeMap<String, Seen>,
-    in_flight: BTreeMap<String, (u64, u64)>,
+    /// Per node: (epoch, transition step, sent at) of the push in flight.
+    in_flight: BTreeMap<String, (u64, u8, u64)>,
+    transition: Option<Transition>,
     acked: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
     retry_at: BTreeMap<String, u64>,
@@ -124,6 +132,7 @@ impl Control {
             since_ms: now_ms,
             seen: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            transition: None,
             acked: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             retry_at: BTreeMap::new(),
@@ -167,23 +176,42 @@ impl Control {
         let acked = self.acked.entry(hb.node.clone()).or_default();
         // A restarted node may report less than before; trust its latest word.
         *acked = hb.applied_epoch;
+        if let Some(t) = &mut self.transition {
+            t.heard(&hb.node, hb.applied_epoch);
+        }
         self.seen.insert(hb.node.clone(), Seen { at_ms: now_ms, hb });
     }
 
     /// A push finished at `now_ms`: `Some(outcome)` from the node, `None` when it could not
     /// be reached (re-sent after `push_timeout_ms`).
     pub fn push_done(&mut self, now_ms: u64, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) {
+        let mut step = None;
         if self.in_flight.get(node).map(|f| f.0) == Some(epoch) {
-            self.in_flight.remove(node);
+            step = self.in_flight.remove(node).map(|f| f.1);
+        }
+        if let (Some(t), Some(s), Some(o)) = (&mut self.transition, step, &outcome) {
+            if t.epoch() == epoch {
+                match o {
+                    ApplyOutcome::Prepared { deferred } => t.finished(node, s, Some(deferred.clone())),
+                    ApplyOutcome::Applied => t.finished(node, s, (s == 1).then(Vec::new)),
+                    _ => {}
+                }
+            }
         }
         let Some(outcome) = outcome else {
             self.retry_at.insert(node.to_string(), now_ms + self.cfg.push_timeout_ms);
             return;
         };
         match &outcome {
+            ApplyOutcome::Applied if step.is_some_and(|s| STEPS[usize::from(s.max(1)) - 1] == PushPhase::Routes) => {
+                self.retry_at.remove(node);
+            }
             ApplyOutcome::Applied => {
                 let a = self.acked.entry(node.to_string()).or_default();
                 *a = (*a).max(epoch);
+                self.retry_at.remove(node);
+            }
+            ApplyOutcome::Prepared { .. } => {
                 self.retry_at.remove(node);
             }
             // Already past it, or still applying it (a duplicate push), or it failed or was
@@ -279,34 +307,50 @@ impl Control {
         // before a node left or returned would wrongly empty or fill that node's GPUs).
         if let Some(plan) = state.plan.as_ref().filter(|p| p.inputs == inputs) {
             if self.routes.as_ref().is_none_or(|r| r.epoch != plan.epoch) {
-                self.routes = Some(std::sync::Arc::new(routing_table(state, plan)));
+                let previous = self.routes.take();
+                let full = std::sync::Arc::new(routing_table(state, plan));
+                let mut t = Transition::new(full.clone(), previous);
+                for (node, s) in &self.seen {
+                    t.heard(node, s.hb.applied_epoch);
+                }
+                self.transition = Some(t);
+                self.routes = Some(full);
             }
-            let routes = self.routes.clone().unwrap_or_default();
-            for m in state.alive_members() {
-                match self.seen.get(&m.node) {
-                    None => continue, // wait for its heartbeat: it tells what the node applied
-                    Some(s) if now_ms.saturating_sub(s.at_ms) >= dead_after => continue, // being marked down
-                    Some(_) => {}
-                }
-                if self.acked.get(&m.node).copied().unwrap_or(0) >= plan.epoch {
-                    continue;
-                }
+            // Taking part: alive members heard from lately (the others are being marked down
+            // or have not told this leader what they applied yet).
+            let nodes: Vec<&str> = state
+                .alive_members()
+                .filter(|m| self.seen.get(&m.node).is_some_and(|s| now_ms.saturating_sub(s.at_ms) < dead_after))
+                .map(|m| m.node.as_str())
+                .collect();
+            let Some(t) = self.transition.as_ref() else { return out };
+            let mut pushes = Vec::new();
+            for m in state.alive_members().filter(|m| nodes.contains(&m.node.as_str())) {
                 if self.retry_at.get(&m.node).is_some_and(|&t| now_ms < t) {
                     continue; // failed, refused, unreachable or busy: retried after a pause
                 }
-                if let Some((e, at)) = self.in_flight.get(&m.node) {
+                if let Some((e, _, at)) = self.in_flight.get(&m.node) {
                     if *e >= plan.epoch && now_ms.saturating_sub(*at) < self.cfg.push_timeout_ms {
                         continue;
                     }
                 }
-                self.in_flight.insert(m.node.clone(), (plan.epoch, now_ms));
+                let Some(step) = t.next(&m.node, &nodes) else { continue };
+                let (routes, notes) = t.routes_for(step, &nodes);
+                for n in notes {
+                    out.push(Action::Warn(format!("plan epoch {}: {n}", plan.epoch)));
+                }
+                pushes.push((m.node.clone(), step));
                 out.push(Action::Push {
                     node: m.node.clone(),
                     addr: m.addr.clone(),
                     epoch: plan.epoch,
                     gpus: plan.nodes.get(&m.node).cloned().unwrap_or_default(),
-                    routes: routes.clone(),
+                    routes,
+                    phase: STEPS[usize::from(step) - 1],
                 });
+            }
+            for (node, step) in pushes {
+                self.in_flight.insert(node, (plan.epoch, step, now_ms));
             }
         }
         out

@@ -43,6 +43,7 @@ pub mod randapp;
 pub mod routing;
 pub mod spaces;
 pub mod synth;
+pub mod transition;
 
 #[cfg(feature = "highs")]
 pub use highs::HighsSolver;

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -53,6 +53,8 @@ pub enum WireMessage {
         gpus: BTreeMap<String, Vec<InstancePlan>>,
         /// The whole cluster's routing table of this epoch (every node routes with it).
         routes: RoutingTable,
+        /// Which part of the epoch's make-before-break transition this push asks for.
+        phase: PushPhase,
     },
     /// What a node did with a pushed epoch.
     PlanReport {
@@ -194,6 +196,26 @@ pub struct Heartbeat {
     pub observed: Vec<ProfileRow>,
 }
 
+/// The part of a plan epoch's make-before-break transition a [`WireMessage::PlanPush`]
+/// asks a node for (`docs/transitions.md`). The leader sends the phases in order, each
+/// only once every alive node finished the one before; a phase may be pushed again (after a
+/// leader change, a lost reply) and re-running one is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PushPhase {
+    /// Everything at once (a single push per epoch): make, install `routes`, break.
+    All,
+    /// Create and start the new instances that fit in free slots; touch nothing live and
+    /// keep routing with the current table (`routes` only describes the new instances'
+    /// apps). Reply: [`ApplyOutcome::Prepared`].
+    Make,
+    /// Route with `routes` from now on (the leader's table of instances that serve now);
+    /// no GPU step runs.
+    Routes,
+    /// Drain and destroy what the epoch no longer has, restart reassigned instances,
+    /// create the late ones. Reply: [`ApplyOutcome::Applied`].
+    Break,
+}
+
 /// What a node did with a pushed plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ApplyOutcome {
@@ -215,6 +237,12 @@ pub enum ApplyOutcome {
         gpu: String,
         /// The failed step and error, in words.
         error: String,
+    },
+    /// The make phase ran ([`PushPhase::Make`]): the new instances in free slots serve.
+    Prepared {
+        /// Target instances (GPU UUID, start slot) that do not serve yet: reassigned, or
+        /// waiting for slots the break phase frees.
+        deferred: Vec<(String, u8)>,
     },
 }
 
@@ -691,6 +719,7 @@ mod tests {
                     coordinator: "n1".into(),
                     gpus: [("GPU-1".to_string(), p.gpus[0].instances.clone())].into(),
                     routes: crate::route::RoutingTable { epoch: 7, apps: vec![] },
+                    phase: PushPhase::Make,
                 },
                 WireMessage::ClientReply(ClientReply::Status(Box::new(status))),
             ] {
@@ -784,15 +813,15 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
-    /// The version-5 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v5-*`).
+    /// The version-6 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v6-*`).
     fn seeds() -> Vec<(&'static str, WireMessage)> {
         use crate::route::{StageOutcome, StageReply, StageRequest};
         let id = RequestId { client: 0x1234_5678_9abc_def0, seq: 3 };
         vec![
-            ("v5-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
-            ("v5-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            ("v6-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v6-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
             (
-                "v5-stage",
+                "v6-stage",
                 WireMessage::Stage(StageRequest {
                     id: 7,
                     item: 1,
@@ -805,7 +834,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v5-stage-reply",
+                "v6-stage-reply",
                 WireMessage::StageReply(StageReply {
                     id: 7,
                     item: 1,
@@ -813,24 +842,33 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v5-plan-push",
+                "v6-plan-push",
                 WireMessage::PlanPush {
                     epoch: 3,
                     coordinator: "n1".into(),
                     gpus: BTreeMap::new(),
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
+                    phase: PushPhase::Break,
                 },
             ),
-            ("v5-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
-            ("v5-leave", WireMessage::Leave { node: "n4".into() }),
-            ("v5-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            ("v6-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
             (
-                "v5-status",
+                "v6-plan-prepared",
+                WireMessage::PlanReport {
+                    node: "n2".into(),
+                    epoch: 3,
+                    outcome: ApplyOutcome::Prepared { deferred: vec![("GPU-1".into(), 4)] },
+                },
+            ),
+            ("v6-leave", WireMessage::Leave { node: "n4".into() }),
+            ("v6-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            (
+                "v6-status",
                 WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
             ),
-            ("v5-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            ("v6-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
             (
-                "v5-register-app",
+                "v6-register-app",
                 WireMessage::Client(ClientRequest::RegisterApp {
                     id,
                     entry: AppEntry {
@@ -842,7 +880,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v5-status-page",
+                "v6-status-page",
                 WireMessage::ClientReply(ClientReply::StatusPage(StatusPage {
                     token: 9,
                     total: 12,
@@ -850,13 +888,13 @@ mod fuzz_seeds {
                     bytes: vec![1, 2, 3, 4],
                 })),
             ),
-            ("v5-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
+            ("v6-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
         ]
     }
 
     /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_5_seeds_decode_and_round_trip() {
+    fn version_6_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
         if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
             for (name, m) in seeds() {

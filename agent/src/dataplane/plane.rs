@@ -101,7 +101,8 @@ pub trait Segments: Send + Sync + 'static {
         Box::pin(std::future::ready(0))
     }
 
-    /// Whether the instance at `start` of `gpu` runs its workers (its pool is up).
+    /// Whether the instance at `start` of `gpu` serves: its pool runs (or no routing table
+    /// describes its app, so none can).
     fn serving(&self, gpu: &str, start: u8) -> bool {
         let _ = (gpu, start);
         true
@@ -492,7 +493,10 @@ impl Segments for LocalPlane {
     }
 
     fn serving(&self, gpu: &str, start: u8) -> bool {
-        lock(&self.local).get(&(gpu.to_string(), start)).is_some_and(|l| l.pool.is_some())
+        // Serving, or it cannot have a pool (no table describes its app yet).
+        lock(&self.local)
+            .get(&(gpu.to_string(), start))
+            .is_some_and(|l| l.pool.is_some() || self.desired(gpu, &l.plan).is_none())
     }
 }
 
