@@ -65,4 +65,5 @@ pub mod persist;
 pub mod raft;
 pub mod status_page;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub mod transition_sim;
 pub mod transport;

@@ -159,6 +159,10 @@ pub struct LocalPlane {
     metrics: Arc<Metrics>,
     /// Stage requests taken so far (a draining node waits until they stop arriving).
     stages: AtomicU64,
+    /// Stages that found no serving instance here (routed to one not ready, or gone).
+    misrouted: AtomicU64,
+    /// Stages taken by an instance that stopped before answering (work cut).
+    cut: AtomicU64,
 }
 
 impl LocalPlane {
@@ -185,12 +189,21 @@ impl LocalPlane {
             me: me.clone(),
             metrics: Arc::new(Metrics::new()),
             stages: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
         })
     }
 
     /// Stage requests this plane has taken so far (local and from other frontends).
     pub fn stages_taken(&self) -> u64 {
         self.stages.load(Ordering::Relaxed)
+    }
+
+    /// Stages that found no serving instance here (the sender routed to an instance that
+    /// was not ready or already gone), and stages cut because their instance stopped
+    /// before answering: what a make-before-break transition keeps at zero.
+    pub fn transition_faults(&self) -> (u64, u64) {
+        (self.misrouted.load(Ordering::Relaxed), self.cut.load(Ordering::Relaxed))
     }
 
     /// Requests the local instances hold and have not answered yet.
@@ -428,6 +441,7 @@ impl LocalPlane {
             }
         };
         let Some((pool, _taken)) = pool else {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
             return StageOutcome::Failed {
                 message: format!("no instance of {}/{} at {} start {} here", req.app, req.task, req.gpu, req.start),
                 retry: true,
@@ -435,7 +449,11 @@ impl LocalPlane {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         pool.submit(Item { input: req.input, budget_us: req.budget_us, reply: tx });
-        rx.await.unwrap_or(StageOutcome::Failed { message: "instance stopped".into(), retry: true })
+        let out = rx.await.unwrap_or(StageOutcome::Failed { message: "instance stopped".into(), retry: true });
+        if matches!(&out, StageOutcome::Failed { message, .. } if message == "instance stopped") {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+        }
+        out
     }
 }
 
