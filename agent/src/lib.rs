@@ -66,4 +66,5 @@ pub mod raft;
 pub mod status_page;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod transition_sim;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod transport;

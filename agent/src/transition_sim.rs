@@ -18,8 +18,6 @@
 //! Used by `jigsaw bench transition` (figures) and `agent/tests/transition_sim.rs` (the same
 //! run with crashes and link cuts, invariants asserted).
 
-#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // a shell: clocks, spawns, randomness
-
 use crate::actors::Backend;
 use crate::core::netsim::LinkConfig;
 use crate::dataplane::Inference;

@@ -83,6 +83,10 @@ pub enum NodeCommand {
     },
 }
 
+/// The commands of a checked push, and the target instances (GPU UUID, start) that do not
+/// serve once they ran.
+pub type Checked = (Vec<NodeCommand>, Vec<(String, u8)>);
+
 /// Why a push was not accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PushRejected {
@@ -194,7 +198,7 @@ impl NodePlanCore {
         part: &PlanPart,
         live: &BTreeMap<String, Vec<LiveSegment>>,
         phase: PushPhase,
-    ) -> Result<(Vec<NodeCommand>, Vec<(String, u8)>), PushRejected> {
+    ) -> Result<Checked, PushRejected> {
         if !self.would_take(part.epoch, phase) {
             return Err(PushRejected::Stale { got: part.epoch, accepted: self.accepted });
         }
