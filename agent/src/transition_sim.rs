@@ -153,7 +153,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// The HiGHS planner, its targets rotated across GPUs by epoch when `rotate` (see
 /// [`Config::rotate`]).
 fn planner(rotate: bool) -> crate::node::PlanFn {
-    let base = highs_planner(PlannerConfig::default(), Some(1));
+    // A short solve limit: the paused clock stands still while HiGHS runs (a blocking task).
+    let base = highs_planner(PlannerConfig { time_limit_s: 2.0, ..PlannerConfig::default() }, Some(1));
     if !rotate {
         return base;
     }

@@ -3,7 +3,7 @@
 //! its planned demand while the demand steps 2× up and back down; each step is a plan
 //! transition. Checked after every step: no stage routed to an instance that does not serve,
 //! no stage cut by its instance stopping, no MIG slice held twice. One seed runs without
-//! faults (and must lose no request to a transition); others add crashes and link cuts.
+//! faults (and must lose no request to a transition); another adds crashes and link cuts.
 //!
 //! A failure names its seed; rerun it alone with `JIGSAW_SIM_SEED=<seed>`.
 
@@ -49,8 +49,8 @@ fn transitions_under_load_lose_no_request() {
 
 #[test]
 fn transitions_under_load_with_crashes_and_link_cuts_keep_the_invariants() {
-    for seed in seeds(&[2, 3]) {
-        let cfg = Config { seed, nodes: 4, transitions: 4, crash_p: 0.002, cut_p: 0.004, ..Config::default() };
+    for seed in seeds(&[2]) {
+        let cfg = Config { seed, nodes: 4, transitions: 3, crash_p: 0.002, cut_p: 0.004, ..Config::default() };
         let r = run_seed(cfg);
         assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
         assert!(r.rows.iter().all(|row| row.commit_to_broken_ms.is_some()), "seed {seed}: {:#?}", r.rows);

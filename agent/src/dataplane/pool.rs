@@ -294,6 +294,9 @@ impl Driver {
     }
 }
 
+/// Shortest wait after a wake-up of the queue that found nothing to do.
+const IDLE_REPOLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 async fn drive(
     cfg: QueueConfig,
     workers: Vec<Arc<dyn WorkerConn>>,
@@ -320,6 +323,11 @@ async fn drive(
         window_from: now,
     };
     let mut events: Vec<Event> = Vec::new();
+    // The queue's next wake-up can be due already with nothing to do (a batch timer ran out
+    // while every replica is busy); after such a fruitless wake-up the next one waits at
+    // least `IDLE_REPOLL`, so the driver does not spin (on a paused clock a spin would stop
+    // time, and the busy replicas would never finish).
+    let mut fruitless = false;
     let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -328,7 +336,11 @@ async fn drive(
         d.stats.pending.store(d.waiting.len() as u64, Ordering::Relaxed);
         d.roll_window();
         // A wake-up beyond what an Instant can hold is never.
-        let wake = d.queue.next_wakeup().and_then(|us| d.origin.checked_add(std::time::Duration::from_micros(us)));
+        let mut wake = d.queue.next_wakeup().and_then(|us| d.origin.checked_add(std::time::Duration::from_micros(us)));
+        if fruitless {
+            wake = wake.map(|t| t.max(Instant::now() + IDLE_REPOLL));
+        }
+        fruitless = false;
         tokio::select! {
             _ = second.tick() => {}
             item = rx.recv() => {
@@ -342,6 +354,7 @@ async fn drive(
             }
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 events = d.queue.poll(d.now_us());
+                fruitless = events.is_empty();
             }
         }
     }
