@@ -492,6 +492,9 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
                 let i = rng.below(cfg.nodes as u64) as usize;
                 let voters_down = down.keys().filter(|&&j| j < 3).count();
                 if !down.contains_key(&i) && (i >= 3 || voters_down == 0) && c.nodes.len() > 1 {
+                    if trace {
+                        eprintln!("t={t}ms crash n{i}");
+                    }
                     c.crash(i).await;
                     down.insert(i, Instant::now() + Duration::from_millis(1_000 + rng.below(2_000)));
                 }
@@ -499,12 +502,18 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
             if rng.unit() < cfg.cut_p {
                 let (a, b) = (rng.below(cfg.nodes as u64) as usize, rng.below(cfg.nodes as u64) as usize);
                 if a != b {
+                    if trace {
+                        eprintln!("t={t}ms cut n{a}-n{b}");
+                    }
                     c.hub.set_cut(&node_name(a), &node_name(b), true);
                     cuts.push((a, b, Instant::now() + Duration::from_millis(500 + rng.below(1_500))));
                 }
             }
             for (i, _) in down.clone().into_iter().filter(|(_, at)| *at <= Instant::now()) {
                 down.remove(&i);
+                if trace {
+                    eprintln!("t={}ms restart n{i}", now_ms(origin));
+                }
                 c.start(i).await?;
             }
             let hub = c.hub.clone();

@@ -316,16 +316,16 @@ impl Control {
                 self.transition = Some(t);
                 self.routes = Some(full);
             }
-            // Taking part: alive members heard from lately (the others are being marked down
-            // or have not told this leader what they applied yet).
-            let nodes: Vec<&str> = state
-                .alive_members()
-                .filter(|m| self.seen.get(&m.node).is_some_and(|s| now_ms.saturating_sub(s.at_ms) < dead_after))
-                .map(|m| m.node.as_str())
-                .collect();
+            // Taking part: alive members this leader has heard from. One that went silent
+            // still holds the others back until it is marked down (it may still route to the
+            // old instances); one never heard from has not told what it applied yet.
+            let nodes: Vec<&str> =
+                state.alive_members().filter(|m| self.seen.contains_key(&m.node)).map(|m| m.node.as_str()).collect();
+            let fresh =
+                |m: &Member| self.seen.get(&m.node).is_some_and(|s| now_ms.saturating_sub(s.at_ms) < dead_after);
             let Some(t) = self.transition.as_ref() else { return out };
             let mut pushes = Vec::new();
-            for m in state.alive_members().filter(|m| nodes.contains(&m.node.as_str())) {
+            for m in state.alive_members().filter(|m| fresh(m)) {
                 if self.retry_at.get(&m.node).is_some_and(|&t| now_ms < t) {
                     continue; // failed, refused, unreachable or busy: retried after a pause
                 }
