@@ -446,6 +446,52 @@ mod tests {
         assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
     }
 
+    /// A committed plan goes out in the four transition steps, each once every node finished
+    /// the one before; a node that applied the epoch (its heartbeat says so) skips to the end.
+    #[test]
+    fn a_plan_is_distributed_as_a_make_before_break_transition() {
+        let mut st = ClusterState::default();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        c.heartbeat(0, hb("a", 0)).expect("valid");
+        c.heartbeat(0, hb("b", 0)).expect("valid");
+        let acts = c.tick(0, &st);
+        apply_all(&mut st, &acts);
+        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
+            epoch: 1,
+            inputs: st.plan_inputs(),
+            nodes: BTreeMap::new(),
+            apps: vec![],
+            stats: Default::default(),
+        }));
+        let phases = |acts: &[Action]| -> Vec<(String, PushPhase)> {
+            acts.iter()
+                .filter_map(|a| match a {
+                    Action::Push { node, phase, .. } => Some((node.clone(), *phase)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(phases(&c.tick(1, &st)), vec![("a".into(), PushPhase::Make), ("b".into(), PushPhase::Make)]);
+        c.push_done(2, "a", 1, Some(ApplyOutcome::Prepared { deferred: vec![] }));
+        assert!(phases(&c.tick(3, &st)).is_empty(), "a waits until b made its instances");
+        c.push_done(4, "b", 1, Some(ApplyOutcome::Prepared { deferred: vec![("GPU-b".into(), 0)] }));
+        assert_eq!(phases(&c.tick(5, &st)).len(), 2, "both switch routes");
+        c.push_done(6, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(6, "b", 1, Some(ApplyOutcome::Applied));
+        assert_eq!(phases(&c.tick(7, &st)), vec![("a".into(), PushPhase::Break), ("b".into(), PushPhase::Break)]);
+        c.push_done(8, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(8, "b", 1, Some(ApplyOutcome::Applied));
+        assert_eq!(phases(&c.tick(9, &st)), vec![("a".into(), PushPhase::Routes), ("b".into(), PushPhase::Routes)]);
+        c.push_done(10, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(10, "b", 1, Some(ApplyOutcome::Applied));
+        assert!(phases(&c.tick(11, &st)).is_empty(), "done");
+        // A new leader: a node whose heartbeat says it applied the epoch only gets the routes.
+        let mut fresh = Control::new(ControlConfig::default(), 20);
+        fresh.heartbeat(20, hb("a", 1)).expect("valid");
+        fresh.heartbeat(20, hb("b", 0)).expect("valid");
+        assert_eq!(phases(&fresh.tick(21, &st)), vec![("b".into(), PushPhase::Make)], "a waits for b to catch up");
+    }
+
     #[test]
     fn a_leaving_node_is_marked_down_at_once_and_rejoins_when_it_returns() {
         let mut st = ClusterState::default();

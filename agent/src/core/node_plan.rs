@@ -351,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn phases_report_prepared_then_applied_and_may_be_re_run() {
+        let mut c = core();
+        let (cmds, deferred) = c.check_phase(&part(1), &BTreeMap::new(), PushPhase::Make).expect("accepted");
+        assert!(deferred.is_empty(), "3g@4 fits an empty GPU");
+        assert!(cmds.iter().any(|x| matches!(x, NodeCommand::Apply { steps, .. } if !steps.is_empty())));
+        c.begin_phase(1, PushPhase::Make, deferred);
+        assert!(c.gpu_done(1, "GPU-0", Ok(())).is_empty());
+        let out = c.gpu_done(1, "GPU-1", Ok(()));
+        assert_eq!(out, vec![NodeCommand::ReportPrepared { epoch: 1, deferred: vec![] }]);
+        assert_eq!(c.applied_epoch(), 0, "the make phase does not apply the epoch");
+        assert!(c.would_take(1, PushPhase::Make) && c.would_take(1, PushPhase::Break), "phases may be re-sent");
+        assert!(!c.would_take(1, PushPhase::All) && !c.would_take(0, PushPhase::Break));
+        c.begin_phase(1, PushPhase::Break, vec![]);
+        let _ = c.gpu_done(1, "GPU-0", Ok(()));
+        assert_eq!(c.gpu_done(1, "GPU-1", Ok(())), vec![NodeCommand::ReportApplied { epoch: 1 }]);
+        assert_eq!(c.applied_epoch(), 1);
+    }
+
+    #[test]
     fn check_changes_nothing_and_begin_takes_the_epoch() {
         let mut c = core();
         let cmds = c.check(&part(2), &BTreeMap::new()).expect("acceptable");
