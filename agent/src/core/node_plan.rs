@@ -10,7 +10,7 @@
 //!   ([`NodePlanCore::begin`]), so a rejected plan is never persisted nor restored after a
 //!   restart; [`super::plan_fence`] decides before all that whether the push may be taken;
 //! * an accepted push yields one [`NodeCommand::Apply`] per local GPU (GPUs the push does
-//!   not mention get an empty target) with the steps of [`plan_diff`];
+//!   not mention get an empty target) with the steps of [`plan_diff`](crate::core::diff::plan_diff);
 //! * the node reports [`NodeCommand::ReportApplied`] once every GPU of that epoch finished,
 //!   or [`NodeCommand::ReportFailed`] with the first failed step, after which the epoch may be
 //!   pushed again (a retry); a newer push supersedes an epoch still being applied;
