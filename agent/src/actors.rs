@@ -22,11 +22,11 @@
 use crate::core::diff::{apply, Assignment, LiveSegment, Step, StepFailed};
 use crate::core::node_plan::{GpuApplyError, NodeCommand, NodePlanCore, PlanPart};
 use crate::dataplane::plane::{Attachment, Segments};
-use crate::gpu::GpuBackend;
+use crate::gpu::{GpuBackend, GpuError};
 use crate::metrics::{labels, Metrics};
 use jigsaw_protocol::cluster::GpuInventory;
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::wire::ApplyOutcome;
+use jigsaw_protocol::wire::{ApplyOutcome, PushPhase};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,6 +34,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Longest a GPU actor waits for an instance to drain before stopping its workers.
+pub const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Longest a GPU actor waits for the instances it started to serve (their pools to run)
+/// before it reports the step done anyway.
+pub const READY_MAX: Duration = Duration::from_secs(5);
+
+/// Longest a GPU actor retries a destroy refused with `IN_USE` (worker processes release
+/// their CUDA contexts a moment after they are told to stop).
+pub const DESTROY_RETRY: Duration = Duration::from_secs(3);
 
 /// A GPU backend that can move between threads.
 pub type Backend = Box<dyn GpuBackend + Send>;
@@ -174,6 +185,14 @@ impl Actor for SegmentActor {
         }
         Ok(())
     }
+
+    async fn post_stop(&self, _me: ActorRef<SegmentMsg>, state: &mut SegmentState) -> Result<(), ActorProcessingErr> {
+        // Stop the workers now: ractor hands the stopped actor's state to its supervisor in
+        // the termination event, which the GPU actor reads only after its current step, and
+        // the destroy that follows must find the workers gone.
+        state.attachment = None;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------- GPU
@@ -267,6 +286,70 @@ impl GpuState {
         GpuInventory { uuid: b.uuid().to_string(), model: b.model(), live }
     }
 
+    /// Drain the instance at `start` and stop its workers (its segment actor, whose
+    /// attachment keeps the data plane's pool and worker processes alive).
+    async fn quiesce(&mut self, start: u8) {
+        let gpu = self.backend().uuid().to_string();
+        if let Some(p) = &self.plane {
+            let left = p.drain(&gpu, start, DRAIN_MAX).await;
+            if left > 0 {
+                tracing::warn!(gpu = %gpu, start, left, "instance not drained in time; stopping it with items in flight");
+            }
+        }
+        self.work.remove(&start);
+        if let Some(a) = self.segments.remove(&start) {
+            if let Err(e) = a.stop_and_wait(Some("instance drained".into()), Some(Duration::from_secs(5))).await {
+                tracing::warn!(gpu = %gpu, start, %e, "segment actor did not stop in time");
+            }
+        }
+    }
+
+    /// Run one step on a blocking thread (NVML create/destroy poll); a destroy refused
+    /// because a worker process has not released its CUDA context yet is retried for up to
+    /// [`DESTROY_RETRY`]. Returns the reconfiguration time the backend reported.
+    async fn run_step(&self, step: Step, target: Vec<InstancePlan>) -> (Duration, Result<(), GpuApplyError>) {
+        let backend = self.backend.clone();
+        let run = move || {
+            let mut b = backend.lock().unwrap_or_else(|p| p.into_inner());
+            let spec = b.model().spec();
+            let mem = |a: &Assignment| {
+                let gib = target
+                    .iter()
+                    .find(|t| Assignment::of(t) == *a)
+                    .and_then(|t| spec.profile_index(&t.mig_profile))
+                    .map_or(1.0, |p| spec.profiles[p].mem_gib);
+                0.9 * gib / f64::from(a.mps.max(1))
+            };
+            let t0 = std::time::Instant::now();
+            loop {
+                match apply(b.as_mut(), std::slice::from_ref(&step), &mem) {
+                    Err(e)
+                        if matches!(step, Step::Destroy { .. })
+                            && matches!(e.error, GpuError::InUse { .. })
+                            && t0.elapsed() < DESTROY_RETRY =>
+                    {
+                        drop(b);
+                        std::thread::sleep(Duration::from_millis(10));
+                        b = backend.lock().unwrap_or_else(|p| p.into_inner());
+                    }
+                    Err(e) => return (Duration::ZERO, Err(GpuApplyError::Step(e))),
+                    Ok(()) => {
+                        let w = if matches!(step, Step::Create { .. } | Step::Destroy { .. }) {
+                            b.last_reconfig()
+                        } else {
+                            Duration::ZERO
+                        };
+                        return (w, Ok(()));
+                    }
+                }
+            }
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(r) => r,
+            Err(e) => (Duration::ZERO, Err(GpuApplyError::Unavailable(format!("GPU backend thread: {e}")))),
+        }
+    }
+
     /// Make the segment actors match the live instances.
     async fn reconcile(&mut self, me: &ActorRef<GpuMsg>) -> Result<(), ActorProcessingErr> {
         let live: BTreeMap<u8, String> = self.backend().instances().into_iter().map(|i| (i.start, i.profile)).collect();
@@ -326,47 +409,26 @@ impl Actor for GpuActor {
                 let _ = reply.send(st.inventory());
             }
             GpuMsg::Apply { steps, target, reply } => {
-                let backend = st.backend.clone();
-                let tgt = target.clone();
-                let run = move || {
-                    let mut b = backend.lock().unwrap_or_else(|p| p.into_inner());
-                    let spec = b.model().spec();
-                    let mem = |a: &Assignment| {
-                        let gib = tgt
-                            .iter()
-                            .find(|t| Assignment::of(t) == *a)
-                            .and_then(|t| spec.profile_index(&t.mig_profile))
-                            .map_or(1.0, |p| spec.profiles[p].mem_gib);
-                        0.9 * gib / f64::from(a.mps.max(1))
-                    };
-                    let mut waited = Duration::ZERO;
-                    for (i, step) in steps.iter().enumerate() {
-                        if let Err(e) = apply(b.as_mut(), std::slice::from_ref(step), &mem) {
-                            let failed = GpuApplyError::Step(Box::new(StepFailed { index: i, ..*e }));
-                            return (waited, steps[..i].to_vec(), Err(failed));
-                        }
-                        if matches!(step, Step::Create { .. } | Step::Destroy { .. }) {
-                            waited += b.last_reconfig();
-                        }
+                let mut done = Vec::with_capacity(steps.len());
+                let mut result = Ok(());
+                for (i, step) in steps.iter().enumerate() {
+                    // Break only what is quiet: an instance's workers stop once its items
+                    // finished (and their processes exited, so the destroy that follows finds
+                    // no CUDA context on the device), never under load.
+                    if let Step::StopWorkers { start } = step {
+                        st.quiesce(*start).await;
                     }
-                    (waited, steps, Ok(()))
-                };
-                let (waited, done, result) = match tokio::task::spawn_blocking(run).await {
-                    Ok(r) => r,
-                    Err(e) => (
-                        Duration::ZERO,
-                        Vec::new(),
-                        Err(GpuApplyError::Unavailable(format!("GPU backend thread: {e}"))),
-                    ),
-                };
-                if let Some(m) = &st.metrics {
-                    let reconfig = |s: &Step| matches!(s, Step::Create { .. } | Step::Destroy { .. });
-                    let ok = done.iter().filter(|s| reconfig(s)).count() as u64;
-                    m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "ok")])).inc_by(ok);
-                    if let Err(GpuApplyError::Step(f)) = &result {
-                        if reconfig(&f.step) {
-                            m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "failed")])).inc();
-                        }
+                    let (w, r) = st.run_step(step.clone(), target.clone()).await;
+                    if let Err(e) = r {
+                        result = Err(match e {
+                            GpuApplyError::Step(f) => GpuApplyError::Step(Box::new(StepFailed { index: i, ..*f })),
+                            other => other,
+                        });
+                        break;
+                    }
+                    done.push(step.clone());
+                    if st.simulate_latency && !w.is_zero() {
+                        tokio::time::sleep(w).await;
                     }
                 }
                 // Segments whose workers started run their assignment, even when a later step failed.
@@ -377,10 +439,32 @@ impl Actor for GpuActor {
                         }
                     }
                 }
-                if st.simulate_latency && !waited.is_zero() {
-                    tokio::time::sleep(waited).await;
+                if let Some(m) = &st.metrics {
+                    let reconfig = |s: &Step| matches!(s, Step::Create { .. } | Step::Destroy { .. });
+                    let ok = done.iter().filter(|s| reconfig(s)).count() as u64;
+                    m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "ok")])).inc_by(ok);
+                    if let Err(GpuApplyError::Step(f)) = &result {
+                        if reconfig(&f.step) {
+                            m.mig_reconfigurations.get_or_create(&labels(&[("outcome", "failed")])).inc();
+                        }
+                    }
                 }
                 st.reconcile(&me).await?;
+                // Ready means serving: wait (bounded) until the started instances' pools run.
+                if let Some(plane) = &st.plane {
+                    let gpu = st.backend().uuid().to_string();
+                    let started: Vec<u8> = done
+                        .iter()
+                        .filter_map(|s| match s {
+                            Step::StartWorkers { start, assignment } if assignment.mps > 0 => Some(*start),
+                            _ => None,
+                        })
+                        .collect();
+                    let t0 = tokio::time::Instant::now();
+                    while !started.iter().all(|s| plane.serving(&gpu, *s)) && t0.elapsed() < READY_MAX {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
                 let _ = reply.send(result);
             }
         }
@@ -435,6 +519,8 @@ pub enum NodeMsg {
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        /// The transition step asked for (`docs/transitions.md`).
+        phase: PushPhase,
         /// Run once the push is accepted and persisted, before it is applied.
         on_accept: Option<OnAccept>,
         /// Outcome.
@@ -497,10 +583,18 @@ impl NodeState {
         &mut self,
         epoch: u64,
         gpus: BTreeMap<String, Vec<InstancePlan>>,
+        phase: PushPhase,
         on_accept: Option<OnAccept>,
     ) -> ApplyOutcome {
-        if !self.core.would_accept(epoch) {
+        if !self.core.would_take(epoch, phase) {
             return ApplyOutcome::Stale { accepted: self.core.accepted_epoch() };
+        }
+        if phase == PushPhase::Routes {
+            // Routes only: no GPU is touched and nothing is persisted but the table.
+            if let Some(OnAccept(f)) = on_accept {
+                f();
+            }
+            return ApplyOutcome::Applied;
         }
         let mut live = BTreeMap::new();
         for (uuid, a) in &self.gpus {
@@ -514,7 +608,7 @@ impl NodeState {
         let part = PlanPart { epoch, gpus: gpus.clone() };
         // Check first, persist second: a refused plan is neither written nor, after a
         // restart, restored.
-        let cmds = match self.core.check(&part, &live) {
+        let (cmds, deferred) = match self.core.check_phase(&part, &live, phase) {
             Ok(c) => c,
             Err(crate::core::node_plan::PushRejected::Stale { accepted, .. }) => {
                 return ApplyOutcome::Stale { accepted }
@@ -528,7 +622,7 @@ impl NodeState {
                 return ApplyOutcome::Rejected { reason: format!("cannot persist the plan before applying it: {e}") };
             }
         }
-        self.core.begin(epoch);
+        self.core.begin_phase(epoch, phase, deferred);
         if let Some(OnAccept(f)) = on_accept {
             f();
         }
@@ -536,7 +630,11 @@ impl NodeState {
         let mut queue: Vec<NodeCommand> = cmds;
         if queue.is_empty() {
             // A node without GPUs applies any epoch trivially.
-            outcome = ApplyOutcome::Applied;
+            outcome = if phase == PushPhase::Make {
+                ApplyOutcome::Prepared { deferred: Vec::new() }
+            } else {
+                ApplyOutcome::Applied
+            };
         }
         while let Some(cmd) = queue.pop() {
             match cmd {
@@ -552,6 +650,7 @@ impl NodeState {
                     queue.extend(self.core.gpu_done(epoch, &gpu, res));
                 }
                 NodeCommand::ReportApplied { .. } => outcome = ApplyOutcome::Applied,
+                NodeCommand::ReportPrepared { deferred, .. } => outcome = ApplyOutcome::Prepared { deferred },
                 NodeCommand::ReportFailed { gpu, error, .. } => {
                     outcome = ApplyOutcome::Failed { gpu, error };
                     queue.clear();
@@ -597,7 +696,7 @@ impl Actor for NodeAgent {
             // e.g. MIG instances on a real GPU) so the fence resumes where it was.
             let known: BTreeMap<_, _> =
                 saved.gpus.clone().into_iter().filter(|(g, _)| st.gpus.contains_key(g)).collect();
-            let outcome = st.push(saved.epoch, known, None).await;
+            let outcome = st.push(saved.epoch, known, PushPhase::All, None).await;
             tracing::info!(epoch = saved.epoch, ?outcome, "restored the last applied plan");
         }
         st.publish().await?;
@@ -606,8 +705,8 @@ impl Actor for NodeAgent {
 
     async fn handle(&self, _me: ActorRef<NodeMsg>, msg: NodeMsg, st: &mut NodeState) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Push { epoch, gpus, on_accept, reply } => {
-                let outcome = st.push(epoch, gpus, on_accept).await;
+            NodeMsg::Push { epoch, gpus, phase, on_accept, reply } => {
+                let outcome = st.push(epoch, gpus, phase, on_accept).await;
                 st.publish().await?;
                 let _ = reply.send(outcome);
             }

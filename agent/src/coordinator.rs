@@ -256,11 +256,13 @@ impl<T: Transport> CoordinatorState<T> {
                         let _ = me.cast(CoordMsg::SolveDone { lead, inputs });
                     });
                 }
-                Action::Push { node, addr, epoch, gpus, routes } => {
+                Action::Warn(note) => tracing::warn!(node = %self.args.name, "{note}"),
+                Action::Push { node, addr, epoch, gpus, routes, phase } => {
                     let (transport, name) = (self.args.transport.clone(), self.args.name.clone());
                     let timeout = Duration::from_millis(self.args.push_timeout_ms);
                     self.spawn(async move {
-                        let msg = WireMessage::PlanPush { epoch, coordinator: name, gpus, routes: (*routes).clone() };
+                        let msg =
+                            WireMessage::PlanPush { epoch, coordinator: name, gpus, routes: (*routes).clone(), phase };
                         let outcome = match transport.request(&node, &addr, msg, timeout).await {
                             Ok(WireMessage::PlanReport { outcome, .. }) => Some(outcome),
                             Ok(other) => {

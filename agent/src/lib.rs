@@ -65,4 +65,6 @@ pub mod persist;
 pub mod raft;
 pub mod status_page;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub mod transition_sim;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod transport;

@@ -487,7 +487,7 @@ impl Router {
                 };
                 self.reply_to_member(accepted)
             }
-            WireMessage::PlanPush { epoch, coordinator, gpus, routes } => {
+            WireMessage::PlanPush { epoch, coordinator, gpus, routes, phase } => {
                 if !peer.is(&coordinator) || !self.voters.contains(&coordinator) {
                     return forbidden(format!(
                         "plan push claims coordinator `{coordinator}` but the certificate is node `{}`'s",
@@ -502,9 +502,16 @@ impl Router {
                 // The routes of the epoch are installed (and persisted) once the node agent
                 // has accepted the push, before any step runs, so segments the plan creates
                 // find their app's description and a refused push leaves them alone.
+                // In a transition (docs/transitions.md) the make and break phases only describe
+                // the epoch's instances to the local pools; routes switch in the routes phase.
                 let plane = self.plane.clone();
-                let on_accept = (routes.epoch == epoch).then(|| OnAccept::new(move || plane.set_routes(routes)));
-                match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, on_accept, reply }) {
+                let on_accept = (routes.epoch == epoch).then(|| {
+                    OnAccept::new(move || match phase {
+                        wire::PushPhase::Make | wire::PushPhase::Break => plane.prepare_routes(Arc::new(routes)),
+                        wire::PushPhase::All | wire::PushPhase::Routes => plane.set_routes(routes),
+                    })
+                });
+                match ractor::call!(self.agent, |reply| NodeMsg::Push { epoch, gpus, phase, on_accept, reply }) {
                     Ok(outcome) => WireMessage::PlanReport { node: self.name.clone(), epoch, outcome },
                     Err(e) => WireMessage::Error { message: format!("node agent unavailable: {e}"), retry: true },
                 }

@@ -6,14 +6,17 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests are shells, not pure cores
 
 use jigsaw_agent::actors::{Backend, NodeAgent, NodeArgs, NodeMsg};
+use jigsaw_agent::dataplane::plane::{Attachment, Segments};
+use jigsaw_agent::gpu::sim::Contexts;
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::gpu::{GpuBackend, GpuError, InstanceId, LiveInstance};
 use jigsaw_protocol::cluster::GpuInventory;
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::wire::ApplyOutcome;
+use jigsaw_protocol::wire::{ApplyOutcome, PushPhase};
 use jigsaw_protocol::GpuModel;
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -74,7 +77,16 @@ async fn node(gpus: Vec<Backend>, state_file: &std::path::Path) -> (ActorRef<Nod
 }
 
 async fn push(a: &ActorRef<NodeMsg>, epoch: u64, gpus: BTreeMap<String, Vec<InstancePlan>>) -> ApplyOutcome {
-    ractor::call!(a, |reply| NodeMsg::Push { epoch, gpus, on_accept: None, reply }).expect("node agent answers")
+    push_phase(a, epoch, gpus, PushPhase::All).await
+}
+
+async fn push_phase(
+    a: &ActorRef<NodeMsg>,
+    epoch: u64,
+    gpus: BTreeMap<String, Vec<InstancePlan>>,
+    phase: PushPhase,
+) -> ApplyOutcome {
+    ractor::call!(a, |reply| NodeMsg::Push { epoch, gpus, phase, on_accept: None, reply }).expect("node agent answers")
 }
 
 fn layout(inv: &Inventory) -> Vec<(String, u8, String)> {
@@ -187,6 +199,103 @@ async fn a_torn_applied_plan_is_set_aside_and_the_next_push_applies() {
     assert_eq!(inv.borrow().0, 1);
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).expect("saved")).expect("json");
     assert_eq!(saved["epoch"], 1, "a complete file again");
+    a.stop(None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A data-plane twin whose segments run one "worker process" each: it opens a CUDA context
+/// on the instance's MIG device when attached and closes it a little after it is told to
+/// stop (a process takes a moment to exit), as real workers do.
+struct ContextSegments(Contexts);
+
+impl Segments for ContextSegments {
+    fn attach(&self, _gpu: &str, device: &str, _plan: &InstancePlan) -> Attachment {
+        self.0.open(device);
+        let (contexts, device) = (self.0.clone(), device.to_string());
+        Attachment::new(move || {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                contexts.close(&device);
+            });
+        })
+    }
+}
+
+/// On a GPU that refuses to destroy an instance while a worker process holds a CUDA context
+/// on it (as NVML does), re-layouts that destroy every instance still converge: the GPU
+/// actor stops an instance's workers before destroying it and retries the refusal while
+/// they exit.
+#[tokio::test]
+async fn relayouts_converge_on_a_gpu_that_refuses_destroy_while_workers_live() {
+    let dir = temp_dir("contexts");
+    let contexts = Contexts::default();
+    let gpu = SimGpu::new(GpuModel::H100_80gb, 11, Duration::ZERO).refuse_destroy_with_contexts(contexts.clone());
+    let uuid = gpu.uuid().to_string();
+    let (tx, inv) = watch::channel((0, Vec::new()));
+    let args = NodeArgs {
+        gpus: vec![Box::new(gpu)],
+        simulate_latency: false,
+        state_file: Some(dir.join("applied-plan.json")),
+        inventory: tx,
+        segments: Some(Arc::new(ContextSegments(contexts.clone()))),
+        metrics: None,
+    };
+    let (a, _) = Actor::spawn(None, NodeAgent, args).await.expect("spawn node agent");
+    let layouts = [
+        vec![inst("7g.80gb", 0, "a")],
+        vec![inst("4g.40gb", 0, "a"), inst("3g.40gb", 4, "b")],
+        vec![inst("3g.40gb", 0, "b"), inst("2g.20gb", 4, "a"), inst("1g.10gb", 6, "c")],
+        vec![inst("7g.80gb", 0, "c")],
+        vec![],
+    ];
+    for (e, l) in layouts.iter().enumerate() {
+        let epoch = e as u64 + 1;
+        let out = push(&a, epoch, [(uuid.clone(), l.clone())].into()).await;
+        assert_eq!(out, ApplyOutcome::Applied, "epoch {epoch}");
+        let want: Vec<(String, u8, String)> =
+            l.iter().map(|i| (i.mig_profile.clone(), i.start, i.task.clone())).collect();
+        assert_eq!(layout(&inv), want, "epoch {epoch}");
+    }
+    a.stop(None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A phased push: the make phase creates only what fits in free slots and touches nothing
+/// live (reporting what does not serve yet); the break phase finishes the epoch.
+#[tokio::test]
+async fn the_make_phase_touches_nothing_live_and_the_break_phase_finishes() {
+    let dir = temp_dir("phases");
+    let gpu = SimGpu::new(GpuModel::H100_80gb, 12, Duration::ZERO);
+    let uuid = gpu.uuid().to_string();
+    let (a, inv) = node(vec![Box::new(gpu)], &dir.join("applied-plan.json")).await;
+    let g = |l: Vec<InstancePlan>| -> BTreeMap<String, Vec<InstancePlan>> { [(uuid.clone(), l)].into() };
+    assert_eq!(push(&a, 1, g(vec![inst("4g.40gb", 0, "det")])).await, ApplyOutcome::Applied);
+
+    // Epoch 2 reassigns 4g@0 and adds 3g@4 in a free slot.
+    let e2 = g(vec![inst("4g.40gb", 0, "det2"), inst("3g.40gb", 4, "cls")]);
+    let out = push_phase(&a, 2, e2.clone(), PushPhase::Make).await;
+    assert_eq!(out, ApplyOutcome::Prepared { deferred: vec![(uuid.clone(), 0)] });
+    assert_eq!(layout(&inv), vec![("4g.40gb".into(), 0, "det".into()), ("3g.40gb".into(), 4, "cls".into())]);
+    assert_eq!(inv.borrow().0, 1, "not applied before the break");
+    assert_eq!(
+        push_phase(&a, 2, e2.clone(), PushPhase::Make).await,
+        ApplyOutcome::Prepared { deferred: vec![(uuid.clone(), 0)] },
+        "a re-sent phase is re-run harmlessly"
+    );
+    assert_eq!(push_phase(&a, 2, e2.clone(), PushPhase::Routes).await, ApplyOutcome::Applied);
+    assert_eq!(push_phase(&a, 2, e2.clone(), PushPhase::Break).await, ApplyOutcome::Applied);
+    assert_eq!(layout(&inv), vec![("4g.40gb".into(), 0, "det2".into()), ("3g.40gb".into(), 4, "cls".into())]);
+    assert_eq!(inv.borrow().0, 2);
+    assert_eq!(push(&a, 2, e2).await, ApplyOutcome::Stale { accepted: 2 }, "an unphased push of it is stale");
+
+    // Epoch 3 needs every slot the live instances hold: the make phase can do nothing.
+    let e3 = g(vec![inst("7g.80gb", 0, "all")]);
+    let out = push_phase(&a, 3, e3.clone(), PushPhase::Make).await;
+    assert_eq!(out, ApplyOutcome::Prepared { deferred: vec![(uuid.clone(), 0)] });
+    assert_eq!(layout(&inv).len(), 2, "nothing live touched");
+    assert_eq!(push_phase(&a, 1, e3.clone(), PushPhase::Break).await, ApplyOutcome::Stale { accepted: 3 });
+    assert_eq!(push_phase(&a, 3, e3, PushPhase::Break).await, ApplyOutcome::Applied);
+    assert_eq!(layout(&inv), vec![("7g.80gb".into(), 0, "all".into())]);
     a.stop(None);
     let _ = std::fs::remove_dir_all(&dir);
 }

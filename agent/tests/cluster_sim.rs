@@ -25,7 +25,7 @@ use jigsaw_coordinator::PlannerConfig;
 use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::rng::SplitMix64;
-use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, Role, WireMessage};
+use jigsaw_protocol::wire::{ApplyOutcome, ClientReply, ClientRequest, PushPhase, Role, WireMessage};
 use jigsaw_protocol::GpuModel;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -443,6 +443,7 @@ fn non_voters_cannot_push_plans_or_vote() {
                 coordinator: coordinator.into(),
                 gpus: BTreeMap::new(),
                 routes: Default::default(),
+                phase: PushPhase::All,
             };
             let r = rogue.request("n0", "", push, t).await.expect("reply");
             assert!(matches!(r, WireMessage::Forbidden { needed: Role::Node, .. }), "{coordinator}: {r:?}");
@@ -511,6 +512,7 @@ fn a_rogue_voter_cannot_wedge_a_node_and_torn_state_files_are_set_aside() {
             coordinator: coordinator.into(),
             gpus: BTreeMap::new(),
             routes: jigsaw_protocol::route::RoutingTable { epoch: u64::MAX, apps: vec![] },
+            phase: PushPhase::Make,
         };
         let refused = |r: Result<WireMessage, _>, needle: &str| match r {
             Ok(WireMessage::PlanReport { outcome: ApplyOutcome::Rejected { reason }, .. }) => {

@@ -342,6 +342,28 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2)]
         gpus_per_node: u32,
     },
+    /// Make-before-break plan transitions under load on a simulated cluster: time from a
+    /// plan's commit to its last old MIG instance destroyed, and requests lost (simulated time).
+    Transition {
+        /// Simulated latency of one MIG create or destroy, ms.
+        #[arg(long, default_value_t = 0)]
+        mig_latency_ms: u64,
+        /// Transitions (demand steps 2x up and back down).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// The low demand, requests/s.
+        #[arg(long, default_value_t = 100.0)]
+        rps: f64,
+        /// Keep the planner's placement (default: rotate plans across GPUs, SYNTHETIC churn).
+        #[arg(long)]
+        no_rotate: bool,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Data-plane overhead with a no-op model: per-hop latency over QUIC on loopback and
     /// throughput through a 2-stage graph.
     Dataplane {

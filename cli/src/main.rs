@@ -49,6 +49,21 @@ fn run(c: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCmd::Mesh { nodes, reps, gpus_per_node }) => {
             bench::mesh::cmd_bench_mesh(nodes, *reps, *gpus_per_node)?
         }
+        Command::Bench(BenchCmd::Transition { mig_latency_ms, steps, rps, no_rotate, seed, json }) => {
+            let b = bench::transition::TransitionBench {
+                mig_latency_ms: *mig_latency_ms,
+                steps: *steps,
+                demand_rps: *rps,
+                rotate: !*no_rotate,
+                seed: *seed,
+            };
+            let r = bench::transition::bench(&b)?;
+            if *json {
+                serde_json::to_string_pretty(&r)? + "\n"
+            } else {
+                bench::transition::table(&b, &r)
+            }
+        }
         Command::Bench(BenchCmd::Dataplane { requests, concurrency, batch }) => {
             bench::dataplane::cmd_bench_dataplane(*requests, *concurrency, *batch)?
         }

@@ -497,3 +497,25 @@ async fn unbounded_slos_and_fanouts_in_a_table_are_contained() {
     assert_eq!(pool.stats.items.load(std::sync::atomic::Ordering::Relaxed), 0, "no classify stage was spawned");
     assert_eq!(n.b.stages_taken(), 0);
 }
+
+/// A new table that changes only an instance's queue settings (its task budget) keeps the
+/// running pool (same workers, nothing aborted); one that changes what its workers run
+/// (their latency curve) rebuilds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_queue_settings_changed_keeps_the_running_pool() {
+    let n = two_nodes(true);
+    let before = n.b.pool("GPU-b", 0).expect("classify runs on b");
+    let mut t = table();
+    t.epoch = 2;
+    t.apps[0].tasks[1].budget_ms = 5.0;
+    n.b.set_routes(t.clone());
+    let after = n.b.pool("GPU-b", 0).expect("still runs");
+    assert!(Arc::ptr_eq(&before, &after), "a queue-settings change must not rebuild the pool");
+    let r = n.a.infer("pipe", request(), None).await;
+    assert!(r.is_ok(), "{r:?}");
+    t.epoch = 3;
+    t.apps[0].profiles[3].p95_ms = 6.0;
+    n.b.set_routes(t);
+    let rebuilt = n.b.pool("GPU-b", 0).expect("still runs");
+    assert!(!Arc::ptr_eq(&after, &rebuilt), "a worker-spec change rebuilds it");
+}

@@ -18,8 +18,9 @@
 //!   of epoch `epoch + 1`. A solve result that lost a race is rejected by the state machine
 //!   (epochs grow by exactly one), and the next tick asks again.
 //! * **Distribution.** Once the committed plan is for the current inputs, every alive member
-//!   that has sent a heartbeat to this leader and has not applied its epoch gets a push, one in
-//!   flight per node. A push that failed, was refused, found the node busy or got no answer
+//!   that has sent a heartbeat to this leader goes through the epoch's make-before-break
+//!   transition ([`crate::transition`]): make, switch routes, break, final routes, each step
+//!   pushed once every such member finished the one before; one push in flight per node. A push that failed, was refused, found the node busy or got no answer
 //!   is sent again after `retry_ms` (`push_timeout_ms` without an answer); the last outcome is
 //!   kept for `status`.
 //! * **Observed profiles.** Heartbeats carry profile points measured at run time; the latest
@@ -44,11 +45,12 @@
 use crate::forecast::{AnyForecaster, Forecaster, ForecasterKind};
 use crate::replan::{Decision, DemandView, ReplanPolicy};
 use crate::routing::routing_table;
+use crate::transition::{Transition, STEPS};
 use jigsaw_protocol::cluster::{ClusterCommand, ClusterState, GpuInventory, Member};
 use jigsaw_protocol::heartbeat::{check_heartbeat, Dropped, InvalidHeartbeat, KnownKeys};
 use jigsaw_protocol::plan::InstancePlan;
 use jigsaw_protocol::route::RoutingTable;
-use jigsaw_protocol::wire::{AppDemand, ApplyOutcome, DemandRow, Heartbeat, NodeStatus};
+use jigsaw_protocol::wire::{AppDemand, ApplyOutcome, DemandRow, Heartbeat, NodeStatus, PushPhase};
 use jigsaw_protocol::{GpuModel, ProfileRow};
 use std::collections::BTreeMap;
 
@@ -123,9 +125,13 @@ pub enum Action {
         epoch: u64,
         /// Target per GPU UUID.
         gpus: BTreeMap<String, Vec<InstancePlan>>,
-        /// The epoch's routing table (shared by every push of the epoch).
+        /// The routing table the push carries (see [`PushPhase`]).
         routes: std::sync::Arc<RoutingTable>,
+        /// The transition step it asks for.
+        phase: PushPhase,
     },
+    /// Log this (a transition had to fall back: no free capacity for some new instances).
+    Warn(String),
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +146,9 @@ pub struct Control {
     cfg: ControlConfig,
     since_ms: u64,
     seen: BTreeMap<String, Seen>,
-    in_flight: BTreeMap<String, (u64, u64)>,
+    /// Per node: (epoch, transition step, sent at) of the push in flight.
+    in_flight: BTreeMap<String, (u64, u8, u64)>,
+    transition: Option<Transition>,
     acked: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
     retry_at: BTreeMap<String, u64>,
@@ -173,6 +181,7 @@ impl Control {
             since_ms: now_ms,
             seen: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            transition: None,
             acked: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             retry_at: BTreeMap::new(),
@@ -235,23 +244,42 @@ impl Control {
         let acked = self.acked.entry(hb.node.clone()).or_default();
         // A restarted node may report less than before; trust its latest word.
         *acked = hb.applied_epoch;
+        if let Some(t) = &mut self.transition {
+            t.heard(&hb.node, hb.applied_epoch);
+        }
         self.seen.insert(hb.node.clone(), Seen { at_ms: now_ms, hb });
     }
 
     /// A push finished at `now_ms`: `Some(outcome)` from the node, `None` when it could not
     /// be reached (re-sent after `push_timeout_ms`).
     pub fn push_done(&mut self, now_ms: u64, node: &str, epoch: u64, outcome: Option<ApplyOutcome>) {
+        let mut step = None;
         if self.in_flight.get(node).map(|f| f.0) == Some(epoch) {
-            self.in_flight.remove(node);
+            step = self.in_flight.remove(node).map(|f| f.1);
+        }
+        if let (Some(t), Some(s), Some(o)) = (&mut self.transition, step, &outcome) {
+            if t.epoch() == epoch {
+                match o {
+                    ApplyOutcome::Prepared { deferred } => t.finished(node, s, Some(deferred.clone())),
+                    ApplyOutcome::Applied => t.finished(node, s, (s == 1).then(Vec::new)),
+                    _ => {}
+                }
+            }
         }
         let Some(outcome) = outcome else {
             self.retry_at.insert(node.to_string(), now_ms + self.cfg.push_timeout_ms);
             return;
         };
         match &outcome {
+            ApplyOutcome::Applied if step.is_some_and(|s| STEPS[usize::from(s.max(1)) - 1] == PushPhase::Routes) => {
+                self.retry_at.remove(node);
+            }
             ApplyOutcome::Applied => {
                 let a = self.acked.entry(node.to_string()).or_default();
                 *a = (*a).max(epoch);
+                self.retry_at.remove(node);
+            }
+            ApplyOutcome::Prepared { .. } => {
                 self.retry_at.remove(node);
             }
             // Already past it, or still applying it (a duplicate push), or it failed or was
@@ -352,34 +380,50 @@ impl Control {
         // before a node left or returned would wrongly empty or fill that node's GPUs).
         if let Some(plan) = state.plan.as_ref().filter(|p| p.inputs == inputs) {
             if self.routes.as_ref().is_none_or(|r| r.epoch != plan.epoch) {
-                self.routes = Some(std::sync::Arc::new(routing_table(state, plan)));
+                let previous = self.routes.take();
+                let full = std::sync::Arc::new(routing_table(state, plan));
+                let mut t = Transition::new(full.clone(), previous);
+                for (node, s) in &self.seen {
+                    t.heard(node, s.hb.applied_epoch);
+                }
+                self.transition = Some(t);
+                self.routes = Some(full);
             }
-            let routes = self.routes.clone().unwrap_or_default();
-            for m in state.alive_members() {
-                match self.seen.get(&m.node) {
-                    None => continue, // wait for its heartbeat: it tells what the node applied
-                    Some(s) if now_ms.saturating_sub(s.at_ms) >= dead_after => continue, // being marked down
-                    Some(_) => {}
-                }
-                if self.acked.get(&m.node).copied().unwrap_or(0) >= plan.epoch {
-                    continue;
-                }
+            // Taking part: alive members this leader has heard from. One that went silent
+            // still holds the others back until it is marked down (it may still route to the
+            // old instances); one never heard from has not told what it applied yet.
+            let nodes: Vec<&str> =
+                state.alive_members().filter(|m| self.seen.contains_key(&m.node)).map(|m| m.node.as_str()).collect();
+            let fresh =
+                |m: &Member| self.seen.get(&m.node).is_some_and(|s| now_ms.saturating_sub(s.at_ms) < dead_after);
+            let Some(t) = self.transition.as_ref() else { return out };
+            let mut pushes = Vec::new();
+            for m in state.alive_members().filter(|m| fresh(m)) {
                 if self.retry_at.get(&m.node).is_some_and(|&t| now_ms < t) {
                     continue; // failed, refused, unreachable or busy: retried after a pause
                 }
-                if let Some((e, at)) = self.in_flight.get(&m.node) {
+                if let Some((e, _, at)) = self.in_flight.get(&m.node) {
                     if *e >= plan.epoch && now_ms.saturating_sub(*at) < self.cfg.push_timeout_ms {
                         continue;
                     }
                 }
-                self.in_flight.insert(m.node.clone(), (plan.epoch, now_ms));
+                let Some(step) = t.next(&m.node, &nodes) else { continue };
+                let (routes, notes) = t.routes_for(step, &nodes);
+                for n in notes {
+                    out.push(Action::Warn(format!("plan epoch {}: {n}", plan.epoch)));
+                }
+                pushes.push((m.node.clone(), step));
                 out.push(Action::Push {
                     node: m.node.clone(),
                     addr: m.addr.clone(),
                     epoch: plan.epoch,
                     gpus: plan.nodes.get(&m.node).cloned().unwrap_or_default(),
-                    routes: routes.clone(),
+                    routes,
+                    phase: STEPS[usize::from(step) - 1],
                 });
+            }
+            for (node, step) in pushes {
+                self.in_flight.insert(node, (plan.epoch, step, now_ms));
             }
         }
         out
@@ -556,6 +600,52 @@ mod tests {
         let acts = c.tick(10_100, &st);
         assert!(!acts.iter().any(|a| matches!(a, Action::Propose(_))), "MarkDown(a) is debounced: {acts:?}");
         assert!(acts.iter().any(|a| matches!(a, Action::Push { node, .. } if node == "b")), "timed-out push re-sent");
+    }
+
+    /// A committed plan goes out in the four transition steps, each once every node finished
+    /// the one before; a node that applied the epoch (its heartbeat says so) skips to the end.
+    #[test]
+    fn a_plan_is_distributed_as_a_make_before_break_transition() {
+        let mut st = ClusterState::default();
+        let mut c = Control::new(ControlConfig::default(), 0);
+        c.heartbeat(0, hb("a", 0)).expect("valid");
+        c.heartbeat(0, hb("b", 0)).expect("valid");
+        let acts = c.tick(0, &st);
+        apply_all(&mut st, &acts);
+        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
+            epoch: 1,
+            inputs: st.plan_inputs(),
+            nodes: BTreeMap::new(),
+            apps: vec![],
+            stats: Default::default(),
+        }));
+        let phases = |acts: &[Action]| -> Vec<(String, PushPhase)> {
+            acts.iter()
+                .filter_map(|a| match a {
+                    Action::Push { node, phase, .. } => Some((node.clone(), *phase)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(phases(&c.tick(1, &st)), vec![("a".into(), PushPhase::Make), ("b".into(), PushPhase::Make)]);
+        c.push_done(2, "a", 1, Some(ApplyOutcome::Prepared { deferred: vec![] }));
+        assert!(phases(&c.tick(3, &st)).is_empty(), "a waits until b made its instances");
+        c.push_done(4, "b", 1, Some(ApplyOutcome::Prepared { deferred: vec![("GPU-b".into(), 0)] }));
+        assert_eq!(phases(&c.tick(5, &st)).len(), 2, "both switch routes");
+        c.push_done(6, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(6, "b", 1, Some(ApplyOutcome::Applied));
+        assert_eq!(phases(&c.tick(7, &st)), vec![("a".into(), PushPhase::Break), ("b".into(), PushPhase::Break)]);
+        c.push_done(8, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(8, "b", 1, Some(ApplyOutcome::Applied));
+        assert_eq!(phases(&c.tick(9, &st)), vec![("a".into(), PushPhase::Routes), ("b".into(), PushPhase::Routes)]);
+        c.push_done(10, "a", 1, Some(ApplyOutcome::Applied));
+        c.push_done(10, "b", 1, Some(ApplyOutcome::Applied));
+        assert!(phases(&c.tick(11, &st)).is_empty(), "done");
+        // A new leader: a node whose heartbeat says it applied the epoch only gets the routes.
+        let mut fresh = Control::new(ControlConfig::default(), 20);
+        fresh.heartbeat(20, hb("a", 1)).expect("valid");
+        fresh.heartbeat(20, hb("b", 0)).expect("valid");
+        assert_eq!(phases(&fresh.tick(21, &st)), vec![("b".into(), PushPhase::Make)], "a waits for b to catch up");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod routing;
 pub mod spaces;
 pub mod synth;
 pub mod trace;
+pub mod transition;
 
 #[cfg(feature = "highs")]
 pub use highs::HighsSolver;

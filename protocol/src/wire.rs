@@ -53,6 +53,8 @@ pub enum WireMessage {
         gpus: BTreeMap<String, Vec<InstancePlan>>,
         /// The whole cluster's routing table of this epoch (every node routes with it).
         routes: RoutingTable,
+        /// Which part of the epoch's make-before-break transition this push asks for.
+        phase: PushPhase,
     },
     /// What a node did with a pushed epoch.
     PlanReport {
@@ -236,6 +238,26 @@ pub struct AppDemand {
     pub intervals: u64,
 }
 
+/// The part of a plan epoch's make-before-break transition a [`WireMessage::PlanPush`]
+/// asks a node for (`docs/transitions.md`). The leader sends the phases in order, each
+/// only once every alive node finished the one before; a phase may be pushed again (after a
+/// leader change, a lost reply) and re-running one is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PushPhase {
+    /// Everything at once (a single push per epoch): make, install `routes`, break.
+    All,
+    /// Create and start the new instances that fit in free slots; touch nothing live and
+    /// keep routing with the current table (`routes` only describes the new instances'
+    /// apps). Reply: [`ApplyOutcome::Prepared`].
+    Make,
+    /// Route with `routes` from now on (the leader's table of instances that serve now);
+    /// no GPU step runs.
+    Routes,
+    /// Drain and destroy what the epoch no longer has, restart reassigned instances,
+    /// create the late ones. Reply: [`ApplyOutcome::Applied`].
+    Break,
+}
+
 /// What a node did with a pushed plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ApplyOutcome {
@@ -257,6 +279,12 @@ pub enum ApplyOutcome {
         gpu: String,
         /// The failed step and error, in words.
         error: String,
+    },
+    /// The make phase ran ([`PushPhase::Make`]): the new instances in free slots serve.
+    Prepared {
+        /// Target instances (GPU UUID, start slot) that do not serve yet: reassigned, or
+        /// waiting for slots the break phase frees.
+        deferred: Vec<(String, u8)>,
     },
 }
 
@@ -756,6 +784,7 @@ mod tests {
                     coordinator: "n1".into(),
                     gpus: [("GPU-1".to_string(), p.gpus[0].instances.clone())].into(),
                     routes: crate::route::RoutingTable { epoch: 7, apps: vec![] },
+                    phase: PushPhase::Make,
                 },
                 WireMessage::ClientReply(ClientReply::Status(Box::new(status))),
             ] {
@@ -886,9 +915,18 @@ mod fuzz_seeds {
                     coordinator: "n1".into(),
                     gpus: BTreeMap::new(),
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
+                    phase: PushPhase::Break,
                 },
             ),
             ("v6-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            (
+                "v6-plan-prepared",
+                WireMessage::PlanReport {
+                    node: "n2".into(),
+                    epoch: 3,
+                    outcome: ApplyOutcome::Prepared { deferred: vec![("GPU-1".into(), 4)] },
+                },
+            ),
             ("v6-leave", WireMessage::Leave { node: "n4".into() }),
             (
                 "v6-heartbeat",

@@ -134,6 +134,12 @@ impl TaskQueue {
         }
     }
 
+    /// Take new settings (a re-plan changed the queue's figures but not its workers): the
+    /// waiting requests and busy replicas stay; the next poll applies the new figures.
+    pub fn set_config(&mut self, cfg: QueueConfig) {
+        self.cfg = cfg;
+    }
+
     /// Requests waiting.
     pub fn waiting(&self) -> usize {
         self.queue.len()

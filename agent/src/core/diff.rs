@@ -16,6 +16,12 @@
 //!
 //! So a backend is never asked for an overlapping or over-cap placement, nor to destroy an
 //! instance with workers attached.
+//!
+//! [`plan_phases`] splits the same steps for a cluster-wide make-before-break transition
+//! (`docs/transitions.md`): the *make* part (step 1: nothing live is touched) runs first
+//! on every node, the rest only after the routes moved; it also names the target instances
+//! that are not serving after the make part (reassigned, or created late because their
+//! slots were occupied), which the routes must not send work to yet.
 
 use crate::gpu::{GpuBackend, GpuError, LiveInstance};
 use jigsaw_protocol::catalogue::{GpuSpec, Placement, PlacementError};
@@ -99,8 +105,28 @@ fn placement(spec: &GpuSpec, profile: &str, start: u8) -> Option<Placement> {
     spec.profile_index(profile).map(|p| Placement { profile: p, start })
 }
 
+/// The steps of [`plan_diff`] split at the point where a transition moves its routes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Phased {
+    /// Step 1: new instances in free slots, created and started; nothing live is touched.
+    pub make: Vec<Step>,
+    /// Steps 2–4: reassignments, drains and destroys, and the late creates.
+    pub rest: Vec<Step>,
+    /// Start slots of target instances that do not serve after `make` (they are reassigned
+    /// or created late): routes may not send them work until `rest` ran.
+    pub deferred: Vec<u8>,
+}
+
 /// Steps that take `live` to `target` on a GPU of `spec`.
 pub fn plan_diff(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) -> Result<Vec<Step>, DiffError> {
+    let p = plan_phases(spec, live, target)?;
+    let mut steps = p.make;
+    steps.extend(p.rest);
+    Ok(steps)
+}
+
+/// [`plan_diff`] split into its make part and the rest (see [`Phased`]).
+pub fn plan_phases(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) -> Result<Phased, DiffError> {
     let mut target_pl = Vec::with_capacity(target.len());
     for t in target {
         let p = placement(spec, &t.mig_profile, t.start).ok_or_else(|| {
@@ -122,6 +148,7 @@ pub fn plan_diff(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) 
 
     let mut steps = Vec::new();
     let mut late = Vec::new();
+    let mut deferred = Vec::new();
     // 1. Make before break.
     let mut occupied = live_pl.clone();
     for (t, &p) in target.iter().zip(&target_pl) {
@@ -136,6 +163,7 @@ pub fn plan_diff(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) 
             late.push(t);
         }
     }
+    let make = std::mem::take(&mut steps);
     // 2. Reassignments.
     for l in live.iter().filter(|l| kept(l)) {
         let Some(t) = target.iter().find(|t| t.start == l.instance.start) else { continue };
@@ -145,6 +173,7 @@ pub fn plan_diff(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) 
                 steps.push(Step::StopWorkers { start: l.instance.start });
             }
             steps.push(Step::StartWorkers { start: l.instance.start, assignment: want });
+            deferred.push(l.instance.start);
         }
     }
     // 3. Break.
@@ -158,8 +187,10 @@ pub fn plan_diff(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]) 
     for t in late {
         steps.push(Step::Create { profile: t.mig_profile.clone(), start: t.start });
         steps.push(Step::StartWorkers { start: t.start, assignment: Assignment::of(t) });
+        deferred.push(t.start);
     }
-    Ok(steps)
+    deferred.sort_unstable();
+    Ok(Phased { make, rest: steps, deferred })
 }
 
 /// A step that failed, with its index.

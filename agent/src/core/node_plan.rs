@@ -10,14 +10,22 @@
 //!   ([`NodePlanCore::begin`]), so a rejected plan is never persisted nor restored after a
 //!   restart; [`super::plan_fence`] decides before all that whether the push may be taken;
 //! * an accepted push yields one [`NodeCommand::Apply`] per local GPU (GPUs the push does
-//!   not mention get an empty target) with the steps of [`plan_diff`];
+//!   not mention get an empty target) with the steps of [`plan_diff`](crate::core::diff::plan_diff);
 //! * the node reports [`NodeCommand::ReportApplied`] once every GPU of that epoch finished,
 //!   or [`NodeCommand::ReportFailed`] with the first failed step, after which the epoch may be
-//!   pushed again (a retry); a newer push supersedes an epoch still being applied.
+//!   pushed again (a retry); a newer push supersedes an epoch still being applied;
+//! * a push names its part of the epoch's make-before-break transition ([`PushPhase`],
+//!   `docs/transitions.md`): `Make` runs only the diff's make part (new instances in free
+//!   slots) and reports [`NodeCommand::ReportPrepared`] with the target instances that do
+//!   not serve yet; `Break` runs the whole diff (by then only its break part is left) and is
+//!   what makes the epoch applied; `All` is both at once. A phased push of the epoch already
+//!   accepted is taken again (the leader re-sends a step after a leader change or a lost
+//!   reply; re-running one is harmless), an `All` push of it is stale.
 
-use crate::core::diff::{plan_diff, DiffError, LiveSegment, Step, StepFailed};
+use crate::core::diff::{plan_phases, DiffError, LiveSegment, Step, StepFailed};
 use jigsaw_protocol::catalogue::GpuModel;
 use jigsaw_protocol::plan::InstancePlan;
+use jigsaw_protocol::wire::PushPhase;
 use std::collections::BTreeMap;
 
 /// A node's part of a plan: target instances per local GPU UUID.
@@ -52,6 +60,13 @@ pub enum NodeCommand {
         /// Steps in order.
         steps: Vec<Step>,
     },
+    /// Tell the coordinator the make phase of the epoch ran on every GPU.
+    ReportPrepared {
+        /// Epoch.
+        epoch: u64,
+        /// Target instances (GPU UUID, start) that do not serve yet.
+        deferred: Vec<(String, u8)>,
+    },
     /// Tell the coordinator the epoch is applied on every GPU.
     ReportApplied {
         /// Epoch.
@@ -67,6 +82,10 @@ pub enum NodeCommand {
         error: String,
     },
 }
+
+/// The commands of a checked push, and the target instances (GPU UUID, start) that do not
+/// serve once they ran.
+pub type Checked = (Vec<NodeCommand>, Vec<(String, u8)>);
 
 /// Why a push was not accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -106,13 +125,22 @@ pub struct NodePlanCore {
     accepted: u64,
     applied: u64,
     pending: BTreeMap<String, bool>,
+    phase: PushPhase,
+    deferred: Vec<(String, u8)>,
 }
 
 impl NodePlanCore {
     /// A node with these local GPUs (UUID → model) that has applied `applied` (from its
     /// durable state; 0 for a new node).
     pub fn new(gpus: BTreeMap<String, GpuModel>, applied: u64) -> NodePlanCore {
-        NodePlanCore { gpus, accepted: applied, applied, pending: BTreeMap::new() }
+        NodePlanCore {
+            gpus,
+            accepted: applied,
+            applied,
+            pending: BTreeMap::new(),
+            phase: PushPhase::All,
+            deferred: Vec::new(),
+        }
     }
 
     /// Highest epoch fully applied.
@@ -136,6 +164,12 @@ impl NodePlanCore {
         epoch > self.accepted
     }
 
+    /// Whether a push of `epoch` for `phase` would be taken now: newer than anything
+    /// accepted, or (a phased push) the accepted epoch itself.
+    pub fn would_take(&self, epoch: u64, phase: PushPhase) -> bool {
+        epoch > self.accepted || (epoch == self.accepted && phase != PushPhase::All)
+    }
+
     /// A plan push arrived; `live` is each local GPU's current layout. [`NodePlanCore::check`]
     /// then [`NodePlanCore::begin`].
     pub fn push(
@@ -154,36 +188,71 @@ impl NodePlanCore {
         part: &PlanPart,
         live: &BTreeMap<String, Vec<LiveSegment>>,
     ) -> Result<Vec<NodeCommand>, PushRejected> {
-        if part.epoch <= self.accepted {
+        self.check_phase(part, live, PushPhase::All).map(|(cmds, _)| cmds)
+    }
+
+    /// [`NodePlanCore::check`] for one phase of a transition; also returns the target
+    /// instances (GPU UUID, start) that do not serve once the commands ran (for `Make`).
+    pub fn check_phase(
+        &self,
+        part: &PlanPart,
+        live: &BTreeMap<String, Vec<LiveSegment>>,
+        phase: PushPhase,
+    ) -> Result<Checked, PushRejected> {
+        if !self.would_take(part.epoch, phase) {
             return Err(PushRejected::Stale { got: part.epoch, accepted: self.accepted });
         }
         if let Some(gpu) = part.gpus.keys().find(|g| !self.gpus.contains_key(*g)) {
             return Err(PushRejected::UnknownGpu { epoch: part.epoch, gpu: gpu.clone() });
         }
         let mut cmds = Vec::new();
+        let mut deferred = Vec::new();
         for (gpu, model) in &self.gpus {
             let target = part.gpus.get(gpu).map(Vec::as_slice).unwrap_or(&[]);
             let now = live.get(gpu).map(Vec::as_slice).unwrap_or(&[]);
-            let steps = plan_diff(model.spec(), now, target).map_err(|error| PushRejected::Diff {
+            let p = plan_phases(model.spec(), now, target).map_err(|error| PushRejected::Diff {
                 epoch: part.epoch,
                 gpu: gpu.clone(),
                 error,
             })?;
+            let steps = match phase {
+                PushPhase::Make => {
+                    deferred.extend(p.deferred.iter().map(|s| (gpu.clone(), *s)));
+                    p.make
+                }
+                PushPhase::Routes => Vec::new(),
+                PushPhase::All | PushPhase::Break => {
+                    let mut all = p.make;
+                    all.extend(p.rest);
+                    all
+                }
+            };
             cmds.push(NodeCommand::Apply { epoch: part.epoch, gpu: gpu.clone(), steps });
         }
-        Ok(cmds)
+        Ok((cmds, deferred))
     }
 
     /// Begin applying `epoch`, which [`NodePlanCore::check`] accepted: from now on it is the
     /// accepted epoch and its GPUs' completions are awaited.
     pub fn begin(&mut self, epoch: u64) {
+        self.begin_phase(epoch, PushPhase::All, Vec::new());
+    }
+
+    /// [`NodePlanCore::begin`] for one phase, with what [`NodePlanCore::check_phase`] said
+    /// will not serve after it.
+    pub fn begin_phase(&mut self, epoch: u64, phase: PushPhase, deferred: Vec<(String, u8)>) {
         self.accepted = epoch;
+        self.phase = phase;
+        self.deferred = deferred;
         self.pending = self.gpus.keys().map(|g| (g.clone(), false)).collect();
+        if self.gpus.is_empty() && matches!(phase, PushPhase::All | PushPhase::Break) {
+            self.applied = self.applied.max(epoch); // nothing to wait for
+        }
     }
 
     /// The shell finished applying `epoch` on `gpu` (`Err`: the first failed step).
     pub fn gpu_done(&mut self, epoch: u64, gpu: &str, result: Result<(), GpuApplyError>) -> Vec<NodeCommand> {
-        if epoch != self.accepted || epoch <= self.applied {
+        if epoch != self.accepted || !self.pending.contains_key(gpu) {
             return Vec::new(); // superseded by a newer push, or a duplicate completion
         }
         match result {
@@ -199,8 +268,14 @@ impl NodePlanCore {
                     *done = true;
                 }
                 if !self.pending.is_empty() && self.pending.values().all(|d| *d) {
-                    self.applied = epoch;
                     self.pending.clear();
+                    if self.phase == PushPhase::Make {
+                        return vec![NodeCommand::ReportPrepared {
+                            epoch,
+                            deferred: std::mem::take(&mut self.deferred),
+                        }];
+                    }
+                    self.applied = self.applied.max(epoch);
                     vec![NodeCommand::ReportApplied { epoch }]
                 } else {
                     Vec::new()
@@ -273,6 +348,25 @@ mod tests {
             PlanPart { epoch: 5, gpus: [("GPU-0".to_string(), vec![inst("4g.40gb", 0), inst("2g.20gb", 2)])].into() };
         assert!(matches!(c.push(&overlap, &BTreeMap::new()), Err(PushRejected::Diff { .. })));
         assert_eq!(c.accepted_epoch(), 0);
+    }
+
+    #[test]
+    fn phases_report_prepared_then_applied_and_may_be_re_run() {
+        let mut c = core();
+        let (cmds, deferred) = c.check_phase(&part(1), &BTreeMap::new(), PushPhase::Make).expect("accepted");
+        assert!(deferred.is_empty(), "3g@4 fits an empty GPU");
+        assert!(cmds.iter().any(|x| matches!(x, NodeCommand::Apply { steps, .. } if !steps.is_empty())));
+        c.begin_phase(1, PushPhase::Make, deferred);
+        assert!(c.gpu_done(1, "GPU-0", Ok(())).is_empty());
+        let out = c.gpu_done(1, "GPU-1", Ok(()));
+        assert_eq!(out, vec![NodeCommand::ReportPrepared { epoch: 1, deferred: vec![] }]);
+        assert_eq!(c.applied_epoch(), 0, "the make phase does not apply the epoch");
+        assert!(c.would_take(1, PushPhase::Make) && c.would_take(1, PushPhase::Break), "phases may be re-sent");
+        assert!(!c.would_take(1, PushPhase::All) && !c.would_take(0, PushPhase::Break));
+        c.begin_phase(1, PushPhase::Break, vec![]);
+        let _ = c.gpu_done(1, "GPU-0", Ok(()));
+        assert_eq!(c.gpu_done(1, "GPU-1", Ok(())), vec![NodeCommand::ReportApplied { epoch: 1 }]);
+        assert_eq!(c.applied_epoch(), 1);
     }
 
     #[test]

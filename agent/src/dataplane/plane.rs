@@ -65,6 +65,13 @@ fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
 /// Keeps a segment's workers alive; dropping it detaches the segment (its workers stop).
 pub struct Attachment(Option<Box<dyn FnOnce() + Send>>);
 
+impl Attachment {
+    /// An attachment that runs `stop` when dropped (what a [`Segments`] twin hands out).
+    pub fn new(stop: impl FnOnce() + Send + 'static) -> Attachment {
+        Attachment(Some(Box::new(stop)))
+    }
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
@@ -85,6 +92,21 @@ pub trait Segments: Send + Sync + 'static {
     /// instance's UUID, which CUDA workers get as `CUDA_VISIBLE_DEVICES`); start its workers
     /// (now or once the routing table describes its app). Dropping the attachment stops them.
     fn attach(&self, gpu: &str, device: &str, plan: &InstancePlan) -> Attachment;
+
+    /// The instance at `start` of `gpu` is about to be stopped: wait until it is quiet (no
+    /// item in flight, and requests routed with an older table have had time to end), at
+    /// most `max`. Returns the items still in flight when it gave up (0: drained).
+    fn drain(&self, gpu: &str, start: u8, max: Duration) -> BoxFuture<u64> {
+        let _ = (gpu, start, max);
+        Box::pin(std::future::ready(0))
+    }
+
+    /// Whether the instance at `start` of `gpu` serves: its pool runs (or no routing table
+    /// describes its app, so none can).
+    fn serving(&self, gpu: &str, start: u8) -> bool {
+        let _ = (gpu, start);
+        true
+    }
 }
 
 /// Settings of a node's data plane.
@@ -111,6 +133,16 @@ struct Local {
     built: Option<(WorkerSpec, QueueConfig)>,
     pool: Option<Arc<Pool>>,
     generation: u64,
+    /// Stage items taken by this instance and not answered yet.
+    in_flight: Arc<AtomicU64>,
+}
+
+struct Taken(Arc<AtomicU64>);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The transport-free half: routing table, local instances and their pools.
@@ -118,6 +150,9 @@ pub struct LocalPlane {
     cfg: PlaneConfig,
     launcher: Arc<dyn Launcher>,
     routes: RwLock<Arc<RoutingTable>>,
+    /// The newest table seen, routed with or not: what pools are built from (a transition
+    /// starts the new instances' workers before the routes switch to them).
+    staged: RwLock<Arc<RoutingTable>>,
     local: Mutex<BTreeMap<(String, u8), Local>>,
     generation: AtomicU64,
     me: Weak<LocalPlane>,
@@ -128,6 +163,10 @@ pub struct LocalPlane {
     demand: Mutex<crate::core::demand::DemandMeter>,
     /// The meter's time origin.
     started: Instant,
+    /// Stages that found no serving instance here (routed to one not ready, or gone).
+    misrouted: AtomicU64,
+    /// Stages taken by an instance that stopped before answering (work cut).
+    cut: AtomicU64,
 }
 
 impl LocalPlane {
@@ -147,6 +186,7 @@ impl LocalPlane {
         Arc::new_cyclic(|me| LocalPlane {
             cfg,
             launcher,
+            staged: RwLock::new(Arc::new(routes.clone())),
             routes: RwLock::new(Arc::new(routes)),
             local: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(1),
@@ -155,6 +195,8 @@ impl LocalPlane {
             stages: AtomicU64::new(0),
             demand: Mutex::new(crate::core::demand::DemandMeter::default()),
             started: Instant::now(),
+            misrouted: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
         })
     }
 
@@ -171,6 +213,13 @@ impl LocalPlane {
     /// Stage requests this plane has taken so far (local and from other frontends).
     pub fn stages_taken(&self) -> u64 {
         self.stages.load(Ordering::Relaxed)
+    }
+
+    /// Stages that found no serving instance here (the sender routed to an instance that
+    /// was not ready or already gone), and stages cut because their instance stopped
+    /// before answering: what a make-before-break transition keeps at zero.
+    pub fn transition_faults(&self) -> (u64, u64) {
+        (self.misrouted.load(Ordering::Relaxed), self.cut.load(Ordering::Relaxed))
     }
 
     /// Requests the local instances hold and have not answered yet.
@@ -224,6 +273,19 @@ impl LocalPlane {
             }
             *r = Arc::new(table);
         }
+        self.prepare_routes(self.routes());
+    }
+
+    /// Build pools from `table` (if not older than the newest seen) without routing with it:
+    /// phase one of a transition, so the new instances' workers run before any frontend
+    /// routes to them (`docs/transitions.md`).
+    pub fn prepare_routes(&self, table: Arc<RoutingTable>) {
+        {
+            let mut st = self.staged.write().unwrap_or_else(|p| p.into_inner());
+            if table.epoch >= st.epoch {
+                *st = table;
+            }
+        }
         let mut local = lock(&self.local);
         for ((gpu, _), l) in local.iter_mut() {
             self.reconcile(gpu, l);
@@ -232,7 +294,25 @@ impl LocalPlane {
 
     /// Worker spec and queue settings of `plan` on `gpu` under the current table.
     fn desired(&self, gpu: &str, plan: &InstancePlan) -> Option<(WorkerSpec, QueueConfig)> {
-        let routes = self.routes();
+        // The table that describes this instance's configuration: the newest one (staged)
+        // when it does, else the one routed with, so a transition that stages a new table
+        // never rebuilds the pool of an instance the new plan no longer has.
+        let staged = self.staged.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let describes = |t: &RoutingTable| {
+            t.app(&plan.app).is_some_and(|a| {
+                !latency_curve(&a.profiles, &plan.task, &plan.variant, &plan.mig_profile, plan.mps).is_empty()
+            })
+        };
+        let routes = if describes(&staged) {
+            staged
+        } else {
+            let current = self.routes();
+            if describes(&current) || current.app(&plan.app).is_some() && staged.app(&plan.app).is_none() {
+                current
+            } else {
+                staged
+            }
+        };
         let app = routes.app(&plan.app)?;
         let t = app.spec.task_index(&plan.task)?;
         let variant = app.spec.tasks[t].variants.iter().find(|v| v.name == plan.variant)?;
@@ -282,6 +362,14 @@ impl LocalPlane {
         let want = self.desired(gpu, &l.plan);
         if want == l.built && (want.is_none() || l.pool.is_some()) {
             return;
+        }
+        // Only the queue settings changed: the running pool takes them in place.
+        if let (Some((spec, q)), Some((built, _)), Some(pool)) = (&want, &l.built, &l.pool) {
+            if spec == built {
+                pool.reconfigure(*q);
+                l.built = want;
+                return;
+            }
         }
         l.pool = want.as_ref().map(|(spec, q)| {
             let mut spec = spec.clone();
@@ -368,11 +456,15 @@ impl LocalPlane {
         let pool = {
             let local = lock(&self.local);
             match local.get(&(req.gpu.clone(), req.start)) {
-                Some(l) if l.plan.app == req.app && l.plan.task == req.task => l.pool.clone(),
+                Some(l) if l.plan.app == req.app && l.plan.task == req.task => l.pool.clone().map(|p| {
+                    l.in_flight.fetch_add(1, Ordering::AcqRel);
+                    (p, Taken(l.in_flight.clone()))
+                }),
                 _ => None,
             }
         };
-        let Some(pool) = pool else {
+        let Some((pool, _taken)) = pool else {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
             return StageOutcome::Failed {
                 message: format!("no instance of {}/{} at {} start {} here", req.app, req.task, req.gpu, req.start),
                 retry: true,
@@ -380,7 +472,11 @@ impl LocalPlane {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         pool.submit(Item { input: req.input, budget_us: req.budget_us, reply: tx });
-        rx.await.unwrap_or(StageOutcome::Failed { message: "instance stopped".into(), retry: true })
+        let out = rx.await.unwrap_or(StageOutcome::Failed { message: "instance stopped".into(), retry: true });
+        if matches!(&out, StageOutcome::Failed { message, .. } if message == "instance stopped") {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+        }
+        out
     }
 }
 
@@ -392,7 +488,14 @@ impl Segments for LocalPlane {
             let key = (gpu.to_string(), plan.start);
             let mut l = match local.remove(&key) {
                 Some(old) if old.plan == *plan && old.device == device => Local { generation, ..old },
-                _ => Local { plan: plan.clone(), device: device.to_string(), built: None, pool: None, generation },
+                _ => Local {
+                    plan: plan.clone(),
+                    device: device.to_string(),
+                    built: None,
+                    pool: None,
+                    generation,
+                    in_flight: Arc::default(),
+                },
             };
             self.reconcile(gpu, &mut l);
             local.insert(key, l);
@@ -405,6 +508,36 @@ impl Segments for LocalPlane {
                 me.detach(&gpu, start, generation);
             }
         })))
+    }
+
+    fn drain(&self, gpu: &str, start: u8, max: Duration) -> BoxFuture<u64> {
+        let key = (gpu.to_string(), start);
+        let (in_flight, app) = match lock(&self.local).get(&key) {
+            Some(l) => (l.in_flight.clone(), l.plan.app.clone()),
+            None => return Box::pin(std::future::ready(0)),
+        };
+        // A request admitted before this node's frontends switched tables may still send
+        // its later stages here until its deadline: linger one SLO (within `max`).
+        let slo = self.routes().app(&app).map_or(Duration::ZERO, |a| slo_budget(a.spec.latency_slo_ms));
+        let linger = slo.min(max);
+        Box::pin(async move {
+            let t0 = Instant::now();
+            loop {
+                let n = in_flight.load(Ordering::Acquire);
+                let waited = t0.elapsed();
+                if (n == 0 && waited >= linger) || waited >= max {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    }
+
+    fn serving(&self, gpu: &str, start: u8) -> bool {
+        // Serving, or it cannot have a pool (no table describes its app yet).
+        lock(&self.local)
+            .get(&(gpu.to_string(), start))
+            .is_some_and(|l| l.pool.is_some() || self.desired(gpu, &l.plan).is_none())
     }
 }
 

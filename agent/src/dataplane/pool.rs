@@ -51,6 +51,7 @@ pub struct PoolStats {
 /// A running pool; dropping it stops the driver and answers queued items with an error.
 pub struct Pool {
     tx: mpsc::UnboundedSender<Item>,
+    settings: mpsc::UnboundedSender<QueueConfig>,
     driver: tokio::task::JoinHandle<()>,
     /// Counters.
     pub stats: Arc<PoolStats>,
@@ -79,9 +80,22 @@ impl Pool {
         batches: Option<prometheus_client::metrics::histogram::Histogram>,
     ) -> Pool {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (settings, settings_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(PoolStats::default());
-        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, stats.clone(), batches));
-        Pool { tx, driver, stats, workers }
+        let driver = tokio::spawn(drive(cfg, workers.clone(), variant, rx, settings_rx, stats.clone(), batches));
+        Pool { tx, settings, driver, stats, workers }
+    }
+
+    /// Apply new queue settings to the running pool: its workers, waiting items and running
+    /// batches stay (a re-plan that only changes queue figures cuts no work).
+    pub fn reconfigure(&self, cfg: QueueConfig) {
+        let _ = self.settings.send(cfg);
+    }
+
+    /// Items taken and not yet answered (queued or in a running batch), as of the driver's
+    /// last turn.
+    pub fn pending(&self) -> u64 {
+        self.stats.pending.load(Ordering::Relaxed)
     }
 
     /// Submit an item; its outcome arrives on `item.reply`.
@@ -280,11 +294,15 @@ impl Driver {
     }
 }
 
+/// Shortest wait after a wake-up of the queue that found nothing to do.
+const IDLE_REPOLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 async fn drive(
     cfg: QueueConfig,
     workers: Vec<Arc<dyn WorkerConn>>,
     variant: String,
     mut rx: mpsc::UnboundedReceiver<Item>,
+    mut settings: mpsc::UnboundedReceiver<QueueConfig>,
     stats: Arc<PoolStats>,
     batches: Option<prometheus_client::metrics::histogram::Histogram>,
 ) {
@@ -305,6 +323,11 @@ async fn drive(
         window_from: now,
     };
     let mut events: Vec<Event> = Vec::new();
+    // The queue's next wake-up can be due already with nothing to do (a batch timer ran out
+    // while every replica is busy); after such a fruitless wake-up the next one waits at
+    // least `IDLE_REPOLL`, so the driver does not spin (on a paused clock a spin would stop
+    // time, and the busy replicas would never finish).
+    let mut fruitless = false;
     let mut second = tokio::time::interval(std::time::Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -313,7 +336,11 @@ async fn drive(
         d.stats.pending.store(d.waiting.len() as u64, Ordering::Relaxed);
         d.roll_window();
         // A wake-up beyond what an Instant can hold is never.
-        let wake = d.queue.next_wakeup().and_then(|us| d.origin.checked_add(std::time::Duration::from_micros(us)));
+        let mut wake = d.queue.next_wakeup().and_then(|us| d.origin.checked_add(std::time::Duration::from_micros(us)));
+        if fruitless {
+            wake = wake.map(|t| t.max(Instant::now() + IDLE_REPOLL));
+        }
+        fruitless = false;
         tokio::select! {
             _ = second.tick() => {}
             item = rx.recv() => {
@@ -321,8 +348,13 @@ async fn drive(
                 events = d.arrive(item);
             }
             Some(fin) = done_rx.recv() => events = d.finished(fin),
+            Some(cfg) = settings.recv() => {
+                d.queue.set_config(cfg);
+                events = d.queue.poll(d.now_us());
+            }
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 events = d.queue.poll(d.now_us());
+                fruitless = events.is_empty();
             }
         }
     }

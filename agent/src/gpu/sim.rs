@@ -10,12 +10,48 @@
 //!   the limit is "lowered proportionally"; the exact formula is not published, so this is
 //!   an approximation);
 //! * every created instance gets a fresh `MIG-` UUID (re-created instances get new ones);
-//! * create and destroy report a configurable latency rather than sleeping.
+//! * create and destroy report a configurable latency rather than sleeping;
+//! * optionally ([`SimGpu::refuse_destroy_with_contexts`]), destroying an instance fails
+//!   with `IN_USE` while a worker process still holds a CUDA context on its MIG device, as
+//!   NVML does: the shared [`Contexts`] registry is what the node's worker launcher fills.
 
 use super::{GpuBackend, GpuError, InstanceId, LiveInstance};
 use jigsaw_protocol::catalogue::{GpuModel, GpuSpec, Placement};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Live CUDA contexts per MIG device UUID: what a (simulated) worker process holds from its
+/// start to its exit. Shared by a [`SimGpu`] in the refusing mode and the worker launcher.
+#[derive(Debug, Clone, Default)]
+pub struct Contexts(Arc<Mutex<BTreeMap<String, u32>>>);
+
+impl Contexts {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker opened a context on `device`.
+    pub fn open(&self, device: &str) {
+        *self.map().entry(device.to_string()).or_default() += 1;
+    }
+
+    /// A worker on `device` exited.
+    pub fn close(&self, device: &str) {
+        let mut m = self.map();
+        if let Some(n) = m.get_mut(device) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(device);
+            }
+        }
+    }
+
+    /// Contexts open on `device`.
+    pub fn on(&self, device: &str) -> u32 {
+        self.map().get(device).copied().unwrap_or(0)
+    }
+}
 
 /// Per-instance state.
 #[derive(Debug, Clone)]
@@ -35,6 +71,7 @@ pub struct SimGpu {
     serial: u64,
     reconfig: Duration,
     last: Duration,
+    contexts: Option<Contexts>,
 }
 
 impl SimGpu {
@@ -50,7 +87,15 @@ impl SimGpu {
             serial: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             reconfig,
             last: Duration::ZERO,
+            contexts: None,
         }
+    }
+
+    /// The refusing mode: `destroy` fails with `IN_USE` while `contexts` has a context open on
+    /// the instance's MIG device (a worker process still runs there), as NVML does.
+    pub fn refuse_destroy_with_contexts(mut self, contexts: Contexts) -> SimGpu {
+        self.contexts = Some(contexts);
+        self
     }
 
     /// The MPS client limit of an instance of `profile` (approximate, see module docs).
@@ -111,6 +156,9 @@ impl GpuBackend for SimGpu {
         let i = self.inst(id)?;
         if !i.workers.is_empty() {
             return Err(GpuError::InUse { id, workers: i.workers.len() as u32 });
+        }
+        if let Some(n) = self.contexts.as_ref().map(|c| c.on(&i.uuid)).filter(|&n| n > 0) {
+            return Err(GpuError::InUse { id, workers: n });
         }
         self.instances.remove(&id);
         self.last = self.reconfig;
