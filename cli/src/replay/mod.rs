@@ -169,7 +169,7 @@ fn prepare(a: &ReplayArgs) -> Result<Plan> {
             if !(f.is_finite() && f > 0.0 && f <= 1.0) {
                 bail!("--peak-of-max must be in (0, 1], not {f}");
             }
-            let max = max_demand(&entry, a.nodes * a.gpus_per_node as usize)?;
+            let max = max_demand(&entry, a.nodes * a.gpus_per_node as usize, SearchSpace::FULL)?;
             let unscaled =
                 core::scale_arrivals(&offsets, 1.0, a.time_scale, limit, a.seed).map_err(anyhow::Error::msg)?;
             let peak = rates(&unscaled, interval_us, span_us).into_iter().fold(0.0, f64::max);
@@ -201,18 +201,12 @@ fn prepare(a: &ReplayArgs) -> Result<Plan> {
 }
 
 /// The app's maximum serviceable demand under A+S+T on `gpus` H100s (planner defaults).
-fn max_demand(entry: &jigsaw_protocol::cluster::AppEntry, gpus: usize) -> Result<f64> {
+fn max_demand(entry: &jigsaw_protocol::cluster::AppEntry, gpus: usize, space: SearchSpace) -> Result<f64> {
     use jigsaw_coordinator::{Goal, Problem};
     let app = jigsaw_protocol::app::AppSpec::parse(&entry.spec_toml, &entry.name)?;
     let profiles = jigsaw_protocol::profile::ProfileTable::parse_csv(&entry.profiles_csv, &entry.name)?;
     let (cfg, solver) = crate::planning::planner_config(None)?;
-    let pb = Problem {
-        app: &app,
-        profiles: &profiles,
-        gpu: jigsaw_protocol::GpuModel::H100_80gb,
-        gpus,
-        space: SearchSpace::FULL,
-    };
+    let pb = Problem { app: &app, profiles: &profiles, gpu: jigsaw_protocol::GpuModel::H100_80gb, gpus, space };
     let p = jigsaw_coordinator::plan(pb, Goal::MaxDemand, &cfg, &solver, &jigsaw_agent::node::WallClock::new())?;
     Ok(p.demand_rps)
 }
@@ -308,14 +302,23 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
     let mut runs = Vec::new();
     for space in &spaces {
         let dir = base.join(format!("jigsaw-replay-{}-{}", std::process::id(), space.replace('+', "")));
+        // A space that cannot serve the first demand at all would shed the app before the
+        // first request; it starts at 95 % of what it can serve and then follows the load
+        // like every other space (what it cannot serve shows as violations).
+        let mut entry = p.entry.clone();
+        let sp: SearchSpace = space.parse().map_err(|e| anyhow::anyhow!("{space}: {e}"))?;
+        let cap = max_demand(&entry, a.nodes * a.gpus_per_node as usize, sp)?;
+        if entry.demand_rps > 0.95 * cap {
+            entry.demand_rps = ((0.95 * cap * 10.0).floor() / 10.0).max(1.0);
+        }
         eprintln!(
             "== {space}: {} requests over {:.1} s on {} node(s) x {} simulated H100s, {} registered at {} req/s",
             p.arrivals.len(),
             p.span_us as f64 / 1e6,
             a.nodes,
             a.gpus_per_node,
-            p.entry.name,
-            p.entry.demand_rps
+            entry.name,
+            entry.demand_rps
         );
         let up = UpOptions {
             nodes: a.nodes,
@@ -323,7 +326,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
             gpu: jigsaw_protocol::GpuModel::H100_80gb,
             eligible: a.nodes.min(3),
             dir: dir.clone(),
-            apps: vec![p.entry.clone()],
+            apps: vec![entry],
             reconfig_ms: 100,
             executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
             space: Some(space.clone()),
