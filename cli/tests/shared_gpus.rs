@@ -52,8 +52,10 @@ fn up_six(name: &str, nodes: &str, per_node: &str, rps: &[f64; 6]) -> (Cluster, 
     let dir = std::env::temp_dir().join(format!("jigsaw-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
+    // The app set lives in the cluster directory itself, so the guard (which reads the
+    // agents' pids from `cluster.json` there) kills them and removes everything.
     let set = app_set(&dir, rps);
-    let cdir = dir.join("c");
+    let cdir = dir.clone();
     let (ok, out, _) = jigsaw(&[
         "up",
         "--nodes",
@@ -69,6 +71,7 @@ fn up_six(name: &str, nodes: &str, per_node: &str, rps: &[f64; 6]) -> (Cluster, 
     ]);
     let guard = Cluster(dir);
     assert!(ok, "jigsaw up: {out}");
+    assert!(cdir.join("cluster.json").exists(), "the guard finds the agents in {}", cdir.display());
     (guard, cdir)
 }
 

@@ -100,6 +100,8 @@ pub struct ReplayArgs {
 pub struct ReplayReport {
     /// Application.
     pub app: String,
+    /// Spaces that could not serve the app at all on the replay's GPUs (not run), with why.
+    pub infeasible: Vec<(String, String)>,
     /// Trace file.
     pub trace: String,
     /// `--rate-scale`.
@@ -300,6 +302,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
     let spec = p.entry.parse().map_err(|e| anyhow::anyhow!("app {}: {e}", p.entry.name))?.spec;
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut runs = Vec::new();
+    let mut infeasible = Vec::new();
     for space in &spaces {
         let dir = base.join(format!("jigsaw-replay-{}-{}", std::process::id(), space.replace('+', "")));
         // A space that cannot serve the first demand at all would shed the app before the
@@ -307,7 +310,14 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
         // like every other space (what it cannot serve shows as violations).
         let mut entry = p.entry.clone();
         let sp: SearchSpace = space.parse().map_err(|e| anyhow::anyhow!("{space}: {e}"))?;
-        let cap = max_demand(&entry, a.nodes * a.gpus_per_node as usize, sp)?;
+        let cap = match max_demand(&entry, a.nodes * a.gpus_per_node as usize, sp) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("== {space}: not run, the app cannot be served at all on these GPUs: {e:#}");
+                infeasible.push((space.clone(), format!("{e:#}")));
+                continue;
+            }
+        };
         if entry.demand_rps > 0.95 * cap {
             entry.demand_rps = ((0.95 * cap * 10.0).floor() / 10.0).max(1.0);
         }
@@ -356,6 +366,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
     let one = (runs.len() == 1).then(|| runs[0].clone());
     let report = ReplayReport {
         app: p.entry.name.clone(),
+        infeasible,
         trace: a.trace.display().to_string(),
         rate_scale: p.rate_scale,
         time_scale: a.time_scale,
@@ -375,6 +386,9 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
         out.push_str(&core::interval_table(r));
     }
     out.push_str(&core::comparison_table(&report.runs, accuracy_slo_pct));
+    for (space, why) in &report.infeasible {
+        out.push_str(&format!("{space}: not run, cannot serve the app on these GPUs ({why})\n"));
+    }
     out.push_str(&format!(
         "paper: JigsawServe §5, Figure 4 (3 apps, 4x H100, Twitter trace scaled to JigsawServe's maximum demand); \
          ours: synthetic profiles, timed executors, this trace\nchart: {}\n",
