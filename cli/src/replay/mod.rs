@@ -74,6 +74,10 @@ pub struct ReplayArgs {
     /// `--demand`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub follow: bool,
+    /// Forecaster of the control loop (`[control] forecaster`): `holt` (the default) or
+    /// `paper` (mean of the last five intervals + 5 %).
+    #[arg(long, default_value = "holt", value_parser = ["holt", "paper"])]
+    pub forecaster: String,
     /// Agent processes of each cluster.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
@@ -216,12 +220,14 @@ fn max_demand(entry: &jigsaw_protocol::cluster::AppEntry, gpus: usize, space: Se
 /// The `[control]` table of a replay's agents: the control interval is one replay interval
 /// of real time (at least 1 s), as is the shortest time between re-plans; one interval of
 /// warm-up.
-fn control_table(follow: bool, interval_us: u64) -> String {
+fn control_table(follow: bool, forecaster: &str, interval_us: u64) -> String {
     if !follow {
         return "follow_demand = false".into();
     }
     let s = (interval_us as f64 / 1e6).max(1.0);
-    format!("follow_demand = true\ninterval_s = {s:.3}\nmin_replan_interval_s = {s:.3}\nwarmup_intervals = 1")
+    format!(
+        "follow_demand = true\nforecaster = \"{forecaster}\"\ninterval_s = {s:.3}\nmin_replan_interval_s = {s:.3}\nwarmup_intervals = 1"
+    )
 }
 
 fn sample(s: &ClusterStatus, app: &str, at_us: u64) -> core::Sample {
@@ -340,7 +346,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
             reconfig_ms: 100,
             executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
             space: Some(space.clone()),
-            control: control_table(a.follow, p.interval_us),
+            control: control_table(a.follow, &a.forecaster, p.interval_us),
         };
         let started = cluster::cmd_up(&up, exe);
         let result = started.and_then(|_| replay_on(a, &p, space, &dir));
