@@ -309,13 +309,7 @@ pub fn check_heartbeat(mut hb: Heartbeat, known: &KnownKeys) -> Result<CheckedHe
             None => ("", format!("is over the cap of {MAX_OBSERVED_ROWS} rows per heartbeat")),
             Some(p) => p,
         };
-        dropped.add(|| {
-            let field = match problem.0 {
-                "" => format!("observed[{index}]"),
-                f => format!("observed[{index}].{f}"),
-            };
-            DroppedRow { index, field, reason: problem.1 }
-        });
+        drop_row(&mut dropped, "observed", index, problem);
     }
     hb.observed = kept;
     let mut kept = Vec::with_capacity(hb.demand.len().min(MAX_DEMAND_ROWS));
@@ -333,16 +327,22 @@ pub fn check_heartbeat(mut hb: Heartbeat, known: &KnownKeys) -> Result<CheckedHe
             None => ("", format!("is over the cap of {MAX_DEMAND_ROWS} demand rows per heartbeat")),
             Some(p) => p,
         };
-        dropped.add(|| {
-            let field = match problem.0 {
-                "" => format!("demand[{index}]"),
-                f => format!("demand[{index}].{f}"),
-            };
-            DroppedRow { index, field, reason: problem.1 }
-        });
+        drop_row(&mut dropped, "demand", index, problem);
     }
     hb.demand = kept;
     Ok(CheckedHeartbeat { hb, dropped })
+}
+
+/// Record row `index` of the heartbeat's `list` as dropped: `(field, reason)`, the field
+/// empty when the row as a whole is at fault.
+fn drop_row(dropped: &mut Dropped, list: &str, index: usize, (field, reason): (&str, String)) {
+    dropped.add(|| {
+        let field = match field {
+            "" => format!("{list}[{index}]"),
+            f => format!("{list}[{index}].{f}"),
+        };
+        DroppedRow { index, field, reason }
+    });
 }
 
 #[cfg(test)]
