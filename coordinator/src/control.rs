@@ -537,6 +537,11 @@ mod tests {
     use super::*;
     use jigsaw_protocol::cluster::{AppEntry, ClusterPlan};
 
+    /// A plan of `epoch` for `inputs` that places nothing.
+    fn empty_plan(epoch: u64, inputs: String) -> ClusterPlan {
+        ClusterPlan { epoch, inputs, nodes: BTreeMap::new(), apps: vec![], stats: Default::default() }
+    }
+
     fn hb(node: &str, applied: u64) -> Heartbeat {
         Heartbeat {
             node: node.into(),
@@ -612,13 +617,8 @@ mod tests {
         c.heartbeat(0, hb("b", 0)).expect("valid");
         let acts = c.tick(0, &st);
         apply_all(&mut st, &acts);
-        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
-            epoch: 1,
-            inputs: st.plan_inputs(),
-            nodes: BTreeMap::new(),
-            apps: vec![],
-            stats: Default::default(),
-        }));
+        let inputs = st.plan_inputs();
+        st.apply(&ClusterCommand::CommitPlan(empty_plan(1, inputs)));
         let phases = |acts: &[Action]| -> Vec<(String, PushPhase)> {
             acts.iter()
                 .filter_map(|a| match a {
@@ -766,13 +766,7 @@ mod tests {
                     }
                     Action::Solve { inputs, epoch } => {
                         solved_for.push(inputs.clone());
-                        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
-                            epoch: *epoch,
-                            inputs: inputs.clone(),
-                            nodes: BTreeMap::new(),
-                            apps: vec![],
-                            stats: Default::default(),
-                        }));
+                        st.apply(&ClusterCommand::CommitPlan(empty_plan(*epoch, inputs.clone())));
                         c.solve_done(inputs);
                     }
                     _ => {}
@@ -836,13 +830,8 @@ mod tests {
         c.heartbeat(0, hb("a", 0)).expect("valid");
         let acts = c.tick(0, &st);
         apply_all(&mut st, &acts);
-        st.apply(&ClusterCommand::CommitPlan(ClusterPlan {
-            epoch: 1,
-            inputs: st.plan_inputs(),
-            nodes: BTreeMap::new(),
-            apps: vec![],
-            stats: Default::default(),
-        }));
+        let inputs = st.plan_inputs();
+        st.apply(&ClusterCommand::CommitPlan(empty_plan(1, inputs)));
         assert_eq!(c.tick(1, &st).len(), 1);
         c.push_done(2, "a", 1, Some(ApplyOutcome::Failed { gpu: "g".into(), error: "boom".into() }));
         assert!(c.tick(3, &st).is_empty(), "no immediate retry");
