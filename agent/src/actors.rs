@@ -431,6 +431,15 @@ impl Actor for GpuActor {
                         tokio::time::sleep(w).await;
                     }
                 }
+                // A kept instance whose target differs only in batch size (no step: see
+                // `core::diff`) runs the target's figures from now on.
+                for t in &target {
+                    if let Some(w) = st.work.get_mut(&t.start) {
+                        if w.mig_profile == t.mig_profile && Assignment::of(w).same_workers(&Assignment::of(t)) {
+                            *w = t.clone();
+                        }
+                    }
+                }
                 // Segments whose workers started run their assignment, even when a later step failed.
                 for step in &done {
                     if let Step::StartWorkers { start, .. } = step {

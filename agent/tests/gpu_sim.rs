@@ -6,7 +6,7 @@
 mod common;
 
 use common::{conformance_placement, conformance_workers};
-use jigsaw_agent::core::diff::{apply, plan_diff, Assignment, LiveSegment};
+use jigsaw_agent::core::diff::{apply, plan_diff, plan_phases, Assignment, LiveSegment, Phased, Step};
 use jigsaw_agent::gpu::sim::SimGpu;
 use jigsaw_agent::gpu::{GpuBackend, GpuError};
 use jigsaw_protocol::catalogue::GpuModel;
@@ -83,6 +83,28 @@ fn diff_reassigns_without_recreating_and_breaks_before_making_overlaps() {
         live.iter().map(|i| (i.profile.as_str(), i.start, i.workers)).collect::<Vec<_>>(),
         vec![("4g.40gb", 0, 1), ("2g.20gb", 4, 2), ("1g.10gb", 6, 1)]
     );
+}
+
+#[test]
+fn a_batch_size_change_alone_restarts_nothing() {
+    let model = GpuModel::H100_80gb;
+    let mut g = sim(model);
+    let mem = mem_of(model);
+    let target0 = vec![inst("3g.40gb", 0, "a", 2), inst("2g.20gb", 4, "b", 1)];
+    let steps = plan_diff(model.spec(), &live_segments(&g, &[]), &target0).expect("diff");
+    apply(&mut g, &steps, &mem).expect("applies");
+    let assigned: Vec<(u8, Assignment)> = target0.iter().map(|t| (t.start, Assignment::of(t))).collect();
+    // Same instances and workers, other batch sizes: no step, and nothing waits to serve.
+    let retuned: Vec<InstancePlan> = target0.iter().map(|t| InstancePlan { batch: t.batch * 4, ..t.clone() }).collect();
+    let phased = plan_phases(model.spec(), &live_segments(&g, &assigned), &retuned).expect("diff");
+    assert_eq!(phased, Phased::default());
+    // An MPS change does restart the workers, and that instance does not serve until then.
+    let mut remps = retuned.clone();
+    remps[1].mps = 2;
+    let phased = plan_phases(model.spec(), &live_segments(&g, &assigned), &remps).expect("diff");
+    assert!(phased.make.is_empty(), "{phased:?}");
+    assert_eq!(phased.deferred, vec![4]);
+    assert!(matches!(phased.rest.as_slice(), [Step::StopWorkers { start: 4 }, Step::StartWorkers { start: 4, .. }]));
 }
 
 #[test]

@@ -337,22 +337,52 @@ fn worst_node_loss(plan: &Plan, phys: &[PhysicalGpu], targets: &[Vec<InstancePla
     worst
 }
 
-/// Place `instances` on the physical GPUs `phys` (all of `spec`'s model): instances that
-/// match a live one (same app, task, variant, profile; same MPS and batch preferred) stay
-/// in its slot; the rest, largest first, go to the first legal slot of a GPU in use, then of
-/// an empty GPU, preferring (with `spread`) nodes that do not host the task yet. Returns
-/// the target per physical GPU, or `None` when some instance finds no slot.
+/// Place `instances` on the physical GPUs `phys` (all of `spec`'s model), so that the
+/// transition to the result runs make-before-break wherever the GPUs allow it:
+/// * an instance that matches a live one (same app, task, variant, profile and MPS level;
+///   the same batch size preferred, a batch change restarts nothing) stays in its slot;
+/// * the rest, largest first, go to the first legal slot of a GPU in use, then of an empty
+///   GPU, preferring (with `spread`) nodes that do not host the task yet, and among those
+///   a slot no live instance occupies (it can be created and start serving before anything
+///   is torn down); failing that, a live instance of the same work at another MPS level
+///   restarts its workers in place (no MIG change); failing that, a slot that frees up only
+///   once the instance there is destroyed.
+///
+/// The free-slot preference is dropped when it would need more GPUs than the plain first-fit
+/// order. Returns the target per physical GPU, or `None` when some instance finds no slot.
 pub fn place(
     spec: &GpuSpec,
     phys: &[PhysicalGpu],
     instances: &[InstancePlan],
     spread: bool,
 ) -> Option<Vec<Vec<InstancePlan>>> {
+    let used = |t: &Vec<Vec<InstancePlan>>| t.iter().filter(|g| !g.is_empty()).count();
+    let plain = place_with(spec, phys, instances, spread, false);
+    match place_with(spec, phys, instances, spread, true) {
+        Some(t) if plain.as_ref().is_none_or(|p| used(&t) <= used(p)) => Some(t),
+        _ => plain,
+    }
+}
+
+/// [`place`] with (`make_first`) or without the preference for slots no live instance holds.
+fn place_with(
+    spec: &GpuSpec,
+    phys: &[PhysicalGpu],
+    instances: &[InstancePlan],
+    spread: bool,
+    make_first: bool,
+) -> Option<Vec<Vec<InstancePlan>>> {
     let mut todo: Vec<Option<InstancePlan>> = instances.iter().cloned().map(Some).collect();
     let mut targets: Vec<Vec<InstancePlan>> = vec![Vec::new(); phys.len()];
     let mut taken: Vec<Vec<Placement>> = vec![Vec::new(); phys.len()];
-    // Keep: exact work first, then same (app, task, variant, profile).
-    for exact in [true, false] {
+    let same_work = |t: &InstancePlan, l: &InstancePlan| {
+        t.app == l.app && t.task == l.task && t.variant == l.variant && t.mig_profile == l.mig_profile
+    };
+    // Keep: the same batch first, then another batch; without `make_first`, then also
+    // another MPS level (its workers restart).
+    let passes: &[(bool, bool)] =
+        if make_first { &[(true, true), (true, false)] } else { &[(true, true), (false, false)] };
+    for &(same_mps, same_batch) in passes {
         for (j, g) in phys.iter().enumerate() {
             for l in &g.live {
                 let Some(p) = spec.profile_index(&l.mig_profile) else { continue };
@@ -362,11 +392,7 @@ pub fn place(
                 }
                 let hit = todo.iter_mut().find(|t| {
                     t.as_ref().is_some_and(|t| {
-                        t.app == l.app
-                            && t.task == l.task
-                            && t.variant == l.variant
-                            && t.mig_profile == l.mig_profile
-                            && (!exact || (t.mps == l.mps && t.batch == l.batch))
+                        same_work(t, l) && (!same_mps || t.mps == l.mps) && (!same_batch || t.batch == l.batch)
                     })
                 });
                 if let Some(slot) = hit {
@@ -378,6 +404,13 @@ pub fn place(
             }
         }
     }
+    let live_at = |j: usize| -> Vec<Placement> {
+        phys[j]
+            .live
+            .iter()
+            .filter_map(|l| spec.profile_index(&l.mig_profile).map(|p| Placement { profile: p, start: l.start }))
+            .collect()
+    };
     let mut rest: Vec<InstancePlan> = todo.into_iter().flatten().collect();
     let width = |i: &InstancePlan| spec.profile_index(&i.mig_profile).map_or(0, |p| spec.profiles[p].mem_slices);
     rest.sort_by(|a, b| width(b).cmp(&width(a)).then_with(|| (&a.app, &a.task).cmp(&(&b.app, &b.task))));
@@ -390,14 +423,36 @@ pub fn place(
         };
         let mut order: Vec<usize> = (0..phys.len()).collect();
         order.sort_by_key(|&j| (spread && hosts(&phys[j].node), targets[j].is_empty(), j));
-        let found = order.into_iter().find_map(|j| {
+        let first_fit = |j: usize, occupied: &[Placement]| {
             spec.profiles[p]
                 .starts
                 .iter()
                 .map(|&s| Placement { profile: p, start: s })
-                .find(|&at| spec.check_placement(&taken[j], at).is_ok())
+                .find(|&at| spec.check_placement(occupied, at).is_ok())
                 .map(|at| (j, at))
-        });
+        };
+        let free_of_live = || {
+            order.iter().find_map(|&j| {
+                // Legal next to the target so far and clear of every live instance (a live
+                // one kept in place is in both).
+                let mut occupied = taken[j].clone();
+                occupied.extend(live_at(j).into_iter().filter(|l| !taken[j].contains(l)));
+                first_fit(j, &occupied)
+            })
+        };
+        let restart_in_place = || {
+            order.iter().find_map(|&j| {
+                phys[j]
+                    .live
+                    .iter()
+                    .filter(|l| same_work(&inst, l))
+                    .map(|l| Placement { profile: p, start: l.start })
+                    .find(|&at| spec.check_placement(&taken[j], at).is_ok())
+                    .map(|at| (j, at))
+            })
+        };
+        let found = if make_first { free_of_live().or_else(restart_in_place) } else { None }
+            .or_else(|| order.iter().find_map(|&j| first_fit(j, &taken[j])));
         let (j, at) = found?;
         let mut inst = inst;
         inst.start = at.start;
@@ -542,6 +597,36 @@ mod tests {
         // Too much for the GPUs: no placement.
         let seven: Vec<InstancePlan> = (0..4).map(|_| inst("c", "v", "7g.80gb", 0)).collect();
         assert!(place(spec, &physical, &seven, false).is_none());
+    }
+
+    /// New work goes where nothing runs yet, so it serves before the old work is torn down.
+    #[test]
+    fn placement_makes_before_it_breaks_where_the_gpus_allow() {
+        let spec = GpuModel::H100_80gb.spec();
+        let old = inst("a", "t", "3g.40gb", 0);
+        let physical = vec![phys("n0", 0, vec![old.clone()]), phys("n0", 1, vec![])];
+        let starts = |t: &Vec<Vec<InstancePlan>>| -> Vec<Vec<u8>> {
+            t.iter().map(|g| g.iter().map(|i| i.start).collect()).collect()
+        };
+        // Another variant on the same profile: slot 4 of the same GPU, not the old slot 0.
+        let other = InstancePlan { variant: "w".into(), ..old.clone() };
+        let t = place(spec, &physical, std::slice::from_ref(&other), false).expect("fits");
+        assert_eq!(starts(&t), vec![vec![4], vec![]]);
+        // The same work at another MPS level: a fresh slot too while one is free.
+        let remps = InstancePlan { mps: 2, ..old.clone() };
+        let t = place(spec, &physical, std::slice::from_ref(&remps), false).expect("fits");
+        assert_eq!(starts(&t), vec![vec![4], vec![]]);
+        // A batch change alone stays where it runs (its workers take it without a restart).
+        let rebatch = InstancePlan { batch: 32, ..old.clone() };
+        let t = place(spec, &physical, std::slice::from_ref(&rebatch), false).expect("fits");
+        assert_eq!(starts(&t), vec![vec![0], vec![]]);
+        // No free slot on the GPU in use (b keeps slot 4): the MPS change restarts in place
+        // rather than opening the second GPU or re-creating the instance.
+        let b = inst("b", "u", "3g.40gb", 4);
+        let physical = vec![phys("n0", 0, vec![old.clone(), b.clone()]), phys("n0", 1, vec![])];
+        let t = place(spec, &physical, &[remps.clone(), b.clone()], false).expect("fits");
+        assert_eq!(starts(&t), vec![vec![0, 4], vec![]]);
+        assert_eq!(t[0][0].mps, 2);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! * nothing until `warmup_intervals` intervals were measured (a new leader's forecaster
 //!   starts empty), and nothing sooner than `min_interval_ms` after the last demand change;
 //! * **SLO violations**: when the violation rate of the last interval exceeds
-//!   `slo_violation_rate` (with at least `min_completions` answers in it), plan for
+//!   `slo_violation_rate` (with at least `min_completions` answers in it, and no plan
+//!   transition running during it: those violations say the capacity was moving), plan for
 //!   `max(planned, forecast) × (1 + step_margin)`: more capacity, even when the forecast
 //!   says demand did not grow (the profiles may be optimistic), but never more than
 //!   `forecast × (1 + slo_max_headroom)`: violations that extra capacity does not cure
@@ -72,6 +73,10 @@ pub struct DemandView {
     pub forecast: f64,
     /// Violations / completions over the last interval, and the completions.
     pub violations: Option<(f64, u64)>,
+    /// Whether a plan transition ran during the last interval: its violations are then not
+    /// evidence that the plan lacks capacity (the capacity was moving), and counting them
+    /// would re-plan again, which moves capacity again.
+    pub transition: bool,
     /// Lowest demand allowed, requests/s.
     pub floor: f64,
     /// Intervals measured so far.
@@ -184,8 +189,8 @@ impl ReplanPolicy {
         if v.last_change_ms.is_some_and(|t| v.now_ms.saturating_sub(t) < self.min_interval_ms) {
             return Decision::Keep;
         }
-        let violating =
-            v.violations.is_some_and(|(rate, n)| n >= self.min_completions && rate > self.slo_violation_rate);
+        let violating = !v.transition
+            && v.violations.is_some_and(|(rate, n)| n >= self.min_completions && rate > self.slo_violation_rate);
         let (want, reason) = if violating {
             let cap = (v.forecast * (1.0 + self.slo_max_headroom)).max(v.floor);
             if v.planned >= cap {
@@ -216,6 +221,7 @@ mod tests {
             planned,
             forecast,
             violations: None,
+            transition: false,
             floor: 0.01,
             intervals: 10,
             now_ms: 1_000_000,
@@ -272,6 +278,11 @@ mod tests {
         // At or under the threshold, or too few answers to tell: nothing.
         assert_eq!(p().decide(&DemandView { violations: Some((0.05, 100)), ..view(100.0, 90.0) }), Decision::Keep);
         assert_eq!(p().decide(&DemandView { violations: Some((0.5, 19)), ..view(100.0, 90.0) }), Decision::Keep);
+        // Violations of an interval in which a transition moved capacity do not count; the
+        // band still does.
+        assert_eq!(p().decide(&DemandView { transition: true, ..v }), Decision::Keep);
+        let up = DemandView { transition: true, violations: Some((0.2, 100)), ..view(100.0, 120.0) };
+        assert_eq!(p().decide(&up), Decision::Set { rps: 132.0, reason: Reason::AboveBand });
     }
 
     /// Violations that persist whatever the capacity raise the plan only up to the cap of

@@ -5,8 +5,9 @@
 //! swallowing it).
 //!
 //! Instances are keyed by their start slot, which is unique on a legal layout. A live
-//! instance whose (profile, start) is in the target is kept; if its assignment (task,
-//! variant, MPS level, batch) changed, only its workers are restarted. Order:
+//! instance whose (profile, start) is in the target is kept; if its workers (task, variant,
+//! MPS level) changed, only its workers are restarted; a change of batch size alone needs
+//! no step (the running workers take it with their queue settings). Order:
 //! 1. *make before break*: new instances that are legal next to everything still live
 //!    (including what will be destroyed) are created and started first;
 //! 2. reassigned instances restart their workers;
@@ -44,6 +45,12 @@ impl Assignment {
     /// The assignment of a planned instance.
     pub fn of(i: &InstancePlan) -> Assignment {
         Assignment { task: i.task.clone(), variant: i.variant.clone(), mps: i.mps, batch: i.batch }
+    }
+
+    /// Whether `other` runs the same workers (task, variant, MPS processes): it differs at
+    /// most in the batch size, which the running workers take without a restart.
+    pub fn same_workers(&self, other: &Assignment) -> bool {
+        self.task == other.task && self.variant == other.variant && self.mps == other.mps
     }
 }
 
@@ -168,7 +175,10 @@ pub fn plan_phases(spec: &GpuSpec, live: &[LiveSegment], target: &[InstancePlan]
     for l in live.iter().filter(|l| kept(l)) {
         let Some(t) = target.iter().find(|t| t.start == l.instance.start) else { continue };
         let want = Assignment::of(t);
-        if l.assignment.as_ref() != Some(&want) || l.instance.workers != u32::from(want.mps) {
+        // Only the batch size changed: the running workers take it with their queue
+        // settings (the data plane retunes the pool in place), so nothing restarts.
+        let same_workers = l.assignment.as_ref().is_some_and(|a| a.same_workers(&want));
+        if !same_workers || l.instance.workers != u32::from(want.mps) {
             if l.instance.workers > 0 {
                 steps.push(Step::StopWorkers { start: l.instance.start });
             }
