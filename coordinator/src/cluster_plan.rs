@@ -24,7 +24,7 @@ use crate::milp::Solver;
 use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem, Spread};
 use crate::spaces::SearchSpace;
 use jigsaw_protocol::app::AppSpec;
-use jigsaw_protocol::catalogue::{GpuSpec, Placement};
+use jigsaw_protocol::catalogue::{GpuSpec, Placement, PlacementError};
 use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState, PlanChanges};
 use jigsaw_protocol::plan::{InstancePlan, Plan};
 use jigsaw_protocol::{GpuModel, ProfileRow, ProfileTable};
@@ -151,17 +151,14 @@ pub fn plan_cluster(
             .flat_map(|p| p.gpus.iter().flat_map(|g| g.instances.iter().cloned()))
             .collect();
         let spec = model.spec();
-        // Spread may open a GPU on another node for a task's second instance (at most one
-        // per node beyond the MILP's layout); without spread, the greedy placement must not
-        // use more GPUs than the MILP's layout.
-        let used = |t: &Vec<Vec<InstancePlan>>| t.iter().filter(|g| !g.is_empty()).count();
-        let nodes_of_model = phys.iter().map(|g| g.node.as_str()).collect::<std::collections::BTreeSet<_>>().len();
-        let greedy = spread
-            .then(|| place(spec, &phys, &instances, true))
-            .flatten()
-            .filter(|t| used(t) <= out.stats.gpus_used + nodes_of_model.saturating_sub(1))
-            .or_else(|| place(spec, &phys, &instances, false).filter(|t| used(t) <= out.stats.gpus_used));
-        let targets: Vec<Vec<InstancePlan>> = match greedy {
+        let greedy = place_cluster(spec, &phys, &instances, spread, out.stats.gpus_used);
+        if let Some(p) = greedy.as_ref().filter(|p| p.extra_gpus > 0) {
+            notes.push(format!(
+                "{model}: {} GPU(s) beyond the plan's layout hold new instances, so that they serve before the old ones stop",
+                p.extra_gpus
+            ));
+        }
+        let targets: Vec<Vec<InstancePlan>> = match greedy.map(|p| p.targets) {
             Some(t) => t,
             None => match assign_gpus(*model, &out.gpus, &phys) {
                 Ok(a) => {
@@ -337,35 +334,82 @@ fn worst_node_loss(plan: &Plan, phys: &[PhysicalGpu], targets: &[Vec<InstancePla
     worst
 }
 
-/// Place `instances` on the physical GPUs `phys` (all of `spec`'s model), so that the
-/// transition to the result runs make-before-break wherever the GPUs allow it:
-/// * an instance that matches a live one (same app, task, variant, profile and MPS level;
-///   the same batch size preferred, a batch change restarts nothing) stays in its slot;
-/// * the rest, largest first, go to the first legal slot of a GPU in use, then of an empty
-///   GPU, preferring (with `spread`) nodes that do not host the task yet, and among those
-///   a slot no live instance occupies (it can be created and start serving before anything
-///   is torn down); failing that, a live instance of the same work at another MPS level
-///   restarts its workers in place (no MIG change); failing that, a slot that frees up only
-///   once the instance there is destroyed.
-///
-/// The free-slot preference is dropped when it would need more GPUs than the plain first-fit
-/// order. Returns the target per physical GPU, or `None` when some instance finds no slot.
-pub fn place(
+/// A placement of a group's instances ([`place_cluster`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// Target per physical GPU.
+    pub targets: Vec<Vec<InstancePlan>>,
+    /// Target instances that can only be created once live instances are destroyed.
+    pub late: usize,
+    /// GPUs used beyond the MILP's layout (and spread's allowance) so that fewer are late.
+    pub extra_gpus: usize,
+}
+
+/// Place a group's `instances` on its physical GPUs `phys`, given the `gpus_used` of the
+/// MILP's layout: the first-fit [`place`] within that many GPUs (spread may open one more
+/// per node for a task's second instance), or the make-before-break [`place`] when it leaves
+/// fewer instances late (see [`late_instances`]), even if it opens GPUs the layout does
+/// not use: capacity stays up through the transition, at the price of idle GPUs (reported).
+/// `None` when neither fits (the caller maps the MILP's layout per GPU instead).
+pub fn place_cluster(
     spec: &GpuSpec,
     phys: &[PhysicalGpu],
     instances: &[InstancePlan],
     spread: bool,
-) -> Option<Vec<Vec<InstancePlan>>> {
+    gpus_used: usize,
+) -> Option<Placed> {
     let used = |t: &Vec<Vec<InstancePlan>>| t.iter().filter(|g| !g.is_empty()).count();
-    let plain = place_with(spec, phys, instances, spread, false);
-    match place_with(spec, phys, instances, spread, true) {
-        Some(t) if plain.as_ref().is_none_or(|p| used(&t) <= used(p)) => Some(t),
-        _ => plain,
+    let nodes = phys.iter().map(|g| g.node.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+    let limit = |spread: bool| if spread { gpus_used + nodes.saturating_sub(1) } else { gpus_used };
+    let plain = spread
+        .then(|| place(spec, phys, instances, true, false))
+        .flatten()
+        .filter(|t| used(t) <= limit(true))
+        .or_else(|| place(spec, phys, instances, false, false).filter(|t| used(t) <= limit(false)));
+    let first = place(spec, phys, instances, spread, true);
+    let placed = |targets: Vec<Vec<InstancePlan>>| {
+        let late = late_instances(spec, phys, &targets);
+        let extra_gpus = used(&targets).saturating_sub(limit(spread));
+        Placed { targets, late, extra_gpus }
+    };
+    match (plain.map(placed), first.map(placed)) {
+        (Some(p), Some(m)) if m.late < p.late || (m.late == p.late && used(&m.targets) <= used(&p.targets)) => Some(m),
+        (None, Some(m)) if m.extra_gpus == 0 => Some(m),
+        (p, _) => p,
     }
 }
 
-/// [`place`] with (`make_first`) or without the preference for slots no live instance holds.
-fn place_with(
+/// Target instances of `targets` (per physical GPU of `phys`) that overlap a live instance
+/// they do not keep: they can only be created once that one is destroyed.
+pub fn late_instances(spec: &GpuSpec, phys: &[PhysicalGpu], targets: &[Vec<InstancePlan>]) -> usize {
+    let at = |i: &InstancePlan| spec.profile_index(&i.mig_profile).map(|p| Placement { profile: p, start: i.start });
+    phys.iter()
+        .zip(targets)
+        .map(|(g, t)| {
+            let live: Vec<Placement> = g.live.iter().filter_map(at).collect();
+            t.iter()
+                .filter_map(at)
+                .filter(|p| {
+                    !live.contains(p) && matches!(spec.check_placement(&live, *p), Err(PlacementError::Overlap { .. }))
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Place `instances` on the physical GPUs `phys` (all of `spec`'s model):
+/// * an instance that matches a live one (same app, task, variant, profile and MPS level;
+///   the same batch size preferred, a batch change restarts nothing) stays in its slot;
+///   without `make_first`, then also one at another MPS level (its workers restart);
+/// * the rest, largest first, go to the first legal slot of a GPU in use, then of an empty
+///   GPU, preferring (with `spread`) nodes that do not host the task yet. With
+///   `make_first` a slot that no live instance occupies comes first, on any GPU (such an
+///   instance is created and serves before anything is torn down); failing that, a live
+///   instance of the same work at another MPS level restarts its workers in place (no MIG
+///   change); failing that, a slot that frees up only once the instance there is destroyed.
+///
+/// Returns the target per physical GPU, or `None` when some instance finds no slot.
+pub fn place(
     spec: &GpuSpec,
     phys: &[PhysicalGpu],
     instances: &[InstancePlan],
@@ -587,16 +631,16 @@ mod tests {
         let physical =
             vec![phys("n0", 0, vec![inst("a", "t", "3g.40gb", 4)]), phys("n0", 1, vec![]), phys("n1", 0, vec![])];
         let want = vec![inst("b", "u", "4g.40gb", 0), inst("a", "t", "3g.40gb", 0), inst("b", "u", "1g.10gb", 0)];
-        let t = place(spec, &physical, &want, false).expect("fits");
+        let t = place(spec, &physical, &want, false, false).expect("fits");
         assert_eq!(layout(&t[0]), vec![("4g.40gb".into(), 0, "b".into()), ("3g.40gb".into(), 4, "a".into())]);
         assert_eq!(layout(&t[1]), vec![("1g.10gb".into(), 0, "b".into())], "the next GPU, not a third");
         assert!(t[2].is_empty());
         // With spread, b's second instance avoids node n0, which already hosts b/u.
-        let t = place(spec, &physical, &want, true).expect("fits");
+        let t = place(spec, &physical, &want, true, false).expect("fits");
         assert_eq!(layout(&t[2]), vec![("1g.10gb".into(), 0, "b".into())], "{t:?}");
         // Too much for the GPUs: no placement.
         let seven: Vec<InstancePlan> = (0..4).map(|_| inst("c", "v", "7g.80gb", 0)).collect();
-        assert!(place(spec, &physical, &seven, false).is_none());
+        assert!(place(spec, &physical, &seven, false, false).is_none());
     }
 
     /// New work goes where nothing runs yet, so it serves before the old work is torn down.
@@ -605,28 +649,32 @@ mod tests {
         let spec = GpuModel::H100_80gb.spec();
         let old = inst("a", "t", "3g.40gb", 0);
         let physical = vec![phys("n0", 0, vec![old.clone()]), phys("n0", 1, vec![])];
-        let starts = |t: &Vec<Vec<InstancePlan>>| -> Vec<Vec<u8>> {
-            t.iter().map(|g| g.iter().map(|i| i.start).collect()).collect()
-        };
+        let starts =
+            |p: &Placed| -> Vec<Vec<u8>> { p.targets.iter().map(|g| g.iter().map(|i| i.start).collect()).collect() };
+        let one = |want: &[InstancePlan]| place_cluster(spec, &physical, want, false, 1).expect("fits");
         // Another variant on the same profile: slot 4 of the same GPU, not the old slot 0.
         let other = InstancePlan { variant: "w".into(), ..old.clone() };
-        let t = place(spec, &physical, std::slice::from_ref(&other), false).expect("fits");
-        assert_eq!(starts(&t), vec![vec![4], vec![]]);
+        let p = one(std::slice::from_ref(&other));
+        assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![4], vec![]], 0, 0));
         // The same work at another MPS level: a fresh slot too while one is free.
         let remps = InstancePlan { mps: 2, ..old.clone() };
-        let t = place(spec, &physical, std::slice::from_ref(&remps), false).expect("fits");
-        assert_eq!(starts(&t), vec![vec![4], vec![]]);
+        assert_eq!(starts(&one(std::slice::from_ref(&remps))), vec![vec![4], vec![]]);
         // A batch change alone stays where it runs (its workers take it without a restart).
         let rebatch = InstancePlan { batch: 32, ..old.clone() };
-        let t = place(spec, &physical, std::slice::from_ref(&rebatch), false).expect("fits");
-        assert_eq!(starts(&t), vec![vec![0], vec![]]);
+        assert_eq!(starts(&one(std::slice::from_ref(&rebatch))), vec![vec![0], vec![]]);
         // No free slot on the GPU in use (b keeps slot 4): the MPS change restarts in place
-        // rather than opening the second GPU or re-creating the instance.
+        // rather than opening the second GPU (neither is late).
         let b = inst("b", "u", "3g.40gb", 4);
         let physical = vec![phys("n0", 0, vec![old.clone(), b.clone()]), phys("n0", 1, vec![])];
-        let t = place(spec, &physical, &[remps.clone(), b.clone()], false).expect("fits");
-        assert_eq!(starts(&t), vec![vec![0, 4], vec![]]);
-        assert_eq!(t[0][0].mps, 2);
+        let p = place_cluster(spec, &physical, &[remps.clone(), b.clone()], false, 1).expect("fits");
+        assert_eq!((starts(&p), p.late, p.extra_gpus, p.targets[0][0].mps), (vec![vec![0, 4], vec![]], 0, 0, 2));
+        // A 4g where a 3g and the kept 3g run: in place it could only be created after the
+        // 3g at 0 is gone, so it opens the idle GPU (reported as an extra GPU).
+        let big = inst("a", "t", "4g.40gb", 0);
+        let p = place_cluster(spec, &physical, &[big.clone(), b.clone()], false, 1).expect("fits");
+        assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![4], vec![0]], 0, 1));
+        let plain = place(spec, &physical, &[big, b], false, false).expect("fits");
+        assert_eq!(late_instances(spec, &physical, &plain), 1, "first fit: {plain:?}");
     }
 
     #[test]

@@ -94,9 +94,12 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub svg: Option<PathBuf>,
     /// Parent directory of the clusters (default: the temp dir); each run uses its own
-    /// subdirectory and removes it.
+    /// subdirectory and removes it (unless `--keep`).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keep each run's cluster directory (agent logs, data) after it stopped.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// The JSON report.
@@ -351,7 +354,11 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
         let started = cluster::cmd_up(&up, exe);
         let result = started.and_then(|_| replay_on(a, &p, space, &dir));
         if dir.join("cluster.json").exists() {
-            let _ = cluster::cmd_down(&dir, false);
+            match cluster::cmd_down(&dir, a.keep) {
+                Ok(out) if a.keep => eprint!("{out}"),
+                Ok(_) => {}
+                Err(e) => eprintln!("stopping the {space} cluster: {e:#}"),
+            }
         }
         let run = result.with_context(|| format!("replaying under {space}"))?;
         eprint!("{}", core::interval_table(&run));
