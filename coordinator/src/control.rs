@@ -32,9 +32,9 @@
 //!   is the sum over nodes of the counter increase since the last close over the node's
 //!   own elapsed time (a node restarted, with counters gone down, is skipped for that
 //!   interval); it feeds the app's forecaster ([`crate::forecast`]), and the re-plan policy
-//!   ([`crate::replan`]) decides from planned demand, forecast and violation rate (not
-//!   counted for the interval a plan transition starts in, nor the next) whether to
-//!   propose `SetDemand`. The committed demand changes `plan_inputs`, so the re-plan
+//!   ([`crate::replan`]) decides from planned demand, forecast, measured rate and violation
+//!   rate (not counted for the interval a plan transition starts in, nor the next) whether
+//!   to propose `SetDemand`, and holds back while a transition is still running. The committed demand changes `plan_inputs`, so the re-plan
 //!   runs like any other: every voter plans from the same committed demand. The
 //!   forecasters live on the leader only; a new leader starts them afresh (and waits
 //!   `warmup_intervals` before deciding).
@@ -152,6 +152,8 @@ pub struct Control {
     transition: Option<Transition>,
     /// When the latest transition started, ms.
     transition_since_ms: Option<u64>,
+    /// Whether every node taking part finished the latest transition.
+    transition_done: bool,
     acked: BTreeMap<String, u64>,
     outcomes: BTreeMap<String, (u64, ApplyOutcome)>,
     retry_at: BTreeMap<String, u64>,
@@ -172,6 +174,9 @@ pub struct Control {
     next_close_ms: u64,
 }
 
+/// Longest a running plan transition holds demand changes back, ms.
+pub const TRANSITION_HOLD_MAX_MS: u64 = 60_000;
+
 /// Heartbeats from a node this soon after it announced it is leaving are stale (sent before
 /// the announcement); a later one means it came back.
 pub const LEAVE_QUIET_MS: u64 = 2_000;
@@ -186,6 +191,7 @@ impl Control {
             in_flight: BTreeMap::new(),
             transition: None,
             transition_since_ms: None,
+            transition_done: true,
             acked: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             retry_at: BTreeMap::new(),
@@ -392,6 +398,7 @@ impl Control {
                 }
                 self.transition = Some(t);
                 self.transition_since_ms = Some(now_ms);
+                self.transition_done = false;
                 self.routes = Some(full);
             }
             // Taking part: alive members this leader has heard from. One that went silent
@@ -402,6 +409,7 @@ impl Control {
             let fresh =
                 |m: &Member| self.seen.get(&m.node).is_some_and(|s| now_ms.saturating_sub(s.at_ms) < dead_after);
             let Some(t) = self.transition.as_ref() else { return out };
+            self.transition_done |= nodes.iter().all(|n| t.done(n) >= crate::transition::LAST);
             let mut pushes = Vec::new();
             for m in state.alive_members().filter(|m| fresh(m)) {
                 if self.retry_at.get(&m.node).is_some_and(|&t| now_ms < t) {
@@ -457,8 +465,12 @@ impl Control {
         self.demand_base = self.demand_latest.clone();
         // A transition moves capacity during the interval it starts in and, finishing with
         // drains of up to a few seconds, often the next one: their violations are its.
-        let transition =
-            self.transition_since_ms.is_some_and(|t| now_ms.saturating_sub(t) <= 2 * self.cfg.policy.interval_ms);
+        let since = |t: u64| now_ms.saturating_sub(t);
+        let transition_recent = self.transition_since_ms.is_some_and(|t| since(t) <= 2 * self.cfg.policy.interval_ms);
+        // A transition that does not finish (a node never answers) holds demand changes
+        // back for at most `TRANSITION_HOLD_MAX_MS`.
+        let transition_running =
+            !self.transition_done && self.transition_since_ms.is_some_and(|t| since(t) < TRANSITION_HOLD_MAX_MS);
         for (name, entry) in &state.apps {
             let d = self.demand.entry(name.clone()).or_insert_with(|| AppDemandState {
                 forecaster: self.cfg.forecaster.build(),
@@ -490,7 +502,9 @@ impl Control {
                 planned: entry.demand_rps,
                 forecast,
                 violations: d.violations,
-                transition,
+                measured: rate,
+                transition_recent,
+                transition_running,
                 floor: state.floor_rps(name).unwrap_or(jigsaw_protocol::cluster::MIN_PLANNED_RPS),
                 intervals: d.intervals,
                 now_ms,
@@ -570,6 +584,25 @@ mod tests {
                 state.apply(c);
             }
         }
+    }
+
+    /// Node `a` answers every push in `actions` at once (each transition step done, nothing
+    /// deferred); returns the highest epoch it applied, or `applied`.
+    fn answer_pushes(c: &mut Control, now_ms: u64, actions: &[Action], applied: u64) -> u64 {
+        let mut applied = applied;
+        for a in actions {
+            if let Action::Push { node, epoch, phase, .. } = a {
+                let outcome = match phase {
+                    PushPhase::Make => ApplyOutcome::Prepared { deferred: vec![] },
+                    _ => ApplyOutcome::Applied,
+                };
+                if *phase == PushPhase::Break {
+                    applied = applied.max(*epoch);
+                }
+                c.push_done(now_ms, node, *epoch, Some(outcome));
+            }
+        }
+        applied
     }
 
     #[test]
@@ -764,11 +797,13 @@ mod tests {
         };
         let mut set = vec![];
         let mut solved_for = vec![];
+        let mut applied = 0;
         for t in (0..=200_000u64).step_by(1_000) {
             // The node restarts at t = 120 s: its counters start again from zero.
             let since = if t >= 120_000 { 120_000 } else { 0 };
-            c.heartbeat(t, beat(t, since)).expect("valid");
+            c.heartbeat(t, Heartbeat { applied_epoch: applied, ..beat(t, since) }).expect("valid");
             let acts = c.tick(t, &st);
+            applied = answer_pushes(&mut c, t, &acts, applied);
             for a in &acts {
                 match a {
                     Action::Propose(ClusterCommand::SetDemand { app, rps, reason }) => {
@@ -800,8 +835,9 @@ mod tests {
 
     /// The first demand change (when, rps, reason) of an 8 req/s stream of which a fifth
     /// violates the SLO, over 60 s with 10 s intervals; with `plan_at`, a plan for the
-    /// current inputs is committed then (so its transition starts).
-    fn first_slo_change(plan_at: Option<u64>) -> (u64, f64, String) {
+    /// current inputs is committed then (so its transition starts), and with `answer` the
+    /// node finishes every step of it at once.
+    fn first_slo_change(plan_at: Option<u64>, answer: bool) -> Option<(u64, f64, String)> {
         let (mut st, _) = social();
         let cfg = ControlConfig {
             policy: ReplanPolicy { warmup_intervals: 1, ..ReplanPolicy::default() },
@@ -809,6 +845,7 @@ mod tests {
         };
         let mut c = Control::new(cfg, 0);
         let mut set = None;
+        let mut applied = 0;
         for t in (0..=60_000u64).step_by(1_000) {
             if plan_at == Some(t) {
                 let inputs = st.plan_inputs();
@@ -823,8 +860,11 @@ mod tests {
                 completions: n,
                 violations: n / 5,
             };
-            c.heartbeat(t, Heartbeat { demand: vec![row], ..hb("a", 0) }).expect("valid");
+            c.heartbeat(t, Heartbeat { demand: vec![row], ..hb("a", applied) }).expect("valid");
             let acts = c.tick(t, &st);
+            if answer {
+                applied = answer_pushes(&mut c, t, &acts, applied);
+            }
             for a in &acts {
                 if let Action::Propose(ClusterCommand::SetDemand { rps, reason, .. }) = a {
                     set.get_or_insert((t, *rps, reason.clone()));
@@ -832,21 +872,23 @@ mod tests {
             }
             apply_all(&mut st, &acts);
         }
-        set.expect("a demand change")
+        set
     }
 
     /// SLO violations measured at the frontends add capacity even at a steady rate, except
     /// while a plan transition moves capacity.
     #[test]
     fn slo_violations_add_capacity() {
-        let (t, rps, reason) = first_slo_change(None);
+        let (t, rps, reason) = first_slo_change(None, true).expect("a demand change");
         assert_eq!(reason, "SLO violations");
         assert!(rps >= 10.5, "more than the registered 10 req/s: {rps}");
         // The interval closing at 10 s has no earlier reading; the next one decides.
         assert_eq!(t, 20_000);
         // A transition starting at 15 s owns the intervals closing at 20 and 30 s.
-        let (t, _, reason) = first_slo_change(Some(15_000));
+        let (t, _, reason) = first_slo_change(Some(15_000), true).expect("a demand change");
         assert_eq!((t, reason.as_str()), (40_000, "SLO violations"));
+        // A transition no node finishes holds every change back (for up to a minute).
+        assert_eq!(first_slo_change(Some(15_000), false), None);
     }
 
     #[test]

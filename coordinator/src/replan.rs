@@ -6,10 +6,16 @@
 //! through Raft as `ClusterCommand::SetDemand`, which re-plans; membership changes re-plan
 //! on their own, outside this policy). Rules, in order:
 //! * nothing until `warmup_intervals` intervals were measured (a new leader's forecaster
-//!   starts empty), and nothing sooner than `min_interval_ms` after the last demand change;
+//!   starts empty), nothing sooner than `min_interval_ms` after the last demand change, and
+//!   nothing while a plan transition is still running (a new plan would supersede it half
+//!   way, with instances of three epochs on the GPUs);
+//! * "forecast" below is the forecaster's prediction but never less than the rate just
+//!   measured: a forecaster that smooths lags a ramp, and planning below what the last
+//!   interval already carried leaves the next one short for certain;
 //! * **SLO violations**: when the violation rate of the last interval exceeds
 //!   `slo_violation_rate` (with at least `min_completions` answers in it, and no plan
-//!   transition running during it: those violations say the capacity was moving), plan for
+//!   transition starting in it or the interval before: those violations say the capacity
+//!   was moving), plan for
 //!   `max(planned, forecast) × (1 + step_margin)`: more capacity, even when the forecast
 //!   says demand did not grow (the profiles may be optimistic), but never more than
 //!   `forecast × (1 + slo_max_headroom)`: violations that extra capacity does not cure
@@ -73,10 +79,14 @@ pub struct DemandView {
     pub forecast: f64,
     /// Violations / completions over the last interval, and the completions.
     pub violations: Option<(f64, u64)>,
-    /// Whether a plan transition ran during the last interval: its violations are then not
-    /// evidence that the plan lacks capacity (the capacity was moving), and counting them
-    /// would re-plan again, which moves capacity again.
-    pub transition: bool,
+    /// The rate measured over the last interval, requests/s.
+    pub measured: f64,
+    /// Whether a plan transition started in the last interval or the one before: its
+    /// violations are then not evidence that the plan lacks capacity (the capacity was
+    /// moving), and counting them would re-plan again, which moves capacity again.
+    pub transition_recent: bool,
+    /// Whether a plan transition is still running (some node has not finished it).
+    pub transition_running: bool,
     /// Lowest demand allowed, requests/s.
     pub floor: f64,
     /// Intervals measured so far.
@@ -189,18 +199,22 @@ impl ReplanPolicy {
         if v.last_change_ms.is_some_and(|t| v.now_ms.saturating_sub(t) < self.min_interval_ms) {
             return Decision::Keep;
         }
-        let violating = !v.transition
+        if v.transition_running {
+            return Decision::Keep;
+        }
+        let forecast = if v.measured.is_finite() { v.forecast.max(v.measured) } else { v.forecast };
+        let violating = !v.transition_recent
             && v.violations.is_some_and(|(rate, n)| n >= self.min_completions && rate > self.slo_violation_rate);
         let (want, reason) = if violating {
-            let cap = (v.forecast * (1.0 + self.slo_max_headroom)).max(v.floor);
+            let cap = (forecast * (1.0 + self.slo_max_headroom)).max(v.floor);
             if v.planned >= cap {
                 return Decision::Keep; // more capacity would not cure these violations
             }
-            ((v.planned.max(v.forecast) * (1.0 + self.step_margin)).min(cap), Reason::SloViolations)
-        } else if v.forecast > self.band_high * v.planned {
-            (v.forecast * (1.0 + self.step_margin), Reason::AboveBand)
-        } else if v.forecast < self.band_low * v.planned {
-            (v.forecast * (1.0 + self.step_margin), Reason::BelowBand)
+            ((v.planned.max(forecast) * (1.0 + self.step_margin)).min(cap), Reason::SloViolations)
+        } else if forecast > self.band_high * v.planned {
+            (forecast * (1.0 + self.step_margin), Reason::AboveBand)
+        } else if forecast < self.band_low * v.planned {
+            (forecast * (1.0 + self.step_margin), Reason::BelowBand)
         } else {
             return Decision::Keep;
         };
@@ -221,7 +235,9 @@ mod tests {
             planned,
             forecast,
             violations: None,
-            transition: false,
+            measured: 0.0,
+            transition_recent: false,
+            transition_running: false,
             floor: 0.01,
             intervals: 10,
             now_ms: 1_000_000,
@@ -280,9 +296,21 @@ mod tests {
         assert_eq!(p().decide(&DemandView { violations: Some((0.5, 19)), ..view(100.0, 90.0) }), Decision::Keep);
         // Violations of an interval in which a transition moved capacity do not count; the
         // band still does.
-        assert_eq!(p().decide(&DemandView { transition: true, ..v }), Decision::Keep);
-        let up = DemandView { transition: true, violations: Some((0.2, 100)), ..view(100.0, 120.0) };
+        assert_eq!(p().decide(&DemandView { transition_recent: true, ..v }), Decision::Keep);
+        let up = DemandView { transition_recent: true, violations: Some((0.2, 100)), ..view(100.0, 120.0) };
         assert_eq!(p().decide(&up), Decision::Set { rps: 132.0, reason: Reason::AboveBand });
+        // While one is still running, nothing at all.
+        assert_eq!(p().decide(&DemandView { transition_running: true, ..up }), Decision::Keep);
+    }
+
+    /// A smoothing forecaster lags a ramp: the plan never goes below the rate just measured.
+    #[test]
+    fn the_plan_is_never_below_the_rate_just_measured() {
+        let v = DemandView { measured: 130.0, ..view(100.0, 95.0) };
+        assert_eq!(p().decide(&v), Decision::Set { rps: 143.0, reason: Reason::AboveBand });
+        // Down: to the measured rate plus margin, not to a lower forecast.
+        let v = DemandView { measured: 60.0, ..view(100.0, 40.0) };
+        assert_eq!(p().decide(&v), Decision::Set { rps: 66.0, reason: Reason::BelowBand });
     }
 
     /// Violations that persist whatever the capacity raise the plan only up to the cap of
