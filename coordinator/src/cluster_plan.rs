@@ -18,7 +18,7 @@
 //! Every alive GPU gets a target, empty when no app uses it, so agents release segments of
 //! apps that went away. Pure: the solver and clock are passed in.
 
-use crate::assign::{assign_gpus, PhysicalGpu};
+use crate::assign::{assign_gpus, AssignError, PhysicalGpu};
 use crate::joint::{plan_joint, JointApp, JointOptions, LiveCounts};
 use crate::milp::Solver;
 use crate::planner::{plan, Clock, Goal, PlannerConfig, Problem, Spread};
@@ -26,7 +26,7 @@ use crate::spaces::SearchSpace;
 use jigsaw_protocol::app::AppSpec;
 use jigsaw_protocol::catalogue::{GpuSpec, Placement, PlacementError};
 use jigsaw_protocol::cluster::{AppPlacement, ClusterPlan, ClusterState, PlanChanges};
-use jigsaw_protocol::plan::{InstancePlan, Plan};
+use jigsaw_protocol::plan::{GpuPlan, InstancePlan, Plan};
 use jigsaw_protocol::{GpuModel, ProfileRow, ProfileTable};
 use std::collections::BTreeMap;
 
@@ -151,28 +151,28 @@ pub fn plan_cluster(
             .flat_map(|p| p.gpus.iter().flat_map(|g| g.instances.iter().cloned()))
             .collect();
         let spec = model.spec();
-        let greedy = place_cluster(spec, &phys, &instances, spread, out.stats.gpus_used);
-        if let Some(p) = greedy.as_ref().filter(|p| p.extra_gpus > 0) {
-            notes.push(format!(
-                "{model}: {} GPU(s) beyond the plan's layout hold new instances, so that they serve before the old ones stop",
-                p.extra_gpus
-            ));
-        }
-        let targets: Vec<Vec<InstancePlan>> = match greedy.map(|p| p.targets) {
-            Some(t) => t,
-            None => match assign_gpus(*model, &out.gpus, &phys) {
-                Ok(a) => {
-                    let mut t = vec![Vec::new(); phys.len()];
-                    for x in a {
-                        t[x.physical] = x.instances;
-                    }
-                    t
+        let targets: Vec<Vec<InstancePlan>> = match place_cluster(
+            spec,
+            *model,
+            &phys,
+            &instances,
+            spread,
+            &out.gpus,
+            out.stats.gpus_used,
+        ) {
+            Ok(p) => {
+                if p.extra_gpus > 0 {
+                    notes.push(format!(
+                            "{model}: {} GPU(s) beyond the plan's layout hold new instances, so that they serve before the old ones stop",
+                            p.extra_gpus
+                        ));
                 }
-                Err(e) => {
-                    notes.push(format!("{model}: {e}"));
-                    vec![Vec::new(); phys.len()]
-                }
-            },
+                p.targets
+            }
+            Err(e) => {
+                notes.push(format!("{model}: {e}"));
+                vec![Vec::new(); phys.len()]
+            }
         };
         for (g, t) in phys.iter().zip(&targets) {
             nodes.entry(g.node.clone()).or_default().insert(g.uuid.clone(), t.clone());
@@ -345,19 +345,23 @@ pub struct Placed {
     pub extra_gpus: usize,
 }
 
-/// Place a group's `instances` on its physical GPUs `phys`, given the `gpus_used` of the
-/// MILP's layout: the first-fit [`place`] within that many GPUs (spread may open one more
-/// per node for a task's second instance), or the make-before-break [`place`] when it leaves
-/// fewer instances late (see [`late_instances`]), even if it opens GPUs the layout does
-/// not use: capacity stays up through the transition, at the price of idle GPUs (reported).
-/// `None` when neither fits (the caller maps the MILP's layout per GPU instead).
+/// Place a group's `instances` on its physical GPUs `phys` (all of `model`), given the
+/// MILP's `layout` of `gpus_used` GPUs. Candidates: the first-fit [`place`] within that many
+/// GPUs (spread may open one more per node for a task's second instance), the
+/// make-before-break [`place`] (any GPU), and the layout mapped onto the physical GPUs one to
+/// one ([`assign_gpus`], sticky per GPU). The one with the fewest instances late (see
+/// [`late_instances`]) wins, then the one with the fewest GPUs, in that order of
+/// candidates: so capacity stays up through a transition, even at the price of GPUs the
+/// layout leaves idle (reported as `extra_gpus`), and a fresh cluster gets the compact plan.
 pub fn place_cluster(
     spec: &GpuSpec,
+    model: GpuModel,
     phys: &[PhysicalGpu],
     instances: &[InstancePlan],
     spread: bool,
+    layout: &[GpuPlan],
     gpus_used: usize,
-) -> Option<Placed> {
+) -> Result<Placed, AssignError> {
     let used = |t: &Vec<Vec<InstancePlan>>| t.iter().filter(|g| !g.is_empty()).count();
     let nodes = phys.iter().map(|g| g.node.as_str()).collect::<std::collections::BTreeSet<_>>().len();
     let limit = |spread: bool| if spread { gpus_used + nodes.saturating_sub(1) } else { gpus_used };
@@ -367,30 +371,53 @@ pub fn place_cluster(
         .filter(|t| used(t) <= limit(true))
         .or_else(|| place(spec, phys, instances, false, false).filter(|t| used(t) <= limit(false)));
     let first = place(spec, phys, instances, spread, true);
+    let assigned = assign_gpus(model, layout, phys).map(|a| {
+        let mut t = vec![Vec::new(); phys.len()];
+        for x in a {
+            t[x.physical] = x.instances;
+        }
+        t
+    });
     let placed = |targets: Vec<Vec<InstancePlan>>| {
         let late = late_instances(spec, phys, &targets);
         let extra_gpus = used(&targets).saturating_sub(limit(spread));
         Placed { targets, late, extra_gpus }
     };
-    match (plain.map(placed), first.map(placed)) {
-        (Some(p), Some(m)) if m.late < p.late || (m.late == p.late && used(&m.targets) <= used(&p.targets)) => Some(m),
-        (None, Some(m)) if m.extra_gpus == 0 => Some(m),
-        (p, _) => p,
-    }
+    let (assigned, error) = match assigned {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(e)),
+    };
+    [plain, first, assigned]
+        .into_iter()
+        .flatten()
+        .map(placed)
+        .enumerate()
+        .min_by_key(|(i, p)| (p.late, used(&p.targets), *i))
+        .map(|(_, p)| p)
+        .ok_or_else(|| error.expect("assign_gpus failed when no candidate exists"))
 }
 
-/// Target instances of `targets` (per physical GPU of `phys`) that overlap a live instance
-/// they do not keep: they can only be created once that one is destroyed.
+/// Target instances of `targets` (per physical GPU of `phys`) that cannot serve right after
+/// the make step of a transition: those that overlap a live instance in another slot (they
+/// are created only once it is destroyed) and those that take over a live instance's slot
+/// with other workers (app, task, variant or MPS level: the workers restart). A target in
+/// a live slot with the same workers, at most another batch size, serves throughout.
 pub fn late_instances(spec: &GpuSpec, phys: &[PhysicalGpu], targets: &[Vec<InstancePlan>]) -> usize {
     let at = |i: &InstancePlan| spec.profile_index(&i.mig_profile).map(|p| Placement { profile: p, start: i.start });
+    let same_workers = |a: &InstancePlan, b: &InstancePlan| {
+        a.app == b.app && a.task == b.task && a.variant == b.variant && a.mps == b.mps
+    };
     phys.iter()
         .zip(targets)
         .map(|(g, t)| {
             let live: Vec<Placement> = g.live.iter().filter_map(at).collect();
             t.iter()
-                .filter_map(at)
-                .filter(|p| {
-                    !live.contains(p) && matches!(spec.check_placement(&live, *p), Err(PlacementError::Overlap { .. }))
+                .filter(|i| {
+                    let Some(p) = at(i) else { return false };
+                    match g.live.iter().find(|l| at(l) == Some(p)) {
+                        Some(l) => !same_workers(l, i),
+                        None => matches!(spec.check_placement(&live, p), Err(PlacementError::Overlap { .. })),
+                    }
                 })
                 .count()
         })
@@ -651,7 +678,10 @@ mod tests {
         let physical = vec![phys("n0", 0, vec![old.clone()]), phys("n0", 1, vec![])];
         let starts =
             |p: &Placed| -> Vec<Vec<u8>> { p.targets.iter().map(|g| g.iter().map(|i| i.start).collect()).collect() };
-        let one = |want: &[InstancePlan]| place_cluster(spec, &physical, want, false, 1).expect("fits");
+        let layout = |want: &[InstancePlan]| vec![GpuPlan { gpu: 0, instances: want.to_vec() }];
+        let one = |want: &[InstancePlan]| {
+            place_cluster(spec, GpuModel::H100_80gb, &physical, want, false, &layout(want), 1).expect("fits")
+        };
         // Another variant on the same profile: slot 4 of the same GPU, not the old slot 0.
         let other = InstancePlan { variant: "w".into(), ..old.clone() };
         let p = one(std::slice::from_ref(&other));
@@ -662,19 +692,34 @@ mod tests {
         // A batch change alone stays where it runs (its workers take it without a restart).
         let rebatch = InstancePlan { batch: 32, ..old.clone() };
         assert_eq!(starts(&one(std::slice::from_ref(&rebatch))), vec![vec![0], vec![]]);
-        // No free slot on the GPU in use (b keeps slot 4): the MPS change restarts in place
-        // rather than opening the second GPU (neither is late).
+        // No free slot on the GPU in use (b keeps slot 4): the MPS change goes to the idle
+        // GPU (an extra GPU, reported) rather than restart in place, where it would not serve
+        // until its workers are back.
         let b = inst("b", "u", "3g.40gb", 4);
         let physical = vec![phys("n0", 0, vec![old.clone(), b.clone()]), phys("n0", 1, vec![])];
-        let p = place_cluster(spec, &physical, &[remps.clone(), b.clone()], false, 1).expect("fits");
-        assert_eq!((starts(&p), p.late, p.extra_gpus, p.targets[0][0].mps), (vec![vec![0, 4], vec![]], 0, 0, 2));
+        let two = |want: &[InstancePlan]| {
+            place_cluster(spec, GpuModel::H100_80gb, &physical, want, false, &layout(want), 1).expect("fits")
+        };
+        let p = two(&[remps.clone(), b.clone()]);
+        assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![4], vec![0]], 0, 1));
+        assert_eq!(p.targets[1][0].mps, 2);
+        // With no idle GPU it restarts in place (one late), not destroyed and re-created.
+        let single = vec![physical[0].clone()];
+        let want = [remps.clone(), b.clone()];
+        let p = place_cluster(spec, GpuModel::H100_80gb, &single, &want, false, &layout(&want), 1).expect("fits");
+        assert_eq!((starts(&p), p.late, p.extra_gpus, p.targets[0][0].mps), (vec![vec![0, 4]], 1, 0, 2));
         // A 4g where a 3g and the kept 3g run: in place it could only be created after the
-        // 3g at 0 is gone, so it opens the idle GPU (reported as an extra GPU).
+        // 3g at 0 is gone, so it opens the idle GPU.
         let big = inst("a", "t", "4g.40gb", 0);
-        let p = place_cluster(spec, &physical, &[big.clone(), b.clone()], false, 1).expect("fits");
+        let p = two(&[big.clone(), b.clone()]);
         assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![4], vec![0]], 0, 1));
         let plain = place(spec, &physical, &[big, b], false, false).expect("fits");
         assert_eq!(late_instances(spec, &physical, &plain), 1, "first fit: {plain:?}");
+        // A fresh cluster (nothing live): nothing is late, the compact plan wins.
+        let fresh = vec![phys("n0", 0, vec![]), phys("n0", 1, vec![])];
+        let want = vec![inst("a", "t", "3g.40gb", 0), inst("b", "u", "3g.40gb", 0)];
+        let p = place_cluster(spec, GpuModel::H100_80gb, &fresh, &want, false, &layout(&want), 1).expect("fits");
+        assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![0, 4], vec![]], 0, 0));
     }
 
     #[test]
