@@ -350,9 +350,9 @@ pub struct Placed {
 /// GPUs (spread may open one more per node for a task's second instance), the
 /// make-before-break [`place`] (any GPU), and the layout mapped onto the physical GPUs one to
 /// one ([`assign_gpus`], sticky per GPU). The one with the fewest instances late (see
-/// [`late_instances`]) wins, then the one with the fewest GPUs, in that order of
-/// candidates: so capacity stays up through a transition, even at the price of GPUs the
-/// layout leaves idle (reported as `extra_gpus`), and a fresh cluster gets the compact plan.
+/// [`late_instances`]) wins, the earlier on a tie: so capacity stays up through a
+/// transition, even at the price of GPUs the layout leaves idle (reported as `extra_gpus`),
+/// and a fresh cluster (nothing late anywhere) gets the first fit, with spread.
 pub fn place_cluster(
     spec: &GpuSpec,
     model: GpuModel,
@@ -392,7 +392,7 @@ pub fn place_cluster(
         .flatten()
         .map(placed)
         .enumerate()
-        .min_by_key(|(i, p)| (p.late, used(&p.targets), *i))
+        .min_by_key(|(i, p)| (p.late, *i))
         .map(|(_, p)| p)
         .ok_or_else(|| error.expect("assign_gpus failed when no candidate exists"))
 }
