@@ -34,8 +34,11 @@
 //! Splits are solved best-LP-bound first and skipped when their LP bound cannot beat the
 //! incumbent by more than the MIP gap, so the reported gap covers the whole enumeration.
 //! At fixed demand, each later split's MILP also carries the incumbent as a cutoff row
-//! (objective ≥ incumbent + relative gap): the solver stops once it proves the split cannot
-//! beat it (reported as infeasible; the cutoff then stands in for that split's bound).
+//! (objective ≥ incumbent + the larger of the relative and the absolute gap): the solver
+//! stops once it proves the split cannot beat it (reported as infeasible; the cutoff then
+//! stands in for that split's bound). Valid bounds from whole instances (per-task
+//! slice-cover rows at fixed demand, an upper bound on `R` when maximising demand) tighten
+//! every split's LP relaxation without changing its integer optimum.
 
 use crate::milp::{Milp, SolveOptions, Solver, SolverError, Status};
 use crate::spaces::SearchSpace;
@@ -1525,5 +1528,23 @@ pub(crate) fn summarize(
         tasks,
         gpus,
         stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{capacity_by_slices, min_slices};
+
+    #[test]
+    fn whole_instances_need_more_slices_than_the_lp() {
+        // 1 slice: 10 req/s, 2 slices: 25 req/s, 3 slices: 30 req/s.
+        let f = capacity_by_slices(&[(1, 10.0), (2, 25.0), (3, 30.0)], 6);
+        assert_eq!(f, vec![0.0, 10.0, 25.0, 35.0, 50.0, 60.0, 75.0]);
+        // The LP covers 26 req/s with 26/12.5 = 2.08 slices; whole instances need 3.
+        assert_eq!(min_slices(&f, 26.0), 3);
+        assert_eq!(min_slices(&f, 25.0), 2);
+        assert_eq!(min_slices(&f, 0.0), 0);
+        // Not coverable within the slices: one past the end.
+        assert_eq!(min_slices(&f, 76.0), f.len());
     }
 }
