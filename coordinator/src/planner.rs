@@ -820,12 +820,12 @@ fn add_slice_bounds(
         .collect();
     match (goal, r_col) {
         (Goal::MinCost { demand }, _) => {
-            for t in 0..nt {
+            for (t, cap) in caps.iter().enumerate() {
                 let need = prep.rho_min[t] * demand;
                 if need <= 0.0 {
                     continue;
                 }
-                let s_t = min_slices(&caps[t], need);
+                let s_t = min_slices(cap, need);
                 if s_t == 0 {
                     continue;
                 }
