@@ -34,8 +34,11 @@
 //! Splits are solved best-LP-bound first and skipped when their LP bound cannot beat the
 //! incumbent by more than the MIP gap, so the reported gap covers the whole enumeration.
 //! At fixed demand, each later split's MILP also carries the incumbent as a cutoff row
-//! (objective ≥ incumbent + relative gap): the solver stops once it proves the split cannot
-//! beat it (reported as infeasible; the cutoff then stands in for that split's bound).
+//! (objective ≥ incumbent + the larger of the relative and the absolute gap): the solver
+//! stops once it proves the split cannot beat it (reported as infeasible; the cutoff then
+//! stands in for that split's bound). Valid bounds from whole instances (per-task
+//! slice-cover rows at fixed demand, an upper bound on `R` when maximising demand) tighten
+//! every split's LP relaxation without changing its integer optimum.
 
 use crate::milp::{Milp, SolveOptions, Solver, SolverError, Status};
 use crate::spaces::SearchSpace;
@@ -253,6 +256,8 @@ pub(crate) struct Prepared<'a> {
     pub(crate) a_max: f64,
     /// Per task: Some(ρ) when its demand is a fixed multiple of R.
     pub(crate) fixed_rho: Vec<Option<f64>>,
+    /// Per task: the least demand multiplier ρ_t (fan-outs at their minimum).
+    pub(crate) rho_min: Vec<f64>,
     /// Per task: static slice budget (spaces without T).
     pub(crate) slice_budget: Vec<Option<f64>>,
     /// Per task: latency levels.
@@ -394,6 +399,7 @@ pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepar
         amax_task,
         a_max,
         fixed_rho,
+        rho_min,
         slice_budget,
         levels,
         exact_levels,
@@ -735,6 +741,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         }
     };
     let m_cols = add_app_rows(&mut m, prep, split, root, &cost);
+    add_slice_bounds(&mut m, prep, &m_cols, goal, r_col);
     // y columns.
     // At fixed demand the layout counts are continuous here and made integral by `repack`
     // (exact whenever the repacked layout fits the GPUs, else the split is re-solved with
@@ -745,6 +752,106 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
     let profiles: Vec<(usize, usize)> = m_cols.iter().map(|&(c, oi, _)| (c, prep.opts[oi].p)).collect();
     add_placement_rows(&mut m, prep.spec, &prep.classes, &profiles, &y_cols, g);
     Built { milp: m, m_cols, y_cols, r_col }
+}
+
+/// Most capacity (req/s) that columns `(slice cost, throughput)` give with at most `s`
+/// slices, for every `s` in `0..=max` (an unbounded knapsack: instance limits and placement
+/// are ignored, so this over-estimates what a plan can get, never under-estimates).
+fn capacity_by_slices(cols: &[(usize, f64)], max: usize) -> Vec<f64> {
+    let mut f = vec![0.0f64; max + 1];
+    for s in 1..=max {
+        let mut best = f[s - 1];
+        for &(c, h) in cols {
+            if c <= s {
+                best = best.max(f[s - c] + h);
+            }
+        }
+        f[s] = best;
+    }
+    f
+}
+
+/// Fewest slices whose capacity by [`capacity_by_slices`] reaches `need` (with a small
+/// tolerance towards fewer, so the bound never cuts off a plan the solver would accept);
+/// `f.len()` when none does.
+fn min_slices(f: &[f64], need: f64) -> usize {
+    let need = need * (1.0 - 1e-7) - 1e-6;
+    f.iter().position(|&c| c >= need).unwrap_or(f.len())
+}
+
+/// Valid bounds from integer instance counts that the LP relaxation misses (they cut off
+/// no integer solution, so the MILP's optimum is unchanged; they only tighten its LP bound,
+/// which prunes splits and shortens the search).
+///
+/// Each task `t` needs capacity of at least `ρ_t·R` (its least demand) from its own columns,
+/// and whole instances of them: with `f_t(S)` the most capacity `S` slices of its columns
+/// give, it needs at least `S_t(R) = min{S : f_t(S) ≥ ρ_t·R}` slices.
+/// * Fixed demand: the row `Σ_{j∈t} s_j·M_j ≥ S_t(R)` per task.
+/// * Maximum demand: `R` is at most the largest `R` with `Σ_t S_t(R) ≤` the slice cost of
+///   the GPUs (the costliest layout class per GPU); that is the `R` column's upper bound.
+fn add_slice_bounds(
+    m: &mut Milp,
+    prep: &Prepared<'_>,
+    m_cols: &[(usize, usize, Point)],
+    goal: Goal,
+    r_col: Option<usize>,
+) {
+    let spec = prep.spec;
+    let per_gpu = prep
+        .classes
+        .iter()
+        .map(|c| {
+            c.counts
+                .iter()
+                .enumerate()
+                .map(|(p, &n)| usize::from(n) * usize::from(spec.profiles[p].slice_cost()))
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    let max = per_gpu * prep.pb.gpus;
+    let nt = prep.pb.app.tasks.len();
+    let task_cols = |t: usize| -> Vec<(usize, usize, Point)> {
+        m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).copied().collect()
+    };
+    let cost = |oi: usize| usize::from(spec.profiles[prep.opts[oi].p].slice_cost());
+    let caps: Vec<Vec<f64>> = (0..nt)
+        .map(|t| capacity_by_slices(&task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(), max))
+        .collect();
+    match (goal, r_col) {
+        (Goal::MinCost { demand }, _) => {
+            for (t, cap) in caps.iter().enumerate() {
+                let need = prep.rho_min[t] * demand;
+                if need <= 0.0 {
+                    continue;
+                }
+                let s_t = min_slices(cap, need);
+                if s_t == 0 {
+                    continue;
+                }
+                let coefs = task_cols(t).iter().map(|&(c, oi, _)| (c, cost(oi) as f64)).collect();
+                m.row(s_t as f64, f64::INFINITY, coefs);
+            }
+        }
+        (Goal::MaxDemand, Some(r)) => {
+            // Σ_t S_t(R) is non-decreasing in R: the largest feasible R is the largest
+            // candidate f_t(S)/ρ_t that fits, found by bisection over the sorted candidates.
+            let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
+            let fits = |r: f64| tasks.iter().map(|&t| min_slices(&caps[t], prep.rho_min[t] * r)).sum::<usize>() <= max;
+            let mut cand: Vec<f64> =
+                tasks.iter().flat_map(|&t| caps[t].iter().map(move |&c| c / prep.rho_min[t])).collect();
+            cand.sort_by(f64::total_cmp);
+            cand.dedup();
+            // cand[0] = 0 always fits. No candidate lies strictly between cand[k-1] and
+            // cand[k], so an R in that interval needs the slices of cand[k] (or of none
+            // when k is past the end), which do not fit: R ≤ cand[k-1].
+            let k = cand.partition_point(|&r| fits(r));
+            if !tasks.is_empty() && k > 0 {
+                m.cols[r].ub = m.cols[r].ub.min(cand[k - 1] * (1.0 + 1e-6) + 1e-6);
+            }
+        }
+        (Goal::MaxDemand, None) => {}
+    }
 }
 
 /// How an app's root demand enters its demand and accuracy rows.
@@ -977,8 +1084,13 @@ pub fn plan(
         // as it proves the split cannot. Infeasible under the cutoff = the split's optimum
         // is below it. (Not when maximising demand: there the first split usually decides
         // and the plain model is kept.)
+        // The margin is the same as for pruning by LP bound (the relative gap or the
+        // absolute one, whichever is larger): a split that cannot beat the incumbent by more
+        // than the gap the solver is asked to close anyway does not matter.
         let cutoff = match (goal, &best) {
-            (Goal::MinCost { .. }, Some((obj, _, _))) => Some(obj + cfg.mip_rel_gap * obj.abs().max(1e-9)),
+            (Goal::MinCost { .. }, Some((obj, _, _))) => {
+                Some(obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap))
+            }
             _ => None,
         };
         let cut_milp;
@@ -1416,5 +1528,23 @@ pub(crate) fn summarize(
         tasks,
         gpus,
         stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{capacity_by_slices, min_slices};
+
+    #[test]
+    fn whole_instances_need_more_slices_than_the_lp() {
+        // 1 slice: 10 req/s, 2 slices: 25 req/s, 3 slices: 30 req/s.
+        let f = capacity_by_slices(&[(1, 10.0), (2, 25.0), (3, 30.0)], 6);
+        assert_eq!(f, vec![0.0, 10.0, 25.0, 35.0, 50.0, 60.0, 75.0]);
+        // The LP covers 26 req/s with 26/12.5 = 2.08 slices; whole instances need 3.
+        assert_eq!(min_slices(&f, 26.0), 3);
+        assert_eq!(min_slices(&f, 25.0), 2);
+        assert_eq!(min_slices(&f, 0.0), 0);
+        // Not coverable within the slices: one past the end.
+        assert_eq!(min_slices(&f, 76.0), f.len());
     }
 }
