@@ -11,7 +11,7 @@
 //! The math (trace parsing, scaling, binning, per-interval figures, summary, tables, SVG) is
 //! in [`core`], pure and unit-tested.
 //!
-//! JSON (`--json`): `{"app", "trace", "rate_scale", "time_scale", "interval_s", "demand_rps",
+//! JSON (`--json`): `{"app", "trace", "rate_scale", "time_scale", "interval_s", "control_interval_s", "demand_rps",
 //! "runs": [{"space", "intervals": [...], "summary": {...}}]}`; with one space (`--space`)
 //! the run's `space`, `intervals` and `summary` are also at the top level. Each interval has
 //! `start_s`, `sent`, `offered_rps`, `slices_used_pct`, `accuracy_pct`, `slo_violation_pct`,
@@ -68,12 +68,16 @@ pub struct ReplayArgs {
     /// floor), so with `--follow` the cluster re-plans from measured demand.
     #[arg(long, default_value = "first")]
     pub demand: String,
-    /// Follow demand (`[control] follow_demand`): the control interval is one replay
-    /// interval in real time (`--interval` / `--time-scale`, at least 1 s), re-plans at most
-    /// once an interval, after one interval of warm-up. `--follow false` plans once for
-    /// `--demand`.
+    /// Follow demand (`[control] follow_demand`): the control interval is
+    /// `--control-interval` in real time (divided by `--time-scale`, at least 1 s), re-plans
+    /// at most once a control interval, after one of warm-up. `--follow false` plans once
+    /// for `--demand`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub follow: bool,
+    /// Control interval of the cluster's control loop, trace time (default: `--interval`).
+    /// The report's intervals stay `--interval` long.
+    #[arg(long, value_parser = parse_duration)]
+    pub control_interval: Option<Duration>,
     /// Forecaster of the control loop (`[control] forecaster`): `holt` (the default) or
     /// `paper` (mean of the last five intervals + 5 %).
     #[arg(long, default_value = "holt", value_parser = ["holt", "paper"])]
@@ -117,6 +121,8 @@ pub struct ReplayReport {
     pub time_scale: f64,
     /// Interval, s of replay time.
     pub interval_s: f64,
+    /// The cluster's control interval, s of replay time (`--control-interval`).
+    pub control_interval_s: f64,
     /// Demand the app was registered with, req/s.
     pub demand_rps: f64,
     /// The app's accuracy SLO, % of the maximum.
@@ -220,8 +226,14 @@ fn max_demand(entry: &jigsaw_protocol::cluster::AppEntry, gpus: usize, space: Se
     Ok(p.demand_rps)
 }
 
-/// The `[control]` table of a replay's agents: the control interval is one replay interval
-/// of real time (at least 1 s), as is the shortest time between re-plans; one interval of
+/// The control interval in real time, µs: `--control-interval` (default: one replay
+/// interval) over the time scale.
+fn control_us(a: &ReplayArgs, interval_us: u64) -> u64 {
+    a.control_interval.map_or(interval_us, |c| ((c.as_micros() as f64 / a.time_scale) as u64).max(1))
+}
+
+/// The `[control]` table of a replay's agents: the control interval is `interval_us` of
+/// real time (at least 1 s), as is the shortest time between re-plans; one interval of
 /// warm-up.
 fn control_table(follow: bool, forecaster: &str, interval_us: u64) -> String {
     if !follow {
@@ -349,7 +361,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
             reconfig_ms: 100,
             executor: jigsaw_agent::dataplane::worker::ExecutorKind::Timed,
             space: Some(space.clone()),
-            control: control_table(a.follow, &a.forecaster, p.interval_us),
+            control: control_table(a.follow, &a.forecaster, control_us(a, p.interval_us)),
         };
         let started = cluster::cmd_up(&up, exe);
         let result = started.and_then(|_| replay_on(a, &p, space, &dir));
@@ -384,6 +396,7 @@ pub fn cmd_replay(a: &ReplayArgs, exe: &Path) -> Result<String> {
         rate_scale: p.rate_scale,
         time_scale: a.time_scale,
         interval_s: p.interval_us as f64 / 1e6,
+        control_interval_s: (control_us(a, p.interval_us) as f64 / 1e6).max(1.0),
         demand_rps: p.entry.demand_rps,
         accuracy_slo_pct,
         space: one.as_ref().map(|r| r.space.clone()),
