@@ -58,6 +58,15 @@ fn bounded_us(ms: f64) -> u64 {
     ((ms * 1e3) as u64).min(MAX_STAGE_BUDGET_US)
 }
 
+/// Share of the app's planned capacity ([`planned_rps`]) its root instances admit. At 100 %
+/// the bottleneck task runs at utilisation 1, where its queue grows with any shortfall of
+/// the instances against their profiles (worker overhead, a loaded CPU) and with the
+/// fan-out's variance, until admitted requests' items miss their deadlines downstream after
+/// upstream work was spent on them: measured on the local cluster, loaded at 1.5× with the
+/// root admitting 100 % of an 808 req/s capacity, 16 % of the requests were early drops
+/// downstream and goodput fell to 646 req/s (`docs/dataplane.md`).
+pub const ADMIT_UTILISATION: f64 = 0.95;
+
 /// The app's planned capacity, requests/s: the largest request rate every task's instances
 /// serve, `min_t C(t) / R̂(t)`, with `C(t)` the task's capacity (the sum of its targets'
 /// routing weights, their profiled throughputs) and `R̂(t)` the items per request reaching
@@ -384,7 +393,7 @@ impl LocalPlane {
         let root_weight: f64 = task.targets.iter().map(|x| x.weight).sum();
         let admit_rps = planned_rps(app)
             .filter(|_| root && root_weight > 0.0)
-            .map(|c| c * plan.throughput_rps.max(0.0) / root_weight)
+            .map(|c| ADMIT_UTILISATION * c * plan.throughput_rps.max(0.0) / root_weight)
             .filter(|r| r.is_finite() && *r > 0.0);
         // Every figure within an hour, so queue arithmetic on them cannot overflow.
         let q = QueueConfig {
