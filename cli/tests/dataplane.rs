@@ -71,8 +71,7 @@ async fn worker_crash_under_load_loses_no_request() {
         exec1_us: 4_000,
         exec_batch_us: 8_000,
         downstream_us: 0,
-        stale_us: 10_000_000,
-        capacity_per_window: 0,
+        admit_per_window: 0,
         rate_window_us: 0,
     };
     let pool = Pool::start(cfg, workers, "v".into());
@@ -132,8 +131,7 @@ async fn pool_answers_hopeless_items_with_early_drop() {
         exec1_us: 20_000,
         exec_batch_us: 20_000,
         downstream_us: 5_000,
-        stale_us: 20_000,
-        capacity_per_window: 0,
+        admit_per_window: 0,
         rate_window_us: 0,
     };
     let pool = Pool::start(cfg, vec![w], "v".into());

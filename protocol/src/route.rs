@@ -35,7 +35,9 @@ pub struct AppRoute {
     pub spec: AppSpec,
     /// Per task, in the spec's task order.
     pub tasks: Vec<TaskRoute>,
-    /// Stale-drop threshold, ms (paper §3.3: 20 ms for the social and traffic apps).
+    /// The paper's stale-drop threshold, ms (§3.3: 20 ms for the social and traffic apps).
+    /// Carried for compatibility; queues no longer drop by it (they admit at the entrance
+    /// instead, `docs/dataplane.md`).
     pub stale_ms: f64,
     /// Profile rows of the configurations the plan uses (task, variant, MIG profile, MPS;
     /// every batch size), so workers can time batches and queues know batch-1 latency.
@@ -171,7 +173,9 @@ pub enum StageOutcome {
     },
     /// Dropped by the instance's queue: it could not meet its deadline.
     EarlyDrop,
-    /// Dropped by the instance's queue: every replica stayed busy.
+    /// Refused by the instance's queue before any work: a root task's instance had already
+    /// admitted its share of the app's planned capacity (the name is the paper's stale
+    /// drop, which admission replaced; `docs/dataplane.md`).
     StaleDrop,
     /// Not executed: no such instance here (the plan moved on), the worker crashed or failed.
     /// `retry`: another instance of the task may succeed.

@@ -4,7 +4,8 @@
 //! functions this module may not call (`disallowed-methods` / `disallowed-types`); every
 //! other module of the crate opts out of that list in `lib.rs`.
 //!
-//! * [`batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
+//! * [`batch`]: per-task batching, admission at root tasks and early dropping on a
+//!   caller-supplied clock.
 //! * [`demand`]: the frontend's demand meter (cumulative per-app and per-task counters for
 //!   heartbeats).
 //! * [`node_plan`]: a node's epoch fencing and the order it applies a plan in.

@@ -1,6 +1,7 @@
 //! The data plane: requests flow through an application's task graph.
 //!
-//! * [`crate::core::batch`]: per-task batching with early and stale dropping on a caller-supplied clock.
+//! * [`crate::core::batch`]: per-task batching, admission at root tasks and early dropping on a
+//!   caller-supplied clock.
 //! * [`plane`]: the node's frontend (routing, fan-out and join) and its local instances.
 //! * [`pool`]: one instance's batching queue and the MPS replicas pulling from it.
 //! * [`worker`]: worker processes and their in-process twin, with the executors.
@@ -65,13 +66,14 @@ pub enum ServeError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// A task dropped the request (503): early (it could not meet its deadline) or over
-    /// capacity (`stale_drop`: its instance received more than its planned throughput and
-    /// every replica stayed busy). `weight` items of the fan-out were lost.
+    /// capacity (`stale_drop`: a root task's instance had already admitted its share of the
+    /// app's planned capacity, so the request was shed before any work). `weight` items of
+    /// the fan-out were lost.
     #[error("{reason} drop at task {task:?} ({weight} item(s))")]
     Dropped {
         /// Task that dropped it.
         task: String,
-        /// `early` or `stale`.
+        /// `Early` or `OverCapacity` (`stale_drop`).
         reason: DropReason,
         /// Fan-out items lost.
         weight: u32,

@@ -58,6 +58,54 @@ fn bounded_us(ms: f64) -> u64 {
     ((ms * 1e3) as u64).min(MAX_STAGE_BUDGET_US)
 }
 
+/// Share of the app's planned capacity ([`planned_rps`]) its root instances admit. At 100 %
+/// the bottleneck task runs at utilisation 1, where its queue grows with any shortfall of
+/// the instances against their profiles (worker overhead, a loaded CPU) and with the
+/// fan-out's variance, until admitted requests' items miss their deadlines downstream after
+/// upstream work was spent on them: measured on the local cluster, loaded at 1.5× with the
+/// root admitting 100 % of an 808 req/s capacity, 16 % of the requests were early drops
+/// downstream and goodput fell to 646 req/s (`docs/dataplane.md`).
+pub const ADMIT_UTILISATION: f64 = 0.95;
+
+/// The app's planned capacity, requests/s: the largest request rate every task's instances
+/// serve, `min_t C(t) / R̂(t)`, with `C(t)` the task's capacity (the sum of its targets'
+/// routing weights, their profiled throughputs) and `R̂(t)` the items per request reaching
+/// it (the planner's Eq. 4–5: 1 at a root, `Σ R̂(t')·F̂(t',t)` below, with `F̂` the
+/// capacity-weighted mean fan-out of the variants `t'` runs). `None` when a task has no
+/// capacity or the graph has a cycle.
+pub fn planned_rps(route: &AppRoute) -> Option<f64> {
+    let spec = &route.spec;
+    let n = spec.tasks.len();
+    if route.tasks.len() != n {
+        return None;
+    }
+    let capacity: Vec<f64> = route.tasks.iter().map(|t| t.targets.iter().map(|x| x.weight.max(0.0)).sum()).collect();
+    let mut items = vec![0.0f64; n];
+    for r in spec.roots() {
+        items[r] = 1.0;
+    }
+    for t in spec.topo_order().ok()? {
+        for c in spec.children(t) {
+            let fhat = if capacity[t] > 0.0 {
+                route.tasks[t]
+                    .targets
+                    .iter()
+                    .map(|x| {
+                        let v = spec.tasks[t].variants.iter().position(|v| v.name == x.variant);
+                        x.weight.max(0.0) * spec.fanout(t, v.unwrap_or_else(|| spec.best_variant(t)), c)
+                    })
+                    .sum::<f64>()
+                    / capacity[t]
+            } else {
+                spec.fanout(t, spec.best_variant(t), c)
+            };
+            items[c] += items[t] * fhat;
+        }
+    }
+    let rps = (0..n).filter(|&t| items[t] > 0.0).map(|t| capacity[t] / items[t]).fold(f64::INFINITY, f64::min);
+    (rps.is_finite() && rps > 0.0).then_some(rps)
+}
+
 fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -338,21 +386,24 @@ impl LocalPlane {
             device: None,
             mps_percent: Some((100 / plan.mps.max(1)).max(1)),
         };
+        // Admission at the graph's entrance: a root task's instance admits its share (by
+        // routing weight) of the app's planned capacity; downstream tasks admit every item
+        // of an admitted request (docs/dataplane.md, "Drops only for a reason").
+        let root = app.spec.parents(t).is_empty();
+        let root_weight: f64 = task.targets.iter().map(|x| x.weight).sum();
+        let admit_rps = planned_rps(app)
+            .filter(|_| root && root_weight > 0.0)
+            .map(|c| ADMIT_UTILISATION * c * plan.throughput_rps.max(0.0) / root_weight)
+            .filter(|r| r.is_finite() && *r > 0.0);
         // Every figure within an hour, so queue arithmetic on them cannot overflow.
         let q = QueueConfig {
             max_batch: plan.batch.max(1),
             wait_us: bounded_us(task.budget_ms),
             exec1_us: bounded_us(exec1_ms),
             downstream_us: bounded_us(task.downstream_ms),
-            // At least one batching period: the planner's latency bound (Σ 2·L̂) budgets L̂(t)
-            // of waiting per task, and a fan-out burst larger than one batch must be able to
-            // wait for the next batch without being called stale (a deviation from the
-            // paper's fixed 20 ms; see docs/dataplane.md).
-            stale_us: bounded_us(app.stale_ms.max(task.budget_ms)),
-            // Burst-aware dropping (docs/dataplane.md): the queue's batch times and the
-            // instance's planned throughput per second.
+            // The queue-aware deadline check's batch times.
             exec_batch_us: bounded_us(exec_batch_ms),
-            capacity_per_window: (plan.throughput_rps.ceil() as u64).min(u64::from(u32::MAX)),
+            admit_per_window: admit_rps.map_or(0, |r| (r.ceil() as u64).clamp(1, u64::from(u32::MAX))),
             rate_window_us: 1_000_000,
         };
         Some((spec, q))
@@ -1106,6 +1157,7 @@ impl<T: Transport> Inference for DataPlane<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jigsaw_protocol::route::TaskRoute;
     use jigsaw_protocol::testing::{variant, AppToml};
 
     #[test]
@@ -1122,6 +1174,56 @@ mod tests {
         // Half of task a's stages on the small variant: average 0.6 of a best 0.8.
         let half = served_accuracy(&spec, |_, _| Some(5)).expect("served");
         assert!((half - 0.75).abs() < 1e-12, "{half}");
+    }
+
+    #[test]
+    fn planned_capacity_is_the_bottleneck_task_in_requests() {
+        let toml = AppToml::new("pipe", 500.0, 0.5)
+            .task(
+                "detect",
+                vec![
+                    variant("big", 0.9, "yolov5", 10.0).fanout("classify", 2.0),
+                    variant("small", 0.5, "yolov5", 5.0).fanout("classify", 4.0),
+                ],
+            )
+            .task("classify", vec![variant("cls", 0.9, "resnet", 4.0)])
+            .edge("detect", "classify")
+            .build();
+        let spec = jigsaw_protocol::AppSpec::parse(&toml, "pipe").expect("parses");
+        let target = |variant: &str, weight: f64| Target {
+            node: "n".into(),
+            addr: "n:1".into(),
+            gpu: "GPU-0".into(),
+            start: 0,
+            mig_profile: "1g.10gb".into(),
+            variant: variant.into(),
+            mps: 1,
+            batch: 4,
+            weight,
+        };
+        let task = |name: &str, targets: Vec<Target>| TaskRoute {
+            task: name.into(),
+            budget_ms: 10.0,
+            downstream_ms: 0.0,
+            targets,
+        };
+        let route = |classify: f64| AppRoute {
+            spec: spec.clone(),
+            tasks: vec![
+                task("detect", vec![target("big", 300.0), target("small", 100.0)]),
+                task("classify", if classify > 0.0 { vec![target("cls", classify)] } else { vec![] }),
+            ],
+            stale_ms: 20.0,
+            profiles: vec![],
+        };
+        // Capacity-weighted fan-out (300·2 + 100·4) / 400 = 2.5 classify items per request:
+        // 500 items/s serve 200 requests/s, below detect's 400.
+        let c = planned_rps(&route(500.0)).expect("capacity");
+        assert!((c - 200.0).abs() < 1e-9, "{c}");
+        // With classify at 2000 items/s (800 requests/s) detect's 400 is the bottleneck.
+        let c = planned_rps(&route(2_000.0)).expect("capacity");
+        assert!((c - 400.0).abs() < 1e-9, "{c}");
+        assert_eq!(planned_rps(&route(0.0)), None, "a task without instances serves nothing");
     }
 
     #[test]

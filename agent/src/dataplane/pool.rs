@@ -3,8 +3,8 @@
 //!
 //! A driver task owns the queue. Items arrive on a channel with their reply; the driver
 //! turns queue events into worker calls (launch) and replies (drop), and wakes for the
-//! queue's next timer. Every item gets exactly one reply: executed, dropped (early or stale)
-//! or failed (worker crash or executor error).
+//! queue's next timer. Every item gets exactly one reply: executed, dropped (early, or shed
+//! at a root task's admission: `stale_drop`) or failed (worker crash or executor error).
 
 use super::worker::{WorkerConn, WorkerError};
 use crate::core::batch::{DropReason, Event, QueueConfig, Request, TaskQueue};
@@ -34,7 +34,7 @@ pub struct PoolStats {
     pub items: AtomicU64,
     /// Items dropped early.
     pub early: AtomicU64,
-    /// Items dropped stale.
+    /// Items shed at admission (over the planned rate; wire name `stale_drop`).
     pub stale: AtomicU64,
     /// Items failed.
     pub failed: AtomicU64,
@@ -264,7 +264,7 @@ impl Driver {
                     if let Some(w) = self.waiting.get_mut(id) {
                         w.input = input;
                         let r = w.request;
-                        events.extend(self.queue.push(now, r));
+                        events.extend(self.queue.requeue(now, r));
                     }
                 }
                 bench(&self.done_tx, instance);
