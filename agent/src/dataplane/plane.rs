@@ -389,11 +389,24 @@ impl LocalPlane {
         // Admission at the graph's entrance: a root task's instance admits its share (by
         // routing weight) of the app's planned capacity; downstream tasks admit every item
         // of an admitted request (docs/dataplane.md, "Drops only for a reason").
+        // The share comes from the table the frontends route with while it has this instance
+        // (between a transition's make and routes steps the staged table already splits the
+        // root's load over instances that get none yet), else from the staged one.
         let root = app.spec.parents(t).is_empty();
-        let root_weight: f64 = task.targets.iter().map(|x| x.weight).sum();
-        let admit_rps = planned_rps(app)
-            .filter(|_| root && root_weight > 0.0)
-            .map(|c| ADMIT_UTILISATION * c * plan.throughput_rps.max(0.0) / root_weight)
+        let routed = self.routes();
+        // The route's capacity, its task's total weight and this instance's, if it has it.
+        let own = |a: &AppRoute| {
+            let task = a.spec.task_index(&plan.task).and_then(|i| a.tasks.get(i))?;
+            let me =
+                task.targets.iter().find(|x| x.gpu == gpu && x.start == plan.start && x.variant == plan.variant)?;
+            Some((planned_rps(a), task.targets.iter().map(|x| x.weight).sum::<f64>(), me.weight))
+        };
+        let admit_rps = routed
+            .app(&plan.app)
+            .and_then(own)
+            .or_else(|| own(app))
+            .filter(|(_, root_weight, _)| root && *root_weight > 0.0)
+            .and_then(|(c, root_weight, weight)| c.map(|c| ADMIT_UTILISATION * c * weight.max(0.0) / root_weight))
             .filter(|r| r.is_finite() && *r > 0.0);
         // Every figure within an hour, so queue arithmetic on them cannot overflow.
         let q = QueueConfig {
