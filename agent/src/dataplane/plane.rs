@@ -1239,6 +1239,71 @@ mod tests {
         assert_eq!(planned_rps(&route(0.0)), None, "a task without instances serves nothing");
     }
 
+    /// Between a transition's make and routes steps, a kept root instance admits its share
+    /// of the table the frontends route with, not of the staged one (which already splits
+    /// the root's load with an instance that gets none yet); the new one admits its staged
+    /// share.
+    #[test]
+    fn admission_follows_the_routed_table_while_it_has_the_instance() {
+        let toml = AppToml::new("pipe", 300.0, 0.5)
+            .task("detect", vec![variant("big", 0.9, "yolov5", 10.0).fanout("classify", 2.0)])
+            .task("classify", vec![variant("cls", 0.9, "resnet", 4.0)])
+            .edge("detect", "classify")
+            .build();
+        let spec = jigsaw_protocol::AppSpec::parse(&toml, "pipe").expect("parses");
+        let target = |gpu: &str, variant: &str, weight: f64| Target {
+            node: "n".into(),
+            addr: "n:1".into(),
+            gpu: gpu.into(),
+            start: 0,
+            mig_profile: "1g.10gb".into(),
+            variant: variant.into(),
+            mps: 1,
+            batch: 4,
+            weight,
+        };
+        let table = |epoch: u64, detect: Vec<Target>, classify: f64| RoutingTable {
+            epoch,
+            apps: vec![AppRoute {
+                spec: spec.clone(),
+                tasks: vec![
+                    TaskRoute { task: "detect".into(), budget_ms: 10.0, downstream_ms: 5.0, targets: detect },
+                    TaskRoute {
+                        task: "classify".into(),
+                        budget_ms: 10.0,
+                        downstream_ms: 0.0,
+                        targets: vec![target("GPU-9", "cls", classify)],
+                    },
+                ],
+                stale_ms: 20.0,
+                profiles: vec![],
+            }],
+        };
+        let plane = LocalPlane::new(
+            PlaneConfig::default(),
+            Arc::new(super::super::worker::InProcessLauncher(super::super::worker::ExecutorKind::Timed)),
+        );
+        // Routed: detect on GPU-0 alone (300 req/s). Staged: GPU-1 joins it, and classify
+        // (800 items/s = 400 req/s at fan-out 2) becomes the bottleneck.
+        plane.set_routes(table(1, vec![target("GPU-0", "big", 300.0)], 2_000.0));
+        plane.prepare_routes(Arc::new(table(
+            2,
+            vec![target("GPU-0", "big", 300.0), target("GPU-1", "big", 300.0)],
+            800.0,
+        )));
+        let plan = InstancePlan {
+            app: "pipe".into(),
+            throughput_rps: 300.0,
+            p95_ms: 10.0,
+            variant: "big".into(),
+            ..jigsaw_protocol::testing::instance("detect", "1g.10gb", 0)
+        };
+        let admit = |gpu: &str| plane.desired(gpu, &plan).map(|(_, q)| q.admit_per_window);
+        // Kept: 95 % of the routed 300 req/s. New: 95 % of half the staged 400.
+        assert_eq!(admit("GPU-0"), Some(285));
+        assert_eq!(admit("GPU-1"), Some(190));
+    }
+
     #[test]
     fn demand_counts_both_windows() {
         let t0 = Instant::now();
