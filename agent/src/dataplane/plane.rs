@@ -1173,6 +1173,21 @@ mod tests {
     use jigsaw_protocol::route::TaskRoute;
     use jigsaw_protocol::testing::{variant, AppToml};
 
+    /// A 1g instance at slot 0 of `gpu` on node `n`, running `variant`, of routing `weight`.
+    fn target(gpu: &str, variant: &str, weight: f64) -> Target {
+        Target {
+            node: "n".into(),
+            addr: "n:1".into(),
+            gpu: gpu.into(),
+            start: 0,
+            mig_profile: "1g.10gb".into(),
+            variant: variant.into(),
+            mps: 1,
+            batch: 4,
+            weight,
+        }
+    }
+
     #[test]
     fn served_accuracy_is_relative_to_the_best_variants() {
         let toml = AppToml::new("chain", 100.0, 0.8)
@@ -1203,17 +1218,7 @@ mod tests {
             .edge("detect", "classify")
             .build();
         let spec = jigsaw_protocol::AppSpec::parse(&toml, "pipe").expect("parses");
-        let target = |variant: &str, weight: f64| Target {
-            node: "n".into(),
-            addr: "n:1".into(),
-            gpu: "GPU-0".into(),
-            start: 0,
-            mig_profile: "1g.10gb".into(),
-            variant: variant.into(),
-            mps: 1,
-            batch: 4,
-            weight,
-        };
+        let target = |variant: &str, weight: f64| target("GPU-0", variant, weight);
         let task = |name: &str, targets: Vec<Target>| TaskRoute {
             task: name.into(),
             budget_ms: 10.0,
@@ -1251,17 +1256,6 @@ mod tests {
             .edge("detect", "classify")
             .build();
         let spec = jigsaw_protocol::AppSpec::parse(&toml, "pipe").expect("parses");
-        let target = |gpu: &str, variant: &str, weight: f64| Target {
-            node: "n".into(),
-            addr: "n:1".into(),
-            gpu: gpu.into(),
-            start: 0,
-            mig_profile: "1g.10gb".into(),
-            variant: variant.into(),
-            mps: 1,
-            batch: 4,
-            weight,
-        };
         let table = |epoch: u64, detect: Vec<Target>, classify: f64| RoutingTable {
             epoch,
             apps: vec![AppRoute {
