@@ -383,18 +383,14 @@ pub fn place_cluster(
         let extra_gpus = used(&targets).saturating_sub(limit(spread));
         Placed { targets, late, extra_gpus }
     };
-    let (assigned, error) = match assigned {
-        Ok(t) => (Some(t), None),
-        Err(e) => (None, Some(e)),
-    };
-    [plain, first, assigned]
-        .into_iter()
-        .flatten()
-        .map(placed)
-        .enumerate()
-        .min_by_key(|(i, p)| (p.late, *i))
-        .map(|(_, p)| p)
-        .ok_or_else(|| error.expect("assign_gpus failed when no candidate exists"))
+    // The greedy candidates in order (the earlier wins a tie); the mapping, last, only with
+    // strictly fewer late instances, and it alone says why nothing fits.
+    let best = [plain, first].into_iter().flatten().map(placed).reduce(|a, b| if b.late < a.late { b } else { a });
+    match (best, assigned.map(placed)) {
+        (Some(b), Ok(a)) if a.late < b.late => Ok(a),
+        (Some(b), _) => Ok(b),
+        (None, mapped) => mapped,
+    }
 }
 
 /// Target instances of `targets` (per physical GPU of `phys`) that cannot serve right after
