@@ -823,7 +823,10 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
             }
             None => None,
         };
-        let notifier = tokio::spawn(notify_systemd(handle.health(), node.id.clone()));
+        let sink = crate::systemd::sd_sink();
+        let watchdog = sd_notify::watchdog_enabled().is_some();
+        let notifier =
+            tokio::spawn(crate::systemd::notify_systemd(handle.health(), node.id.clone(), watchdog, sink.clone()));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
@@ -831,7 +834,8 @@ pub fn cmd_agent(config_path: &Path) -> Result<()> {
         }
         tracing::info!(node = %node.id, "stopping: draining first");
         notifier.abort();
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        let stopping = vec![crate::systemd::Note::Stopping];
+        if let Err(e) = crate::systemd::send_within(&sink, stopping, Duration::from_secs(1)).await {
             tracing::warn!(%e, "sd_notify STOPPING");
         }
         // No new connections (clients go to another agent); admitted requests run on.
@@ -927,43 +931,6 @@ async fn listen(
     Ok((listener, async move {
         let _ = stop.wait_for(|s| *s).await;
     }))
-}
-
-/// Tell systemd (when it started us with `Type=notify`; a no-op otherwise) how the node
-/// stands: `READY=1` once it has joined, has a coordinator and has applied the current plan;
-/// `WATCHDOG=1` after every heartbeat the node's heartbeat loop completes (so a wedged node
-/// stops pinging and `WatchdogSec=` restarts it); `STATUS=` whenever the standing changes.
-async fn notify_systemd(mut health: tokio::sync::watch::Receiver<jigsaw_agent::node::Health>, node: String) {
-    use sd_notify::NotifyState;
-    let watchdog = sd_notify::watchdog_enabled().is_some();
-    let mut ready = false;
-    let mut last_status = String::new();
-    while health.changed().await.is_ok() {
-        let h = health.borrow_and_update().clone();
-        let status = match (&h.coordinator, h.ready()) {
-            (Some(c), true) => format!("serving: coordinator {c}, plan epoch {}", h.applied_epoch),
-            (Some(c), false) => format!("applying plan epoch {} (coordinator {c})", h.committed_epoch),
-            (None, _) => "waiting for a coordinator".to_string(),
-        };
-        let mut states = Vec::new();
-        if h.ready() && !ready {
-            ready = true;
-            tracing::info!(%node, "ready: joined, coordinator known, plan applied");
-            states.push(NotifyState::Ready);
-        }
-        if status != last_status {
-            states.push(NotifyState::Status(&status));
-        }
-        if watchdog {
-            states.push(NotifyState::Watchdog);
-        }
-        if !states.is_empty() {
-            if let Err(e) = sd_notify::notify(&states) {
-                tracing::warn!(%e, "sd_notify");
-            }
-        }
-        last_status = status.clone();
-    }
 }
 
 fn nvml_gpus() -> Result<Vec<Backend>> {

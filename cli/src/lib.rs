@@ -23,6 +23,8 @@
 //! * [`replay`]: `jigsaw replay`, the paper's Figure 4: a trace replayed on local simulated
 //!   clusters under A+S+T and the baselines, per interval and overall, with its pure core
 //!   ([`replay::core`]: trace scaling, interval figures, tables, SVG).
+//! * [`systemd`]: the notify protocol for `jigsaw agent` (`READY=1`, `WATCHDOG=1`,
+//!   `STATUS=`, `STOPPING=1`), sent off the runtime's worker threads.
 
 pub mod appset;
 pub mod args;
@@ -36,3 +38,4 @@ pub mod ops;
 pub mod planning;
 pub mod profile;
 pub mod replay;
+pub mod systemd;

@@ -76,7 +76,12 @@ fn agent_notifies_ready_watchdog_and_stopping() {
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
     let cluster = dir.join("cluster");
-    // `jigsaw up` starts the agent processes; they inherit the notify environment.
+    // `jigsaw up` starts the agent processes; they inherit the notify environment. Nothing
+    // reads the socket until `up` returns, like a slow service manager: the socket's queue
+    // (net.unix.max_dgram_qlen, 10 by default) fills with watchdog pings and further sends
+    // block. They once blocked a runtime worker and wedged the agent (intermittently, after
+    // `plan epoch 2 committed`); they now block a thread of the blocking pool, and the
+    // notes resume once the socket is read.
     let out = Command::new(JIGSAW)
         .args(["up", "--nodes", "1", "--gpus-per-node", "1", "--dir"])
         .arg(&cluster)
