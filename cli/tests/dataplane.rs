@@ -10,11 +10,12 @@ use jigsaw_agent::dataplane::worker::{
     ExecutorKind, HangPolicy, InProcessLauncher, ProcessWorker, WorkerConn, WorkerError, WorkerSpec,
 };
 use jigsaw_agent::dataplane::{Inference, ServeError};
-use jigsaw_agent::transport::net::{SimHub, SimTransport};
+use jigsaw_agent::transport::net::{Handler, SimHub, SimTransport};
 use jigsaw_protocol::app::{AppSpec, ModelDesc};
 use jigsaw_protocol::infer::{InferRequest, Tensor, TensorData};
 use jigsaw_protocol::plan::InstancePlan;
-use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, Target, TaskRoute};
+use jigsaw_protocol::route::{AppRoute, RoutingTable, StageOutcome, StageReply, Target, TaskRoute};
+use jigsaw_protocol::wire::WireMessage;
 use jigsaw_protocol::ProfileRow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -516,4 +517,89 @@ async fn only_queue_settings_changed_keeps_the_running_pool() {
     n.b.set_routes(t);
     let rebuilt = n.b.pool("GPU-b", 0).expect("still runs");
     assert!(!Arc::ptr_eq(&after, &rebuilt), "a worker-spec change rebuilds it");
+}
+
+/// A stage server twin on the simulated hub: answers every stage `after` the request
+/// arrives (`None`: never, a silent peer), counting the stages it was sent.
+fn stage_server(after: Option<Duration>, seen: Arc<std::sync::atomic::AtomicU64>, name: &'static str) -> Handler {
+    Arc::new(move |_peer, msg| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            let WireMessage::Stage(req) = msg else {
+                return WireMessage::Error { message: "not a stage".into(), retry: false };
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+            let outcome = StageOutcome::Done { output: vec![1.0], variant: name.into(), stage_us: 0 };
+            WireMessage::StageReply(StageReply { id: req.id, item: req.item, outcome })
+        })
+    })
+}
+
+/// One task (700 ms SLO) on two remote targets: `first` (routing weight ~1, so it is tried
+/// first) and `second`; the plan's profile gives `first` a 300 ms batch wait plus a 100 ms
+/// batch, so a healthy `first` answers within 400 ms.
+fn hedge_table() -> RoutingTable {
+    use jigsaw_protocol::testing::{variant, AppToml};
+    let toml = AppToml::new("solo", 700.0, 0.5).task("t", vec![variant("v", 0.9, "resnet", 4.0)]).build();
+    let spec = AppSpec::parse(&toml, "solo.toml").expect("app parses");
+    let mut i = inst("t", "v", 0, 100.0);
+    i.app = "solo".into();
+    let mut first = Target::of("first", "first:1", "GPU-f", &i);
+    first.weight = 1e12;
+    let mut second = Target::of("second", "second:1", "GPU-s", &i);
+    second.weight = 1e-12;
+    RoutingTable {
+        epoch: 1,
+        apps: vec![AppRoute {
+            spec,
+            tasks: vec![TaskRoute {
+                task: "t".into(),
+                budget_ms: 300.0,
+                downstream_ms: 0.0,
+                targets: vec![first, second],
+            }],
+            stale_ms: 20.0,
+            profiles: vec![row("t", "v", 1, 60.0), row("t", "v", 2, 100.0)],
+        }],
+    }
+}
+
+/// A peer that is slow but healthy (450 ms for a stage its plan gives 400 ms) is not cut at
+/// half the budget: it answers, and no copy is sent (the old rule timed it out at 350 ms,
+/// threw its work away, marked it suspect and sent a copy with half the budget). A silent
+/// peer is hedged: the copy answers, the request succeeds, and once the silent attempt's
+/// own budget runs out the peer is suspect, so the next request goes straight to the other.
+#[tokio::test(start_paused = true)]
+async fn stages_are_hedged_when_a_healthy_instance_would_have_answered_not_at_half() {
+    let run = |first_after: Option<Duration>| async move {
+        let hub = SimHub::start(3, LinkConfig { min_delay_us: 100, max_delay_us: 200, drop: 0.0 });
+        let (a, b) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        hub.attach("first", stage_server(first_after, a.clone(), "first"));
+        hub.attach("second", stage_server(Some(Duration::from_millis(5)), b.clone(), "second"));
+        let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
+        local.set_routes(hedge_table());
+        let front = DataPlane::new("front", local, SimTransport::new(hub.clone(), "front"));
+        (front, a, b)
+    };
+    let load = |c: &Arc<std::sync::atomic::AtomicU64>| c.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (front, first, second) = run(Some(Duration::from_millis(450))).await;
+    let r = front.infer("solo", request(), None).await.expect("the slow peer answers");
+    assert_eq!(r.model_name, "solo");
+    assert_eq!((load(&first), load(&second)), (1, 0), "no copy of a stage that is only slow");
+
+    let (front, first, second) = run(None).await;
+    let t = tokio::time::Instant::now();
+    front.infer("solo", request(), None).await.expect("the copy answers for the silent peer");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(600), "hedged at 500 ms: {took:?}");
+    assert_eq!((load(&first), load(&second)), (1, 1));
+    // The silent attempt runs on to its own 700 ms budget; then the peer is suspect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    front.infer("solo", request(), None).await.expect("served by the other target");
+    assert_eq!((load(&first), load(&second)), (1, 2), "the silent peer is avoided once suspect");
 }

@@ -778,8 +778,19 @@ impl<T: Transport> DataPlane<T> {
         &self.local
     }
 
-    /// Run one stage of request `id` on a target of `task`, trying a second target when the
-    /// first cannot take it (`retry` failures and transport errors).
+    /// Run one stage of request `id` on a target of `task`.
+    ///
+    /// A first attempt that fails fast with a `retry` outcome (no instance there, a
+    /// transport error) is retried once on another target with the time left. A first
+    /// attempt on a peer that has not answered when half the time is gone is **hedged**: a
+    /// second copy goes to another target and the first reply that ran wins, the first
+    /// attempt still racing with its full budget (a drop from one waits for the other). A peer that is
+    /// only slow (a long stage: a git-large batch on a 1g slice takes 150–265 ms, plus the
+    /// batch wait) therefore still answers; cutting it at half the budget, as an earlier rule
+    /// did, threw its work away, marked the peer suspect and left the copy half the budget,
+    /// which the copy's queue then dropped early. A peer that is dead is covered by the
+    /// copy. An attempt still running when the stage is decided runs on to its own budget
+    /// in the background, so a peer that then fails in transport is still marked suspect.
     async fn stage(
         self: &Arc<Self>,
         route: &AppRoute,
@@ -792,26 +803,20 @@ impl<T: Transport> DataPlane<T> {
         self.local.meter().item(&route.spec.name, &route.tasks[task].task);
         let targets = &route.tasks[task].targets;
         let mut rng = SplitMix64::new(id ^ (u64::from(item) << 48) ^ (task as u64) << 40);
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last =
-            StageOutcome::Failed { message: format!("task {} has no instance", route.tasks[task].task), retry: true };
+        let no_instance = || StageOutcome::Failed {
+            message: format!("task {} has no instance", route.tasks[task].task),
+            retry: true,
+        };
         let suspect: Vec<bool> = {
             let now = Instant::now();
             let mut s = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
             s.retain(|_, until| *until > now);
             targets.iter().map(|t| s.contains_key(&t.node)).collect()
         };
-        for attempt in 0..2 {
-            let Some(i) = pick(targets, &tried, &suspect, &mut rng) else { break };
-            tried.push(i);
+        let mut tried: Vec<usize> = Vec::new();
+        let attempt = |i: usize| {
             let t = &targets[i];
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            // A first attempt that a second target could take over gets half the time left:
-            // a dead peer's silence then leaves the other half to the retry.
-            let wait = if attempt == 0 && targets.len() > 1 { left / 2 } else { left };
             let req = StageRequest {
                 id,
                 item,
@@ -822,27 +827,92 @@ impl<T: Transport> DataPlane<T> {
                 budget_us: left.as_micros() as u64,
                 input: input.as_ref().clone(),
             };
-            last = if t.node == self.me {
-                self.local.serve_stage(req).await
-            } else {
-                match self.transport.request(&t.node, &t.addr, WireMessage::Stage(req), wait).await {
-                    Ok(WireMessage::StageReply(r)) => r.outcome,
-                    Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
-                    Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },
-                    Err(e) => {
-                        self.suspects
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(t.node.clone(), Instant::now() + SUSPECT_FOR);
-                        StageOutcome::Failed { message: format!("{}: {e}", t.node), retry: true }
-                    }
+            (t.node != self.me, Box::pin(self.clone().attempt(t.node.clone(), t.addr.clone(), req, left)))
+        };
+        let retryable = |o: &StageOutcome| matches!(o, StageOutcome::Failed { retry: true, .. });
+        let Some(i) = pick(targets, &tried, &suspect, &mut rng) else { return no_instance() };
+        tried.push(i);
+        if deadline <= Instant::now() {
+            return no_instance();
+        }
+        // When to hedge: once a healthy instance should have answered (its batch wait and
+        // batch time by the plan's profile), at least half the time left and at most the last
+        // moment a copy could still finish. A local first attempt cannot go silent: never.
+        let ms = |x: f64| Duration::from_secs_f64((x / 1e3).clamp(0.0, 3_600.0));
+        let tr = &route.tasks[task];
+        let healthy = route.batch_ms(&tr.task, &targets[i], targets[i].batch).map(|b| ms(tr.budget_ms + b));
+        let copy = (0..targets.len())
+            .filter(|&j| j != i)
+            .filter_map(|j| route.batch_ms(&tr.task, &targets[j], 1))
+            .min_by(f64::total_cmp)
+            .map(|b| ms(b + tr.downstream_ms));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (remote, mut first) = attempt(i);
+        let hedge = if remote && targets.len() > 1 { hedge_delay(left, healthy, copy) } else { None };
+        let early = match hedge {
+            Some(after) => tokio::select! {
+                o = &mut first => Some(o),
+                _ = tokio::time::sleep(after) => None,
+            },
+            None => Some((&mut first).await),
+        };
+        let log = |attempt: usize, node: &str, why: &dyn std::fmt::Debug| {
+            tracing::debug!(task = %route.tasks[task].task, target = %node, attempt, outcome = ?why, "stage attempt");
+        };
+        match early {
+            // Answered (or failed for good) before the hedge: done.
+            Some(o) if !retryable(&o) => o,
+            // Failed fast: one more target with the time left.
+            Some(o) => {
+                log(0, &targets[i].node, &o);
+                let Some(j) = pick(targets, &tried, &suspect, &mut rng) else { return o };
+                if deadline <= Instant::now() {
+                    return o;
                 }
-            };
-            if !matches!(last, StageOutcome::Failed { retry: true, .. }) {
-                break;
+                attempt(j).1.await
+            }
+            // Silent at half the budget: hedge with a copy, first good reply wins.
+            None => {
+                log(0, &targets[i].node, &"no reply when a healthy instance would have answered: hedging");
+                let Some(j) = pick(targets, &tried, &suspect, &mut rng) else { return first.await };
+                let mut second = attempt(j).1;
+                let done = |o: &StageOutcome| matches!(o, StageOutcome::Done { .. });
+                // The first result that ran wins; a drop or failure waits for the other.
+                // Neither ran: the first attempt's outcome (it had the full budget), unless
+                // only it is worth retrying.
+                let pick_of = |a: StageOutcome, b: StageOutcome| if retryable(&a) && !retryable(&b) { b } else { a };
+                tokio::select! {
+                    o = &mut first => if done(&o) { tokio::spawn(second); o } else {
+                        let b = second.await;
+                        if done(&b) { b } else { pick_of(o, b) }
+                    },
+                    o = &mut second => if done(&o) { tokio::spawn(first); o } else {
+                        let a = first.await;
+                        if done(&a) { a } else { pick_of(a, o) }
+                    },
+                }
             }
         }
-        last
+    }
+
+    /// One stage attempt on `node` (this node: the local plane; else over the transport,
+    /// waiting up to `wait`). A transport error marks the peer suspect for [`SUSPECT_FOR`].
+    async fn attempt(self: Arc<Self>, node: String, addr: String, req: StageRequest, wait: Duration) -> StageOutcome {
+        if node == self.me {
+            return self.local.serve_stage(req).await;
+        }
+        match self.transport.request(&node, &addr, WireMessage::Stage(req), wait).await {
+            Ok(WireMessage::StageReply(r)) => r.outcome,
+            Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
+            Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },
+            Err(e) => {
+                self.suspects
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.clone(), Instant::now() + SUSPECT_FOR);
+                StageOutcome::Failed { message: format!("{node}: {e}"), retry: true }
+            }
+        }
     }
 
     async fn run(
@@ -1023,6 +1093,27 @@ pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, u
 
 /// Weighted choice among targets not yet tried.
 /// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
+/// A healthy stage is hedged this much after the time its plan gives it (batch wait and
+/// batch time): network and queueing within the plan.
+const HEDGE_MARGIN: f64 = 1.25;
+
+/// How long after sending a stage to a peer to hedge it with a copy to another target, if at
+/// all. `left`: the request's time left; `healthy`: when a healthy instance of the first
+/// target answers by its plan (batch wait + batch time); `copy`: the least time a copy needs
+/// (the fastest other target's batch of one plus the rest of the graph). Hedge after
+/// `healthy` × [`HEDGE_MARGIN`], never before half of `left` (a dead peer's silence leaves
+/// the copy the other half) and never after `left − copy` (a later copy cannot finish); no
+/// hedge when no copy could finish even at half the time.
+pub fn hedge_delay(left: Duration, healthy: Option<Duration>, copy: Option<Duration>) -> Option<Duration> {
+    let half = left / 2;
+    let latest = left.saturating_sub(copy.unwrap_or(Duration::ZERO));
+    if latest < half {
+        return None;
+    }
+    let wanted = healthy.map_or(half, |h| h.mul_f64(HEDGE_MARGIN).max(half));
+    Some(wanted.min(latest))
+}
+
 fn pick(targets: &[Target], tried: &[usize], suspect: &[bool], rng: &mut SplitMix64) -> Option<usize> {
     let open = |i: &usize| !tried.contains(i);
     let healthy = |i: &usize| open(i) && !suspect.get(*i).copied().unwrap_or(false);
@@ -1172,6 +1263,23 @@ mod tests {
     use super::*;
     use jigsaw_protocol::route::TaskRoute;
     use jigsaw_protocol::testing::{variant, AppToml};
+
+    #[test]
+    fn hedges_when_a_healthy_instance_would_have_answered_within_half_and_the_last_useful_moment() {
+        let ms = Duration::from_millis;
+        // A short stage: half the time left (a dead peer leaves the copy the other half).
+        assert_eq!(hedge_delay(ms(700), Some(ms(40)), Some(ms(20))), Some(ms(350)));
+        // A long stage (git-large: 265 ms batches after a 200 ms wait): after its planned
+        // time and margin, not at half, which cut healthy stages and wasted their work.
+        assert_eq!(hedge_delay(ms(700), Some(ms(400)), Some(ms(150))), Some(ms(500)));
+        // Never later than a copy could still finish.
+        assert_eq!(hedge_delay(ms(700), Some(ms(600)), Some(ms(150))), Some(ms(550)));
+        // No copy could finish even at half: no hedge.
+        assert_eq!(hedge_delay(ms(700), Some(ms(100)), Some(ms(400))), None);
+        // Without figures: half.
+        assert_eq!(hedge_delay(ms(700), None, None), Some(ms(350)));
+        assert_eq!(hedge_delay(Duration::ZERO, None, None), Some(Duration::ZERO));
+    }
 
     /// A 1g instance at slot 0 of `gpu` on node `n`, running `variant`, of routing `weight`.
     fn target(gpu: &str, variant: &str, weight: f64) -> Target {

@@ -182,6 +182,14 @@ impl Driver {
             match ev {
                 Event::Drop { request, reason } => {
                     if let Some(w) = self.waiting.remove(&request.id) {
+                        tracing::debug!(
+                            variant = %self.variant,
+                            %reason,
+                            waited_us = w.arrived.elapsed().as_micros() as u64,
+                            budget_us = request.deadline_us.saturating_sub(request.arrived_us),
+                            waiting = self.queue.waiting(),
+                            "stage dropped"
+                        );
                         let outcome = match reason {
                             DropReason::Early => {
                                 self.stats.early.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,8 @@
 //! Figures are **simulated time** (tokio's paused clock: link delays, MIG latency and batch
 //! times are modelled; the planner's own solve is before the commit and not counted). By
 //! default the plans are rotated across GPUs each epoch (SYNTHETIC churn: every transition
-//! moves every instance, `--no-rotate` keeps the planner's own placement).
+//! moves every instance, `--no-rotate` keeps the planner's own placement). `RUST_LOG` turns
+//! on the nodes' logs (stderr).
 
 use anyhow::{anyhow, Result};
 use jigsaw_agent::transition_sim::{run, runtime, Config, Report};
@@ -33,6 +34,12 @@ pub struct TransitionBench {
 
 /// Run the bench.
 pub fn bench(b: &TransitionBench) -> Result<Report> {
+    // The nodes' own logs on stderr when asked for (`RUST_LOG=jigsaw_agent::dataplane=debug`
+    // names every dropped stage); quiet otherwise, so the table stays readable.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
+    }
     let cfg = Config {
         seed: b.seed,
         mig_latency: Duration::from_millis(b.mig_latency_ms),
