@@ -1095,7 +1095,7 @@ pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, u
 /// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
 /// A healthy stage is hedged this much after the time its plan gives it (batch wait and
 /// batch time): network and queueing within the plan.
-const HEDGE_MARGIN: f64 = 1.25;
+pub const HEDGE_MARGIN: f64 = 1.25;
 
 /// How long after sending a stage to a peer to hedge it with a copy to another target, if at
 /// all. `left`: the request's time left; `healthy`: when a healthy instance of the first
