@@ -782,8 +782,8 @@ impl<T: Transport> DataPlane<T> {
     ///
     /// A first attempt that fails fast with a `retry` outcome (no instance there, a
     /// transport error) is retried once on another target with the time left. A first
-    /// attempt on a peer that has not answered when half the time is gone is **hedged**: a
-    /// second copy goes to another target and the first reply that ran wins, the first
+    /// attempt on a peer that has not answered by the time a healthy instance would have
+    /// ([`hedge_delay`]) is **hedged**: a second copy goes to another target and the first reply that ran wins, the first
     /// attempt still racing with its full budget (a drop from one waits for the other). A peer that is
     /// only slow (a long stage: a git-large batch on a 1g slice takes 150–265 ms, plus the
     /// batch wait) therefore still answers; cutting it at half the budget, as an earlier rule
@@ -871,7 +871,7 @@ impl<T: Transport> DataPlane<T> {
                 }
                 attempt(j).1.await
             }
-            // Silent at half the budget: hedge with a copy, first good reply wins.
+            // Silent past the hedge delay: send a copy, the first result that ran wins.
             None => {
                 log(0, &targets[i].node, &"no reply when a healthy instance would have answered: hedging");
                 let Some(j) = pick(targets, &tried, &suspect, &mut rng) else { return first.await };
@@ -1091,8 +1091,6 @@ pub fn served_accuracy(spec: &jigsaw_protocol::AppSpec, served: impl Fn(usize, u
     (a_max > 0.0).then(|| over(&avg) / a_max)
 }
 
-/// Weighted choice among targets not yet tried.
-/// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
 /// A healthy stage is hedged this much after the time its plan gives it (batch wait and
 /// batch time): network and queueing within the plan.
 pub const HEDGE_MARGIN: f64 = 1.25;
@@ -1114,6 +1112,8 @@ pub fn hedge_delay(left: Duration, healthy: Option<Duration>, copy: Option<Durat
     Some(wanted.min(latest))
 }
 
+/// Weighted choice among targets not yet tried.
+/// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
 fn pick(targets: &[Target], tried: &[usize], suspect: &[bool], rng: &mut SplitMix64) -> Option<usize> {
     let open = |i: &usize| !tried.contains(i);
     let healthy = |i: &usize| open(i) && !suspect.get(*i).copied().unwrap_or(false);
