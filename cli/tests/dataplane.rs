@@ -603,3 +603,30 @@ async fn stages_are_hedged_when_a_healthy_instance_would_have_answered_not_at_ha
     front.infer("solo", request(), None).await.expect("served by the other target");
     assert_eq!((load(&first), load(&second)), (1, 2), "the silent peer is avoided once suspect");
 }
+
+/// A peer that goes silent (a SIGKILLed agent: no reply, no transport error until the QUIC
+/// idle timeout) is suspect after two hedged stages in a row, before any of their attempts
+/// has timed out, so the next request goes straight to the other target instead of waiting
+/// out another hedge delay. Before this rule the third request below was sent to the silent
+/// peer again and answered only by its copy, 500 ms later.
+#[tokio::test(start_paused = true)]
+async fn a_peer_silent_through_two_hedges_is_avoided_before_its_attempts_time_out() {
+    let hub = SimHub::start(3, LinkConfig { min_delay_us: 100, max_delay_us: 200, drop: 0.0 });
+    let (a, b) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    hub.attach("first", stage_server(None, a.clone(), "first"));
+    hub.attach("second", stage_server(Some(Duration::from_millis(5)), b.clone(), "second"));
+    let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
+    local.set_routes(hedge_table());
+    let front = DataPlane::new("front", local, SimTransport::new(hub.clone(), "front"));
+    let load = |c: &Arc<std::sync::atomic::AtomicU64>| c.load(std::sync::atomic::Ordering::SeqCst);
+    let t = tokio::time::Instant::now();
+    let two = tokio::join!(front.infer("solo", request(), None), front.infer("solo", request(), None));
+    assert!(two.0.is_ok() && two.1.is_ok(), "the copies answer: {two:?}");
+    assert!(t.elapsed() < Duration::from_millis(600), "hedged at 500 ms, not timed out: {:?}", t.elapsed());
+    assert_eq!((load(&a), load(&b)), (2, 2));
+    assert_eq!(front.suspect_peers(), vec!["first".to_string()], "silent twice in a row");
+    let t = tokio::time::Instant::now();
+    front.infer("solo", request(), None).await.expect("served by the other target");
+    assert!(t.elapsed() < Duration::from_millis(50), "no hedge delay: {:?}", t.elapsed());
+    assert_eq!((load(&a), load(&b)), (2, 3), "the silent peer is avoided");
+}

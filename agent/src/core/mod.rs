@@ -14,6 +14,8 @@
 //! * [`diff`]: the MIG/MPS plan diff (live layout → target layout as steps).
 //! * [`netsim`]: the in-memory network model behind the simulated transport (virtual time,
 //!   seeded delay, loss and partitions).
+//! * [`peers`]: the frontend's suspect list (transport failures, peers silent through
+//!   repeated hedges).
 //! * [`leader`]: which Raft term this node coordinates and the term-fenced control state.
 
 pub mod batch;
@@ -22,4 +24,5 @@ pub mod diff;
 pub mod leader;
 pub mod netsim;
 pub mod node_plan;
+pub mod peers;
 pub mod plan_fence;

@@ -20,6 +20,7 @@ use super::pool::{Item, Pool};
 use super::worker::{Launcher, WorkerSpec};
 use super::{AppMeta, Inference, ServeError, TensorMeta};
 use crate::core::batch::{DropReason, QueueConfig};
+use crate::core::peers::{PeerHealth, SILENT_LIMIT};
 use crate::metrics::{labels, Metrics};
 use crate::transport::net::{BoxFuture, Handler, Peer, Transport};
 use jigsaw_protocol::app::{MAX_LATENCY_SLO_MS, MAX_REQUEST_ITEMS};
@@ -642,13 +643,12 @@ pub struct DataPlane<T: Transport> {
     goodput: Mutex<BTreeMap<String, Demand>>,
     /// Where the status page gets the cluster's status (set by the node).
     status_source: std::sync::OnceLock<StatusSource>,
-    /// Peers whose last stage failed in transport (timeout, connection refused), until
-    /// when: stages avoid them while another target exists.
-    suspects: Mutex<BTreeMap<String, Instant>>,
+    /// Peers stages avoid while another target exists (a transport failure, or silent
+    /// through [`crate::core::peers::SILENT_LIMIT`] hedges in a row): the pure core, on
+    /// microseconds since `born`.
+    health: Mutex<PeerHealth>,
+    born: Instant,
 }
-
-/// How long a peer that failed a stage in transport is avoided.
-pub const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
 /// Fetches the cluster status (from the local coordinator or over the transport).
 pub type StatusSource = Arc<dyn Fn() -> BoxFuture<Option<jigsaw_protocol::wire::ClusterStatus>> + Send + Sync>;
@@ -686,7 +686,8 @@ impl<T: Transport> DataPlane<T> {
             arrivals: Mutex::new(BTreeMap::new()),
             goodput: Mutex::new(BTreeMap::new()),
             status_source: std::sync::OnceLock::new(),
-            suspects: Mutex::new(BTreeMap::new()),
+            health: Mutex::new(PeerHealth::new()),
+            born: Instant::now(),
         })
     }
 
@@ -808,10 +809,8 @@ impl<T: Transport> DataPlane<T> {
             retry: true,
         };
         let suspect: Vec<bool> = {
-            let now = Instant::now();
-            let mut s = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
-            s.retain(|_, until| *until > now);
-            targets.iter().map(|t| s.contains_key(&t.node)).collect()
+            let (h, now) = (lock(&self.health), self.now_us());
+            targets.iter().map(|t| h.is_suspect(&t.node, now)).collect()
         };
         let mut tried: Vec<usize> = Vec::new();
         let attempt = |i: usize| {
@@ -874,6 +873,9 @@ impl<T: Transport> DataPlane<T> {
             // Silent past the hedge delay: send a copy, the first result that ran wins.
             None => {
                 log(0, &targets[i].node, &"no reply when a healthy instance would have answered: hedging");
+                if lock(&self.health).silent(&targets[i].node, self.now_us()) {
+                    tracing::info!(peer = %targets[i].node, "peer suspect: silent through {SILENT_LIMIT} hedged stages in a row");
+                }
                 let Some(j) = pick(targets, &tried, &suspect, &mut rng) else { return first.await };
                 let mut second = attempt(j).1;
                 let done = |o: &StageOutcome| matches!(o, StageOutcome::Done { .. });
@@ -896,23 +898,33 @@ impl<T: Transport> DataPlane<T> {
     }
 
     /// One stage attempt on `node` (this node: the local plane; else over the transport,
-    /// waiting up to `wait`). A transport error marks the peer suspect for [`SUSPECT_FOR`].
+    /// waiting up to `wait`). A transport error marks the peer suspect for
+    /// [`SUSPECT_FOR`](crate::core::peers::SUSPECT_FOR); any reply clears its suspicion.
     async fn attempt(self: Arc<Self>, node: String, addr: String, req: StageRequest, wait: Duration) -> StageOutcome {
         if node == self.me {
             return self.local.serve_stage(req).await;
         }
-        match self.transport.request(&node, &addr, WireMessage::Stage(req), wait).await {
+        let reply = self.transport.request(&node, &addr, WireMessage::Stage(req), wait).await;
+        match &reply {
+            Ok(_) => lock(&self.health).replied(&node),
+            Err(_) => lock(&self.health).transport_failed(&node, self.now_us()),
+        }
+        match reply {
             Ok(WireMessage::StageReply(r)) => r.outcome,
             Ok(WireMessage::Error { message, retry }) => StageOutcome::Failed { message, retry },
             Ok(other) => StageOutcome::Failed { message: format!("unexpected reply {other:?}"), retry: false },
-            Err(e) => {
-                self.suspects
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node.clone(), Instant::now() + SUSPECT_FOR);
-                StageOutcome::Failed { message: format!("{node}: {e}"), retry: true }
-            }
+            Err(e) => StageOutcome::Failed { message: format!("{node}: {e}"), retry: true },
         }
+    }
+
+    /// Microseconds since this frontend was made: the clock of its [`PeerHealth`].
+    fn now_us(&self) -> u64 {
+        self.born.elapsed().as_micros() as u64
+    }
+
+    /// Peers this frontend avoids now (suspect), for status and tests.
+    pub fn suspect_peers(&self) -> Vec<String> {
+        lock(&self.health).suspects(self.now_us()).into_iter().map(str::to_string).collect()
     }
 
     async fn run(
