@@ -568,6 +568,22 @@ fn hedge_table() -> RoutingTable {
     }
 }
 
+/// Stages sent to one peer, counted by its twin server.
+type Counter = Arc<std::sync::atomic::AtomicU64>;
+
+/// A frontend routing [`hedge_table`] over a simulated hub (inside a runtime): `first`
+/// answers every stage after `first_after` (`None`: never, a silent peer), `second` after
+/// 5 ms; with the stages each was sent.
+fn hedge_front(first_after: Option<Duration>) -> (Arc<DataPlane<SimTransport>>, Counter, Counter) {
+    let hub = SimHub::start(3, LinkConfig { min_delay_us: 100, max_delay_us: 200, drop: 0.0 });
+    let (a, b) = (Counter::default(), Counter::default());
+    hub.attach("first", stage_server(first_after, a.clone(), "first"));
+    hub.attach("second", stage_server(Some(Duration::from_millis(5)), b.clone(), "second"));
+    let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
+    local.set_routes(hedge_table());
+    (DataPlane::new("front", local, SimTransport::new(hub.clone(), "front")), a, b)
+}
+
 /// A peer that is slow but healthy (450 ms for a stage its plan gives 400 ms) is not cut at
 /// half the budget: it answers, and no copy is sent (the old rule timed it out at 350 ms,
 /// threw its work away, marked it suspect and sent a copy with half the budget). A silent
@@ -575,24 +591,14 @@ fn hedge_table() -> RoutingTable {
 /// own budget runs out the peer is suspect, so the next request goes straight to the other.
 #[tokio::test(start_paused = true)]
 async fn stages_are_hedged_when_a_healthy_instance_would_have_answered_not_at_half() {
-    let run = |first_after: Option<Duration>| async move {
-        let hub = SimHub::start(3, LinkConfig { min_delay_us: 100, max_delay_us: 200, drop: 0.0 });
-        let (a, b) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
-        hub.attach("first", stage_server(first_after, a.clone(), "first"));
-        hub.attach("second", stage_server(Some(Duration::from_millis(5)), b.clone(), "second"));
-        let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
-        local.set_routes(hedge_table());
-        let front = DataPlane::new("front", local, SimTransport::new(hub.clone(), "front"));
-        (front, a, b)
-    };
     let load = |c: &Arc<std::sync::atomic::AtomicU64>| c.load(std::sync::atomic::Ordering::SeqCst);
 
-    let (front, first, second) = run(Some(Duration::from_millis(450))).await;
+    let (front, first, second) = hedge_front(Some(Duration::from_millis(450)));
     let r = front.infer("solo", request(), None).await.expect("the slow peer answers");
     assert_eq!(r.model_name, "solo");
     assert_eq!((load(&first), load(&second)), (1, 0), "no copy of a stage that is only slow");
 
-    let (front, first, second) = run(None).await;
+    let (front, first, second) = hedge_front(None);
     let t = tokio::time::Instant::now();
     front.infer("solo", request(), None).await.expect("the copy answers for the silent peer");
     let took = t.elapsed();
@@ -611,13 +617,7 @@ async fn stages_are_hedged_when_a_healthy_instance_would_have_answered_not_at_ha
 /// peer again and answered only by its copy, 500 ms later.
 #[tokio::test(start_paused = true)]
 async fn a_peer_silent_through_two_hedges_is_avoided_before_its_attempts_time_out() {
-    let hub = SimHub::start(3, LinkConfig { min_delay_us: 100, max_delay_us: 200, drop: 0.0 });
-    let (a, b) = (Arc::new(std::sync::atomic::AtomicU64::new(0)), Arc::new(std::sync::atomic::AtomicU64::new(0)));
-    hub.attach("first", stage_server(None, a.clone(), "first"));
-    hub.attach("second", stage_server(Some(Duration::from_millis(5)), b.clone(), "second"));
-    let local = LocalPlane::new(PlaneConfig::default(), Arc::new(InProcessLauncher(ExecutorKind::Noop)));
-    local.set_routes(hedge_table());
-    let front = DataPlane::new("front", local, SimTransport::new(hub.clone(), "front"));
+    let (front, a, b) = hedge_front(None);
     let load = |c: &Arc<std::sync::atomic::AtomicU64>| c.load(std::sync::atomic::Ordering::SeqCst);
     let t = tokio::time::Instant::now();
     let two = tokio::join!(front.infer("solo", request(), None), front.infer("solo", request(), None));
