@@ -922,7 +922,7 @@ impl<T: Transport> DataPlane<T> {
         self.born.elapsed().as_micros() as u64
     }
 
-    /// Peers this frontend avoids now (suspect), for status and tests.
+    /// Peers this frontend avoids now (suspect); tests and diagnostics read it.
     pub fn suspect_peers(&self) -> Vec<String> {
         lock(&self.health).suspects(self.now_us()).into_iter().map(str::to_string).collect()
     }
