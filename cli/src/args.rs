@@ -416,6 +416,10 @@ pub struct PlannerBenchArgs {
     /// Print JSON (every case and the summary) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// With --random: write every MILP the planner hands the solver to DIR as JSON
+    /// (`NNNNN.json`: the model and the solve options), to study a slow case offline.
+    #[arg(long, value_name = "DIR")]
+    pub dump_milp: Option<PathBuf>,
 }
 
 /// `jigsaw ca ...`.

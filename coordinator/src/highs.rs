@@ -65,8 +65,21 @@ impl Solver for HighsSolver {
             S::ModelEmpty => Status::Optimal,
             other => return Err(SolverError::Backend(format!("HiGHS model status {other:?}"))),
         };
-        if matches!(status, Status::Infeasible | Status::TimeLimitNoSolution) {
+        if status == Status::Infeasible {
             return Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound: f64::NAN });
+        }
+        if status == Status::TimeLimitNoSolution {
+            // No solution, but the search may have proved a bound on the optimum.
+            let bound = if opts.relax {
+                f64::NAN
+            } else {
+                solved
+                    .double_info_value(c"mip_dual_bound")
+                    .ok()
+                    .filter(|b| b.is_finite())
+                    .map_or(f64::NAN, |b| b + milp.offset)
+            };
+            return Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound });
         }
         let x = solved.get_solution().columns().to_vec();
         let objective = milp.objective(&x);

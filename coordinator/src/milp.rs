@@ -6,7 +6,7 @@
 //! model can be inspected, tested and solved by another backend.
 
 /// One column.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Column {
     /// Objective coefficient.
     pub cost: f64,
@@ -19,7 +19,7 @@ pub struct Column {
 }
 
 /// One row `lb ≤ Σ coef·x ≤ ub`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Row {
     /// Lower bound (may be `-inf`).
     pub lb: f64,
@@ -29,8 +29,9 @@ pub struct Row {
     pub coefs: Vec<(usize, f64)>,
 }
 
-/// A mixed-integer linear program.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A mixed-integer linear program (serialised by `jigsaw bench planner --dump-milp`;
+/// infinite bounds become `null`).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Milp {
     /// Maximise (true) or minimise.
     pub maximize: bool,
@@ -95,7 +96,8 @@ pub struct Solution {
     pub x: Vec<f64>,
     /// Objective value.
     pub objective: f64,
-    /// Best proven bound on the objective.
+    /// Best proven bound on the objective (also after a time limit without a solution,
+    /// when the search proved one; `NaN` when none is known).
     pub bound: f64,
 }
 
@@ -116,7 +118,7 @@ pub enum SolverError {
 }
 
 /// Options of one solve.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SolveOptions {
     /// Solve the LP relaxation only.
     pub relax: bool,

@@ -789,6 +789,8 @@ fn min_slices(f: &[f64], need: f64) -> usize {
 /// * Fixed demand: the row `Σ_{j∈t} s_j·M_j ≥ S_t(R)` per task.
 /// * Maximum demand: `R` is at most the largest `R` with `Σ_t S_t(R) ≤` the slice cost of
 ///   the GPUs (the costliest layout class per GPU); that is the `R` column's upper bound.
+///   The same holds with any other weight per profile in place of the slice cost; the
+///   bound is the least over slice cost, compute slices and memory slices.
 fn add_slice_bounds(
     m: &mut Milp,
     prep: &Prepared<'_>,
@@ -797,35 +799,24 @@ fn add_slice_bounds(
     r_col: Option<usize>,
 ) {
     let spec = prep.spec;
-    let per_gpu = prep
-        .classes
-        .iter()
-        .map(|c| {
-            c.counts
-                .iter()
-                .enumerate()
-                .map(|(p, &n)| usize::from(n) * usize::from(spec.profiles[p].slice_cost()))
-                .sum::<usize>()
-        })
-        .max()
-        .unwrap_or(0);
-    let max = per_gpu * prep.pb.gpus;
     let nt = prep.pb.app.tasks.len();
     let task_cols = |t: usize| -> Vec<(usize, usize, Point)> {
         m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).copied().collect()
     };
     let cost = |oi: usize| usize::from(spec.profiles[prep.opts[oi].p].slice_cost());
-    let caps: Vec<Vec<f64>> = (0..nt)
-        .map(|t| capacity_by_slices(&task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(), max))
-        .collect();
     match (goal, r_col) {
         (Goal::MinCost { demand }, _) => {
-            for (t, cap) in caps.iter().enumerate() {
+            let max = weighted_capacity(prep, &|p| usize::from(spec.profiles[p].slice_cost()));
+            for t in 0..nt {
                 let need = prep.rho_min[t] * demand;
                 if need <= 0.0 {
                     continue;
                 }
-                let s_t = min_slices(cap, need);
+                let cap = capacity_by_slices(
+                    &task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(),
+                    max,
+                );
+                let s_t = min_slices(&cap, need);
                 if s_t == 0 {
                     continue;
                 }
@@ -834,24 +825,69 @@ fn add_slice_bounds(
             }
         }
         (Goal::MaxDemand, Some(r)) => {
-            // Σ_t S_t(R) is non-decreasing in R: the largest feasible R is the largest
-            // candidate f_t(S)/ρ_t that fits, found by bisection over the sorted candidates.
+            // The bound holds for any weighting of the profiles, with the GPUs' capacity
+            // the heaviest layout class under it; each weighting sees a different way the
+            // layouts bind, so the smallest bound of three is kept: slice cost, compute
+            // slices, and memory slices (the width of a placement: it sees that large
+            // instances fill a GPU).
+            let weightings: [&dyn Fn(usize) -> usize; 3] = [
+                &|p| usize::from(spec.profiles[p].slice_cost()),
+                &|p| usize::from(spec.profiles[p].compute_slices),
+                &|p| usize::from(spec.profiles[p].mem_slices),
+            ];
             let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
-            let fits = |r: f64| tasks.iter().map(|&t| min_slices(&caps[t], prep.rho_min[t] * r)).sum::<usize>() <= max;
-            let mut cand: Vec<f64> =
-                tasks.iter().flat_map(|&t| caps[t].iter().map(move |&c| c / prep.rho_min[t])).collect();
-            cand.sort_by(f64::total_cmp);
-            cand.dedup();
-            // cand[0] = 0 always fits. No candidate lies strictly between cand[k-1] and
-            // cand[k], so an R in that interval needs the slices of cand[k] (or of none
-            // when k is past the end), which do not fit: R ≤ cand[k-1].
-            let k = cand.partition_point(|&r| fits(r));
-            if !tasks.is_empty() && k > 0 {
-                m.cols[r].ub = m.cols[r].ub.min(cand[k - 1] * (1.0 + 1e-6) + 1e-6);
+            if tasks.is_empty() {
+                return;
+            }
+            let mut ub = f64::INFINITY;
+            for w in weightings {
+                let max = weighted_capacity(prep, w);
+                let caps: Vec<Vec<f64>> = (0..nt)
+                    .map(|t| {
+                        let cols: Vec<(usize, f64)> =
+                            task_cols(t).iter().map(|&(_, oi, pt)| (w(prep.opts[oi].p), pt.h)).collect();
+                        capacity_by_slices(&cols, max)
+                    })
+                    .collect();
+                if let Some(r) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
+                    ub = ub.min(r);
+                }
+            }
+            if ub.is_finite() {
+                m.cols[r].ub = m.cols[r].ub.min(ub * (1.0 + 1e-6) + 1e-6);
             }
         }
         (Goal::MaxDemand, None) => {}
     }
+}
+
+/// The GPUs' capacity under a profile weighting `w`: the heaviest layout class, times GPUs.
+fn weighted_capacity(prep: &Prepared<'_>, w: &dyn Fn(usize) -> usize) -> usize {
+    let per_gpu = prep
+        .classes
+        .iter()
+        .map(|c| c.counts.iter().enumerate().map(|(p, &n)| usize::from(n) * w(p)).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    per_gpu * prep.pb.gpus
+}
+
+/// The largest root demand `R` with `Σ_t S_t(R) ≤ max`, where `S_t(R)` is the least weight
+/// whose capacity `caps[t]` reaches `ρ_t·R`; `None` when not even `R = 0` is bounded
+/// (no task has positive demand).
+///
+/// `Σ_t S_t(R)` is non-decreasing in `R`: the largest feasible `R` is the largest candidate
+/// `f_t(S)/ρ_t` that fits, found by bisection over the sorted candidates.
+fn demand_bound(tasks: &[usize], caps: &[Vec<f64>], rho: &[f64], max: usize) -> Option<f64> {
+    let fits = |r: f64| tasks.iter().map(|&t| min_slices(&caps[t], rho[t] * r)).sum::<usize>() <= max;
+    let mut cand: Vec<f64> = tasks.iter().flat_map(|&t| caps[t].iter().map(move |&c| c / rho[t])).collect();
+    cand.sort_by(f64::total_cmp);
+    cand.dedup();
+    // cand[0] = 0 always fits. No candidate lies strictly between cand[k-1] and cand[k], so
+    // an R in that interval needs the weight of cand[k] (or of none when k is past the
+    // end), which does not fit: R ≤ cand[k-1].
+    let k = cand.partition_point(|&r| fits(r));
+    (!tasks.is_empty() && k > 0).then(|| cand[k - 1])
 }
 
 /// How an app's root demand enters its demand and accuracy rows.
@@ -1079,20 +1115,15 @@ pub fn plan(
             bound = bound.max(*lp_bound);
             continue;
         }
-        // At fixed demand, a split only matters if it beats the incumbent by more than the
-        // gap: ask for that as a row (objective ≥ cutoff), so the solver can stop as soon
-        // as it proves the split cannot. Infeasible under the cutoff = the split's optimum
-        // is below it. (Not when maximising demand: there the first split usually decides
-        // and the plain model is kept.)
+        // A split only matters if it beats the incumbent by more than the gap: ask for that
+        // as a row (objective ≥ cutoff), so the solver can stop as soon as it proves the
+        // split cannot. Infeasible under the cutoff = the split's optimum is below it.
         // The margin is the same as for pruning by LP bound (the relative gap or the
         // absolute one, whichever is larger): a split that cannot beat the incumbent by more
-        // than the gap the solver is asked to close anyway does not matter.
-        let cutoff = match (goal, &best) {
-            (Goal::MinCost { .. }, Some((obj, _, _))) => {
-                Some(obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap))
-            }
-            _ => None,
-        };
+        // than the gap the solver is asked to close anyway does not matter. It is a row, not
+        // a solver option (an option's sense is easy to misread for a maximisation, and a
+        // solution that meets the row meets the model).
+        let cutoff = best.as_ref().map(|(obj, _, _)| obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap));
         let cut_milp;
         let milp = match cutoff {
             Some(c) => {
@@ -1127,7 +1158,13 @@ pub fn plan(
             }
             Status::TimeLimitNoSolution => {
                 timed_out = true;
-                bound = bound.max(*lp_bound);
+                // The split's optimum is at most what its search proved (under a cutoff
+                // row: at most the cutoff, or the proved bound if that is higher).
+                let proved = if sol.bound.is_finite() { sol.bound.min(*lp_bound) } else { *lp_bound };
+                bound = bound.max(match cutoff {
+                    Some(c) => proved.max(c),
+                    None => proved,
+                });
             }
             Status::Infeasible => {}
         }
@@ -1533,7 +1570,7 @@ pub(crate) fn summarize(
 
 #[cfg(test)]
 mod tests {
-    use super::{capacity_by_slices, min_slices};
+    use super::{capacity_by_slices, demand_bound, min_slices};
 
     #[test]
     fn whole_instances_need_more_slices_than_the_lp() {
@@ -1546,5 +1583,21 @@ mod tests {
         assert_eq!(min_slices(&f, 0.0), 0);
         // Not coverable within the slices: one past the end.
         assert_eq!(min_slices(&f, 76.0), f.len());
+    }
+
+    #[test]
+    fn the_demand_bound_counts_whole_instances_of_every_task() {
+        // Task 0: 10 req/s per weight unit; task 1: 5 req/s per unit and twice the demand
+        // multiplier. 6 units in all.
+        let caps = vec![capacity_by_slices(&[(1, 10.0)], 6), capacity_by_slices(&[(1, 5.0)], 6)];
+        // R = 12: task 0 needs 2 units (12 req/s), task 1 needs 24 req/s = 5 units: 7 > 6.
+        // R = 10: 1 + 4 = 5 units; the next candidate, R = 12.5 (task 1 at 5 units), needs
+        // 2 + 5 = 7. The LP would allow R = 6 / (1/10 + 2/5) = 12.
+        let r = demand_bound(&[0, 1], &caps, &[1.0, 2.0], 6).expect("bounded");
+        assert!((r - 10.0).abs() < 1e-9, "{r}");
+        // No task with demand: no bound.
+        assert_eq!(demand_bound(&[], &caps, &[1.0, 2.0], 6), None);
+        // A budget that covers nothing keeps R at 0.
+        assert_eq!(demand_bound(&[0, 1], &caps, &[1.0, 2.0], 1), Some(0.0));
     }
 }

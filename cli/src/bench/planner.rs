@@ -11,11 +11,13 @@ use crate::planning::planner_config;
 use anyhow::{bail, Context, Result};
 use jigsaw_agent::node::WallClock;
 use jigsaw_coordinator::evaluate::evaluate;
+use jigsaw_coordinator::milp::{Milp, Solution, SolveOptions, Solver, SolverError};
 use jigsaw_coordinator::planner::{Goal, PlanError, Problem};
 use jigsaw_coordinator::{randapp, SearchSpace};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// One planner run.
@@ -99,6 +101,30 @@ fn summarise(gpus: usize, goal: &str, cases: &[&Case]) -> Summary {
     }
 }
 
+/// A solver that writes every model it is asked to solve to `dir` (`--dump-milp`), then
+/// hands it on.
+struct Dumping<'a> {
+    inner: &'a dyn Solver,
+    dir: PathBuf,
+    n: AtomicUsize,
+}
+
+impl Solver for Dumping<'_> {
+    fn solve(&self, milp: &Milp, opts: SolveOptions) -> Result<Solution, SolverError> {
+        #[derive(Serialize)]
+        struct Dump<'m> {
+            options: SolveOptions,
+            milp: &'m Milp,
+        }
+        let path = self.dir.join(format!("{:05}.json", self.n.fetch_add(1, Ordering::SeqCst)));
+        let text = serde_json::to_string(&Dump { options: opts, milp })
+            .map_err(|e| SolverError::Backend(format!("--dump-milp: {e}")))?;
+        std::fs::write(&path, text)
+            .map_err(|e| SolverError::Backend(format!("--dump-milp: writing {}: {e}", path.display())))?;
+        self.inner.solve(milp, opts)
+    }
+}
+
 /// `jigsaw bench planner --random N`.
 pub fn cmd_bench_random(a: &PlannerBenchArgs, config: Option<&Path>) -> Result<String> {
     let n = a.random.context("--random N is required")?;
@@ -106,7 +132,16 @@ pub fn cmd_bench_random(a: &PlannerBenchArgs, config: Option<&Path>) -> Result<S
         let app = randapp::generate(randapp::app_seed(a.seed, i), a.gpu);
         return Ok(toml::to_string(&app)?);
     }
-    let (mut cfg, solver) = planner_config(config)?;
+    let (mut cfg, highs) = planner_config(config)?;
+    let dumping;
+    let solver: &dyn Solver = match &a.dump_milp {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("--dump-milp: creating {}", dir.display()))?;
+            dumping = Dumping { inner: &highs, dir: dir.clone(), n: AtomicUsize::new(0) };
+            &dumping
+        }
+        None => &highs,
+    };
     if let Some(t) = a.time_limit {
         if !(t.is_finite() && t > 0.0) {
             bail!("--time-limit must be a positive number of seconds, got {t}");
@@ -130,7 +165,7 @@ pub fn cmd_bench_random(a: &PlannerBenchArgs, config: Option<&Path>) -> Result<S
             let run = |goal: Goal, label: String| -> Case {
                 let clock = WallClock::new();
                 let start = Instant::now();
-                let res = jigsaw_coordinator::plan(pb, goal, &cfg, &solver, &clock);
+                let res = jigsaw_coordinator::plan(pb, goal, &cfg, solver, &clock);
                 let ms = start.elapsed().as_secs_f64() * 1e3;
                 let base = Case {
                     app: *i,
