@@ -418,7 +418,7 @@ pub struct PlannerBenchArgs {
     pub json: bool,
     /// With --random: write every MILP the planner hands the solver to DIR as JSON
     /// (`NNNNN.json`: the model and the solve options), to study a slow case offline.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "random")]
     pub dump_milp: Option<PathBuf>,
 }
 

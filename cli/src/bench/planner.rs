@@ -295,7 +295,39 @@ pub fn cmd_bench_random(a: &PlannerBenchArgs, config: Option<&Path>) -> Result<S
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, Dumping};
+    use jigsaw_coordinator::milp::{Milp, SolveOptions, Solver, Status};
+    use jigsaw_coordinator::HighsSolver;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn dumped_models_read_back_and_the_solve_goes_on() {
+        let dir = std::env::temp_dir().join(format!("jigsaw-dump-milp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // max x + y, x + 2y <= 4, x <= 3 integer, y unbounded above.
+        let mut m = Milp { maximize: true, ..Milp::default() };
+        let x = m.col(1.0, 0.0, 3.0, true);
+        let y = m.col(1.0, 0.0, f64::INFINITY, false);
+        m.row(f64::NEG_INFINITY, 4.0, vec![(x, 1.0), (y, 2.0)]);
+        let highs = HighsSolver::default();
+        let dumping = Dumping { inner: &highs, dir: dir.clone(), n: AtomicUsize::new(0) };
+        let opts = SolveOptions { relax: false, time_limit_s: 5.0, mip_rel_gap: 1e-6, mip_abs_gap: 0.0 };
+        let sol = dumping.solve(&m, opts).unwrap();
+        assert_eq!(sol.status, Status::Optimal);
+        assert!((sol.objective - 3.5).abs() < 1e-6, "{}", sol.objective);
+        dumping.solve(&m, SolveOptions { relax: true, ..opts }).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("00000.json")).unwrap()).unwrap();
+        assert_eq!(first["options"]["relax"], false);
+        assert_eq!(first["milp"]["cols"][0]["ub"], 3.0);
+        assert!(first["milp"]["cols"][1]["ub"].is_null(), "infinite bounds are written as null");
+        assert!(first["milp"]["rows"][0]["lb"].is_null());
+        assert_eq!(first["milp"]["rows"][0]["coefs"][1][1], 2.0);
+        let second: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("00001.json")).unwrap()).unwrap();
+        assert_eq!(second["options"]["relax"], true);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
