@@ -789,8 +789,6 @@ fn min_slices(f: &[f64], need: f64) -> usize {
 /// * Fixed demand: the row `Σ_{j∈t} s_j·M_j ≥ S_t(R)` per task.
 /// * Maximum demand: `R` is at most the largest `R` with `Σ_t S_t(R) ≤` the slice cost of
 ///   the GPUs (the costliest layout class per GPU); that is the `R` column's upper bound.
-///   The same holds with any other weight per profile in place of the slice cost; the
-///   bound is the least over slice cost, compute slices and memory slices.
 fn add_slice_bounds(
     m: &mut Milp,
     prep: &Prepared<'_>,
@@ -825,35 +823,17 @@ fn add_slice_bounds(
             }
         }
         (Goal::MaxDemand, Some(r)) => {
-            // The bound holds for any weighting of the profiles, with the GPUs' capacity
-            // the heaviest layout class under it; each weighting sees a different way the
-            // layouts bind, so the smallest bound of three is kept: slice cost, compute
-            // slices, and memory slices (the width of a placement: it sees that large
-            // instances fill a GPU).
-            let weightings: [&dyn Fn(usize) -> usize; 3] = [
-                &|p| usize::from(spec.profiles[p].slice_cost()),
-                &|p| usize::from(spec.profiles[p].compute_slices),
-                &|p| usize::from(spec.profiles[p].mem_slices),
-            ];
             let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
-            if tasks.is_empty() {
-                return;
-            }
-            let mut ub = f64::INFINITY;
-            for w in weightings {
-                let max = weighted_capacity(prep, w);
-                let caps: Vec<Vec<f64>> = (0..nt)
-                    .map(|t| {
-                        let cols: Vec<(usize, f64)> =
-                            task_cols(t).iter().map(|&(_, oi, pt)| (w(prep.opts[oi].p), pt.h)).collect();
-                        capacity_by_slices(&cols, max)
-                    })
-                    .collect();
-                if let Some(r) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
-                    ub = ub.min(r);
-                }
-            }
-            if ub.is_finite() {
+            let max = weighted_capacity(prep, &|p| usize::from(spec.profiles[p].slice_cost()));
+            let caps: Vec<Vec<f64>> = (0..nt)
+                .map(|t| {
+                    capacity_by_slices(
+                        &task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(),
+                        max,
+                    )
+                })
+                .collect();
+            if let Some(ub) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
                 m.cols[r].ub = m.cols[r].ub.min(ub * (1.0 + 1e-6) + 1e-6);
             }
         }
@@ -861,7 +841,8 @@ fn add_slice_bounds(
     }
 }
 
-/// The GPUs' capacity under a profile weighting `w`: the heaviest layout class, times GPUs.
+/// The GPUs' capacity under a weight per profile `w` (the slice cost): the heaviest layout
+/// class, times GPUs.
 fn weighted_capacity(prep: &Prepared<'_>, w: &dyn Fn(usize) -> usize) -> usize {
     let per_gpu = prep
         .classes
