@@ -802,19 +802,18 @@ fn add_slice_bounds(
         m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).copied().collect()
     };
     let cost = |oi: usize| usize::from(spec.profiles[prep.opts[oi].p].slice_cost());
+    let max = slice_capacity(prep);
+    let caps: Vec<Vec<f64>> = (0..nt)
+        .map(|t| capacity_by_slices(&task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(), max))
+        .collect();
     match (goal, r_col) {
         (Goal::MinCost { demand }, _) => {
-            let max = weighted_capacity(prep, &|p| usize::from(spec.profiles[p].slice_cost()));
-            for t in 0..nt {
+            for (t, cap) in caps.iter().enumerate() {
                 let need = prep.rho_min[t] * demand;
                 if need <= 0.0 {
                     continue;
                 }
-                let cap = capacity_by_slices(
-                    &task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(),
-                    max,
-                );
-                let s_t = min_slices(&cap, need);
+                let s_t = min_slices(cap, need);
                 if s_t == 0 {
                     continue;
                 }
@@ -824,15 +823,6 @@ fn add_slice_bounds(
         }
         (Goal::MaxDemand, Some(r)) => {
             let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
-            let max = weighted_capacity(prep, &|p| usize::from(spec.profiles[p].slice_cost()));
-            let caps: Vec<Vec<f64>> = (0..nt)
-                .map(|t| {
-                    capacity_by_slices(
-                        &task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(),
-                        max,
-                    )
-                })
-                .collect();
             if let Some(ub) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
                 m.cols[r].ub = m.cols[r].ub.min(ub * (1.0 + 1e-6) + 1e-6);
             }
@@ -841,21 +831,27 @@ fn add_slice_bounds(
     }
 }
 
-/// The GPUs' capacity under a weight per profile `w` (the slice cost): the heaviest layout
-/// class, times GPUs.
-fn weighted_capacity(prep: &Prepared<'_>, w: &dyn Fn(usize) -> usize) -> usize {
+/// The GPUs' slice cost: the costliest layout class per GPU, times GPUs.
+fn slice_capacity(prep: &Prepared<'_>) -> usize {
+    let spec = prep.spec;
     let per_gpu = prep
         .classes
         .iter()
-        .map(|c| c.counts.iter().enumerate().map(|(p, &n)| usize::from(n) * w(p)).sum::<usize>())
+        .map(|c| {
+            c.counts
+                .iter()
+                .enumerate()
+                .map(|(p, &n)| usize::from(n) * usize::from(spec.profiles[p].slice_cost()))
+                .sum::<usize>()
+        })
         .max()
         .unwrap_or(0);
     per_gpu * prep.pb.gpus
 }
 
-/// The largest root demand `R` with `Σ_t S_t(R) ≤ max`, where `S_t(R)` is the least weight
-/// whose capacity `caps[t]` reaches `ρ_t·R`; `None` when not even `R = 0` is bounded
-/// (no task has positive demand).
+/// The largest root demand `R` with `Σ_t S_t(R) ≤ max`, where `S_t(R)` is the fewest slices
+/// whose capacity `caps[t]` reaches `ρ_t·R`; `None` when `tasks` (those with positive
+/// demand) is empty.
 ///
 /// `Σ_t S_t(R)` is non-decreasing in `R`: the largest feasible `R` is the largest candidate
 /// `f_t(S)/ρ_t` that fits, found by bisection over the sorted candidates.
@@ -865,8 +861,8 @@ fn demand_bound(tasks: &[usize], caps: &[Vec<f64>], rho: &[f64], max: usize) -> 
     cand.sort_by(f64::total_cmp);
     cand.dedup();
     // cand[0] = 0 always fits. No candidate lies strictly between cand[k-1] and cand[k], so
-    // an R in that interval needs the weight of cand[k] (or of none when k is past the
-    // end), which does not fit: R ≤ cand[k-1].
+    // an R in that interval needs the slices of cand[k] (or of none when k is past the
+    // end), which do not fit: R ≤ cand[k-1].
     let k = cand.partition_point(|&r| fits(r));
     (!tasks.is_empty() && k > 0).then(|| cand[k - 1])
 }
@@ -1078,13 +1074,16 @@ pub fn plan(
         Goal::MinCost { .. } => cfg.abs_gap_slices * beta_of(cfg, pb.gpus),
         Goal::MaxDemand => 0.0,
     };
+    // What a split must beat the incumbent `obj` by to matter: the relative gap or the
+    // absolute one, whichever is larger (pruning by LP bound and the cutoff row use it).
+    let must_beat = |obj: f64| obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap);
     let mut best: Option<(f64, usize, Vec<f64>)> = None; // (objective, bounded index, x)
     let mut bound = f64::NEG_INFINITY;
     let (mut solved, mut pruned) = (0usize, 0usize);
     let mut timed_out = false;
     for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
         if let Some((obj, _, _)) = &best {
-            if *lp_bound <= obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap) {
+            if *lp_bound <= must_beat(*obj) {
                 pruned += 1;
                 bound = bound.max(*lp_bound);
                 continue;
@@ -1099,12 +1098,11 @@ pub fn plan(
         // A split only matters if it beats the incumbent by more than the gap: ask for that
         // as a row (objective ≥ cutoff), so the solver can stop as soon as it proves the
         // split cannot. Infeasible under the cutoff = the split's optimum is below it.
-        // The margin is the same as for pruning by LP bound (the relative gap or the
-        // absolute one, whichever is larger): a split that cannot beat the incumbent by more
-        // than the gap the solver is asked to close anyway does not matter. It is a row, not
+        // The margin is `must_beat`'s: a split that cannot beat the incumbent by more than
+        // the gap the solver is asked to close anyway does not matter. It is a row, not
         // a solver option (an option's sense is easy to misread for a maximisation, and a
         // solution that meets the row meets the model).
-        let cutoff = best.as_ref().map(|(obj, _, _)| obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap));
+        let cutoff = best.as_ref().map(|(obj, _, _)| must_beat(*obj));
         let cut_milp;
         let milp = match cutoff {
             Some(c) => {

@@ -346,9 +346,8 @@ pub fn cmd_bench_random(a: &PlannerBenchArgs, config: Option<&Path>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::{cost_gap, percentile, Dumping, SolveStats};
-    use jigsaw_coordinator::planner::Goal;
-
     use jigsaw_coordinator::milp::{Milp, SolveOptions, Solver, Status};
+    use jigsaw_coordinator::planner::Goal;
     use jigsaw_coordinator::HighsSolver;
     use std::sync::atomic::AtomicUsize;
 
