@@ -278,6 +278,7 @@ impl GpuState {
                         p95_ms: 0.0,
                         throughput_rps: 0.0,
                         app: String::new(),
+                        load_rps: 0.0,
                     },
                 )
             })

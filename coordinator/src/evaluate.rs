@@ -8,9 +8,13 @@
 //! * placement per GPU is legal (start lists, disjoint memory slices, caps), GPU indices are
 //!   distinct and below the GPUs available;
 //! * Eq. 2–3: `L̂(t)` = slowest active instance; every path `Σ 2·L̂(t) ≤ SLO`;
-//! * Eq. 4–6: `F̂(t,t')` = capacity-weighted mean fan-out, `R̂(t) = Σ R̂(t')·F̂(t',t)`,
-//!   capacity `Σ M·H ≥ R̂(t)` for every task;
-//! * Eq. 10–13: `Â(t)` = capacity-weighted accuracy, `A_p = Π Â(t)`,
+//! * routing: a task's items are split over its instances in proportion to their
+//!   `load_rps` (the routing table's weights), or to throughput when none of the task's
+//!   instances carries a load (the paper's capacity weighting);
+//! * Eq. 4–6: `F̂(t,t')` = routing-weighted mean fan-out, `R̂(t) = Σ R̂(t')·F̂(t',t)`,
+//!   capacity `Σ M·H ≥ R̂(t)` for every task, and every instance's share of `R̂(t)` within
+//!   its throughput; the loads of a task routed by load add up to `R̂(t)`;
+//! * Eq. 10–13: `Â(t)` = routing-weighted accuracy, `A_p = Π Â(t)`,
 //!   `A_obj = Σ f_p A_p / A_max ≥ SLO_a`;
 //! * the plan's own summary figures (slices, GPUs used, accuracy) match the recomputation.
 
@@ -47,12 +51,18 @@ impl Report {
 /// Relative tolerance for floating-point comparisons.
 pub const TOL: f64 = 1e-6;
 
+/// Step of the planned loads (`InstancePlan::load_rps`), items/s: per instance, sums of
+/// them may be off by this much.
+pub const LOAD_STEP: f64 = 1e-3;
+
 /// Evaluate `plan` for `app` against `profiles`.
 pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
     let mut bad = Vec::new();
     let spec = plan.gpu_model.spec();
     let nt = app.tasks.len();
     let mut cap_v: Vec<Vec<f64>> = app.tasks.iter().map(|t| vec![0.0; t.variants.len()]).collect();
+    // Per task, its instances as (variant, throughput, planned load, where).
+    let mut insts: Vec<Vec<(usize, f64, f64, String)>> = vec![Vec::new(); nt];
     let mut lhat = vec![0.0f64; nt];
     let mut slices = 0u32;
     let mut seen_gpu = BTreeSet::new();
@@ -107,6 +117,12 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
                         ));
                     }
                     cap_v[t][v] += r.throughput_rps;
+                    let load = if i.load_rps.is_finite() { i.load_rps } else { -1.0 };
+                    if load < 0.0 {
+                        bad.push(format!("gpu {}: {}/{} has load {} items/s", g.gpu, i.task, i.variant, i.load_rps));
+                    }
+                    let at = format!("gpu {} slot {} ({}/{})", g.gpu, i.start, i.task, i.variant);
+                    insts[t].push((v, r.throughput_rps, load.max(0.0), at));
                     lhat[t] = lhat[t].max(r.p95_ms);
                 }
             }
@@ -127,6 +143,16 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
         }
         path_latency_ms.push(l);
     }
+    // Routing weights: the planned loads where a task has any, else throughput.
+    let by_load: Vec<bool> = insts.iter().map(|is| is.iter().any(|x| x.2 > 0.0)).collect();
+    let weight = |t: usize, x: &(usize, f64, f64, String)| if by_load[t] { x.2 } else { x.1 };
+    let mut w_v: Vec<Vec<f64>> = app.tasks.iter().map(|t| vec![0.0; t.variants.len()]).collect();
+    for (t, is) in insts.iter().enumerate() {
+        for x in is {
+            w_v[t][x.0] += weight(t, x);
+        }
+    }
+    let wsum: Vec<f64> = w_v.iter().map(|v| v.iter().sum()).collect();
     // Demand propagation in topological order (Kahn's algorithm, independent of the planner).
     let capacity: Vec<f64> = cap_v.iter().map(|v| v.iter().sum()).collect();
     let mut indeg: Vec<usize> = (0..nt).map(|t| app.parents(t).len()).collect();
@@ -137,8 +163,8 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
     }
     while let Some(t) = ready.pop() {
         for c in app.children(t) {
-            let fhat = if capacity[t] > 0.0 {
-                cap_v[t].iter().enumerate().map(|(v, c_v)| c_v * app.fanout(t, v, c)).sum::<f64>() / capacity[t]
+            let fhat = if wsum[t] > 0.0 {
+                w_v[t].iter().enumerate().map(|(v, w)| w * app.fanout(t, v, c)).sum::<f64>() / wsum[t]
             } else {
                 app.fanout(t, app.best_variant(t), c)
             };
@@ -156,14 +182,29 @@ pub fn evaluate(plan: &Plan, app: &AppSpec, profiles: &ProfileTable) -> Report {
                 app.tasks[t].name, capacity[t], demand[t]
             ));
         }
+        // Plans state loads to 0.001 items/s.
+        let slack = LOAD_STEP * insts[t].len() as f64;
+        for x in &insts[t] {
+            let share = if wsum[t] > 0.0 { demand[t] * weight(t, x) / wsum[t] } else { 0.0 };
+            if share > x.1 * (1.0 + TOL) + slack {
+                bad.push(format!("{}: routed {share:.3} > throughput {:.3} items/s", x.3, x.1));
+            }
+        }
+        let planned: f64 = insts[t].iter().map(|x| x.2).sum();
+        if by_load[t] && (planned - demand[t]).abs() > TOL * demand[t] + slack {
+            bad.push(format!(
+                "task {}: planned loads add up to {planned:.3}, not its demand {:.3} items/s",
+                app.tasks[t].name, demand[t]
+            ));
+        }
     }
     // Accuracy.
     let amax: Vec<f64> =
         (0..nt).map(|t| app.tasks[t].variants.iter().map(|v| v.accuracy).fold(0.0, f64::max)).collect();
     let ahat: Vec<f64> = (0..nt)
         .map(|t| {
-            if capacity[t] > 0.0 {
-                cap_v[t].iter().zip(&app.tasks[t].variants).map(|(c, v)| c * v.accuracy).sum::<f64>() / capacity[t]
+            if wsum[t] > 0.0 {
+                w_v[t].iter().zip(&app.tasks[t].variants).map(|(w, v)| w * v.accuracy).sum::<f64>() / wsum[t]
             } else {
                 0.0
             }

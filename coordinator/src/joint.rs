@@ -30,8 +30,8 @@
 
 use crate::milp::{Milp, SolveOptions, Solver, Status};
 use crate::planner::{
-    add_app_rows, add_placement_rows, fill_layouts, plan, prepare, summarize, Clock, Goal, PlanError, PlannerConfig,
-    Prepared, Problem, Root, Split,
+    add_app_rows, add_placement_rows, fill_layouts, plan, prepare, summarize, AppCols, Clock, Goal, PlanError,
+    PlannerConfig, Prepared, Problem, Root, Split,
 };
 use crate::spaces::SearchSpace;
 use jigsaw_protocol::app::AppSpec;
@@ -125,7 +125,7 @@ pub struct JointOutcome {
 struct Member {
     /// Index into the planned members.
     idx: usize,
-    cols: Vec<(usize, usize, crate::planner::Point)>,
+    cols: AppCols,
     served: usize,
 }
 
@@ -241,12 +241,12 @@ pub fn plan_joint(
             if min_instances > 1 {
                 for t in 0..a.app.tasks.len() {
                     let coefs: Vec<(usize, f64)> =
-                        cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, _)| (c, 1.0)).collect();
+                        cols.m.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, _)| (c, 1.0)).collect();
                     m.row(f64::from(min_instances), f64::INFINITY, coefs);
                 }
             }
             if cost_active && w_k > 0.0 {
-                for &(c, oi, _) in &cols {
+                for &(c, oi, _) in &cols.m {
                     let o = &prep.opts[oi];
                     let key = (
                         a.app.name.clone(),
@@ -265,7 +265,7 @@ pub fn plan_joint(
         let y_cost = if matches!(phase, Phase::Shed(_)) { -1e-6 } else { -1.0 };
         let y: Vec<usize> = classes.iter().map(|_| m.col(y_cost, 0.0, g, true)).collect();
         let profiles: Vec<(usize, usize)> =
-            built.iter().flat_map(|b| b.cols.iter().map(|&(c, oi, _)| (c, members[b.idx].1.opts[oi].p))).collect();
+            built.iter().flat_map(|b| b.cols.m.iter().map(|&(c, oi, _)| (c, members[b.idx].1.opts[oi].p))).collect();
         add_placement_rows(&mut m, spec, classes, &profiles, &y, g);
         (m, built, y)
     };
@@ -358,10 +358,8 @@ pub fn plan_joint(
     let mut by_profile: BTreeMap<usize, Vec<InstancePlan>> = BTreeMap::new();
     for b in &built {
         let prep = &members[b.idx].1;
-        for &(c, oi, pt) in &b.cols {
-            for _ in 0..(x[c].round().max(0.0) as usize) {
-                by_profile.entry(prep.opts[oi].p).or_default().push(prep.instance(oi, pt));
-            }
+        for (k, &(_, oi, _)) in b.cols.m.iter().enumerate() {
+            by_profile.entry(prep.opts[oi].p).or_default().extend(b.cols.instances(prep, k, &x));
         }
     }
     let counts: Vec<usize> = y.iter().map(|&c| x[c].round().max(0.0) as usize).collect();

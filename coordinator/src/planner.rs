@@ -256,6 +256,10 @@ pub(crate) struct Prepared<'a> {
     pub(crate) a_max: f64,
     /// Per task: Some(ρ) when its demand is a fixed multiple of R.
     pub(crate) fixed_rho: Vec<Option<f64>>,
+    /// Per task: whether the items it passes on depend on the plan (a child's demand from
+    /// it is not a fixed multiple of R). Such a task's columns carry routed-load columns
+    /// `r` (items/s routed to them), and the plan routes its items by them.
+    pub(crate) routed: Vec<bool>,
     /// Per task: the least demand multiplier ρ_t (fan-outs at their minimum).
     pub(crate) rho_min: Vec<f64>,
     /// Per task: static slice budget (spaces without T).
@@ -344,6 +348,9 @@ pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepar
         need: "an acyclic graph".into(),
     })?;
     let (rho_min, fixed_rho) = demand_multipliers(app, pb.space, &order);
+    let routed: Vec<bool> = (0..nt)
+        .map(|u| app.children(u).into_iter().any(|t| fixed_items(app, pb.space, &fixed_rho, u, t).is_none()))
+        .collect();
     let kappa: Vec<Option<f64>> = (0..nt)
         .map(|t| {
             let w: f64 = paths
@@ -399,6 +406,7 @@ pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepar
         amax_task,
         a_max,
         fixed_rho,
+        routed,
         rho_min,
         slice_budget,
         levels,
@@ -455,6 +463,17 @@ fn options(pb: &Problem<'_>, spec: &GpuSpec) -> Result<Vec<Opt>, PlanError> {
         }
     }
     Ok(opts)
+}
+
+/// Items per request that `u` passes to its child `t` when that is a fixed multiple of R
+/// (u's demand is, and every variant of u allowed in `space` has the same fan-out to t).
+fn fixed_items(app: &AppSpec, space: SearchSpace, fixed_rho: &[Option<f64>], u: usize, t: usize) -> Option<f64> {
+    let fanouts: Vec<f64> = allowed_variants(app, space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
+    let constant = fanouts.iter().all(|&x| (x - fanouts[0]).abs() <= 1e-12);
+    match (fixed_rho[u], constant) {
+        (Some(r), true) => Some(r * fanouts[0]),
+        _ => None,
+    }
 }
 
 /// ρ_min (the least demand multiplier of each task) and the fixed ρ of tasks whose demand is
@@ -708,8 +727,8 @@ pub(crate) struct Split {
 
 struct Built {
     milp: Milp,
-    /// Column index → (option index, point) for M columns.
-    m_cols: Vec<(usize, usize, Point)>,
+    /// The app's instance and routed-load columns.
+    cols: AppCols,
     y_cols: Vec<usize>,
     r_col: Option<usize>,
 }
@@ -740,8 +759,9 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
             Goal::MaxDemand => -EPS_SLICE_MAX_DEMAND * slices,
         }
     };
-    let m_cols = add_app_rows(&mut m, prep, split, root, &cost);
-    add_slice_bounds(&mut m, prep, &m_cols, goal, r_col);
+    let cols = add_app_rows(&mut m, prep, split, root, &cost);
+    let m_cols = &cols.m;
+    add_slice_bounds(&mut m, prep, m_cols, goal, r_col);
     // y columns.
     // At fixed demand the layout counts are continuous here and made integral by `repack`
     // (exact whenever the repacked layout fits the GPUs, else the split is re-solved with
@@ -751,7 +771,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
     let y_cols: Vec<usize> = prep.classes.iter().map(|_| m.col(-EPS_GPU, 0.0, g, y_integer)).collect();
     let profiles: Vec<(usize, usize)> = m_cols.iter().map(|&(c, oi, _)| (c, prep.opts[oi].p)).collect();
     add_placement_rows(&mut m, prep.spec, &prep.classes, &profiles, &y_cols, g);
-    Built { milp: m, m_cols, y_cols, r_col }
+    Built { milp: m, cols, y_cols, r_col }
 }
 
 /// Most capacity (req/s) that columns `(slice cost, throughput)` give with at most `s`
@@ -886,17 +906,47 @@ impl Prepared<'_> {
     }
 }
 
+/// One app's columns in a MILP, from [`add_app_rows`].
+pub(crate) struct AppCols {
+    /// Instance columns `M` as (column, option index, point).
+    pub(crate) m: Vec<(usize, usize, Point)>,
+    /// Per instance column, its routed-load column `r` (for the tasks in
+    /// [`Prepared::routed`]): the items/s the plan routes to the column's instances.
+    pub(crate) r: Vec<Option<usize>>,
+}
+
+impl AppCols {
+    /// The instances of column `k` of this app in `x`, each with the load the plan routes
+    /// to it set (`load_rps`; left 0 for tasks routed by throughput, which [`summarize`]
+    /// fills in).
+    pub(crate) fn instances(&self, prep: &Prepared<'_>, k: usize, x: &[f64]) -> Vec<InstancePlan> {
+        let (c, oi, pt) = self.m[k];
+        let n = x[c].round().max(0.0) as usize;
+        let load = self.r[k].map_or(0.0, |r| x[r].max(0.0) / n.max(1) as f64);
+        (0..n).map(|_| InstancePlan { load_rps: load, ..prep.instance(oi, pt) }).collect()
+    }
+}
+
 /// Add one app's instance columns `M(t,v,p)` (objective coefficient from `cost`) with its
 /// demand rows (Eqs. 4–6), accuracy row (Eqs. 10–13) and static per-task slice budgets
-/// (spaces without T) to `m`. Returns the columns as (column, option index, point). The
-/// joint cluster planner calls this once per app on one shared MILP.
+/// (spaces without T) to `m`. The joint cluster planner calls this once per app on one
+/// shared MILP.
+///
+/// **Routed load.** A task `u` whose items reaching a child depend on the plan (variable
+/// fan-out over its variants, or a demand that is not a fixed multiple of R) gets a
+/// continuous column `r_j ≤ h_j·M_j` per instance column `j`: the items/s routed to it,
+/// with `Σ_j r_j = D(u)`; the child's demand is `Σ_j F_j·r_j`. (Charging the child for
+/// u's capacity, `Σ_j F_j·h_j·M_j`, as the paper's capacity-weighted fan-out does, passes
+/// the integer surplus of every instance down the graph.) The plan routes u's items in
+/// proportion to `r`. The accuracy row stays on capacity: `r_j ≤ h_j·M_j` and
+/// `D(u) ≥ ρ_min(u)·R` keep its bound on the routed accuracy conservative.
 pub(crate) fn add_app_rows(
     m: &mut Milp,
     prep: &Prepared<'_>,
     split: &Split,
     root: Root,
     cost: &dyn Fn(&Opt, Point) -> f64,
-) -> Vec<(usize, usize, Point)> {
+) -> AppCols {
     let pb = prep.pb;
     let app = pb.app;
     let spec = prep.spec;
@@ -914,40 +964,55 @@ pub(crate) fn add_app_rows(
         let c = m.col(cost(o, pt), 0.0, ub, true);
         m_cols.push((c, oi, pt));
     }
+    let r_cols: Vec<Option<usize>> = m_cols
+        .iter()
+        .map(|&(c, oi, pt)| {
+            prep.routed[prep.opts[oi].t].then(|| {
+                let r = m.col(0.0, 0.0, f64::INFINITY, false);
+                m.row(f64::NEG_INFINITY, 0.0, vec![(r, 1.0), (c, -pt.h)]);
+                r
+            })
+        })
+        .collect();
     let (demand, r_col) = match root {
         Root::Fixed(d) => (d, None),
         Root::Column(r) => (1.0, Some(r)),
     };
-    // Demand rows.
+    // Demand rows: what serves t (its capacity, or for a routed task the load routed to its
+    // columns, which the capacity bounds) covers what reaches it.
+    let cols_of = |t: usize| m_cols.iter().zip(&r_cols).filter(move |((_, oi, _), _)| prep.opts[*oi].t == t);
     for t in 0..nt {
-        let mut coefs: Vec<(usize, f64)> =
-            m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).map(|&(c, _, pt)| (c, pt.h)).collect();
+        let mut coefs: Vec<(usize, f64)> = cols_of(t)
+            .map(|(&(c, _, pt), r)| match r {
+                Some(r) => (*r, 1.0),
+                None => (c, pt.h),
+            })
+            .collect();
         let mut rhs = 0.0;
         let parents = app.parents(t);
         if parents.is_empty() {
             rhs = demand;
         }
         for &u in &parents {
-            let fanouts: Vec<f64> =
-                allowed_variants(app, pb.space, u).into_iter().map(|v| app.fanout(u, v, t)).collect();
-            let constant = fanouts.iter().all(|&x| (x - fanouts[0]).abs() <= 1e-12);
-            match (prep.fixed_rho[u], constant) {
-                (Some(r), true) => rhs += r * fanouts[0] * demand,
-                _ => {
-                    for &(c, oi, pt) in m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == u) {
-                        coefs.push((c, -pt.h * app.fanout(u, prep.opts[oi].v, t)));
+            match fixed_items(app, pb.space, &prep.fixed_rho, u, t) {
+                Some(items) => rhs += items * demand,
+                None => {
+                    for (&(_, oi, _), r) in cols_of(u) {
+                        let r = r.expect("a parent with plan-dependent items is routed");
+                        coefs.push((r, -app.fanout(u, prep.opts[oi].v, t)));
                     }
                 }
             }
         }
+        let (lo, hi) = if prep.routed[t] { (rhs, rhs) } else { (rhs, f64::INFINITY) };
         match r_col {
             Some(r) => {
                 if rhs != 0.0 {
                     coefs.push((r, -rhs));
                 }
-                m.row(0.0, f64::INFINITY, coefs);
+                m.row(lo - rhs, hi - rhs, coefs);
             }
-            None => m.row(rhs, f64::INFINITY, coefs),
+            None => m.row(lo, hi, coefs),
         }
     }
     // Accuracy row: Σ κ_t Λ_t ≤ (1 − SLO) A_max R.
@@ -980,7 +1045,7 @@ pub(crate) fn add_app_rows(
             m.row(f64::NEG_INFINITY, b + 1e-9, coefs);
         }
     }
-    m_cols
+    AppCols { m: m_cols, r: r_cols }
 }
 
 /// Placement rows: per MIG profile, the instances of `m_cols` (column, profile index) fit the
@@ -1164,7 +1229,10 @@ pub fn plan(
         };
     };
     if let (Goal::MaxDemand, Some(r)) = (goal, bounded[k].2.r_col) {
-        if x[r] <= 1e-9 {
+        // A root demand within the solver's integrality tolerance of 0 (instance counts of
+        // ~1e-6 read as 0) places nothing: no demand is served.
+        let placed = bounded[k].2.cols.m.iter().any(|&(c, _, _)| x[c].round() >= 1.0);
+        if x[r] <= 1e-9 || !placed {
             return Err(infeasible(&prep, goal, None, cfg, solver, clock));
         }
     }
@@ -1236,6 +1304,9 @@ fn plan_above(
     for t in &mut p.tasks {
         t.demand_rps *= scale;
     }
+    for i in p.gpus.iter_mut().flat_map(|g| &mut g.instances) {
+        i.load_rps *= scale;
+    }
     p.stats.note = Some(format!(
         "planned for {:.1} req/s: at {demand:.1} req/s the conservative accuracy bound (lost accuracy per unit of demand) admits no plan, and a plan for a higher demand meets every constraint at the lower one",
         p.demand_rps
@@ -1254,7 +1325,7 @@ fn repack(
 ) -> Result<bool, PlanError> {
     let nprof = prep.spec.profiles.len();
     let mut need = vec![0.0; nprof];
-    for &(c, oi, _) in &built.m_cols {
+    for &(c, oi, _) in &built.cols.m {
         need[prep.opts[oi].p] += x[c].round();
     }
     let mut m = Milp::default();
@@ -1345,12 +1416,8 @@ fn decode(prep: &Prepared<'_>, split: &Split, built: &Built, x: &[f64], goal: Go
     };
     // Instances, grouped by profile, in a deterministic order.
     let mut by_profile: BTreeMap<usize, Vec<InstancePlan>> = BTreeMap::new();
-    for &(c, oi, pt) in &built.m_cols {
-        let n = x[c].round() as i64;
-        let o = &prep.opts[oi];
-        for _ in 0..n.max(0) {
-            by_profile.entry(o.p).or_default().push(prep.instance(oi, pt));
-        }
+    for (k, &(_, oi, _)) in built.cols.m.iter().enumerate() {
+        by_profile.entry(prep.opts[oi].p).or_default().extend(built.cols.instances(prep, k, x));
     }
     let counts: Vec<usize> = built.y_cols.iter().map(|&yc| (x[yc].round() as i64).max(0) as usize).collect();
     let gpus = fill_layouts(spec, &prep.classes, &counts, by_profile);
@@ -1424,37 +1491,51 @@ impl Prepared<'_> {
             p95_ms: pt.l,
             throughput_rps: pt.h,
             app: app.name.clone(),
+            load_rps: 0.0,
         }
     }
 }
 
-/// The plan of one app whose instances are `gpus`, at root `demand`, with the paper's
-/// capacity-weighted definitions of per-task demand and accuracy. `levels` are the latency
+/// The plan of one app whose instances are `gpus`, at root `demand`. Items are routed to
+/// the instances of a task in [`Prepared::routed`] in proportion to the `load_rps` the
+/// decode set from the routed-load columns, and to the others (or when a routed task's
+/// loads are all 0) in proportion to throughput. Per-task demand and accuracy follow the
+/// paper's definitions with those routing shares in place of capacity shares, and every
+/// instance's `load_rps` is set to its share of its task's demand. `levels` are the latency
 /// budgets of the split the instances come from.
 pub(crate) fn summarize(
     prep: &Prepared<'_>,
     levels: &[f64],
-    gpus: Vec<GpuPlan>,
+    mut gpus: Vec<GpuPlan>,
     demand: f64,
     stats: SolveStats,
 ) -> Plan {
     let pb = prep.pb;
     let app = pb.app;
     let spec = prep.spec;
-    // Per-task summary with the paper's definitions (capacity-weighted).
     let nt = app.tasks.len();
-    let mut cap = vec![BTreeMap::<usize, (u32, f64)>::new(); nt];
-    for g in &gpus {
-        for i in &g.instances {
-            if let Some(t) = app.task_index(&i.task) {
-                let v = app.tasks[t].variants.iter().position(|v| v.name == i.variant).unwrap_or(0);
-                let e = cap[t].entry(v).or_insert((0, 0.0));
-                e.0 += 1;
-                e.1 += i.throughput_rps;
-            }
+    let task_of = |i: &InstancePlan| app.task_index(&i.task);
+    let variant_of =
+        |t: usize, i: &InstancePlan| app.tasks[t].variants.iter().position(|v| v.name == i.variant).unwrap_or(0);
+    // Routing weight per instance, and per task their sum.
+    let by_load: Vec<bool> = (0..nt)
+        .map(|t| {
+            prep.routed[t] && gpus.iter().flat_map(|g| &g.instances).any(|i| task_of(i) == Some(t) && i.load_rps > 0.0)
+        })
+        .collect();
+    let weight = |t: usize, i: &InstancePlan| if by_load[t] { i.load_rps.max(0.0) } else { i.throughput_rps };
+    // Per task and variant: (instances, capacity, routing weight).
+    let mut cap = vec![BTreeMap::<usize, (u32, f64, f64)>::new(); nt];
+    for i in gpus.iter().flat_map(|g| &g.instances) {
+        if let Some(t) = task_of(i) {
+            let e = cap[t].entry(variant_of(t, i)).or_insert((0, 0.0, 0.0));
+            e.0 += 1;
+            e.1 += i.throughput_rps;
+            e.2 += weight(t, i);
         }
     }
     let total: Vec<f64> = cap.iter().map(|m| m.values().map(|e| e.1).sum()).collect();
+    let wsum: Vec<f64> = cap.iter().map(|m| m.values().map(|e| e.2).sum()).collect();
     let mut dem = vec![0.0; nt];
     for &t in &app.topo_order().unwrap_or_default() {
         let ps = app.parents(t);
@@ -1463,8 +1544,8 @@ pub(crate) fn summarize(
         } else {
             ps.iter()
                 .map(|&u| {
-                    let fhat = if total[u] > 0.0 {
-                        cap[u].iter().map(|(&v, e)| e.1 * app.fanout(u, v, t)).sum::<f64>() / total[u]
+                    let fhat = if wsum[u] > 0.0 {
+                        cap[u].iter().map(|(&v, e)| e.2 * app.fanout(u, v, t)).sum::<f64>() / wsum[u]
                     } else {
                         0.0
                     };
@@ -1473,10 +1554,22 @@ pub(crate) fn summarize(
                 .sum()
         };
     }
+    for i in gpus.iter_mut().flat_map(|g| &mut g.instances) {
+        if let Some(t) = task_of(i) {
+            // A variant's share as routed; within one variant, in proportion to throughput
+            // (the fan-out is the same, so any split is as good, and the solver's choice
+            // among them is arbitrary: plans of the same state must not differ by it).
+            let e = cap[t][&variant_of(t, i)];
+            let w = if e.1 > 0.0 { e.2 * i.throughput_rps / e.1 } else { 0.0 };
+            // To 0.001 items/s, so that solver round-off does not make plans differ.
+            let load = if wsum[t] > 0.0 { dem[t] * w / wsum[t] } else { 0.0 };
+            i.load_rps = (load * 1e3).round() / 1e3;
+        }
+    }
     let ahat: Vec<f64> = (0..nt)
         .map(|t| {
-            if total[t] > 0.0 {
-                cap[t].iter().map(|(&v, e)| e.1 * app.tasks[t].variants[v].accuracy).sum::<f64>() / total[t]
+            if wsum[t] > 0.0 {
+                cap[t].iter().map(|(&v, e)| e.2 * app.tasks[t].variants[v].accuracy).sum::<f64>() / wsum[t]
             } else {
                 0.0
             }
@@ -1517,7 +1610,7 @@ pub(crate) fn summarize(
                     accuracy: app.tasks[t].variants[v].accuracy,
                     instances: e.0,
                     capacity_rps: e.1,
-                    weight: if total[t] > 0.0 { e.1 / total[t] } else { 0.0 },
+                    weight: if wsum[t] > 0.0 { e.2 / wsum[t] } else { 0.0 },
                 })
                 .collect(),
         })

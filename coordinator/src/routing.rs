@@ -2,7 +2,8 @@
 //! plan and the replicated state. Pure and deterministic, so every coordinator derives the
 //! same table for the same epoch.
 //!
-//! Per task: every planned instance is a target weighted by its profiled throughput; the
+//! Per task: every planned instance is a target weighted by the load the plan routes to it
+//! (`InstancePlan::load_rps`; by its profiled throughput in plans without loads); the
 //! task's latency budget L̂(t) is the slowest instance's batch p95 (what the planner allowed);
 //! `downstream_ms` is the fastest the rest of the graph can go (the longest path below the
 //! task of each task's fastest batch-of-one latency), which the queues use for early drops.
@@ -22,12 +23,14 @@ pub fn routing_table(state: &ClusterState, plan: &ClusterPlan) -> RoutingTable {
     for entry in state.apps.values() {
         let Ok(ParsedApp { spec, profiles: table }) = entry.parse() else { continue };
         let mut targets: Vec<Vec<Target>> = vec![Vec::new(); spec.tasks.len()];
+        let mut loads: Vec<Vec<f64>> = vec![Vec::new(); spec.tasks.len()];
         let mut used: Vec<ProfileRow> = Vec::new();
         for (node, gpus) in &plan.nodes {
             for (uuid, insts) in gpus {
                 for i in insts.iter().filter(|i| i.app == spec.name && i.mps > 0) {
                     let Some(t) = spec.task_index(&i.task) else { continue };
                     targets[t].push(Target::of(node, &addr(node), uuid, i));
+                    loads[t].push(i.load_rps);
                     for r in table.rows() {
                         let same = r.task == i.task
                             && r.variant == i.variant
@@ -42,6 +45,9 @@ pub fn routing_table(state: &ClusterState, plan: &ClusterPlan) -> RoutingTable {
         }
         if targets.iter().all(Vec::is_empty) {
             continue;
+        }
+        for (ts, ls) in targets.iter_mut().zip(&loads) {
+            Target::by_load(ts, ls);
         }
         let mut route = AppRoute { spec, tasks: Vec::new(), stale_ms: DEFAULT_STALE_MS, profiles: used };
         let budget: Vec<f64> = (0..route.spec.tasks.len())
@@ -114,8 +120,10 @@ mod tests {
             let m = Member { node: n.into(), addr: a.into(), eligible: true, gpus: vec![], alive: true };
             st.members.insert(n.into(), m);
         }
-        let d1 = inst("detect", "yolov5s", 0, 8, "traffic");
-        let d2 = inst("detect", "yolov5s", 1, 16, "traffic");
+        // detect's instances carry planned loads; the others (as in plans written before
+        // loads existed) do not.
+        let d1 = InstancePlan { load_rps: 30.0, ..inst("detect", "yolov5s", 0, 8, "traffic") };
+        let d2 = InstancePlan { load_rps: 50.0, ..inst("detect", "yolov5s", 1, 16, "traffic") };
         let mk = inst("make", "efficientnet-b0", 2, 16, "traffic");
         let pe = inst("person", "vgg11", 3, 8, "traffic");
         let other = inst("make", "efficientnet-b0", 4, 16, "someone-else");
@@ -131,9 +139,11 @@ mod tests {
         assert_eq!(det.targets.len(), 2);
         let n2 = det.targets.iter().find(|x| x.node == "n2").expect("n2 target");
         assert_eq!(
-            (n2.addr.as_str(), n2.gpu.as_str(), n2.start, n2.weight),
-            ("10.0.0.2:7400", "GPU-b", 1, d2.throughput_rps)
+            (n2.addr.as_str(), n2.gpu.as_str(), n2.start, n2.weight, n2.capacity_rps),
+            ("10.0.0.2:7400", "GPU-b", 1, 50.0, d2.throughput_rps)
         );
+        // Without loads a task is weighted by throughput.
+        assert_eq!(r.tasks[1].targets[0].weight, mk.throughput_rps);
         // L̂(detect) is the slowest instance's p95 at its batch.
         assert!((det.budget_ms - d1.p95_ms.max(d2.p95_ms)).abs() < 1e-9);
         // Downstream of detect: the slower of make's and person's batch-of-one latency.

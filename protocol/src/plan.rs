@@ -29,6 +29,11 @@ pub struct InstancePlan {
     /// Application served (empty in single-app plans written before this field existed).
     #[serde(default)]
     pub app: String,
+    /// Items/s the plan routes to this instance at the planned demand (≤ `throughput_rps`);
+    /// the data plane splits a task's items over its instances in proportion to it. 0 in
+    /// plans written before this field existed: those route in proportion to throughput.
+    #[serde(default)]
+    pub load_rps: f64,
 }
 
 /// One physical GPU of the plan.
@@ -51,8 +56,8 @@ pub struct VariantShare {
     pub instances: u32,
     /// Its capacity, items/s.
     pub capacity_rps: f64,
-    /// Routing weight: its share of the task's capacity (requests are routed in proportion
-    /// to capacity, so this is also its share of the task's requests).
+    /// Routing weight: its share of the task's items at the planned demand (the sum of its
+    /// instances' `load_rps` over the task's).
     pub weight: f64,
 }
 
@@ -65,7 +70,8 @@ pub struct TaskPlan {
     pub latency_budget_ms: f64,
     /// The slowest active instance's p95, ms (≤ the budget).
     pub slowest_p95_ms: f64,
-    /// Demand reaching the task, items/s (paper Eq. 5, capacity-weighted fan-out).
+    /// Demand reaching the task, items/s (paper Eq. 5, with the fan-out weighted by the
+    /// items each variant is routed).
     pub demand_rps: f64,
     /// Capacity of the task's instances, items/s.
     pub capacity_rps: f64,

@@ -53,7 +53,7 @@ pub struct TaskRoute {
     pub budget_ms: f64,
     /// Fastest possible time for the rest of the graph after this task, ms (early drop).
     pub downstream_ms: f64,
-    /// Instances serving the task; requests go to them in proportion to `weight`.
+    /// Instances serving the task; items go to them in proportion to `weight`.
     pub targets: Vec<Target>,
 }
 
@@ -76,12 +76,18 @@ pub struct Target {
     pub mps: u8,
     /// Largest batch.
     pub batch: u32,
-    /// Routing weight: the instance's profiled throughput, items/s.
+    /// Routing weight, items/s: the load the plan routes to the instance
+    /// ([`crate::plan::InstancePlan::load_rps`]), or its profiled throughput when the plan
+    /// carries no loads for the task.
     pub weight: f64,
+    /// The instance's profiled throughput, items/s (what it can serve).
+    #[serde(default)]
+    pub capacity_rps: f64,
 }
 
 impl Target {
-    /// The target for instance `i` at GPU `gpu` of `node` (weight: its profiled throughput).
+    /// The target for instance `i` at GPU `gpu` of `node`, weighted by its profiled
+    /// throughput (see [`Target::by_load`]).
     pub fn of(node: &str, addr: &str, gpu: &str, i: &crate::plan::InstancePlan) -> Target {
         Target {
             node: node.to_string(),
@@ -93,6 +99,19 @@ impl Target {
             mps: i.mps,
             batch: i.batch,
             weight: i.throughput_rps.max(1e-9),
+            capacity_rps: i.throughput_rps.max(0.0),
+        }
+    }
+
+    /// Weight `targets` (one task's, with the planned instances they came from) by the
+    /// load the plan routes to each when the plan says (any positive `load_rps`), else keep
+    /// the throughput weights of [`Target::of`]. An instance the plan routes nothing to
+    /// gets weight 0: it is never picked while another target is open.
+    pub fn by_load(targets: &mut [Target], loads: &[f64]) {
+        if loads.iter().any(|&l| l > 0.0) {
+            for (t, &l) in targets.iter_mut().zip(loads) {
+                t.weight = l.max(0.0);
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub fn instance(task: &str, mig_profile: &str, start: u8) -> InstancePlan {
         p95_ms: 1.0,
         throughput_rps: 1.0,
         app: String::new(),
+        load_rps: 0.0,
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"JGSW";
 /// Current wire version.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, bytes.
@@ -718,6 +718,7 @@ mod tests {
                     p95_ms: 9.0,
                     throughput_rps: 12.0,
                     app: String::new(),
+                    load_rps: 7.5,
                 }],
             }],
             stats: SolveStats {
@@ -880,15 +881,15 @@ mod tests {
 mod fuzz_seeds {
     use super::*;
 
-    /// The version-6 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v6-*`).
+    /// The version-7 seed frames of the fuzz corpus (`protocol/fuzz/regressions/v7-*`).
     fn seeds() -> Vec<(&'static str, WireMessage)> {
         use crate::route::{StageOutcome, StageReply, StageRequest};
         let id = RequestId { client: 0x1234_5678_9abc_def0, seq: 3 };
         vec![
-            ("v6-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
-            ("v6-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
+            ("v7-hello", WireMessage::Hello { node: "n1".into(), applied_epoch: 3 }),
+            ("v7-error", WireMessage::Error { message: "not the coordinator".into(), retry: true }),
             (
-                "v6-stage",
+                "v7-stage",
                 WireMessage::Stage(StageRequest {
                     id: 7,
                     item: 1,
@@ -901,7 +902,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v6-stage-reply",
+                "v7-stage-reply",
                 WireMessage::StageReply(StageReply {
                     id: 7,
                     item: 1,
@@ -909,27 +910,36 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v6-plan-push",
+                "v7-plan-push",
                 WireMessage::PlanPush {
                     epoch: 3,
                     coordinator: "n1".into(),
-                    gpus: BTreeMap::new(),
+                    gpus: [(
+                        "GPU-1".to_string(),
+                        vec![InstancePlan {
+                            app: "traffic".into(),
+                            throughput_rps: 120.0,
+                            load_rps: 80.5,
+                            ..crate::testing::instance("detect", "1g.10gb", 0)
+                        }],
+                    )]
+                    .into(),
                     routes: crate::route::RoutingTable { epoch: 3, apps: vec![] },
                     phase: PushPhase::Break,
                 },
             ),
-            ("v6-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
+            ("v7-plan-report", WireMessage::PlanReport { node: "n2".into(), epoch: 3, outcome: ApplyOutcome::Applied }),
             (
-                "v6-plan-prepared",
+                "v7-plan-prepared",
                 WireMessage::PlanReport {
                     node: "n2".into(),
                     epoch: 3,
                     outcome: ApplyOutcome::Prepared { deferred: vec![("GPU-1".into(), 4)] },
                 },
             ),
-            ("v6-leave", WireMessage::Leave { node: "n4".into() }),
+            ("v7-leave", WireMessage::Leave { node: "n4".into() }),
             (
-                "v6-heartbeat",
+                "v7-heartbeat",
                 WireMessage::Heartbeat(Heartbeat {
                     node: "n2".into(),
                     addr: "127.0.0.1:7001".into(),
@@ -947,21 +957,21 @@ mod fuzz_seeds {
                     }],
                 }),
             ),
-            ("v6-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
+            ("v7-raft", WireMessage::Raft { rpc: RaftRpc::Append, body: vec![1, 0, 2, 0, 0] }),
             (
-                "v6-status",
+                "v7-status",
                 WireMessage::Client(ClientRequest::Status { page: Some(StatusCursor { token: 9, offset: 8 }) }),
             ),
-            ("v6-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
+            ("v7-remove-app", WireMessage::Client(ClientRequest::RemoveApp { id, name: "social".into() })),
             (
-                "v6-set-config",
+                "v7-set-config",
                 WireMessage::Client(ClientRequest::SetConfig {
                     id,
                     config: crate::cluster::ClusterConfig { dead_after_ms: 3_000, space: "A+T".into() },
                 }),
             ),
             (
-                "v6-register-app",
+                "v7-register-app",
                 WireMessage::Client(ClientRequest::RegisterApp {
                     id,
                     entry: AppEntry {
@@ -974,7 +984,7 @@ mod fuzz_seeds {
                 }),
             ),
             (
-                "v6-status-page",
+                "v7-status-page",
                 WireMessage::ClientReply(ClientReply::StatusPage(StatusPage {
                     token: 9,
                     total: 12,
@@ -982,13 +992,13 @@ mod fuzz_seeds {
                     bytes: vec![1, 2, 3, 4],
                 })),
             ),
-            ("v6-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
+            ("v7-forbidden", WireMessage::Forbidden { needed: Role::Admin, message: "RegisterApp needs admin".into() }),
         ]
     }
 
     /// Regenerate the seeds: `JIGSAW_WRITE_SEEDS=1 cargo test -p jigsaw-protocol seeds_decode`.
     #[test]
-    fn version_6_seeds_decode_and_round_trip() {
+    fn version_7_seeds_decode_and_round_trip() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
         if std::env::var_os("JIGSAW_WRITE_SEEDS").is_some() {
             for (name, m) in seeds() {

@@ -301,6 +301,7 @@ mod tests {
             p95_ms: 1.0,
             throughput_rps: 1.0,
             app: String::new(),
+            load_rps: 0.0,
         }
     }
 

@@ -68,26 +68,28 @@ fn bounded_us(ms: f64) -> u64 {
 /// downstream and goodput fell to 646 req/s (`docs/dataplane.md`).
 pub const ADMIT_UTILISATION: f64 = 0.95;
 
-/// The app's planned capacity, requests/s: the largest request rate every task's instances
-/// serve, `min_t C(t) / R̂(t)`, with `C(t)` the task's capacity (the sum of its targets'
-/// routing weights, their profiled throughputs) and `R̂(t)` the items per request reaching
-/// it (the planner's Eq. 4–5: 1 at a root, `Σ R̂(t')·F̂(t',t)` below, with `F̂` the
-/// capacity-weighted mean fan-out of the variants `t'` runs). `None` when a task has no
-/// capacity or the graph has a cycle.
+/// The app's planned capacity, requests/s: the largest request rate at which no instance
+/// gets more items than it serves when items are split by routing weight. With `R̂(t)` the
+/// items per request reaching task `t` (the planner's Eq. 4–5: 1 at a root,
+/// `Σ R̂(t')·F̂(t',t)` below, with `F̂` the mean fan-out of the variants `t'` runs weighted
+/// by routing weight) and `w_i / W(t)` instance `i`'s share of its task's items, it is
+/// `min_i C_i / (R̂(t)·w_i / W(t))`, `C_i` the instance's profiled throughput. With weights
+/// proportional to throughput (plans without loads) that is `min_t C(t) / R̂(t)`. `None`
+/// when a task has no weight or the graph has a cycle.
 pub fn planned_rps(route: &AppRoute) -> Option<f64> {
     let spec = &route.spec;
     let n = spec.tasks.len();
     if route.tasks.len() != n {
         return None;
     }
-    let capacity: Vec<f64> = route.tasks.iter().map(|t| t.targets.iter().map(|x| x.weight.max(0.0)).sum()).collect();
+    let weight: Vec<f64> = route.tasks.iter().map(|t| t.targets.iter().map(|x| x.weight.max(0.0)).sum()).collect();
     let mut items = vec![0.0f64; n];
     for r in spec.roots() {
         items[r] = 1.0;
     }
     for t in spec.topo_order().ok()? {
         for c in spec.children(t) {
-            let fhat = if capacity[t] > 0.0 {
+            let fhat = if weight[t] > 0.0 {
                 route.tasks[t]
                     .targets
                     .iter()
@@ -96,14 +98,24 @@ pub fn planned_rps(route: &AppRoute) -> Option<f64> {
                         x.weight.max(0.0) * spec.fanout(t, v.unwrap_or_else(|| spec.best_variant(t)), c)
                     })
                     .sum::<f64>()
-                    / capacity[t]
+                    / weight[t]
             } else {
                 spec.fanout(t, spec.best_variant(t), c)
             };
             items[c] += items[t] * fhat;
         }
     }
-    let rps = (0..n).filter(|&t| items[t] > 0.0).map(|t| capacity[t] / items[t]).fold(f64::INFINITY, f64::min);
+    let mut rps = f64::INFINITY;
+    for t in (0..n).filter(|&t| items[t] > 0.0) {
+        if weight[t] <= 0.0 {
+            return None;
+        }
+        for x in route.tasks[t].targets.iter().filter(|x| x.weight > 0.0) {
+            // Tables written before `capacity_rps` existed weight by throughput.
+            let cap = if x.capacity_rps > 0.0 { x.capacity_rps } else { x.weight };
+            rps = rps.min(cap * weight[t] / (x.weight * items[t]));
+        }
+    }
     (rps.is_finite() && rps > 0.0).then_some(rps)
 }
 
@@ -1305,6 +1317,7 @@ mod tests {
             mps: 1,
             batch: 4,
             weight,
+            capacity_rps: weight,
         }
     }
 
@@ -1362,6 +1375,34 @@ mod tests {
         let c = planned_rps(&route(2_000.0)).expect("capacity");
         assert!((c - 400.0).abs() < 1e-9, "{c}");
         assert_eq!(planned_rps(&route(0.0)), None, "a task without instances serves nothing");
+        // Weighted by planned load, not throughput: big gets 2/3 of detect's items (capacity
+        // 300), small 1/3 (capacity 100). Small fills first, at 300 requests/s, although
+        // detect's instances serve 400 items/s in all.
+        let by_load = AppRoute {
+            tasks: vec![
+                task(
+                    "detect",
+                    vec![
+                        Target { capacity_rps: 300.0, ..target("big", 200.0) },
+                        Target { capacity_rps: 100.0, ..target("small", 100.0) },
+                    ],
+                ),
+                task("classify", vec![target("cls", 2_000.0)]),
+            ],
+            ..route(2_000.0)
+        };
+        let c = planned_rps(&by_load).expect("capacity");
+        assert!((c - 300.0).abs() < 1e-9, "{c}");
+        // An instance routed nothing limits nothing.
+        let idle = AppRoute {
+            tasks: vec![
+                task("detect", vec![target("big", 300.0), Target { capacity_rps: 100.0, ..target("small", 0.0) }]),
+                task("classify", vec![target("cls", 2_000.0)]),
+            ],
+            ..route(2_000.0)
+        };
+        let c = planned_rps(&idle).expect("capacity");
+        assert!((c - 300.0).abs() < 1e-9, "{c}");
     }
 
     /// Between a transition's make and routes steps, a kept root instance admits its share

@@ -63,6 +63,7 @@ fn inst(app: &str, task: &str, batch: u32) -> InstancePlan {
         p95_ms: 0.0,
         throughput_rps: 1e6,
         app: app.into(),
+        load_rps: 0.0,
     }
 }
 
