@@ -5,7 +5,8 @@
 //!   independent evaluator: latency, demand and accuracy SLOs.
 //! * The joint plan never uses more GPUs than the sequential planner (apps one by one on
 //!   whole GPUs), and serves every app the sequential plan serves in full.
-//! * Re-planning the same state over the joint plan's own layout keeps every instance.
+//! * Re-planning the same state over the joint plan's own layout keeps every instance
+//!   (recorded failures are replayed by a plain test).
 //!
 //! Each case comes from a `u64` seed that proptest prints on failure.
 
@@ -97,6 +98,13 @@ fn app_plan(cp: &ClusterPlan, app: &str, template: &Plan) -> Plan {
     Plan { gpus_used: gpus.len(), gpus_available: cp.nodes.values().map(|g| g.len()).sum(), gpus, ..template.clone() }
 }
 
+/// The targets with the routed loads left out.
+fn layout_of(cp: &ClusterPlan) -> LiveLayouts {
+    let mut l = live_of(cp);
+    l.values_mut().flatten().for_each(|i| i.load_rps = 0.0);
+    l
+}
+
 fn live_of(cp: &ClusterPlan) -> LiveLayouts {
     cp.nodes.iter().flat_map(|(n, gs)| gs.iter().map(move |(u, i)| ((n.clone(), u.clone()), i.clone()))).collect()
 }
@@ -106,6 +114,26 @@ proptest! {
 
     #[test]
     fn joint_plans_are_legal_meet_slos_and_beat_sequential(seed in any::<u64>(), n_apps in 2usize..5, frac in 0.05f64..0.6) {
+        joint_case(seed, n_apps, frac)?;
+    }
+}
+
+/// Cases proptest found failing once (a re-plan dropped a kept instance while the solver's
+/// gap tolerance was as large as one keep bonus), replayed on every run.
+#[test]
+fn recorded_joint_cases_still_hold() {
+    for (seed, n_apps, frac) in [
+        (11_499_786_630_985_213_606, 4, 0.534_929_203_476_227_6),
+        (5_092_523_125_497_928_073, 4, 0.294_620_069_418_024),
+    ] {
+        if let Err(e) = joint_case(seed, n_apps, frac) {
+            panic!("seed {seed}, {n_apps} apps, frac {frac}: {e}");
+        }
+    }
+}
+
+fn joint_case(seed: u64, n_apps: usize, frac: f64) -> Result<(), TestCaseError> {
+    {
         let seeds: Vec<u64> = (0..n_apps as u64).map(|i| seed.wrapping_add(i.wrapping_mul(0x9E37_79B9))).collect();
         let (st, apps) = cluster(&seeds, frac, 2, 3);
         prop_assume!(apps.len() >= 2);
@@ -119,24 +147,37 @@ proptest! {
             for (uuid, insts) in gs {
                 let placements: Vec<Placement> = insts
                     .iter()
-                    .map(|i| Placement { profile: spec.profile_index(&i.mig_profile).expect("known profile"), start: i.start })
+                    .map(|i| Placement {
+                        profile: spec.profile_index(&i.mig_profile).expect("known profile"),
+                        start: i.start,
+                    })
                     .collect();
-                prop_assert!(spec.check_layout(&placements).is_ok(), "seed {seed}: illegal layout on {node}/{uuid}: {insts:?}");
+                prop_assert!(
+                    spec.check_layout(&placements).is_ok(),
+                    "seed {seed}: illegal layout on {node}/{uuid}: {insts:?}"
+                );
             }
         }
         for (app, profiles) in &apps {
             let placed = joint.apps.iter().find(|a| a.app == app.name).expect("every app is reported");
             let seq_placed = seq.apps.iter().find(|a| a.app == app.name).expect("every app is reported");
             if seq_placed.planned_rps >= seq_placed.requested_rps * (1.0 - 1e-9) {
-                prop_assert!(placed.planned_rps >= placed.requested_rps * (1.0 - 1e-6),
-                    "seed {seed}: sequential serves {} in full, joint plans {} of {} ({:?})", app.name, placed.planned_rps, placed.requested_rps, placed.note);
+                prop_assert!(
+                    placed.planned_rps >= placed.requested_rps * (1.0 - 1e-6),
+                    "seed {seed}: sequential serves {} in full, joint plans {} of {} ({:?})",
+                    app.name,
+                    placed.planned_rps,
+                    placed.requested_rps,
+                    placed.note
+                );
             }
             if placed.instances == 0 {
                 continue;
             }
             // Rebuild the app's plan from the targets and check it independently.
             let pb = Problem { app, profiles, gpu: GpuModel::H100_80gb, gpus: 6, space: SearchSpace::FULL };
-            let template = plan(pb, Goal::MinCost { demand: placed.planned_rps }, &c, &solver, &NoClock).expect("plannable alone");
+            let template =
+                plan(pb, Goal::MinCost { demand: placed.planned_rps }, &c, &solver, &NoClock).expect("plannable alone");
             let mut p = app_plan(&joint, &app.name, &template);
             let rep0 = evaluate(&p, app, profiles);
             // The summary figures are recomputed from the rebuilt instances.
@@ -146,15 +187,37 @@ proptest! {
             p.tasks = template.tasks.clone();
             let rep = evaluate(&p, app, profiles);
             prop_assert!(rep.ok(), "seed {seed}: {} violates {:?}", app.name, rep.violations);
-            prop_assert!(rep.accuracy >= app.accuracy_slo - 1e-6, "seed {seed}: {} accuracy {}", app.name, rep.accuracy);
+            prop_assert!(
+                rep.accuracy >= app.accuracy_slo - 1e-6,
+                "seed {seed}: {} accuracy {}",
+                app.name,
+                rep.accuracy
+            );
         }
-        prop_assert!(joint.stats.gpus_used <= seq.stats.gpus_used,
-            "seed {seed}: joint uses {} GPUs, sequential {}", joint.stats.gpus_used, seq.stats.gpus_used);
-        // Planning again over its own layout changes nothing.
+        prop_assert!(
+            joint.stats.gpus_used <= seq.stats.gpus_used,
+            "seed {seed}: joint uses {} GPUs, sequential {}",
+            joint.stats.gpus_used,
+            seq.stats.gpus_used
+        );
+        // Planning again over its own layout changes no instance. The loads routed between
+        // variants of a task with variable fan-out may differ: any split that meets the rows
+        // is as cheap, and which one the solver returns is its choice (within one variant
+        // the split is canonical, in proportion to throughput).
         let again = plan_cluster(&st, 2, &live_of(&joint), &[], &c, &solver, &NoClock);
-        prop_assert_eq!(again.nodes.clone(), joint.nodes.clone(), "seed {}: a re-plan of the same state moved instances ({:?})", seed, again.stats.changes);
-        prop_assert_eq!(again.stats.changes.kept as usize, joint.nodes.values().flat_map(|g| g.values()).map(|i| i.len()).sum::<usize>());
+        prop_assert_eq!(
+            layout_of(&again),
+            layout_of(&joint),
+            "seed {}: a re-plan of the same state moved instances ({:?})",
+            seed,
+            again.stats.changes
+        );
+        prop_assert_eq!(
+            again.stats.changes.kept as usize,
+            joint.nodes.values().flat_map(|g| g.values()).map(|i| i.len()).sum::<usize>()
+        );
     }
+    Ok(())
 }
 
 /// Spread: with two nodes every task of every app has capacity on both, and the reported
