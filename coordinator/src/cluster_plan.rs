@@ -350,9 +350,11 @@ pub struct Placed {
 /// GPUs (spread may open one more per node for a task's second instance), the
 /// make-before-break [`place`] (any GPU), and the layout mapped onto the physical GPUs one to
 /// one ([`assign_gpus`], sticky per GPU). The one with the fewest instances late (see
-/// [`late_instances`]) wins, the earlier on a tie: so capacity stays up through a
-/// transition, even at the price of GPUs the layout leaves idle (reported as `extra_gpus`),
-/// and a fresh cluster (nothing late anywhere) gets the first fit, with spread.
+/// [`late_instances`]) wins, then (with spread) the one with fewest tasks whose instances
+/// all sit on one node, then the one with fewest GPUs beyond the layout, the earlier on a
+/// tie: so capacity stays up through a transition, even at the price of GPUs the layout
+/// leaves idle (reported as `extra_gpus`), and a fresh cluster (nothing late anywhere)
+/// gets the first fit, with spread, when it fits in the layout's GPUs, else the layout.
 pub fn place_cluster(
     spec: &GpuSpec,
     model: GpuModel,
@@ -378,18 +380,37 @@ pub fn place_cluster(
         }
         t
     });
+    // With spread: tasks with two or more instances that all sit on one node.
+    let unspread = |t: &Vec<Vec<InstancePlan>>| -> usize {
+        if !spread {
+            return 0;
+        }
+        let mut on: BTreeMap<(&str, &str), (usize, std::collections::BTreeSet<&str>)> = BTreeMap::new();
+        for (g, insts) in phys.iter().zip(t) {
+            for i in insts {
+                let e = on.entry((i.app.as_str(), i.task.as_str())).or_default();
+                e.0 += 1;
+                e.1.insert(g.node.as_str());
+            }
+        }
+        on.values().filter(|(n, nodes)| *n >= 2 && nodes.len() < 2).count()
+    };
     let placed = |targets: Vec<Vec<InstancePlan>>| {
         let late = late_instances(spec, phys, &targets);
         let extra_gpus = used(&targets).saturating_sub(limit(spread));
-        Placed { targets, late, extra_gpus }
+        (unspread(&targets), Placed { targets, late, extra_gpus })
     };
-    // The greedy candidates in order (the earlier wins a tie); the mapping, last, only with
-    // strictly fewer late instances, and it alone says why nothing fits.
-    let best = [plain, first].into_iter().flatten().map(placed).reduce(|a, b| if b.late < a.late { b } else { a });
+    // Fewest late instances, then (with spread) fewest tasks on one node, then fewest GPUs
+    // beyond the layout: the greedy candidates in order (the earlier wins a tie); the
+    // mapping, last, only when strictly better, and it alone says why nothing fits. (Without
+    // the GPU count, a first fit that needed more GPUs than the layout beat the layout
+    // itself when nothing ran yet: 112 GPUs for a 108-GPU layout.)
+    let key = |(u, p): &(usize, Placed)| (p.late, *u, p.extra_gpus);
+    let best = [plain, first].into_iter().flatten().map(placed).reduce(|a, b| if key(&b) < key(&a) { b } else { a });
     match (best, assigned.map(placed)) {
-        (Some(b), Ok(a)) if a.late < b.late => Ok(a),
-        (Some(b), _) => Ok(b),
-        (None, mapped) => mapped,
+        (Some(b), Ok(a)) if key(&a) < key(&b) => Ok(a.1),
+        (Some(b), _) => Ok(b.1),
+        (None, mapped) => mapped.map(|a| a.1),
     }
 }
 
@@ -716,6 +737,39 @@ mod tests {
         let want = vec![inst("a", "t", "3g.40gb", 0), inst("b", "u", "3g.40gb", 0)];
         let p = place_cluster(spec, GpuModel::H100_80gb, &fresh, &want, false, &layout(&want), 1).expect("fits");
         assert_eq!((starts(&p), p.late, p.extra_gpus), (vec![vec![0, 4], vec![]], 0, 0));
+    }
+
+    /// Nothing runs yet and first fit (largest first) needs a GPU more than the MILP's
+    /// layout: the layout itself is placed.
+    #[test]
+    fn a_fresh_cluster_gets_the_layout_when_first_fit_needs_more_gpus() {
+        let model = GpuModel::A100_80gb;
+        let spec = model.spec();
+        let on = |ps: &[(&str, u8)]| -> Vec<InstancePlan> {
+            ps.iter().enumerate().map(|(k, &(p, s))| inst(if k % 2 == 0 { "a" } else { "b" }, "t", p, s)).collect()
+        };
+        let layout = vec![
+            GpuPlan {
+                gpu: 0,
+                instances: on(&[("1g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3), ("1g.20gb", 4), ("1g.20gb", 6)]),
+            },
+            GpuPlan { gpu: 1, instances: on(&[("3g.40gb", 0), ("2g.20gb", 4), ("1g.20gb", 6)]) },
+        ];
+        let want: Vec<InstancePlan> = layout.iter().flat_map(|g| g.instances.clone()).collect();
+        let fresh: Vec<PhysicalGpu> =
+            (0..4).map(|n| PhysicalGpu { node: "n0".into(), uuid: format!("g{n}"), model, live: vec![] }).collect();
+        let used = |t: &[Vec<InstancePlan>]| t.iter().filter(|g| !g.is_empty()).count();
+        let first_fit = place(spec, &fresh, &want, false, false).expect("fits");
+        assert_eq!(used(&first_fit), 3, "the case needs first fit to be worse: {first_fit:?}");
+        let p = place_cluster(spec, model, &fresh, &want, false, &layout, 2).expect("fits");
+        assert_eq!((used(&p.targets), p.late, p.extra_gpus), (2, 0, 0), "{:?}", p.targets);
+        for g in &p.targets {
+            let pl: Vec<Placement> = g
+                .iter()
+                .map(|i| Placement { profile: spec.profile_index(&i.mig_profile).expect("known"), start: i.start })
+                .collect();
+            assert!(spec.check_layout(&pl).is_ok(), "{g:?}");
+        }
     }
 
     #[test]
