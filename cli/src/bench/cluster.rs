@@ -141,7 +141,21 @@ pub fn run(b: &ClusterBench, cfg: &PlannerConfig, solver: &HighsSolver) -> Resul
             apps_sharing: sharing(&joint),
             sequential_gpus: seq_gpus,
             sequential_s: seq_s,
-            notes: joint.stats.notes.clone(),
+            notes: joint
+                .stats
+                .notes
+                .iter()
+                .cloned()
+                .chain(shed.iter().map(|a| {
+                    format!(
+                        "shed {}: {:.1} of {:.1} req/s ({:.0} %)",
+                        a.app,
+                        a.shed_rps(),
+                        a.requested_rps,
+                        100.0 * a.shed_rps() / a.requested_rps.max(1e-9)
+                    )
+                }))
+                .collect(),
         });
     }
     Ok(rows)
