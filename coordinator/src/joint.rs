@@ -367,7 +367,7 @@ pub fn plan_joint(
         }
     }
     let counts: Vec<usize> = y.iter().map(|&c| x[c].round().max(0.0) as usize).collect();
-    let laid = fill_layouts(spec, classes, &counts, by_profile);
+    let mut laid = fill_layouts(spec, classes, &counts, by_profile);
     stats.gpus_used = laid.len();
     stats.compute_slices = laid
         .iter()
@@ -407,6 +407,17 @@ pub fn plan_joint(
         } else {
             Ok(summarize(prep, &split.levels, own, planned, stats_app))
         };
+        // The layout carries the app's instances as its plan has them: the solver's routed
+        // loads are at the root demand column `R`, which may exceed the planned demand.
+        if let Ok(p) = &outcomes[i].plan {
+            for pg in &p.gpus {
+                if let Some(lg) = laid.iter_mut().find(|l| l.gpu == pg.gpu) {
+                    for (l, q) in lg.instances.iter_mut().filter(|l| &l.app == name).zip(&pg.instances) {
+                        l.load_rps = q.load_rps;
+                    }
+                }
+            }
+        }
     }
     JointOutcome { apps: outcomes, gpus: laid, stats }
 }

@@ -118,13 +118,16 @@ proptest! {
     }
 }
 
-/// Cases proptest found failing once (a re-plan dropped a kept instance while the solver's
-/// gap tolerance was as large as one keep bonus), replayed on every run.
+/// Cases proptest found failing once, replayed on every run: a re-plan dropped a kept
+/// instance while the solver's gap tolerance was as large as one keep bonus (the first two);
+/// the layout mapped onto the GPUs carried the solver's routed loads at the root column `R`
+/// above the planned demand (the third).
 #[test]
 fn recorded_joint_cases_still_hold() {
     for (seed, n_apps, frac) in [
         (11_499_786_630_985_213_606, 4, 0.534_929_203_476_227_6),
         (5_092_523_125_497_928_073, 4, 0.294_620_069_418_024),
+        (10_174_061_198_995_736_439, 2, 0.326_050_872_385_760_5),
     ] {
         if let Err(e) = joint_case(seed, n_apps, frac) {
             panic!("seed {seed}, {n_apps} apps, frac {frac}: {e}");
