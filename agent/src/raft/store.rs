@@ -84,8 +84,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), SErr> {
     Ok((LogStore { db }, sm))
 }
 
-/// Marks a value stored in bincode (JSON never starts with this byte).
-const BINCODE: u8 = 0xB1;
+/// Marks a value stored in bincode by this build's schema (wire version 7; JSON never
+/// starts with this byte). bincode is not self-describing, so a field added to a stored
+/// type (as `InstancePlan.load_rps` was in version 7) changes the schema and the marker.
+const BINCODE: u8 = 0xB2;
+
+/// The marker of builds of wire versions 5 and 6, whose plans had no planned loads.
+const BINCODE_V5: u8 = 0xB1;
 
 /// Encode a stored value (or snapshot data): [`BINCODE`], then bincode.
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
@@ -105,6 +110,12 @@ fn decode<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, AnyError> {
             }
             Ok(v)
         }
+        Some((&BINCODE_V5, _)) => Err(AnyError::error(
+            "this data directory was written by a build of wire version 5 or 6, whose stored plans this build cannot \
+             read (bincode carries no field names, and version 7 added planned loads): stop every node, move the \
+             data directories aside, start the nodes on this build and register the apps again (docs/mesh.md, \
+             \"Version 7\")",
+        )),
         _ => serde_json::from_slice(bytes).map_err(any),
     }
 }
@@ -446,6 +457,11 @@ mod tests {
         let mut bad = stored.clone();
         bad.push(0);
         assert!(decode::<Entry<TypeConfig>>(&bad).is_err());
+        // An earlier bincode schema is refused with what to do, not misread.
+        let mut older = stored.clone();
+        older[0] = BINCODE_V5;
+        let err = decode::<Entry<TypeConfig>>(&older).expect_err("older schema").to_string();
+        assert!(err.contains("wire version 5 or 6") && err.contains("Version 7"), "{err}");
         let committed: Option<LogId<Nid>> = None;
         assert_eq!(decode::<Option<LogId<Nid>>>(&serde_json::to_vec(&committed).expect("json")).expect("null"), None);
         let a = Applied::default();
