@@ -236,14 +236,19 @@ pub fn plan_joint(
             m.row(0.0, f64::INFINITY, vec![(r, 1.0), (served, -1.0)]);
             let cost_active = !matches!(phase, Phase::Shed(_));
             let demand = *demand;
-            let cost = |o: &crate::planner::Opt, pt: crate::planner::Point| -> f64 {
+            let cost = |o: &crate::planner::Opt, _: crate::planner::Point| -> f64 {
                 if !cost_active {
                     return 0.0;
                 }
-                let slices = f64::from(spec.profiles[o.p].compute_slices);
-                -w_s * slices - w_a * prep.accuracy_term(o, pt, demand)
+                -w_s * f64::from(spec.profiles[o.p].compute_slices)
             };
-            let cols = add_app_rows(&mut m, prep, split, Root::Column(r), &cost);
+            let item_cost = |o: &crate::planner::Opt| -> f64 {
+                if !cost_active {
+                    return 0.0;
+                }
+                -w_a * prep.accuracy_per_item(o, demand)
+            };
+            let cols = add_app_rows(&mut m, prep, split, Root::Column(r), &cost, &item_cost);
             if min_instances > 1 {
                 for t in 0..a.app.tasks.len() {
                     let coefs: Vec<(usize, f64)> =

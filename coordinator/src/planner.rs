@@ -13,16 +13,16 @@
 //!   `max_levels` of them, else a geometric grid snapped to profiled values) and keeps the
 //!   assignments that satisfy `Σ_{t∈p} 2·L̂(t) ≤ SLO` on every path and are maximal. Within a
 //!   split, each `(t,v,p)` uses the highest-throughput (MPS, batch) with `L ≤ L̂(t)`: the
-//!   profile's cost and placement do not depend on MPS or batch, so this is a dominance
-//!   reduction, not a restriction.
-//! * **Demand (Eqs. 4–6).** Routing is proportional to capacity, so `F̂` is the
-//!   capacity-weighted mean fan-out. Where every allowed variant of `t` has the same fan-out
-//!   to `t'` and `t`'s own demand is fixed, the downstream demand is the exact constant;
-//!   otherwise `Σ_v F(t,v,t')·cap(t,v) ≥ R̂(t)·F̂(t,t')` is used (conservative: capacity ≥
-//!   demand).
+//!   profile's cost and placement do not depend on MPS or batch, and demand and accuracy
+//!   are counted on routed load, so this is a dominance reduction, not a restriction.
+//! * **Demand (Eqs. 4–6).** Where every allowed variant of `t` has the same fan-out to `t'`
+//!   and `t`'s own demand is fixed, the downstream demand is the exact constant; otherwise
+//!   `t` is routed: continuous columns `r ≤ h·M` carry the items/s the plan routes to each
+//!   of its instance columns, and `t'` receives `Σ F·r` (see [`add_app_rows`]).
 //! * **Accuracy (Eqs. 10–13), conservative.** With `d_t = 1 − Â(t)/a_max(t)`, the
 //!   Weierstrass inequality `Π(1−d) ≥ 1 − Σ d` gives `A_obj ≥ 1 − Σ_t W_t·d_t / A_max`, and
-//!   `d_t ≤ Λ_t / (a_max(t)·ρ_t·R)` where `Λ_t = Σ cap(t,v)·(a_max − A_v)` and `ρ_t·R` is
+//!   `d_t ≤ Λ_t / (a_max(t)·ρ_t·R)` where `Λ_t = Σ r·(a_max − A_v)` over the load routed
+//!   to each column (a task that may run a less accurate variant is routed) and `ρ_t·R` is
 //!   the least demand `t` can see. Both steps only under-estimate accuracy, so every plan
 //!   meets the paper's non-linear constraint (checked by [`crate::evaluate`]).
 //! * **Placement (beyond the paper).** Per MIG profile, instances used ≤ `Σ_c y(c)·n_c(p)`
@@ -256,9 +256,11 @@ pub(crate) struct Prepared<'a> {
     pub(crate) a_max: f64,
     /// Per task: Some(ρ) when its demand is a fixed multiple of R.
     pub(crate) fixed_rho: Vec<Option<f64>>,
-    /// Per task: whether the items it passes on depend on the plan (a child's demand from
-    /// it is not a fixed multiple of R). Such a task's columns carry routed-load columns
-    /// `r` (items/s routed to them), and the plan routes its items by them.
+    /// Per task: whether the plan routes its items by load: the items it passes on depend on
+    /// the plan (a child's demand from it is not a fixed multiple of R), or it may serve
+    /// with a less accurate variant (accuracy is counted on the load each variant gets).
+    /// Such a task's columns carry routed-load columns `r` (items/s routed to them), and the
+    /// plan routes its items by them.
     pub(crate) routed: Vec<bool>,
     /// Per task: the least demand multiplier ρ_t (fan-outs at their minimum).
     pub(crate) rho_min: Vec<f64>,
@@ -348,9 +350,6 @@ pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepar
         need: "an acyclic graph".into(),
     })?;
     let (rho_min, fixed_rho) = demand_multipliers(app, pb.space, &order);
-    let routed: Vec<bool> = (0..nt)
-        .map(|u| app.children(u).into_iter().any(|t| fixed_items(app, pb.space, &fixed_rho, u, t).is_none()))
-        .collect();
     let kappa: Vec<Option<f64>> = (0..nt)
         .map(|t| {
             let w: f64 = paths
@@ -362,6 +361,17 @@ pub(crate) fn prepare<'a>(pb: Problem<'a>, cfg: &PlannerConfig) -> Result<Prepar
                 })
                 .sum();
             (rho_min[t] > 1e-12).then(|| w / (amax_task[t] * rho_min[t]))
+        })
+        .collect();
+    // Routed: the items a task passes on depend on the plan, or it may serve with a less
+    // accurate variant (its accuracy is then counted on the load routed to each variant).
+    let routed: Vec<bool> = (0..nt)
+        .map(|u| {
+            let lossy = kappa[u].is_some()
+                && allowed_variants(app, pb.space, u)
+                    .into_iter()
+                    .any(|v| app.tasks[u].variants[v].accuracy < amax_task[u] - 1e-12);
+            lossy || app.children(u).into_iter().any(|t| fixed_items(app, pb.space, &fixed_rho, u, t).is_none())
         })
         .collect();
 
@@ -752,14 +762,20 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         }
         Goal::MinCost { demand } => (None, Root::Fixed(demand)),
     };
-    let cost = |o: &Opt, pt: Point| -> f64 {
+    let cost = |o: &Opt, _: Point| -> f64 {
         let slices = f64::from(prep.spec.profiles[o.p].slice_cost());
         match goal {
-            Goal::MinCost { demand } => -(beta * slices) - cfg.alpha * prep.accuracy_term(o, pt, demand),
+            Goal::MinCost { .. } => -(beta * slices),
             Goal::MaxDemand => -EPS_SLICE_MAX_DEMAND * slices,
         }
     };
-    let cols = add_app_rows(&mut m, prep, split, root, &cost);
+    let item_cost = |o: &Opt| -> f64 {
+        match goal {
+            Goal::MinCost { demand } => -cfg.alpha * prep.accuracy_per_item(o, demand),
+            Goal::MaxDemand => 0.0,
+        }
+    };
+    let cols = add_app_rows(&mut m, prep, split, root, &cost, &item_cost);
     let m_cols = &cols.m;
     add_slice_bounds(&mut m, prep, m_cols, goal, r_col);
     // y columns.
@@ -844,7 +860,15 @@ fn add_slice_bounds(
         (Goal::MaxDemand, Some(r)) => {
             let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
             if let Some(ub) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
-                m.cols[r].ub = m.cols[r].ub.min(ub * (1.0 + 1e-6) + 1e-6);
+                // Relative slack only: a bound of 0 (not even one instance per task fits)
+                // must keep R at 0, not at a tolerance the solver meets with instance
+                // counts that round to nothing.
+                m.cols[r].ub = m.cols[r].ub.min(ub * (1.0 + 1e-6));
+            }
+            // Any R > 0 needs an instance of every task with demand.
+            for &t in &tasks {
+                let coefs: Vec<(usize, f64)> = task_cols(t).iter().map(|&(c, _, _)| (c, 1.0)).collect();
+                m.row(1.0, f64::INFINITY, coefs);
             }
         }
         (Goal::MaxDemand, None) => {}
@@ -897,12 +921,12 @@ pub(crate) enum Root {
 }
 
 impl Prepared<'_> {
-    /// The objective's accuracy term of one instance at `pt`: its share of the conservative
-    /// bound on lost accuracy (κ_t·h·(a_max(t) − A_v)) / (A_max·demand); 0 for a most
-    /// accurate variant.
-    pub(crate) fn accuracy_term(&self, o: &Opt, pt: Point, demand: f64) -> f64 {
+    /// The objective's accuracy term per item/s routed to an instance of option `o`: its
+    /// share of the conservative bound on lost accuracy, κ_t·(a_max(t) − A_v) / (A_max·demand);
+    /// 0 for a most accurate variant.
+    pub(crate) fn accuracy_per_item(&self, o: &Opt, demand: f64) -> f64 {
         let loss = self.amax_task[o.t] - self.pb.app.tasks[o.t].variants[o.v].accuracy;
-        self.kappa[o.t].map_or(0.0, |k| k * pt.h * loss / (self.a_max * demand))
+        self.kappa[o.t].map_or(0.0, |k| k * loss / (self.a_max * demand))
     }
 }
 
@@ -927,25 +951,28 @@ impl AppCols {
     }
 }
 
-/// Add one app's instance columns `M(t,v,p)` (objective coefficient from `cost`) with its
-/// demand rows (Eqs. 4–6), accuracy row (Eqs. 10–13) and static per-task slice budgets
-/// (spaces without T) to `m`. The joint cluster planner calls this once per app on one
-/// shared MILP.
+/// Add one app's instance columns `M(t,v,p)` (objective coefficient from `cost`) and
+/// routed-load columns (objective coefficient per item/s from `item_cost`) with its demand
+/// rows (Eqs. 4–6), accuracy row (Eqs. 10–13) and static per-task slice budgets (spaces
+/// without T) to `m`. The joint cluster planner calls this once per app on one shared MILP.
 ///
-/// **Routed load.** A task `u` whose items reaching a child depend on the plan (variable
-/// fan-out over its variants, or a demand that is not a fixed multiple of R) gets a
+/// **Routed load.** A task `u` in [`Prepared::routed`] (variable fan-out over its variants,
+/// a demand that is not a fixed multiple of R, or a less accurate variant allowed) gets a
 /// continuous column `r_j ≤ h_j·M_j` per instance column `j`: the items/s routed to it,
-/// with `Σ_j r_j = D(u)`; the child's demand is `Σ_j F_j·r_j`. (Charging the child for
-/// u's capacity, `Σ_j F_j·h_j·M_j`, as the paper's capacity-weighted fan-out does, passes
-/// the integer surplus of every instance down the graph.) The plan routes u's items in
-/// proportion to `r`. The accuracy row stays on capacity: `r_j ≤ h_j·M_j` and
-/// `D(u) ≥ ρ_min(u)·R` keep its bound on the routed accuracy conservative.
+/// with `Σ_j r_j = D(u)`; the child's demand is `Σ_j F_j·r_j`, and the accuracy row counts
+/// `r_j·(a_max − A_j)`. (Charging the child for u's capacity, `Σ_j F_j·h_j·M_j`, as the
+/// paper's capacity-weighted fan-out does, passes the integer surplus of every instance
+/// down the graph; charging accuracy on capacity counts the surplus of a less accurate
+/// instance as lost accuracy although no request reaches it.) The plan routes u's items in
+/// proportion to `r`. With `D(u) = Σ_j r_j ≥ ρ_min(u)·R`, the accuracy row still bounds
+/// the routed accuracy conservatively.
 pub(crate) fn add_app_rows(
     m: &mut Milp,
     prep: &Prepared<'_>,
     split: &Split,
     root: Root,
     cost: &dyn Fn(&Opt, Point) -> f64,
+    item_cost: &dyn Fn(&Opt) -> f64,
 ) -> AppCols {
     let pb = prep.pb;
     let app = pb.app;
@@ -968,7 +995,7 @@ pub(crate) fn add_app_rows(
         .iter()
         .map(|&(c, oi, pt)| {
             prep.routed[prep.opts[oi].t].then(|| {
-                let r = m.col(0.0, 0.0, f64::INFINITY, false);
+                let r = m.col(item_cost(&prep.opts[oi]), 0.0, f64::INFINITY, false);
                 m.row(f64::NEG_INFINITY, 0.0, vec![(r, 1.0), (c, -pt.h)]);
                 r
             })
@@ -1015,14 +1042,16 @@ pub(crate) fn add_app_rows(
             None => m.row(lo, hi, coefs),
         }
     }
-    // Accuracy row: Σ κ_t Λ_t ≤ (1 − SLO) A_max R.
+    // Accuracy row: Σ κ_t Λ_t ≤ (1 − SLO) A_max R, Λ_t = Σ_j r_j·(a_max(t) − A_j) (a task
+    // with a less accurate variant is routed).
     let budget = (1.0 - app.accuracy_slo) * prep.a_max;
     let mut acc: Vec<(usize, f64)> = Vec::new();
-    for &(c, oi, pt) in &m_cols {
+    for (&(_, oi, _), r) in m_cols.iter().zip(&r_cols) {
         let o = &prep.opts[oi];
         let loss = prep.amax_task[o.t] - app.tasks[o.t].variants[o.v].accuracy;
         if let (Some(k), true) = (prep.kappa[o.t], loss > 1e-12) {
-            acc.push((c, k * pt.h * loss));
+            let r = r.expect("a task with a less accurate variant is routed");
+            acc.push((r, k * loss));
         }
     }
     if !acc.is_empty() {
@@ -1099,12 +1128,12 @@ pub fn plan(
         }
     }
     let dominated = |a: &Split, b: &Split| -> bool {
-        // b dominates a when b offers every column of a with the same operating point (a
-        // superset of columns). A faster point is *not* dominance: surplus capacity of a
-        // less accurate variant counts against the capacity-weighted accuracy, and surplus
-        // upstream capacity raises the conservative downstream demand.
-        let pb: BTreeMap<usize, (u8, u32)> = b.cols.iter().map(|(oi, pt)| (*oi, (pt.mps, pt.batch))).collect();
-        a.cols.iter().all(|(oi, pt)| pb.get(oi) == Some(&(pt.mps, pt.batch)))
+        // b dominates a when b offers every option of a at an operating point with at least
+        // its throughput: a column's cost is its slices, accuracy and downstream demand are
+        // counted on the load routed to it (or, for a task that is not routed, downstream
+        // demand is fixed), so every plan of a is a plan of b with the same objective.
+        let pb: BTreeMap<usize, f64> = b.cols.iter().map(|(oi, pt)| (*oi, pt.h)).collect();
+        a.cols.iter().all(|(oi, pt)| pb.get(oi).is_some_and(|&h| h >= pt.h))
     };
     let keep: Vec<bool> = (0..splits.len())
         .map(|i| {
@@ -1230,8 +1259,12 @@ pub fn plan(
     };
     if let (Goal::MaxDemand, Some(r)) = (goal, bounded[k].2.r_col) {
         // A root demand within the solver's integrality tolerance of 0 (instance counts of
-        // ~1e-6 read as 0) places nothing: no demand is served.
-        let placed = bounded[k].2.cols.m.iter().any(|&(c, _, _)| x[c].round() >= 1.0);
+        // ~1e-6 read as 0) places nothing: no demand is served. Every task with demand needs
+        // an instance.
+        let cols = &bounded[k].2.cols.m;
+        let placed = (0..pb.app.tasks.len())
+            .filter(|&t| prep.rho_min[t] > 1e-12)
+            .all(|t| cols.iter().any(|&(c, oi, _)| prep.opts[oi].t == t && x[c].round() >= 1.0));
         if x[r] <= 1e-9 || !placed {
             return Err(infeasible(&prep, goal, None, cfg, solver, clock));
         }
@@ -1279,14 +1312,11 @@ pub fn plan(
     Ok(decode(&prep, &splits[*si], built, &x, goal, stats))
 }
 
-/// Re-choose the layout counts `y` for the chosen instances so they use the fewest GPUs.
-/// The main MILP stops at the MIP gap, which is far coarser than its GPU tie-break; this
-/// small exact MILP (one column per layout class) closes that.
 /// Fallback when a demand below the maximum is infeasible in the model.
 ///
-/// The accuracy bound divides lost accuracy by the *demand* (a lower bound on capacity),
-/// so at small demands one instance of a cheaper variant can look too costly in accuracy
-/// even though the paper's capacity-weighted accuracy does not depend on demand at all. A
+/// With accuracy counted on routed load the model is monotone in demand, so this guards
+/// against solver tolerances only. (It was written for the capacity-counted accuracy
+/// bound, which divided lost accuracy by the demand and could reject a small demand.) A
 /// plan for the maximum serviceable demand R* ≥ `demand` meets every paper constraint at
 /// `demand` too (capacity scales, accuracy and latency do not change), so plan at R* and
 /// relabel; the plan says so in `stats.note`.
@@ -1315,6 +1345,9 @@ fn plan_above(
     p
 }
 
+/// Re-choose the layout counts `y` for the chosen instances so they use the fewest GPUs.
+/// The main MILP stops at the MIP gap, which is far coarser than its GPU tie-break; this
+/// small exact MILP (one column per layout class) closes that.
 /// Returns whether the instances fit the available GPUs.
 fn repack(
     prep: &Prepared<'_>,
