@@ -4,6 +4,7 @@
 //! [planner]
 //! time_limit_s = 30.0   # wall-clock limit of one planner run
 //! mip_rel_gap = 1e-4    # relative MIP gap of each MILP
+//! max_demand_rel_gap = 0.01  # maximum demand: stop once R is within this share of the bound
 //! threads = 1           # HiGHS threads (process-global in HiGHS; omit for its default)
 //! alpha = 1.0           # Eq. 14 accuracy weight
 //! beta = 0.035          # Eq. 14 slice weight (omit: 1 / available slices)
@@ -441,6 +442,8 @@ pub struct PlannerSection {
     pub time_limit_s: Option<f64>,
     /// Relative gap.
     pub mip_rel_gap: Option<f64>,
+    /// Relative gap on the maximum demand.
+    pub max_demand_rel_gap: Option<f64>,
     /// HiGHS threads.
     pub threads: Option<u32>,
     /// α.
@@ -571,6 +574,10 @@ impl Config {
         if mip_rel_gap >= 1.0 {
             return Err(bad("mip_rel_gap", format!("must be below 1, got {mip_rel_gap}")));
         }
+        let max_demand_rel_gap = pos("max_demand_rel_gap", p.max_demand_rel_gap, d.max_demand_rel_gap)?;
+        if max_demand_rel_gap >= 1.0 {
+            return Err(bad("max_demand_rel_gap", format!("must be below 1, got {max_demand_rel_gap}")));
+        }
         if p.threads == Some(0) {
             return Err(bad("threads", "must be at least 1 (omit it for HiGHS's default)".into()));
         }
@@ -581,6 +588,7 @@ impl Config {
         Ok(PlannerConfig {
             time_limit_s: pos("time_limit_s", p.time_limit_s, d.time_limit_s)?,
             mip_rel_gap,
+            max_demand_rel_gap,
             alpha: pos("alpha", p.alpha, d.alpha)?,
             beta: match p.beta {
                 Some(b) => Some(pos("beta", Some(b), 0.0)?),

@@ -3,9 +3,16 @@
 //! HiGHS caveat (`shared/research/deps.md`): its `threads` option is process-global. The
 //! first solve in a process fixes it; [`HighsSolver`] therefore sets it only when
 //! configured, and a later different value is reported as an error rather than a panic.
+//!
+//! MILPs run with HiGHS's presolve off: on the planner's models it spent more than it saved
+//! (`docs/planner.md`, "Solver settings"). A solve that HiGHS ends with a status that is no
+//! answer (`Unknown`: seen on an infeasible LP relaxation whose dual simplex stalled,
+//! which the interior-point solver proves infeasible) is repeated in the time left with the
+//! next settings of [`ATTEMPTS`]; only when every one fails is it an error.
 
 use crate::milp::{Milp, Solution, SolveOptions, Solver, SolverError, Status};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
 
 static HIGHS_THREADS: AtomicU32 = AtomicU32::new(0);
 
@@ -16,8 +23,57 @@ pub struct HighsSolver {
     pub threads: Option<u32>,
 }
 
+/// HiGHS settings of one attempt at a solve.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// HiGHS presolve.
+    presolve: bool,
+    /// The interior-point LP solver instead of HiGHS's choice (for a MILP: of its LPs).
+    ipm: bool,
+}
+
+/// The attempts at a solve, in order: MILPs first without presolve, then with it; then
+/// either with the interior-point LP solver.
+const ATTEMPTS: [Attempt; 3] = [
+    Attempt { presolve: false, ipm: false },
+    Attempt { presolve: true, ipm: false },
+    Attempt { presolve: true, ipm: true },
+];
+
 impl Solver for HighsSolver {
     fn solve(&self, milp: &Milp, opts: SolveOptions) -> Result<Solution, SolverError> {
+        let integer = !opts.relax && milp.cols.iter().any(|c| c.integer);
+        // An LP keeps HiGHS's presolve: the first attempt is the second of the list.
+        let attempts = if integer { &ATTEMPTS[..] } else { &ATTEMPTS[1..] };
+        let start = Instant::now();
+        let mut last = None;
+        for &a in attempts {
+            let left = opts.time_limit_s - start.elapsed().as_secs_f64();
+            if last.is_some() && left <= 0.0 {
+                break;
+            }
+            match self.run(milp, SolveOptions { time_limit_s: left.max(0.001), ..opts }, a)? {
+                Ok(sol) => return Ok(sol),
+                Err(status) => last = Some(status),
+            }
+        }
+        Err(SolverError::Backend(format!(
+            "HiGHS model status {:?} with every setting tried ({} attempt(s))",
+            last.unwrap_or(highs::HighsModelStatus::Unknown),
+            attempts.len()
+        )))
+    }
+}
+
+impl HighsSolver {
+    /// One HiGHS run; `Ok(Err(status))` when HiGHS ended with a status that is neither a
+    /// result nor an error of the model (`Unknown`, `SolveError`, ...).
+    fn run(
+        &self,
+        milp: &Milp,
+        opts: SolveOptions,
+        attempt: Attempt,
+    ) -> Result<Result<Solution, highs::HighsModelStatus>, SolverError> {
         let mut pb = highs::RowProblem::default();
         let cols: Vec<highs::Col> = milp
             .cols
@@ -42,6 +98,16 @@ impl Solver for HighsSolver {
         model
             .try_set_option("random_seed", 0)
             .map_err(|e| SolverError::Backend(format!("option random_seed: {e:?}")))?;
+        let text = |m: &mut highs::Model, k: &str, v: &str| {
+            m.try_set_option(k, v).map_err(|e| SolverError::Backend(format!("option {k}: {e:?}")))
+        };
+        if !attempt.presolve {
+            text(&mut model, "presolve", "off")?;
+        }
+        if attempt.ipm {
+            text(&mut model, "solver", "ipm")?;
+            text(&mut model, "mip_lp_solver", "ipm")?;
+        }
         if let Some(t) = self.threads {
             let was = HIGHS_THREADS.load(Ordering::SeqCst);
             if was != 0 && was != t {
@@ -63,10 +129,10 @@ impl Solver for HighsSolver {
             }
             S::ReachedTimeLimit | S::ReachedInterrupt | S::ReachedIterationLimit => Status::TimeLimitNoSolution,
             S::ModelEmpty => Status::Optimal,
-            other => return Err(SolverError::Backend(format!("HiGHS model status {other:?}"))),
+            other => return Ok(Err(other)),
         };
         if status == Status::Infeasible {
-            return Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound: f64::NAN });
+            return Ok(Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound: f64::NAN }));
         }
         if status == Status::TimeLimitNoSolution {
             // No solution, but the search may have proved a bound on the optimum.
@@ -79,7 +145,7 @@ impl Solver for HighsSolver {
                     .filter(|b| b.is_finite())
                     .map_or(f64::NAN, |b| b + milp.offset)
             };
-            return Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound });
+            return Ok(Ok(Solution { status, x: Vec::new(), objective: f64::NAN, bound }));
         }
         let x = solved.get_solution().columns().to_vec();
         let objective = milp.objective(&x);
@@ -89,7 +155,7 @@ impl Solver for HighsSolver {
         } else {
             objective
         };
-        Ok(Solution { status, x, objective, bound })
+        Ok(Ok(Solution { status, x, objective, bound }))
     }
 }
 
@@ -114,6 +180,52 @@ mod tests {
         assert!(m.is_feasible(&s.x, 1e-6));
         let lp = HighsSolver::default().solve(&m, SolveOptions { relax: true, ..opts }).expect("solves");
         assert!(lp.objective >= s.objective - 1e-9);
+    }
+
+    /// A dumped model (`jigsaw bench planner --dump-milp`; JSON, infinite bounds as null).
+    fn dumped(text: &str) -> (Milp, SolveOptions) {
+        let v: serde_json::Value = serde_json::from_str(text).expect("json");
+        let num = |x: &serde_json::Value, none: f64| x.as_f64().unwrap_or(none);
+        let m = &v["milp"];
+        let mut milp = Milp { maximize: m["maximize"].as_bool().expect("maximize"), ..Milp::default() };
+        milp.offset = num(&m["offset"], 0.0);
+        for c in m["cols"].as_array().expect("cols") {
+            milp.col(
+                num(&c["cost"], 0.0),
+                num(&c["lb"], f64::NEG_INFINITY),
+                num(&c["ub"], f64::INFINITY),
+                c["integer"].as_bool().expect("integer"),
+            );
+        }
+        for r in m["rows"].as_array().expect("rows") {
+            let coefs = r["coefs"]
+                .as_array()
+                .expect("coefs")
+                .iter()
+                .map(|p| (p[0].as_u64().expect("col") as usize, p[1].as_f64().expect("coef")))
+                .collect();
+            milp.row(num(&r["lb"], f64::NEG_INFINITY), num(&r["ub"], f64::INFINITY), coefs);
+        }
+        let o = &v["options"];
+        let opts = SolveOptions {
+            relax: o["relax"].as_bool().expect("relax"),
+            time_limit_s: 10.0,
+            mip_rel_gap: num(&o["mip_rel_gap"], 1e-4),
+            mip_abs_gap: num(&o["mip_abs_gap"], 0.0),
+        };
+        (milp, opts)
+    }
+
+    /// Found by `jigsaw bench planner --random 6 --seed 2` (app 5, 8 GPUs, min-cost at 90 %):
+    /// the LP relaxation of a latency split that cannot serve the demand. HiGHS's dual
+    /// simplex stalls on it and ends with model status `Unknown`, which failed the whole
+    /// planner run; the interior-point solver proves it infeasible.
+    #[test]
+    fn a_stalled_lp_is_retried_until_it_has_an_answer() {
+        let (milp, opts) = dumped(include_str!("../tests/fixtures/highs-stalled-lp.json"));
+        assert!(opts.relax);
+        let s = HighsSolver::default().solve(&milp, opts).expect("an answer after a retry");
+        assert_eq!(s.status, Status::Infeasible);
     }
 
     #[test]

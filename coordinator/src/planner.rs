@@ -55,6 +55,10 @@ pub struct PlannerConfig {
     pub time_limit_s: f64,
     /// Relative MIP gap at which a split's MILP stops.
     pub mip_rel_gap: f64,
+    /// Relative gap on the maximum serviceable demand `R` (the larger of this and
+    /// `mip_rel_gap` applies when maximising demand): the search stops once no split can
+    /// raise `R` by more than this share.
+    pub max_demand_rel_gap: f64,
     /// α of Eq. 14.
     pub alpha: f64,
     /// β of Eq. 14; `None` = 1 / available slices (the paper's 1/28 for 4 GPUs).
@@ -98,6 +102,7 @@ impl Default for PlannerConfig {
         PlannerConfig {
             time_limit_s: 30.0,
             mip_rel_gap: 1e-4,
+            max_demand_rel_gap: 0.01,
             alpha: 1.0,
             beta: None,
             max_levels: 10,
@@ -1168,9 +1173,13 @@ pub fn plan(
         Goal::MinCost { .. } => cfg.abs_gap_slices * beta_of(cfg, pb.gpus),
         Goal::MaxDemand => 0.0,
     };
+    let rel_gap = match goal {
+        Goal::MinCost { .. } => cfg.mip_rel_gap,
+        Goal::MaxDemand => cfg.mip_rel_gap.max(cfg.max_demand_rel_gap),
+    };
     // What a split must beat the incumbent `obj` by to matter: the relative gap or the
     // absolute one, whichever is larger (pruning by LP bound and the cutoff row use it).
-    let must_beat = |obj: f64| obj + (cfg.mip_rel_gap * obj.abs().max(1e-9)).max(abs_gap);
+    let must_beat = |obj: f64| obj + (rel_gap * obj.abs().max(1e-9)).max(abs_gap);
     let mut best: Option<(f64, usize, Vec<f64>)> = None; // (objective, bounded index, x)
     let mut bound = f64::NEG_INFINITY;
     let (mut solved, mut pruned) = (0usize, 0usize);
@@ -1216,7 +1225,7 @@ pub fn plan(
         };
         let sol = solver.solve(
             milp,
-            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
+            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: rel_gap, mip_abs_gap: abs_gap },
         )?;
         solved += 1;
         match sol.status {
@@ -1284,7 +1293,7 @@ pub fn plan(
         }
         let sol = solver.solve(
             &exact,
-            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: abs_gap },
+            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: rel_gap, mip_abs_gap: abs_gap },
         )?;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {

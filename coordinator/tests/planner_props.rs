@@ -33,6 +33,7 @@ fn cfg() -> PlannerConfig {
     PlannerConfig {
         time_limit_s: 60.0,
         mip_rel_gap: 1e-9,
+        max_demand_rel_gap: 1e-9,
         abs_gap_slices: 0.0,
         max_levels: 64,
         ..PlannerConfig::default()

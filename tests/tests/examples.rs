@@ -73,7 +73,8 @@ fn more_demand_never_needs_fewer_slices() {
 #[test]
 fn full_space_serves_at_least_every_restricted_space() {
     let (app, profiles, _) = load_example("traffic");
-    let cfg = PlannerConfig::default();
+    // Containment of the spaces, not the default 1 % stopping gap on R, is under test.
+    let cfg = PlannerConfig { max_demand_rel_gap: 1e-4, ..PlannerConfig::default() };
     let solver = HighsSolver::default();
     let serve = |space: SearchSpace| {
         plan(problem(&app, &profiles, 8, space), Goal::MaxDemand, &cfg, &solver, &FrozenClock).map(|p| p.demand_rps)
