@@ -4,11 +4,12 @@
 //! first solve in a process fixes it; [`HighsSolver`] therefore sets it only when
 //! configured, and a later different value is reported as an error rather than a panic.
 //!
-//! MILPs run with HiGHS's presolve off: on the planner's models it spent more than it saved
+//! MILPs whose caller asks for it ([`SolveOptions::presolve`] false: the planner's split
+//! MILPs) run with HiGHS's presolve off: on those models it spent more than it saved
 //! (`docs/planner.md`, "Solver settings"). A solve that HiGHS ends with a status that is no
 //! answer (`Unknown`: seen on an infeasible LP relaxation whose dual simplex stalled,
 //! which the interior-point solver proves infeasible) is repeated in the time left with the
-//! next settings of [`ATTEMPTS`]; only when every one fails is it an error.
+//! next settings of `ATTEMPTS`; only when every one fails is it an error.
 
 use crate::milp::{Milp, Solution, SolveOptions, Solver, SolverError, Status};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,8 +33,8 @@ struct Attempt {
     ipm: bool,
 }
 
-/// The attempts at a solve, in order: MILPs first without presolve, then with it; then
-/// either with the interior-point LP solver.
+/// The attempts at a solve, in order: a MILP whose caller turned presolve off first without
+/// it, then with it; then with the interior-point LP solver.
 const ATTEMPTS: [Attempt; 3] = [
     Attempt { presolve: false, ipm: false },
     Attempt { presolve: true, ipm: false },
@@ -43,8 +44,9 @@ const ATTEMPTS: [Attempt; 3] = [
 impl Solver for HighsSolver {
     fn solve(&self, milp: &Milp, opts: SolveOptions) -> Result<Solution, SolverError> {
         let integer = !opts.relax && milp.cols.iter().any(|c| c.integer);
-        // An LP keeps HiGHS's presolve: the first attempt is the second of the list.
-        let attempts = if integer { &ATTEMPTS[..] } else { &ATTEMPTS[1..] };
+        // Presolve stays on for an LP and where the caller asks for it: the attempts start
+        // at the second of the list.
+        let attempts = if integer && !opts.presolve { &ATTEMPTS[..] } else { &ATTEMPTS[1..] };
         let start = Instant::now();
         let mut last = None;
         for &a in attempts {
@@ -173,7 +175,8 @@ mod tests {
         m.row(f64::NEG_INFINITY, 5.0, vec![(a, 2.0), (b, 3.0), (c, 1.0)]);
         m.row(f64::NEG_INFINITY, 11.0, vec![(a, 4.0), (b, 1.0), (c, 2.0)]);
         m.row(f64::NEG_INFINITY, 8.0, vec![(a, 3.0), (b, 4.0), (c, 2.0)]);
-        let opts = SolveOptions { relax: false, time_limit_s: 10.0, mip_rel_gap: 1e-9, mip_abs_gap: 0.0 };
+        let opts =
+            SolveOptions { relax: false, time_limit_s: 10.0, mip_rel_gap: 1e-9, mip_abs_gap: 0.0, presolve: true };
         let s = HighsSolver::default().solve(&m, opts).expect("solves");
         assert_eq!(s.status, Status::Optimal);
         assert!((s.objective - 13.0).abs() < 1e-6, "{s:?}");
@@ -212,6 +215,7 @@ mod tests {
             time_limit_s: 10.0,
             mip_rel_gap: num(&o["mip_rel_gap"], 1e-4),
             mip_abs_gap: num(&o["mip_abs_gap"], 0.0),
+            presolve: o["presolve"].as_bool().unwrap_or(true),
         };
         (milp, opts)
     }
@@ -234,7 +238,10 @@ mod tests {
         let a = m.col(1.0, 0.0, 1.0, true);
         m.row(2.0, f64::INFINITY, vec![(a, 1.0)]);
         let s = HighsSolver::default()
-            .solve(&m, SolveOptions { relax: false, time_limit_s: 5.0, mip_rel_gap: 1e-6, mip_abs_gap: 0.0 })
+            .solve(
+                &m,
+                SolveOptions { relax: false, time_limit_s: 5.0, mip_rel_gap: 1e-6, mip_abs_gap: 0.0, presolve: true },
+            )
             .expect("solves");
         assert_eq!(s.status, Status::Infeasible);
     }

@@ -282,8 +282,10 @@ pub fn plan_joint(
     };
     let solve = |m: &Milp, relax: bool, stats: &mut JointStats| -> Result<Option<Vec<f64>>, PlanError> {
         let left = (deadline - clock.now_s()).max(0.05);
-        let sol =
-            solver.solve(m, SolveOptions { relax, time_limit_s: left, mip_rel_gap: 0.0, mip_abs_gap: abs_gap })?;
+        let sol = solver.solve(
+            m,
+            SolveOptions { relax, time_limit_s: left, mip_rel_gap: 0.0, mip_abs_gap: abs_gap, presolve: true },
+        )?;
         Ok(match sol.status {
             Status::Optimal => Some(sol.x),
             Status::TimeLimitFeasible => {

@@ -128,6 +128,10 @@ pub struct SolveOptions {
     pub mip_rel_gap: f64,
     /// Absolute MIP gap (0 = none).
     pub mip_abs_gap: f64,
+    /// Let the backend presolve a MILP (a hint: the planner's small split MILPs solve faster
+    /// without HiGHS's presolve, the joint cluster MILP much slower; `docs/planner.md`,
+    /// "Solver settings").
+    pub presolve: bool,
 }
 
 /// A MILP backend.

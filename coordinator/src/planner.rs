@@ -18,7 +18,7 @@
 //! * **Demand (Eqs. 4–6).** Where every allowed variant of `t` has the same fan-out to `t'`
 //!   and `t`'s own demand is fixed, the downstream demand is the exact constant; otherwise
 //!   `t` is routed: continuous columns `r ≤ h·M` carry the items/s the plan routes to each
-//!   of its instance columns, and `t'` receives `Σ F·r` (see [`add_app_rows`]).
+//!   of its instance columns, and `t'` receives `Σ F·r` (see `add_app_rows`).
 //! * **Accuracy (Eqs. 10–13), conservative.** With `d_t = 1 − Â(t)/a_max(t)`, the
 //!   Weierstrass inequality `Π(1−d) ≥ 1 − Σ d` gives `A_obj ≥ 1 − Σ_t W_t·d_t / A_max`, and
 //!   `d_t ≤ Λ_t / (a_max(t)·ρ_t·R)` where `Λ_t = Σ r·(a_max − A_v)` over the load routed
@@ -1159,7 +1159,13 @@ pub fn plan(
         }
         let lp = solver.solve(
             &built.milp,
-            SolveOptions { relax: true, time_limit_s: left, mip_rel_gap: cfg.mip_rel_gap, mip_abs_gap: 0.0 },
+            SolveOptions {
+                relax: true,
+                time_limit_s: left,
+                mip_rel_gap: cfg.mip_rel_gap,
+                mip_abs_gap: 0.0,
+                presolve: true,
+            },
         )?;
         if lp.status == Status::Optimal || lp.status == Status::TimeLimitFeasible {
             bounded.push((lp.objective, i, built));
@@ -1225,7 +1231,13 @@ pub fn plan(
         };
         let sol = solver.solve(
             milp,
-            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: rel_gap, mip_abs_gap: abs_gap },
+            SolveOptions {
+                relax: false,
+                time_limit_s: left,
+                mip_rel_gap: rel_gap,
+                mip_abs_gap: abs_gap,
+                presolve: false,
+            },
         )?;
         solved += 1;
         match sol.status {
@@ -1293,7 +1305,13 @@ pub fn plan(
         }
         let sol = solver.solve(
             &exact,
-            SolveOptions { relax: false, time_limit_s: left, mip_rel_gap: rel_gap, mip_abs_gap: abs_gap },
+            SolveOptions {
+                relax: false,
+                time_limit_s: left,
+                mip_rel_gap: rel_gap,
+                mip_abs_gap: abs_gap,
+                presolve: false,
+            },
         )?;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {
@@ -1385,8 +1403,10 @@ fn repack(
         }
     }
     m.row(f64::NEG_INFINITY, prep.pb.gpus as f64, ys.iter().map(|&y| (y, 1.0)).collect());
-    let sol =
-        solver.solve(&m, SolveOptions { relax: false, time_limit_s: time_s, mip_rel_gap: 0.0, mip_abs_gap: 0.0 })?;
+    let sol = solver.solve(
+        &m,
+        SolveOptions { relax: false, time_limit_s: time_s, mip_rel_gap: 0.0, mip_abs_gap: 0.0, presolve: true },
+    )?;
     if !matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
         return Ok(false);
     }
