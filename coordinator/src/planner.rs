@@ -1183,6 +1183,15 @@ pub fn plan(
         Goal::MinCost { .. } => cfg.mip_rel_gap,
         Goal::MaxDemand => cfg.mip_rel_gap.max(cfg.max_demand_rel_gap),
     };
+    // A split's MILP: the goal's gaps, without HiGHS's presolve (`docs/planner.md`,
+    // "Solver settings").
+    let split_opts = |left: f64| SolveOptions {
+        relax: false,
+        time_limit_s: left,
+        mip_rel_gap: rel_gap,
+        mip_abs_gap: abs_gap,
+        presolve: false,
+    };
     // What a split must beat the incumbent `obj` by to matter: the relative gap or the
     // absolute one, whichever is larger (pruning by LP bound and the cutoff row use it).
     let must_beat = |obj: f64| obj + (rel_gap * obj.abs().max(1e-9)).max(abs_gap);
@@ -1229,16 +1238,7 @@ pub fn plan(
             }
             None => &built.milp,
         };
-        let sol = solver.solve(
-            milp,
-            SolveOptions {
-                relax: false,
-                time_limit_s: left,
-                mip_rel_gap: rel_gap,
-                mip_abs_gap: abs_gap,
-                presolve: false,
-            },
-        )?;
+        let sol = solver.solve(milp, split_opts(left))?;
         solved += 1;
         match sol.status {
             Status::Infeasible if cutoff.is_some() => {
@@ -1303,16 +1303,7 @@ pub fn plan(
         if left <= 0.0 {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
-        let sol = solver.solve(
-            &exact,
-            SolveOptions {
-                relax: false,
-                time_limit_s: left,
-                mip_rel_gap: rel_gap,
-                mip_abs_gap: abs_gap,
-                presolve: false,
-            },
-        )?;
+        let sol = solver.solve(&exact, split_opts(left))?;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {
                 x = sol.x;
