@@ -1136,27 +1136,40 @@ pub fn hedge_delay(left: Duration, healthy: Option<Duration>, copy: Option<Durat
     Some(wanted.min(latest))
 }
 
-/// Weighted choice among targets not yet tried.
-/// A target by weight among the untried ones, avoiding `suspect` ones while another exists.
+/// A target among the untried ones: by planned weight among those that are not `suspect`,
+/// then (none of them left) by capacity among the healthy ones the plan routes nothing to
+/// (a spread copy on another node, say: alive capacity still serves when the loaded
+/// instances are gone), then by weight among the suspect ones, then by capacity among all.
 fn pick(targets: &[Target], tried: &[usize], suspect: &[bool], rng: &mut SplitMix64) -> Option<usize> {
-    let open = |i: &usize| !tried.contains(i);
-    let healthy = |i: &usize| open(i) && !suspect.get(*i).copied().unwrap_or(false);
-    let any_healthy = (0..targets.len()).any(|i| healthy(&i) && targets[i].weight > 0.0);
-    let ok = |i: &usize| if any_healthy { healthy(i) } else { open(i) };
-    let total: f64 = targets.iter().enumerate().filter(|(i, _)| ok(i)).map(|(_, t)| t.weight).sum();
-    if total <= 0.0 {
-        return None;
-    }
-    let mut x = rng.unit() * total;
-    let mut last = None;
-    for (i, t) in targets.iter().enumerate().filter(|(i, _)| ok(i)) {
-        last = Some(i);
-        if x < t.weight {
-            return Some(i);
+    let open = |i: usize| !tried.contains(&i);
+    let healthy = |i: usize| open(i) && !suspect.get(i).copied().unwrap_or(false);
+    // (only healthy ones, by planned weight rather than by the capacity of unloaded ones)
+    for (healthy_only, loaded) in [(true, true), (true, false), (false, true), (false, false)] {
+        let ok = |i: usize| if healthy_only { healthy(i) } else { open(i) };
+        let w = |t: &Target| match (loaded, t.weight > 0.0) {
+            (true, _) => t.weight.max(0.0),
+            (false, true) => 0.0,
+            (false, false) => t.capacity_rps.max(0.0).max(1e-9),
+        };
+        let total: f64 = targets.iter().enumerate().filter(|(i, _)| ok(*i)).map(|(_, t)| w(t)).sum();
+        if total <= 0.0 {
+            continue;
         }
-        x -= t.weight;
+        let mut x = rng.unit() * total;
+        let mut last = None;
+        for (i, t) in targets.iter().enumerate().filter(|(i, _)| ok(*i)) {
+            if w(t) <= 0.0 {
+                continue;
+            }
+            last = Some(i);
+            if x < w(t) {
+                return Some(i);
+            }
+            x -= w(t);
+        }
+        return last;
     }
-    last
+    None
 }
 
 /// The single image input of a request, checked against [`INPUT_SHAPE`].
@@ -1319,6 +1332,33 @@ mod tests {
             weight,
             capacity_rps: weight,
         }
+    }
+
+    #[test]
+    fn targets_without_planned_load_serve_once_the_loaded_ones_are_gone() {
+        let mut rng = SplitMix64::new(7);
+        // Two loaded instances and one the plan routes nothing to (capacity 50 req/s).
+        let ts = vec![
+            target("g0", "v", 30.0),
+            target("g1", "v", 10.0),
+            Target { capacity_rps: 50.0, ..target("g2", "v", 0.0) },
+        ];
+        let none = [false, false, false];
+        // While a loaded target is untried and healthy, only loaded ones are picked, by weight.
+        let mut hits = [0usize; 3];
+        for _ in 0..400 {
+            hits[pick(&ts, &[], &none, &mut rng).expect("a target")] += 1;
+        }
+        assert_eq!(hits[2], 0, "{hits:?}");
+        assert!(hits[0] > 2 * hits[1], "by weight: {hits:?}");
+        // Both loaded ones tried: the unloaded one serves (before: no target at all).
+        assert_eq!(pick(&ts, &[0, 1], &none, &mut rng), Some(2));
+        // The loaded ones suspect: the healthy unloaded one comes first.
+        assert_eq!(pick(&ts, &[], &[true, true, false], &mut rng), Some(2));
+        // Everything suspect: loaded ones by weight again.
+        assert!(matches!(pick(&ts, &[], &[true, true, true], &mut rng), Some(0 | 1)));
+        // Everything tried: none.
+        assert_eq!(pick(&ts, &[0, 1, 2], &none, &mut rng), None);
     }
 
     #[test]
