@@ -236,7 +236,7 @@ pub fn plan_joint(
             m.row(0.0, f64::INFINITY, vec![(r, 1.0), (served, -1.0)]);
             let cost_active = !matches!(phase, Phase::Shed(_));
             let demand = *demand;
-            let cost = |o: &crate::planner::Opt, _: crate::planner::Point| -> f64 {
+            let cost = |o: &crate::planner::Opt| -> f64 {
                 if !cost_active {
                     return 0.0;
                 }

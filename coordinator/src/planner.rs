@@ -767,7 +767,7 @@ fn build(prep: &Prepared<'_>, split: &Split, goal: Goal, cfg: &PlannerConfig) ->
         }
         Goal::MinCost { demand } => (None, Root::Fixed(demand)),
     };
-    let cost = |o: &Opt, _: Point| -> f64 {
+    let cost = |o: &Opt| -> f64 {
         let slices = f64::from(prep.spec.profiles[o.p].slice_cost());
         match goal {
             Goal::MinCost { .. } => -(beta * slices),
@@ -976,7 +976,7 @@ pub(crate) fn add_app_rows(
     prep: &Prepared<'_>,
     split: &Split,
     root: Root,
-    cost: &dyn Fn(&Opt, Point) -> f64,
+    cost: &dyn Fn(&Opt) -> f64,
     item_cost: &dyn Fn(&Opt) -> f64,
 ) -> AppCols {
     let pb = prep.pb;
@@ -993,7 +993,7 @@ pub(crate) fn add_app_rows(
             continue; // ρ_t = 0: only max-accuracy variants may serve t
         }
         let ub = f64::from(prof.max_instances) * g;
-        let c = m.col(cost(o, pt), 0.0, ub, true);
+        let c = m.col(cost(o), 0.0, ub, true);
         m_cols.push((c, oi, pt));
     }
     let r_cols: Vec<Option<usize>> = m_cols
