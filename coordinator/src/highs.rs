@@ -106,6 +106,11 @@ impl HighsSolver {
         if !attempt.presolve {
             text(&mut model, "presolve", "off")?;
         }
+        if !opts.heuristics && !opts.relax {
+            for k in ["mip_heuristic_run_rens", "mip_heuristic_run_rins", "mip_heuristic_run_root_reduced_cost"] {
+                model.try_set_option(k, false).map_err(|e| SolverError::Backend(format!("option {k}: {e:?}")))?;
+            }
+        }
         if attempt.ipm {
             text(&mut model, "solver", "ipm")?;
             text(&mut model, "mip_lp_solver", "ipm")?;
@@ -175,14 +180,32 @@ mod tests {
         m.row(f64::NEG_INFINITY, 5.0, vec![(a, 2.0), (b, 3.0), (c, 1.0)]);
         m.row(f64::NEG_INFINITY, 11.0, vec![(a, 4.0), (b, 1.0), (c, 2.0)]);
         m.row(f64::NEG_INFINITY, 8.0, vec![(a, 3.0), (b, 4.0), (c, 2.0)]);
-        let opts =
-            SolveOptions { relax: false, time_limit_s: 10.0, mip_rel_gap: 1e-9, mip_abs_gap: 0.0, presolve: true };
+        let opts = SolveOptions {
+            relax: false,
+            time_limit_s: 10.0,
+            mip_rel_gap: 1e-9,
+            mip_abs_gap: 0.0,
+            presolve: true,
+            heuristics: true,
+        };
         let s = HighsSolver::default().solve(&m, opts).expect("solves");
         assert_eq!(s.status, Status::Optimal);
         assert!((s.objective - 13.0).abs() < 1e-6, "{s:?}");
         assert!(m.is_feasible(&s.x, 1e-6));
         let lp = HighsSolver::default().solve(&m, SolveOptions { relax: true, ..opts }).expect("solves");
         assert!(lp.objective >= s.objective - 1e-9);
+        // The heuristics hint changes how HiGHS searches, not what it proves; without
+        // presolve as well (the planner's proofs under a cutoff).
+        for presolve in [true, false] {
+            let quiet = SolveOptions { heuristics: false, presolve, ..opts };
+            let h = HighsSolver::default().solve(&m, quiet).expect("solves");
+            assert_eq!(h.status, Status::Optimal);
+            assert!((h.objective - 13.0).abs() < 1e-6, "{h:?}");
+            // Under a cutoff above the optimum the model is infeasible.
+            let mut cut = m.clone();
+            cut.row(13.5, f64::INFINITY, vec![(a, 5.0), (b, 4.0), (c, 3.0)]);
+            assert_eq!(HighsSolver::default().solve(&cut, quiet).expect("solves").status, Status::Infeasible);
+        }
     }
 
     /// A dumped model (`jigsaw bench planner --dump-milp`; JSON, infinite bounds as null).
@@ -216,6 +239,7 @@ mod tests {
             mip_rel_gap: num(&o["mip_rel_gap"], 1e-4),
             mip_abs_gap: num(&o["mip_abs_gap"], 0.0),
             presolve: o["presolve"].as_bool().unwrap_or(true),
+            heuristics: o["heuristics"].as_bool().unwrap_or(true),
         };
         (milp, opts)
     }
@@ -240,7 +264,14 @@ mod tests {
         let s = HighsSolver::default()
             .solve(
                 &m,
-                SolveOptions { relax: false, time_limit_s: 5.0, mip_rel_gap: 1e-6, mip_abs_gap: 0.0, presolve: true },
+                SolveOptions {
+                    relax: false,
+                    time_limit_s: 5.0,
+                    mip_rel_gap: 1e-6,
+                    mip_abs_gap: 0.0,
+                    presolve: true,
+                    heuristics: true,
+                },
             )
             .expect("solves");
         assert_eq!(s.status, Status::Infeasible);

@@ -284,7 +284,14 @@ pub fn plan_joint(
         let left = (deadline - clock.now_s()).max(0.05);
         let sol = solver.solve(
             m,
-            SolveOptions { relax, time_limit_s: left, mip_rel_gap: 0.0, mip_abs_gap: abs_gap, presolve: true },
+            SolveOptions {
+                relax,
+                time_limit_s: left,
+                mip_rel_gap: 0.0,
+                mip_abs_gap: abs_gap,
+                presolve: true,
+                heuristics: true,
+            },
         )?;
         Ok(match sol.status {
             Status::Optimal => Some(sol.x),

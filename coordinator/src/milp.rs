@@ -132,6 +132,11 @@ pub struct SolveOptions {
     /// without HiGHS's presolve, the joint cluster MILP much slower; `docs/planner.md`,
     /// "Solver settings").
     pub presolve: bool,
+    /// Let the backend run its costly heuristics at the root of a MILP (HiGHS: the RENS and
+    /// RINS sub-MIPs and the root reduced-cost heuristic). A hint: a solve that is expected
+    /// to prove that no solution beats a cutoff spends most of its root node in them
+    /// (`docs/planner.md`, "Solver settings").
+    pub heuristics: bool,
 }
 
 /// A MILP backend.

@@ -843,26 +843,18 @@ fn add_slice_bounds(
         m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).copied().collect()
     };
     let cost = |oi: usize| usize::from(spec.profiles[prep.opts[oi].p].slice_cost());
-    let max = slice_capacity(prep);
-    let caps: Vec<Vec<f64>> = (0..nt)
-        .map(|t| capacity_by_slices(&task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(), max))
-        .collect();
     match (goal, r_col) {
-        (Goal::MinCost { demand }, _) => {
-            for (t, cap) in caps.iter().enumerate() {
-                let need = prep.rho_min[t] * demand;
-                if need <= 0.0 {
-                    continue;
-                }
-                let s_t = min_slices(cap, need);
-                if s_t == 0 {
-                    continue;
-                }
-                let coefs = task_cols(t).iter().map(|&(c, oi, _)| (c, cost(oi) as f64)).collect();
-                m.row(s_t as f64, f64::INFINITY, coefs);
-            }
-        }
+        (Goal::MinCost { demand }, _) => add_cover_rows(m, prep, m_cols, demand),
         (Goal::MaxDemand, Some(r)) => {
+            let max = slice_capacity(prep);
+            let caps: Vec<Vec<f64>> = (0..nt)
+                .map(|t| {
+                    capacity_by_slices(
+                        &task_cols(t).iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(),
+                        max,
+                    )
+                })
+                .collect();
             let tasks: Vec<usize> = (0..nt).filter(|&t| prep.rho_min[t] > 1e-12).collect();
             if let Some(ub) = demand_bound(&tasks, &caps, &prep.rho_min, max) {
                 // Relative slack only: a bound of 0 (not even one instance per task fits)
@@ -877,6 +869,30 @@ fn add_slice_bounds(
             }
         }
         (Goal::MaxDemand, None) => {}
+    }
+}
+
+/// Per task `t`, the row `Σ_{j∈t} s_j·M_j ≥ S_t(demand)`: whole instances of `t`'s columns
+/// that serve its least demand `ρ_t·demand` need at least that many slices (see
+/// [`add_slice_bounds`]). Valid wherever the root demand is at least `demand`: at fixed
+/// demand, and when maximising demand under a cutoff `R ≥ demand`.
+fn add_cover_rows(m: &mut Milp, prep: &Prepared<'_>, m_cols: &[(usize, usize, Point)], demand: f64) {
+    let spec = prep.spec;
+    let cost = |oi: usize| usize::from(spec.profiles[prep.opts[oi].p].slice_cost());
+    let max = slice_capacity(prep);
+    for t in 0..prep.pb.app.tasks.len() {
+        let need = prep.rho_min[t] * demand;
+        if need <= 0.0 {
+            continue;
+        }
+        let cols: Vec<(usize, usize, Point)> =
+            m_cols.iter().filter(|(_, oi, _)| prep.opts[*oi].t == t).copied().collect();
+        let cap = capacity_by_slices(&cols.iter().map(|&(_, oi, pt)| (cost(oi), pt.h)).collect::<Vec<_>>(), max);
+        let s_t = min_slices(&cap, need);
+        if s_t == 0 {
+            continue;
+        }
+        m.row(s_t as f64, f64::INFINITY, cols.iter().map(|&(c, oi, _)| (c, cost(oi) as f64)).collect());
     }
 }
 
@@ -1165,6 +1181,7 @@ pub fn plan(
                 mip_rel_gap: cfg.mip_rel_gap,
                 mip_abs_gap: 0.0,
                 presolve: true,
+                heuristics: true,
             },
         )?;
         if lp.status == Status::Optimal || lp.status == Status::TimeLimitFeasible {
@@ -1183,14 +1200,16 @@ pub fn plan(
         Goal::MinCost { .. } => cfg.mip_rel_gap,
         Goal::MaxDemand => cfg.mip_rel_gap.max(cfg.max_demand_rel_gap),
     };
-    // A split's MILP: the goal's gaps, without HiGHS's presolve (`docs/planner.md`,
-    // "Solver settings").
-    let split_opts = |left: f64| SolveOptions {
+    // A split's MILP: the goal's gaps, without HiGHS's presolve; when maximising demand
+    // under a cutoff (a proof that the split cannot beat the incumbent, as a rule) without
+    // the costly root heuristics (`docs/planner.md`, "Solver settings").
+    let split_opts = |left: f64, cutoff: bool| SolveOptions {
         relax: false,
         time_limit_s: left,
         mip_rel_gap: rel_gap,
         mip_abs_gap: abs_gap,
         presolve: false,
+        heuristics: !(cutoff && matches!(goal, Goal::MaxDemand)),
     };
     // What a split must beat the incumbent `obj` by to matter: the relative gap or the
     // absolute one, whichever is larger (pruning by LP bound and the cutoff row use it).
@@ -1199,6 +1218,21 @@ pub fn plan(
     let mut bound = f64::NEG_INFINITY;
     let (mut solved, mut pruned) = (0usize, 0usize);
     let mut timed_out = false;
+    // The cutoff model of a split: its MILP with the row objective ≥ `c`.
+    let cut_model = |built: &Built, c: f64| -> Milp {
+        let mut m = built.milp.clone();
+        let coefs =
+            m.cols.iter().enumerate().filter(|(_, col)| col.cost != 0.0).map(|(j, col)| (j, col.cost)).collect();
+        m.row(c - m.offset, f64::INFINITY, coefs);
+        if let Some(r) = built.r_col {
+            // Maximising demand, the objective is R less tie-breaks: the cutoff asks for
+            // R ≥ c, where whole instances of each task need the slices of
+            // `add_cover_rows` (the LP alone spreads fractional instances).
+            m.cols[r].lb = m.cols[r].lb.max(c);
+            add_cover_rows(&mut m, &prep, &built.cols.m, c);
+        }
+        m
+    };
     for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
         if let Some((obj, _, _)) = &best {
             if *lp_bound <= must_beat(*obj) {
@@ -1224,21 +1258,12 @@ pub fn plan(
         let cut_milp;
         let milp = match cutoff {
             Some(c) => {
-                let mut m = built.milp.clone();
-                let coefs = m
-                    .cols
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, col)| col.cost != 0.0)
-                    .map(|(j, col)| (j, col.cost))
-                    .collect();
-                m.row(c - m.offset, f64::INFINITY, coefs);
-                cut_milp = m;
+                cut_milp = cut_model(built, c);
                 &cut_milp
             }
             None => &built.milp,
         };
-        let sol = solver.solve(milp, split_opts(left))?;
+        let sol = solver.solve(milp, split_opts(left, cutoff.is_some()))?;
         solved += 1;
         match sol.status {
             Status::Infeasible if cutoff.is_some() => {
@@ -1303,7 +1328,7 @@ pub fn plan(
         if left <= 0.0 {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
-        let sol = solver.solve(&exact, split_opts(left))?;
+        let sol = solver.solve(&exact, split_opts(left, false))?;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {
                 x = sol.x;
@@ -1396,7 +1421,14 @@ fn repack(
     m.row(f64::NEG_INFINITY, prep.pb.gpus as f64, ys.iter().map(|&y| (y, 1.0)).collect());
     let sol = solver.solve(
         &m,
-        SolveOptions { relax: false, time_limit_s: time_s, mip_rel_gap: 0.0, mip_abs_gap: 0.0, presolve: true },
+        SolveOptions {
+            relax: false,
+            time_limit_s: time_s,
+            mip_rel_gap: 0.0,
+            mip_abs_gap: 0.0,
+            presolve: true,
+            heuristics: true,
+        },
     )?;
     if !matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
         return Ok(false);
