@@ -118,6 +118,10 @@ pub const EPS_GPU: f64 = 1e-6;
 /// Objective weight per slice when maximising demand (a tie-break towards fewer slices).
 pub const EPS_SLICE_MAX_DEMAND: f64 = 1e-6;
 
+/// When maximising demand, the relative gap at which the first split's MILP stops; probes
+/// at fixed `R` settle the rest (`docs/planner.md`, "Search over splits").
+pub const FIND_GAP: f64 = 0.05;
+
 /// β of Eq. 14: the configured value or 1 / available slices.
 pub fn beta_of(cfg: &PlannerConfig, gpus: usize) -> f64 {
     cfg.beta.unwrap_or(1.0 / (7.0 * gpus as f64).max(1.0))
@@ -1200,16 +1204,15 @@ pub fn plan(
         Goal::MinCost { .. } => cfg.mip_rel_gap,
         Goal::MaxDemand => cfg.mip_rel_gap.max(cfg.max_demand_rel_gap),
     };
-    // A split's MILP: the goal's gaps, without HiGHS's presolve; when maximising demand
-    // under a cutoff (a proof that the split cannot beat the incumbent, as a rule) without
-    // the costly root heuristics (`docs/planner.md`, "Solver settings").
-    let split_opts = |left: f64, cutoff: bool| SolveOptions {
+    // A split's MILP: the goal's gaps, without HiGHS's presolve (`docs/planner.md`,
+    // "Solver settings").
+    let split_opts = |left: f64| SolveOptions {
         relax: false,
         time_limit_s: left,
         mip_rel_gap: rel_gap,
         mip_abs_gap: abs_gap,
         presolve: false,
-        heuristics: !(cutoff && matches!(goal, Goal::MaxDemand)),
+        heuristics: true,
     };
     // What a split must beat the incumbent `obj` by to matter: the relative gap or the
     // absolute one, whichever is larger (pruning by LP bound and the cutoff row use it).
@@ -1233,12 +1236,93 @@ pub fn plan(
         }
         m
     };
+    // The feasibility probe of a split when maximising demand: R fixed at `c`, the cover
+    // rows at `c`, fewest slices (then GPUs) as the objective.
+    let probe_model = |built: &Built, r: usize, c: f64| -> Milp {
+        let mut m = built.milp.clone();
+        for (j, col) in m.cols.iter_mut().enumerate() {
+            col.cost = if j == r { 0.0 } else { col.cost / EPS_SLICE_MAX_DEMAND };
+        }
+        m.cols[r].lb = c;
+        m.cols[r].ub = c;
+        add_cover_rows(&mut m, &prep, &built.cols.m, c);
+        m
+    };
     for (k, (lp_bound, _, built)) in bounded.iter().enumerate() {
         if let Some((obj, _, _)) = &best {
             if *lp_bound <= must_beat(*obj) {
                 pruned += 1;
                 bound = bound.max(*lp_bound);
                 continue;
+            }
+        }
+        let left = deadline - clock.now_s();
+        if left <= 0.0 {
+            timed_out = true;
+            bound = bound.max(*lp_bound);
+            continue;
+        }
+        if let Some(r) = built.r_col {
+            // Maximising demand. The first split's MILP stops within `FIND_GAP` (the last
+            // percent is what its search spends most of its time on); every split is then
+            // settled by probes: "does it serve R = c", c the least demand that beats the
+            // incumbent by the goal's margin. The model is monotone in R, so a probe
+            // without a plan proves the split cannot beat the incumbent; one with a plan
+            // is the new incumbent, and the split is then solved under the cutoff. With R fixed, the
+            // whole-instance cover rows at c are as tight as at fixed demand (the plain
+            // model cannot carry them: its R is a column) and fewest slices as the
+            // objective guides the search; most probes end at the root.
+            let mut proved = *lp_bound;
+            if best.is_none() {
+                let opts = SolveOptions { mip_rel_gap: rel_gap.max(FIND_GAP), ..split_opts(left) };
+                let sol = solver.solve(&built.milp, opts)?;
+                solved += 1;
+                match sol.status {
+                    Status::Optimal | Status::TimeLimitFeasible => {
+                        if sol.bound.is_finite() {
+                            proved = proved.min(sol.bound.max(sol.objective));
+                        }
+                        best = Some((sol.objective, k, sol.x));
+                    }
+                    Status::TimeLimitNoSolution => {
+                        timed_out = true;
+                        bound = bound.max(if sol.bound.is_finite() { sol.bound.min(proved) } else { proved });
+                        continue;
+                    }
+                    Status::Infeasible => continue,
+                }
+            }
+            let c = must_beat(best.as_ref().map_or(f64::NEG_INFINITY, |b| b.0));
+            if proved <= c {
+                bound = bound.max(proved);
+                continue;
+            }
+            let left = deadline - clock.now_s();
+            if left <= 0.0 {
+                timed_out = true;
+                bound = bound.max(proved);
+                continue;
+            }
+            let sol = solver.solve(
+                &probe_model(built, r, c),
+                SolveOptions { mip_rel_gap: 1.0, heuristics: false, ..split_opts(left) },
+            )?;
+            solved += 1;
+            match sol.status {
+                Status::Infeasible => {
+                    bound = bound.max(c);
+                    continue;
+                }
+                Status::TimeLimitNoSolution => {
+                    timed_out = true;
+                    bound = bound.max(proved);
+                    continue;
+                }
+                Status::Optimal | Status::TimeLimitFeasible => {
+                    // A plan at R = c beats the incumbent: keep it, then search the split
+                    // for the most it serves, under the cutoff this plan sets (below).
+                    best = Some((built.milp.objective(&sol.x), k, sol.x));
+                }
             }
         }
         let left = deadline - clock.now_s();
@@ -1263,7 +1347,7 @@ pub fn plan(
             }
             None => &built.milp,
         };
-        let sol = solver.solve(milp, split_opts(left, cutoff.is_some()))?;
+        let sol = solver.solve(milp, split_opts(left))?;
         solved += 1;
         match sol.status {
             Status::Infeasible if cutoff.is_some() => {
@@ -1328,7 +1412,7 @@ pub fn plan(
         if left <= 0.0 {
             return Err(PlanError::Timeout(cfg.time_limit_s));
         }
-        let sol = solver.solve(&exact, split_opts(left, false))?;
+        let sol = solver.solve(&exact, split_opts(left))?;
         match sol.status {
             Status::Optimal | Status::TimeLimitFeasible => {
                 x = sol.x;
