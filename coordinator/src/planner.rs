@@ -38,7 +38,11 @@
 //! stops once it proves the split cannot beat it (reported as infeasible; the cutoff then
 //! stands in for that split's bound). Valid bounds from whole instances (per-task
 //! slice-cover rows at fixed demand, an upper bound on `R` when maximising demand) tighten
-//! every split's LP relaxation without changing its integer optimum.
+//! every split's LP relaxation without changing its integer optimum. When maximising
+//! demand, the first split's MILP stops within [`FIND_GAP`] and every split is then settled
+//! by a probe at fixed `R = c` (the incumbent plus the margin; the model is monotone in
+//! `R`, so a probe without a plan proves the split cannot beat the incumbent), which
+//! carries the slice-cover rows at `c`.
 
 use crate::milp::{Milp, SolveOptions, Solver, SolverError, Status};
 use crate::spaces::SearchSpace;
