@@ -180,14 +180,7 @@ mod tests {
         m.row(f64::NEG_INFINITY, 5.0, vec![(a, 2.0), (b, 3.0), (c, 1.0)]);
         m.row(f64::NEG_INFINITY, 11.0, vec![(a, 4.0), (b, 1.0), (c, 2.0)]);
         m.row(f64::NEG_INFINITY, 8.0, vec![(a, 3.0), (b, 4.0), (c, 2.0)]);
-        let opts = SolveOptions {
-            relax: false,
-            time_limit_s: 10.0,
-            mip_rel_gap: 1e-9,
-            mip_abs_gap: 0.0,
-            presolve: true,
-            heuristics: true,
-        };
+        let opts = SolveOptions::milp(10.0, 1e-9);
         let s = HighsSolver::default().solve(&m, opts).expect("solves");
         assert_eq!(s.status, Status::Optimal);
         assert!((s.objective - 13.0).abs() < 1e-6, "{s:?}");
@@ -261,19 +254,7 @@ mod tests {
         let mut m = Milp::default();
         let a = m.col(1.0, 0.0, 1.0, true);
         m.row(2.0, f64::INFINITY, vec![(a, 1.0)]);
-        let s = HighsSolver::default()
-            .solve(
-                &m,
-                SolveOptions {
-                    relax: false,
-                    time_limit_s: 5.0,
-                    mip_rel_gap: 1e-6,
-                    mip_abs_gap: 0.0,
-                    presolve: true,
-                    heuristics: true,
-                },
-            )
-            .expect("solves");
+        let s = HighsSolver::default().solve(&m, SolveOptions::milp(5.0, 1e-6)).expect("solves");
         assert_eq!(s.status, Status::Infeasible);
     }
 }

@@ -139,6 +139,14 @@ pub struct SolveOptions {
     pub heuristics: bool,
 }
 
+impl SolveOptions {
+    /// A MILP solve with the backend's defaults: the relative gap and time limit given, no
+    /// absolute gap, presolve and heuristics on.
+    pub fn milp(time_limit_s: f64, mip_rel_gap: f64) -> SolveOptions {
+        SolveOptions { relax: false, time_limit_s, mip_rel_gap, mip_abs_gap: 0.0, presolve: true, heuristics: true }
+    }
+}
+
 /// A MILP backend.
 pub trait Solver {
     /// Solve `milp`.

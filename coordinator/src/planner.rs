@@ -1507,17 +1507,7 @@ fn repack(
         }
     }
     m.row(f64::NEG_INFINITY, prep.pb.gpus as f64, ys.iter().map(|&y| (y, 1.0)).collect());
-    let sol = solver.solve(
-        &m,
-        SolveOptions {
-            relax: false,
-            time_limit_s: time_s,
-            mip_rel_gap: 0.0,
-            mip_abs_gap: 0.0,
-            presolve: true,
-            heuristics: true,
-        },
-    )?;
+    let sol = solver.solve(&m, SolveOptions::milp(time_s, 0.0))?;
     if !matches!(sol.status, Status::Optimal | Status::TimeLimitFeasible) {
         return Ok(false);
     }

@@ -362,14 +362,7 @@ mod tests {
         m.row(f64::NEG_INFINITY, 4.0, vec![(x, 1.0), (y, 2.0)]);
         let highs = HighsSolver::default();
         let dumping = Dumping { inner: &highs, dir: dir.clone(), n: AtomicUsize::new(0) };
-        let opts = SolveOptions {
-            relax: false,
-            time_limit_s: 5.0,
-            mip_rel_gap: 1e-6,
-            mip_abs_gap: 0.0,
-            presolve: true,
-            heuristics: true,
-        };
+        let opts = SolveOptions::milp(5.0, 1e-6);
         let sol = dumping.solve(&m, opts).unwrap();
         assert_eq!(sol.status, Status::Optimal);
         assert!((sol.objective - 3.5).abs() < 1e-6, "{}", sol.objective);
